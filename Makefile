@@ -1,0 +1,40 @@
+# Quick start: `make demo` (run the platform with simulated calls) and `make test`.
+# Both create .venv and install the pinned requirements themselves.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: demo test lint install clean-data stop-redis bench
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): requirements.txt requirements-offline.txt requirements-dev.txt | $(VENV)/bin/python
+	@echo "==> installing pinned requirements into $(VENV) (first run takes a minute or two)"
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) manage.py demo
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+
+stop-redis:
+	$(PY) -m voiceplatform.embedded_redis stop
+
+clean-data: stop-redis
+	rm -rf var

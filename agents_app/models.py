@@ -1,0 +1,175 @@
+"""Agents, their versioned prompts and their latency budgets."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+# The stages of a voice turn. `key` is the metric label and the Turn field prefix.
+STAGES: tuple[tuple[str, str], ...] = (
+    ("eou", "End of utterance"),
+    ("stt", "Speech to text"),
+    ("llm_ttft", "Orchestration (LLM first token)"),
+    ("tool", "Tool calls"),
+    ("tts_ttfb", "TTS startup (first byte)"),
+    ("ttfa", "Time to first audio byte"),
+    ("e2e", "End to end"),
+)
+STAGE_KEYS: tuple[str, ...] = tuple(key for key, _ in STAGES)
+
+# Budget defaults (ms). Sources, see README "Latency budgets": conversational turn-taking
+# gaps average ~200 ms between humans (Stivers et al., PNAS 2009); voice-AI vendors aim
+# at 500–800 ms voice-to-voice and treat >1 s as noticeably slow (LiveKit, Pipecat and
+# Vapi latency guides). Stage shares follow those guides' typical breakdowns.
+DEFAULT_BUDGETS_MS: dict[str, int] = {
+    "eou": 500,
+    "stt": 300,
+    "llm_ttft": 500,
+    "tool": 1500,
+    "tts_ttfb": 300,
+    "ttfa": 1200,
+    "e2e": 1500,
+}
+
+
+class Provider(models.TextChoices):
+    OFFLINE = "offline", "Offline (local stand-ins)"
+    OPENAI = "openai", "OpenAI or OpenAI-compatible"
+
+
+def _budget_field(stage: str, label: str) -> models.PositiveIntegerField:
+    return models.PositiveIntegerField(
+        f"{label} budget (ms)",
+        default=DEFAULT_BUDGETS_MS[stage],
+        validators=[MinValueValidator(10), MaxValueValidator(60_000)],
+    )
+
+
+class Agent(models.Model):
+    slug = models.SlugField(max_length=64, unique=True, help_text="Used by client apps to pick this agent.")
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    active = models.BooleanField(default=True)
+
+    stt_provider = models.CharField(max_length=16, choices=Provider.choices, default=Provider.OFFLINE)
+    stt_model = models.CharField(max_length=120, blank=True, help_text="Blank uses the provider default.")
+    llm_provider = models.CharField(max_length=16, choices=Provider.choices, default=Provider.OFFLINE)
+    llm_model = models.CharField(max_length=120, blank=True, help_text="Blank uses the provider default.")
+    tts_provider = models.CharField(max_length=16, choices=Provider.choices, default=Provider.OFFLINE)
+    tts_model = models.CharField(max_length=120, blank=True, help_text="Blank uses the provider default.")
+    tts_voice = models.CharField(max_length=120, blank=True, help_text="Blank uses the provider default.")
+    language = models.CharField(max_length=16, default="en")
+    stt_phrases = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Optional phrase hints for speech recognition (a list of strings).",
+    )
+    # Fallback chains (issue 11): a list of {"provider": "...", "model": "...", "base_url": "..."}.
+    stt_fallbacks = models.JSONField(default=list, blank=True)
+    llm_fallbacks = models.JSONField(default=list, blank=True)
+    tts_fallbacks = models.JSONField(default=list, blank=True)
+    allow_interruptions = models.BooleanField(default=True)
+
+    budget_eou_ms = _budget_field("eou", "End of utterance")
+    budget_stt_ms = _budget_field("stt", "Speech to text")
+    budget_llm_ttft_ms = _budget_field("llm_ttft", "Orchestration (LLM first token)")
+    budget_tool_ms = _budget_field("tool", "Tool calls")
+    budget_tts_ttfb_ms = _budget_field("tts_ttfb", "TTS startup")
+    budget_ttfa_ms = _budget_field("ttfa", "Time to first audio byte")
+    budget_e2e_ms = _budget_field("e2e", "End to end")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+    def budgets_ms(self) -> dict[str, int]:
+        return {stage: getattr(self, f"budget_{stage}_ms") for stage in STAGE_KEYS}
+
+
+class PromptStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    PUBLISHED = "published", "Published"
+    ARCHIVED = "archived", "Archived"
+
+
+class PromptVersion(models.Model):
+    """One version of an agent's prompt. Once published, its content never changes."""
+
+    IMMUTABLE_FIELDS = ("instructions", "greeting", "variables", "agent_id", "number")
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="prompt_versions")
+    number = models.PositiveIntegerField()
+    instructions = models.TextField(help_text="System instructions. Use {{variable}} placeholders.")
+    greeting = models.TextField(blank=True, help_text="Spoken when a call starts. May use {{variable}}.")
+    variables = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Default values for {{variable}} placeholders, e.g. {\"company\": \"Acme\"}.",
+    )
+    status = models.CharField(max_length=12, choices=PromptStatus.choices, default=PromptStatus.DRAFT)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    change_note = models.CharField(max_length=300, blank=True)
+    based_on = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["agent", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "number"], name="prompt_unique_number_per_agent"),
+            models.UniqueConstraint(
+                fields=["agent"],
+                condition=Q(status="published"),
+                name="prompt_one_published_per_agent",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent.slug} v{self.number} ({self.status})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Enforced here as well as in forms, so no code path can rewrite published text.
+        if self._published_content_changed():
+            raise ValidationError("Published and archived prompt versions are immutable.")
+        super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        if not isinstance(self.variables, dict) or not all(
+            isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in self.variables.items()
+        ):
+            raise ValidationError({"variables": "Variables must be an object of name → text value."})
+        if self._published_content_changed():
+            raise ValidationError(
+                "This version is published or archived and cannot be edited. Create a new draft from it instead."
+            )
+
+    def placeholders(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for text in (self.instructions, self.greeting):
+            for name in PLACEHOLDER_RE.findall(text or ""):
+                seen.setdefault(name, None)
+        return list(seen)
+
+    def _published_content_changed(self) -> bool:
+        if not self.pk:
+            return False
+        original = type(self).objects.filter(pk=self.pk).values("status", *self.IMMUTABLE_FIELDS).first()
+        if not original or original["status"] == PromptStatus.DRAFT:
+            return False
+        return any(getattr(self, f) != original[f] for f in self.IMMUTABLE_FIELDS)

@@ -1,0 +1,174 @@
+"""API clients, voice sessions, their turns and their event timeline."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from agents_app.models import STAGE_KEYS
+
+
+class ApiScope(models.TextChoices):
+    CLIENT = "client", "Client app"
+    AGENT = "agent", "Agent (tool invocations)"
+
+
+class ApiClient(models.Model):
+    name = models.CharField(max_length=120, unique=True)
+    key_prefix = models.CharField(max_length=16, db_index=True, help_text="First characters, to find a key.")
+    key_hash = models.CharField(max_length=64, unique=True, help_text="sha256 of the key; the key is never stored.")
+    scope = models.CharField(max_length=8, choices=ApiScope.choices, default=ApiScope.CLIENT)
+    active = models.BooleanField(default=True)
+    webhook_url = models.URLField(blank=True, help_text="Post-call reports are POSTed here, signed.")
+    webhook_secret = models.CharField(max_length=128, blank=True, help_text="HMAC secret for report webhooks.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.scope})"
+
+
+class SessionState(models.TextChoices):
+    CREATED = "created", "Created"
+    ACTIVE = "active", "Active"
+    RECONNECTING = "reconnecting", "Reconnecting"
+    ENDED = "ended", "Ended"
+    FAILED = "failed", "Failed"
+
+
+LIVE_STATES = (SessionState.CREATED, SessionState.ACTIVE, SessionState.RECONNECTING)
+FINAL_STATES = (SessionState.ENDED, SessionState.FAILED)
+
+# created → active → reconnecting → active … → ended | failed
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    SessionState.CREATED: frozenset({SessionState.ACTIVE, SessionState.ENDED, SessionState.FAILED}),
+    SessionState.ACTIVE: frozenset({SessionState.RECONNECTING, SessionState.ENDED, SessionState.FAILED}),
+    SessionState.RECONNECTING: frozenset({SessionState.ACTIVE, SessionState.ENDED, SessionState.FAILED}),
+    SessionState.ENDED: frozenset(),
+    SessionState.FAILED: frozenset(),
+}
+
+
+class VoiceSession(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_client = models.ForeignKey(ApiClient, null=True, blank=True, on_delete=models.PROTECT, related_name="sessions")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="voice_sessions",
+        help_text="Set for calls started from the browser call page.",
+    )
+    caller_id = models.CharField(max_length=128, help_text="The client's id for the caller.")
+    room_name = models.CharField(max_length=128, unique=True)
+    agent = models.ForeignKey("agents_app.Agent", on_delete=models.PROTECT, related_name="sessions")
+    prompt_version = models.ForeignKey("agents_app.PromptVersion", on_delete=models.PROTECT, related_name="sessions")
+    metadata = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=SessionState.choices, default=SessionState.CREATED)
+    end_reason = models.CharField(max_length=200, blank=True)
+    reconnect_count = models.PositiveIntegerField(default=0)
+    interrupt_count = models.PositiveIntegerField(default=0)
+    turn_count = models.PositiveIntegerField(default=0)
+    last_e2e_ms = models.FloatField(null=True, blank=True)
+    last_seq = models.PositiveIntegerField(default=0, help_text="Sequence number of the latest event.")
+    agent_job_id = models.CharField(max_length=64, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    report = models.JSONField(null=True, blank=True, help_text="Post-call report (KPIs and summary).")
+    report_delivery_id = models.UUIDField(null=True, blank=True)
+    report_delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["state", "-created_at"]),
+            models.Index(fields=["api_client", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.state})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in LIVE_STATES
+
+
+def _stage_field() -> models.FloatField:
+    return models.FloatField(null=True, blank=True)
+
+
+class Turn(models.Model):
+    session = models.ForeignKey(VoiceSession, on_delete=models.CASCADE, related_name="turns")
+    index = models.PositiveIntegerField()
+    user_text = models.TextField(blank=True)
+    generated_text = models.TextField(blank=True, help_text="What the LLM produced.")
+    heard_text = models.TextField(blank=True, help_text="What the caller heard before any interruption.")
+    interrupted = models.BooleanField(default=False)
+    interrupt_source = models.CharField(max_length=16, blank=True, help_text="vad or client")
+    eou_ms = _stage_field()
+    stt_ms = _stage_field()
+    llm_ttft_ms = _stage_field()
+    tool_ms = _stage_field()
+    tts_ttfb_ms = _stage_field()
+    ttfa_ms = _stage_field()
+    e2e_ms = _stage_field()
+    breaches = models.JSONField(default=list, blank=True, help_text="Stages over the agent's budget.")
+    tool_calls = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "index"]
+        constraints = [models.UniqueConstraint(fields=["session", "index"], name="turn_unique_index")]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"turn {self.index} of {self.session_id}"
+
+    def stage_ms(self) -> dict[str, float | None]:
+        return {stage: getattr(self, f"{stage}_ms") for stage in STAGE_KEYS}
+
+
+class SessionEvent(models.Model):
+    """Append-only timeline of a session. `seq` is gapless per session."""
+
+    session = models.ForeignKey(VoiceSession, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "seq"]
+        constraints = [models.UniqueConstraint(fields=["session", "seq"], name="event_unique_seq")]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.type}"
+
+
+class LiveKitWebhookEvent(models.Model):
+    """Received LiveKit webhooks, unique on the event id (delivery is at-least-once)."""
+
+    event_id = models.CharField(max_length=128, unique=True)
+    event = models.CharField(max_length=64)
+    room_name = models.CharField(max_length=128, blank=True)
+    payload = models.JSONField(default=dict)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.event_id}"

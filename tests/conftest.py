@@ -1,0 +1,62 @@
+"""Shared fixtures: personas (owner, staff, outsider), agents with prompts, API clients."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from agents_app.models import Agent
+from agents_app.services import prompt_draft_create, prompt_publish
+from sessions_app.models import ApiScope
+from sessions_app.services import api_client_create
+
+
+@pytest.fixture
+def staff_user(db) -> User:
+    """A support person: staff, in the "Support staff" group."""
+    user = User.objects.create_user("staff", "staff@example.com", "staff-pass-123", is_staff=True)
+    group, _ = Group.objects.get_or_create(name="Support staff")
+    user.groups.add(group)
+    return user
+
+
+@pytest.fixture
+def superuser(db) -> User:
+    return User.objects.create_superuser("admin", "admin@example.com", "admin-pass-123")
+
+
+@pytest.fixture
+def outsider_user(db) -> User:
+    """Logged in, but neither staff nor support."""
+    return User.objects.create_user("outsider", "outsider@example.com", "outsider-pass-123")
+
+
+@pytest.fixture
+def agent(db) -> Agent:
+    agent = Agent.objects.create(slug="support", name="Support agent")
+    version = prompt_draft_create(
+        agent=agent,
+        instructions="You are the support agent of {{company}}. Be brief.",
+        greeting="Hello, this is {{company}} support. How can I help?",
+        variables={"company": "Acme"},
+        change_note="first",
+    )
+    prompt_publish(version=version)
+    return agent
+
+
+@pytest.fixture
+def owner_client(db) -> tuple:
+    """An API client (client scope) and its key: the owner of the sessions it creates."""
+    return api_client_create(name="owner-app", scope=ApiScope.CLIENT)
+
+
+@pytest.fixture
+def other_client(db) -> tuple:
+    """Another API client: an outsider to the owner's sessions."""
+    return api_client_create(name="other-app", scope=ApiScope.CLIENT)
+
+
+@pytest.fixture
+def agent_scope_client(db) -> tuple:
+    return api_client_create(name="external-agent", scope=ApiScope.AGENT)

@@ -1,0 +1,159 @@
+"""Tool definitions, the idempotency ledger, and the demo tools' side-effect tables."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+
+TOOL_NAME_VALIDATOR = RegexValidator(
+    r"^[a-zA-Z][a-zA-Z0-9_]{0,63}$",
+    "Use letters, digits and underscores, starting with a letter (max 64).",
+)
+ENV_NAME_VALIDATOR = RegexValidator(r"^[A-Z][A-Z0-9_]*$", "Use an environment variable name, e.g. CRM_TOKEN.")
+
+
+class ToolKind(models.TextChoices):
+    BUILTIN = "builtin", "Built-in (Python function)"
+    HTTP = "http", "HTTP endpoint"
+
+
+class ToolDefinition(models.Model):
+    name = models.CharField(max_length=64, unique=True, validators=[TOOL_NAME_VALIDATOR])
+    description = models.TextField(help_text="What the tool does. The LLM reads this to decide when to call it.")
+    parameters = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='JSON Schema of the arguments, e.g. {"type": "object", "properties": {...}}.',
+    )
+    kind = models.CharField(max_length=16, choices=ToolKind.choices, default=ToolKind.BUILTIN)
+    builtin_name = models.CharField(max_length=64, blank=True, help_text="Registered Python function (built-in).")
+    http_url = models.URLField(blank=True)
+    http_method = models.CharField(
+        max_length=8, default="POST", choices=[(m, m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE")]
+    )
+    http_headers = models.JSONField(default=dict, blank=True, help_text="Non-secret headers sent as they are.")
+    http_secret_headers = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Header name → environment variable name, e.g. {"Authorization": "CRM_TOKEN"}. '
+        "The value is read from the environment at call time and never stored.",
+    )
+    timeout_seconds = models.FloatField(default=5.0, validators=[MinValueValidator(0.1), MaxValueValidator(120)])
+    max_retries = models.PositiveSmallIntegerField(default=2, validators=[MaxValueValidator(10)])
+    idempotent = models.BooleanField(
+        default=False,
+        help_text="Safe to run twice (a read). Non-idempotent tools are never re-run after a crash.",
+    )
+    run_in_background = models.BooleanField(default=False, help_text="Run as a Celery task (slow tools).")
+    enabled = models.BooleanField(default=True)
+    agents = models.ManyToManyField("agents_app.Agent", blank=True, related_name="tools")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from tools_app.schema import schema_errors
+
+        errors: dict[str, str] = {}
+        problem = schema_errors(self.parameters)
+        if problem:
+            errors["parameters"] = problem
+        if self.kind == ToolKind.BUILTIN and not self.builtin_name:
+            errors["builtin_name"] = "A built-in tool needs the name of a registered function."
+        if self.kind == ToolKind.HTTP and not self.http_url:
+            errors["http_url"] = "An HTTP tool needs a URL."
+        for field in ("http_headers", "http_secret_headers"):
+            value = getattr(self, field)
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                errors[field] = "Must be an object of header name → text."
+        if isinstance(self.http_secret_headers, dict):
+            for env_name in self.http_secret_headers.values():
+                try:
+                    ENV_NAME_VALIDATOR(env_name)
+                except ValidationError:
+                    errors["http_secret_headers"] = f"{env_name!r} is not an environment variable name."
+        if errors:
+            raise ValidationError(errors)
+
+
+class InvocationStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    # A crashed process left the row running past its lease and the tool is not
+    # idempotent: the outcome is unknown, so it is never re-run automatically.
+    INDETERMINATE = "indeterminate", "Indeterminate (crashed mid-call)"
+
+
+class ToolInvocation(models.Model):
+    """One row of the idempotency ledger: unique on (scope, key)."""
+
+    scope = models.CharField(max_length=80, help_text="The session id for agent calls.")
+    key = models.CharField(max_length=255)
+    session = models.ForeignKey(
+        "sessions_app.VoiceSession", null=True, blank=True, on_delete=models.SET_NULL, related_name="tool_invocations"
+    )
+    tool = models.ForeignKey(ToolDefinition, null=True, on_delete=models.SET_NULL, related_name="invocations")
+    tool_name = models.CharField(max_length=64)
+    fingerprint = models.CharField(max_length=64, help_text="sha256 of the tool name and canonical arguments.")
+    arguments = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=InvocationStatus.choices, default=InvocationStatus.RUNNING)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    replays = models.PositiveIntegerField(default=0)
+    latency_ms = models.FloatField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="ledger_unique_scope_key")]
+        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.tool_name} {self.key} ({self.status})"
+
+
+class DemoWallet(models.Model):
+    """Demo side effect: a caller's wallet charged by the `charge_wallet` built-in tool."""
+
+    owner = models.CharField(max_length=120, unique=True)
+    balance = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("100.00"))
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.owner}: {self.balance}"
+
+
+class DemoCharge(models.Model):
+    wallet = models.ForeignKey(DemoWallet, on_delete=models.CASCADE, related_name="charges")
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    reason = models.CharField(max_length=200, blank=True)
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.amount} from {self.wallet.owner}"
+
+
+class DemoOrder(models.Model):
+    """Demo side effect: an order placed by the `place_order` built-in tool."""
+
+    customer = models.CharField(max_length=120)
+    item = models.CharField(max_length=120)
+    quantity = models.PositiveIntegerField(default=1)
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.quantity} × {self.item} for {self.customer}"

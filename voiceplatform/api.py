@@ -1,0 +1,19 @@
+"""The NinjaAPI mounted at /api/v1 (OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs)."""
+
+from __future__ import annotations
+
+from ninja import NinjaAPI
+
+from sessions_app.api import router as sessions_router
+from tools_app.api import router as tools_router
+from voiceplatform.api_errors import install_error_handlers
+
+api = NinjaAPI(
+    title="Voice platform API",
+    version="1.0.0",
+    description="Open voice sessions, get short-lived LiveKit tokens, and invoke tools idempotently.",
+    urls_namespace="api-v1",
+)
+install_error_handlers(api)
+api.add_router("/", sessions_router)
+api.add_router("/tools", tools_router)

