@@ -1,0 +1,93 @@
+"""Build the STT, LLM and TTS of a job from the Agent's provider settings.
+
+`openai`: livekit-plugins-openai, honouring OPENAI_BASE_URL, so any OpenAI-compatible
+server works (Ollama, vLLM, llama.cpp server). `offline`: PocketSphinx STT, Piper TTS
+and the OfflineStandInLLM. An agent set to `openai` never silently falls back to the
+stand-in: a missing key is an error the operator sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from livekit.agents import llm, stt, tts
+
+from agents_app.models import Agent, Provider
+
+DEFAULT_OPENAI_MODELS = {"stt": "gpt-4o-mini-transcribe", "llm": "gpt-4.1-mini", "tts": "gpt-4o-mini-tts"}
+
+
+@dataclass
+class Providers:
+    stt: stt.STT
+    llm: llm.LLM
+    tts: tts.TTS
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "stt": f"{self.stt.provider}:{self.stt.model}",
+            "llm": f"{self.llm.provider}:{self.llm.model}",
+            "tts": f"{self.tts.provider}:{self.tts.model}",
+        }
+
+
+def _openai_kwargs() -> dict[str, Any]:
+    key = getattr(settings, "OPENAI_API_KEY", "")
+    base_url = getattr(settings, "OPENAI_BASE_URL", "")
+    if not key and not base_url:
+        raise ImproperlyConfigured(
+            "This agent uses the openai provider but neither OPENAI_API_KEY nor OPENAI_BASE_URL is set."
+        )
+    kwargs: dict[str, Any] = {"api_key": key or "not-needed"}
+    if base_url:
+        kwargs["base_url"] = base_url
+    return kwargs
+
+
+def build_stt(agent: Agent) -> stt.STT:
+    if agent.stt_provider == Provider.OPENAI:
+        from livekit.plugins import openai
+
+        return openai.STT(model=agent.stt_model or DEFAULT_OPENAI_MODELS["stt"], language=agent.language, **_openai_kwargs())
+    from agents_app.providers.sphinx import PocketSphinxSTT
+
+    return PocketSphinxSTT(phrases=list(agent.stt_phrases or []), language=agent.language)
+
+
+def build_llm(agent: Agent) -> llm.LLM:
+    if agent.llm_provider == Provider.OPENAI:
+        from livekit.plugins import openai
+
+        return openai.LLM(model=agent.llm_model or DEFAULT_OPENAI_MODELS["llm"], **_openai_kwargs())
+    from agents_app.providers.offline_llm import OfflineStandInLLM
+
+    return OfflineStandInLLM()
+
+
+def build_tts(agent: Agent) -> tts.TTS:
+    if agent.tts_provider == Provider.OPENAI:
+        from livekit.plugins import openai
+
+        kwargs: dict[str, Any] = {"model": agent.tts_model or DEFAULT_OPENAI_MODELS["tts"]}
+        if agent.tts_voice:
+            kwargs["voice"] = agent.tts_voice
+        return openai.TTS(**kwargs, **_openai_kwargs())
+    # GPL-3.0 Piper is imported only here, for agents that use the offline TTS.
+    from agents_app.providers.piper import PiperTTS
+
+    return PiperTTS()
+
+
+def build_providers(agent: Agent) -> Providers:
+    return Providers(stt=build_stt(agent), llm=build_llm(agent), tts=build_tts(agent))
+
+
+def prewarm_offline() -> None:
+    """Load the offline models before the first call (blocking; for prewarm)."""
+    from agents_app.providers import piper, sphinx
+
+    piper.load_voice()
+    sphinx.warm_pool()

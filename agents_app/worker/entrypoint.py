@@ -1,0 +1,442 @@
+"""The one job entrypoint, for LiveKit jobs and local (in-process) jobs alike.
+
+Per job: read the session id from the job metadata, load the pinned prompt, tools,
+providers and budgets from the DB (async ORM), rebuild the chat context from stored
+turns (reconnect / agent restart), start an AgentSession, greet only on a fresh call,
+and report every turn through the batching Recorder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterable
+from typing import Any
+
+from django.conf import settings
+from livekit import rtc
+from livekit.agents import Agent, AgentSession, JobContext, JobProcess, llm
+from livekit.agents.voice import ModelSettings
+from livekit.agents.voice.transcription import TranscriptSynchronizer
+
+# livekit plugins must be registered on the main thread: import them with this module.
+from livekit.plugins import openai as _openai_plugin  # noqa: F401
+from livekit.plugins import silero
+
+from agents_app.worker import local
+from agents_app.worker.config import JobConfig, load_job_config
+from agents_app.worker.recorder import Recorder
+from agents_app.worker.turns import TurnTracker
+
+logger = logging.getLogger(__name__)
+
+_VAD: Any = None
+
+
+def load_vad() -> Any:
+    """Silero VAD, loaded once per process."""
+    global _VAD
+    if _VAD is None:
+        _VAD = silero.VAD.load()
+    return _VAD
+
+
+def prewarm(proc: JobProcess) -> None:
+    """Runs once per worker process before jobs: load the VAD (and offline models)."""
+    proc.userdata["vad"] = load_vad()
+    if getattr(settings, "DEFAULT_PROVIDER", "offline") == "offline":
+        try:
+            from agents_app.providers.factory import prewarm_offline
+
+            prewarm_offline()
+        except Exception:  # a job still works, only its first turn is slower
+            logger.warning("could not prewarm the offline providers", exc_info=True)
+
+
+def session_options(*, allow_interruptions: bool = True) -> dict[str, Any]:
+    """AgentSession options shared by the platform and the bare benchmark peer."""
+    return {
+        "turn_handling": {
+            # The model turn detector varies widely run to run; VAD is predictable.
+            "turn_detection": "vad",
+            "interruption": {"enabled": allow_interruptions, "mode": "vad"},
+        },
+        # Otherwise barge-in is ignored for the first 3 s of agent speech.
+        "aec_warmup_duration": None,
+        "user_away_timeout": None,
+    }
+
+
+def restored_chat_context(config: JobConfig) -> llm.ChatContext:
+    """The conversation so far, from stored turns (heard text for interrupted ones)."""
+    chat_ctx = llm.ChatContext.empty()
+    for turn in config.turns:
+        if turn.user_text:
+            chat_ctx.add_message(role="user", content=turn.user_text)
+        if turn.agent_text:
+            chat_ctx.add_message(role="assistant", content=turn.agent_text)
+    return chat_ctx
+
+
+class PlatformAgent(Agent):
+    """The DB-configured agent. Its node overrides only observe (text, first audio)."""
+
+    def __init__(self, *, config: JobConfig, tracker: TurnTracker, tools: list[Any]) -> None:
+        super().__init__(instructions=config.instructions, chat_ctx=restored_chat_context(config), tools=tools)
+        self._tracker = tracker
+
+    async def llm_node(
+        self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
+    ) -> AsyncIterable[llm.ChatChunk | str]:
+        t0 = time.perf_counter()
+        tracker = self._tracker
+        generation = tracker.generation_for(chat_ctx)
+        text = generation.text
+        spent = time.perf_counter() - t0
+        async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
+            t1 = time.perf_counter()
+            if isinstance(chunk, str):
+                text.append(chunk)
+            elif isinstance(chunk, llm.ChatChunk) and chunk.delta is not None:
+                if chunk.delta.content:
+                    text.append(chunk.delta.content)
+                if chunk.delta.tool_calls:
+                    generation.tool_pending = True
+            spent += time.perf_counter() - t1
+            yield chunk
+        tracker.charge(spent)
+
+    async def tts_node(self, text: AsyncIterable[str], model_settings: ModelSettings) -> AsyncIterable[rtc.AudioFrame]:
+        first = True
+        async for frame in Agent.default.tts_node(self, text, model_settings):
+            if first:
+                t0 = time.perf_counter()
+                first = False
+                self._tracker.first_audio(time.time())
+                self._tracker.charge(time.perf_counter() - t0)
+            yield frame
+
+
+class JobRuntime:
+    """One job: session, recorder, control listener. Same code for both transports."""
+
+    def __init__(self, *, ctx: JobContext, config: JobConfig, call: local.LocalCall | None) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.call = call
+        self.recorder = Recorder(session_id=config.session_id, maxsize=settings.RECORDER_QUEUE_SIZE)
+        self.tracker = TurnTracker(recorder=self.recorder, next_index=config.next_turn_index)
+        self.session: AgentSession | None = None
+        self.providers: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._synchronizer: TranscriptSynchronizer | None = None
+        self._ended = asyncio.Event()
+        self.end_reason = ""
+        self.ended_by_platform = False
+        self._tools_report_results = False
+
+    # -- hooks on the loop: time them ------------------------------------------------
+    def _timed(self, fn: Any) -> Any:
+        tracker = self.tracker
+
+        def wrapper(*args: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                tracker.charge(time.perf_counter() - t0)
+
+        return wrapper
+
+    def _on_item(self, ev: Any) -> None:
+        item = ev.item
+        if not isinstance(item, llm.ChatMessage):
+            return
+        if item.role == "user":
+            self.tracker.user_message(item)
+        elif item.role == "assistant":
+            data = self.tracker.assistant_message(item)
+            if data is not None and data["interrupted"]:
+                self.recorder.record_event(
+                    "agent.speech_interrupted",
+                    {"turn": data["index"], "source": data["interrupt_source"], "heard_text": data["heard_text"][:500]},
+                )
+
+    def _on_tool_result(self, record: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        self.tracker.tool_result(record)
+        self.recorder.record_event(
+            "tool.called",
+            {
+                "name": record.get("name"),
+                "status": record.get("status"),
+                "replayed": bool(record.get("replayed")),
+                "latency_ms": record.get("latency_ms"),
+            },
+        )
+        self.tracker.charge(time.perf_counter() - t0)
+
+    def _on_tools_executed(self, ev: Any) -> None:
+        # Without tools_app's ledger-backed tools there is no on_result: record from here.
+        if self._tools_report_results:
+            return
+        for call, output in ev.zipped():
+            self._on_tool_result(
+                {
+                    "name": call.name,
+                    "call_id": call.call_id,
+                    "key": f"{self.config.session_id}:{call.call_id}",
+                    "status": "error" if (output is not None and output.is_error) else "ok",
+                    "replayed": False,
+                    "latency_ms": None,
+                    "error": (output.output if output is not None and output.is_error else ""),
+                }
+            )
+
+    def _on_error(self, ev: Any) -> None:
+        message = f"{type(ev.error).__name__}: {ev.error}"
+        self.tracker.error(message)
+        self.recorder.record_event(
+            "agent.error",
+            {"source": getattr(ev.source, "label", type(ev.source).__name__), "error": message[:500]},
+        )
+
+    def _on_close(self, ev: Any) -> None:
+        self.end_reason = self.end_reason or f"session closed ({getattr(ev, 'reason', '')})"
+        self._ended.set()
+
+    def _on_agent_state(self, ev: Any) -> None:
+        self.recorder.publish_live(
+            {
+                "type": "agent.state",
+                "session_id": self.config.session_id,
+                "state": ev.new_state,
+            }
+        )
+
+    # -- control: client interrupts and ends ------------------------------------------
+    def interrupt(self, source: str = "client") -> None:
+        if self.session is None:
+            return
+        self.tracker.client_interrupt()
+        with contextlib.suppress(Exception):
+            self.session.interrupt()
+
+    async def _listen_control(self) -> None:
+        from channels.layers import get_channel_layer
+
+        from sessions_app import broadcast
+
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        group = broadcast.agent_control_group(self.config.session_id)
+        channel = ""
+        try:
+            channel = await layer.new_channel()
+            await layer.group_add(group, channel)
+            while True:
+                try:
+                    message = await layer.receive(channel)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # Redis hiccups must not deafen the job
+                    logger.debug("control receive failed (%s); retrying", exc)
+                    await asyncio.sleep(0.2)
+                    continue
+                kind = message.get("type")
+                if kind == "agent.interrupt":
+                    self.interrupt("client")
+                elif kind == "agent.end":
+                    self.end_reason = str(message.get("reason") or "ended by the platform")
+                    self.ended_by_platform = True
+                    self._ended.set()
+                    if self.call is None:
+                        self.ctx.shutdown(self.end_reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("agent control listener stopped for %s", self.config.session_id, exc_info=True)
+        finally:
+            if channel:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(layer.group_discard(group, channel))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.recorder.heartbeat()
+            await asyncio.sleep(settings.AGENT_HEARTBEAT_SECONDS)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        from agents_app.providers.factory import build_providers
+
+        config = self.config
+        self.recorder.start()
+        self.providers = build_providers(config.agent)
+        tools = await self._build_tools()
+        vad = self.ctx.proc.userdata.get("vad") or load_vad()
+        session = AgentSession(
+            stt=self.providers.stt,
+            llm=self.providers.llm,
+            tts=self.providers.tts,
+            vad=vad,
+            **session_options(allow_interruptions=config.agent.allow_interruptions),
+        )
+        self.session = session
+        session.on("conversation_item_added", self._timed(self._on_item))
+        session.on("function_tools_executed", self._timed(self._on_tools_executed))
+        session.on("error", self._timed(self._on_error))
+        session.on("close", self._on_close)
+        session.on("agent_state_changed", self._timed(self._on_agent_state))
+        agent = PlatformAgent(config=config, tracker=self.tracker, tools=tools)
+
+        if self.call is not None:
+            self._synchronizer = TranscriptSynchronizer(next_in_chain_audio=self.call.audio_output, next_in_chain_text=None)
+            session.input.audio = self.call.audio_input
+            session.output.audio = self._synchronizer.audio_output
+            session.output.transcription = self._synchronizer.text_output
+            self.call.audio_output.start()
+            await session.start(agent=agent)
+        else:
+            await self.ctx.connect()
+            await session.start(agent=agent, room=self.ctx.room)
+            self._register_rpc()
+
+        self._tasks.append(asyncio.create_task(self._listen_control(), name="agent-control"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="agent-heartbeat"))
+        self.recorder.record_event(
+            "agent.job_started",
+            {
+                "job_id": self.ctx.job.id,
+                "transport": "local" if self.call is not None else "livekit",
+                "prompt_version": config.prompt_version,
+                "providers": self.providers.describe(),
+                "tools": [getattr(getattr(t, "info", None), "name", "") for t in tools],
+                "resumed": config.resumed,
+                "restored_turns": len(config.turns),
+            },
+        )
+        if config.greeting and not config.resumed:
+            # A reconnect or restarted agent continues the call instead of greeting again.
+            self.tracker.agent_turn_started(generated=config.greeting)
+            session.say(config.greeting)
+
+    async def _build_tools(self) -> list[Any]:
+        self._tools_report_results = False
+        try:
+            from tools_app.agent_tools import build_agent_tools
+        except ImportError:
+            return []
+        try:
+            tools = await build_agent_tools(
+                agent_id=self.config.agent.pk,
+                session_id=self.config.session_id,
+                on_result=self._timed(self._on_tool_result),
+            )
+        except Exception as exc:
+            logger.exception("could not build the agent's tools")
+            self.recorder.record_event("agent.error", {"source": "tools", "error": str(exc)[:500]})
+            return []
+        self._tools_report_results = True
+        return list(tools)
+
+    def _register_rpc(self) -> None:
+        async def _interrupt(data: Any) -> str:
+            self.interrupt("client")
+            return json.dumps({"ok": True})
+
+        try:
+            self.ctx.room.local_participant.register_rpc_method("interrupt", _interrupt)
+        except Exception:
+            logger.warning("could not register the interrupt RPC method", exc_info=True)
+
+    async def wait(self) -> None:
+        """Local mode: run until the call hangs up, the session closes or the platform ends it."""
+        assert self.call is not None
+        closed = asyncio.ensure_future(self.call.wait_closed())
+        ended = asyncio.ensure_future(self._ended.wait())
+        try:
+            await asyncio.wait({closed, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            ended.cancel()
+        if not self.end_reason:
+            self.end_reason = self.call.hangup_reason or "caller hung up"
+
+    async def aclose(self) -> None:
+        """Graceful end: close the session, flush the open turn and all records."""
+        for task in self._tasks:
+            task.cancel()
+        if self.session is not None:
+            with contextlib.suppress(Exception):
+                await self.session.aclose()
+        if self._synchronizer is not None:
+            with contextlib.suppress(Exception):
+                await self._synchronizer.aclose()
+        if self.call is not None:
+            await self.call.audio_output.aclose()
+            self.call._close()
+        self.tracker.close()
+        await self.recorder.aclose()
+
+    def abort(self) -> None:
+        """Simulated crash: stop everything at once, write nothing more."""
+        self.recorder.abort()
+        for task in self._tasks:
+            task.cancel()
+        if self.session is not None:
+            # Release the session's tasks (a real crash would take the process with it).
+            asyncio.ensure_future(_quiet_close(self.session))
+        if self.call is not None:
+            asyncio.ensure_future(self.call.audio_output.aclose())
+
+
+async def _quiet_close(session: AgentSession) -> None:
+    with contextlib.suppress(Exception):
+        await session.aclose()
+
+
+async def _end_session_if_live(session_id: str, reason: str) -> None:
+    """The platform asked the job to end: make sure the session is final."""
+    from asgiref.sync import sync_to_async
+
+    from sessions_app.models import LIVE_STATES, SessionState, VoiceSession
+    from sessions_app.services import InvalidTransition, session_transition
+
+    def _end() -> None:
+        state = VoiceSession.objects.filter(pk=session_id).values_list("state", flat=True).first()
+        if state in LIVE_STATES:
+            with contextlib.suppress(InvalidTransition):
+                session_transition(session_id=session_id, to_state=SessionState.ENDED, reason=reason)
+
+    await sync_to_async(_end, thread_sensitive=False)()
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    metadata = json.loads(ctx.job.metadata or "{}")
+    session_id = str(metadata["session_id"])
+    config = await load_job_config(session_id)
+    call = local.current_call()
+    runtime = JobRuntime(ctx=ctx, config=config, call=call)
+    if call is None:
+        # LiveKit: the framework keeps the job alive while the room is connected.
+        async def _shutdown(reason: str = "") -> None:
+            await runtime.aclose()
+
+        ctx.add_shutdown_callback(_shutdown)
+        await runtime.start()
+        return
+
+    try:
+        await runtime.start()
+        await runtime.wait()
+    except asyncio.CancelledError:
+        runtime.abort()
+        raise
+    await runtime.aclose()
+    if runtime.ended_by_platform:
+        await _end_session_if_live(session_id, runtime.end_reason)

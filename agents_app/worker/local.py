@@ -1,0 +1,403 @@
+"""The local transport: one caller ↔ agent audio connection without a LiveKit room.
+
+Used when `LIVEKIT_URL` is unset (demo, simulator, tests). The same `entrypoint` runs for
+it as for a LiveKit job; only the audio I/O differs:
+
+- input: whatever the caller pushes is queued and fed to the agent as paced 20 ms
+  frames at 16 kHz on a real-time clock, with silence in between (a room delivers
+  continuous audio too, and the VAD needs the silence to see the end of speech). A
+  caller may push a whole utterance at once; it is still heard in real time.
+- output: a real-time playout clock. `agent_frames()` yields each agent frame when it
+  is "played"; `clear_buffer()` (barge-in) drops what has not been played yet and
+  reports how much was played, which is what the transcript synchronizer needs to work
+  out the heard text.
+
+API (stable, see docs/CONTRACTS.md "Agent job"):
+    call = LocalCall()
+    task = asyncio.create_task(run_local_job(session_id=..., call=call))
+    call.push_caller_frame(frame)            # any rate/size; thread-safe
+    async for frame in call.agent_frames():  # as played, real-time paced
+    call.agent_speaking / await call.wait_agent_speaking(True|False)
+    call.hangup()                            # ends the job cleanly
+    call.kill()                              # simulates an agent crash (no cleanup)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import numpy as np
+from livekit import rtc
+from livekit.agents.voice import io
+
+logger = logging.getLogger(__name__)
+
+INPUT_SAMPLE_RATE = 16000
+FRAME_MS = 20
+_SAMPLES_PER_FRAME = INPUT_SAMPLE_RATE * FRAME_MS // 1000
+_CLOSED = object()
+
+_CURRENT_CALL: contextvars.ContextVar[LocalCall | None] = contextvars.ContextVar("local_call", default=None)
+
+
+def current_call() -> LocalCall | None:
+    """The LocalCall of the job running in this task (None under a LiveKit worker)."""
+    return _CURRENT_CALL.get()
+
+
+class JobKilled(Exception):
+    """Raised inside a local job that `LocalCall.kill()` stopped (a simulated crash)."""
+
+
+class LocalCall:
+    """One caller's audio connection to an in-process agent job."""
+
+    def __init__(self, *, input_noise_lsb: int = 0) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._pending = bytearray()  # caller PCM at 16 kHz, not yet fed to the agent
+        self._resamplers: dict[int, rtc.AudioResampler] = {}
+        self._listeners: list[asyncio.Queue[Any]] = []
+        self._closed = asyncio.Event()
+        self._killed = False
+        self._speaking = False
+        self._speaking_changed = asyncio.Event()
+        self._noise = input_noise_lsb
+        self.hangup_reason = ""
+        self.audio_input = LocalAudioInput(self)
+        self.audio_output = LocalAudioOutput(self)
+        self._job_task: asyncio.Task[Any] | None = None
+        self._on_speaking: list[Callable[[bool], None]] = []
+
+    # -- caller side ------------------------------------------------------------------
+    def push_caller_frame(self, frame: rtc.AudioFrame) -> None:
+        """Queue caller audio (any sample rate, mono or interleaved). Never blocks."""
+        data = np.frombuffer(bytes(frame.data), dtype=np.int16)
+        if frame.num_channels > 1:
+            data = data.reshape(-1, frame.num_channels).mean(axis=1).astype(np.int16)
+        if frame.sample_rate != INPUT_SAMPLE_RATE:
+            with self._lock:
+                resampler = self._resamplers.get(frame.sample_rate)
+                if resampler is None:
+                    resampler = self._resamplers[frame.sample_rate] = rtc.AudioResampler(
+                        input_rate=frame.sample_rate, output_rate=INPUT_SAMPLE_RATE, num_channels=1
+                    )
+                mono = rtc.AudioFrame(data.tobytes(), frame.sample_rate, 1, len(data))
+                out = b"".join(bytes(f.data) for f in resampler.push(mono))
+        else:
+            out = data.tobytes()
+        with self._lock:
+            self._pending.extend(out)
+
+    def push_caller_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        """Convenience: queue a whole int16 mono utterance."""
+        samples = np.asarray(samples, dtype=np.int16)
+        self.push_caller_frame(rtc.AudioFrame(samples.tobytes(), sample_rate, 1, len(samples)))
+
+    @property
+    def caller_audio_pending_seconds(self) -> float:
+        """Caller audio queued but not yet heard by the agent."""
+        with self._lock:
+            return len(self._pending) / 2 / INPUT_SAMPLE_RATE
+
+    async def agent_frames(self) -> AsyncIterator[rtc.AudioFrame]:
+        """Agent audio as it is played (real-time paced). Ends when the call closes."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._listeners.append(queue)
+        try:
+            while True:
+                if self._closed.is_set() and queue.empty():
+                    return
+                getter = asyncio.ensure_future(queue.get())
+                closer = asyncio.ensure_future(self._closed.wait())
+                try:
+                    await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closer.cancel()
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                item = getter.result()
+                if item is _CLOSED:
+                    return
+                yield item
+        finally:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(queue)
+
+    @property
+    def agent_speaking(self) -> bool:
+        """True while agent audio is being played out."""
+        return self._speaking
+
+    async def wait_agent_speaking(self, speaking: bool = True, timeout: float | None = None) -> None:
+        async def _wait() -> None:
+            while self._speaking != speaking:
+                self._speaking_changed.clear()
+                await self._speaking_changed.wait()
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    def on_agent_speaking(self, callback: Callable[[bool], None]) -> None:
+        """Register `callback(speaking)`, called on the job's loop at each change."""
+        self._on_speaking.append(callback)
+
+    def hangup(self, reason: str = "caller hung up") -> None:
+        """End the call; the job closes its AgentSession and flushes its records."""
+        self.hangup_reason = reason
+        self._close()
+
+    def kill(self) -> None:
+        """Simulate an agent crash: the job task is cancelled with no graceful shutdown."""
+        self._killed = True
+        if self._job_task is not None and not self._job_task.done():
+            self._job_task.cancel()
+        self._close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def killed(self) -> bool:
+        return self._killed
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # -- agent side -------------------------------------------------------------------
+    def _close(self) -> None:
+        def _do() -> None:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            for queue in list(self._listeners):
+                queue.put_nowait(_CLOSED)
+            self.audio_input._wake()
+
+        if self._loop is not None and _running_loop() is not self._loop:
+            self._loop.call_soon_threadsafe(_do)
+        else:
+            _do()
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def _take_input(self) -> bytes:
+        need = _SAMPLES_PER_FRAME * 2
+        with self._lock:
+            chunk = bytes(self._pending[:need])
+            del self._pending[:need]
+        if len(chunk) < need:
+            chunk += b"\x00" * (need - len(chunk))
+        return chunk
+
+    def _emit_played(self, frame: rtc.AudioFrame) -> None:
+        for queue in self._listeners:
+            queue.put_nowait(frame)
+
+    def _set_speaking(self, speaking: bool) -> None:
+        if speaking == self._speaking:
+            return
+        self._speaking = speaking
+        self._speaking_changed.set()
+        for callback in list(self._on_speaking):
+            try:
+                callback(speaking)
+            except Exception:
+                logger.exception("agent speaking callback failed")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class LocalAudioInput(io.AudioInput):
+    """Paced 20 ms frames of caller audio (silence when the caller pushes nothing)."""
+
+    def __init__(self, call: LocalCall) -> None:
+        super().__init__(label="LocalCall")
+        self._call = call
+        self._next_at: float | None = None
+        self._wakeup = asyncio.Event()
+        rng = np.random.default_rng(7)
+        self._noise = (
+            rng.integers(-call._noise, call._noise + 1, _SAMPLES_PER_FRAME).astype(np.int16)
+            if call._noise
+            else None
+        )
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def __anext__(self) -> rtc.AudioFrame:
+        if self._call.closed:
+            raise StopAsyncIteration
+        now = time.monotonic()
+        if self._next_at is None or now - self._next_at > 0.2:
+            # first frame, or the loop stalled: restart the clock instead of bursting
+            self._next_at = now
+        delay = self._next_at - now
+        if delay > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), delay)
+            if self._call.closed:
+                raise StopAsyncIteration
+        self._next_at += FRAME_MS / 1000
+        data = self._call._take_input()
+        if self._noise is not None:
+            pcm = np.frombuffer(data, dtype=np.int16).astype(np.int32) + self._noise
+            data = np.clip(pcm, -32768, 32767).astype(np.int16).tobytes()
+        return rtc.AudioFrame(data, INPUT_SAMPLE_RATE, 1, _SAMPLES_PER_FRAME)
+
+
+class LocalAudioOutput(io.AudioOutput):
+    """Real-time playout clock. Reports playback start/finish like RoomIO's output."""
+
+    def __init__(self, call: LocalCall) -> None:
+        super().__init__(
+            label="LocalCall",
+            next_in_chain=None,
+            sample_rate=None,
+            capabilities=io.AudioOutputCapabilities(pause=True),
+        )
+        self._call = call
+        self._queue: deque[rtc.AudioFrame] = deque()
+        self._segment_open = False  # frames captured for a segment not yet reported finished
+        self._discarding = False  # the segment was cleared before its flush: drop its tail
+        self._flushed = False
+        self._started = False
+        self._played = 0.0
+        self._paused = asyncio.Event()
+        self._paused.set()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.first_frame_at: float | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._playout(), name="LocalAudioOutput.playout")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        if self._discarding:
+            return
+        await super().capture_frame(frame)
+        if not self._segment_open:
+            self._segment_open, self._flushed, self._started, self._played = True, False, False, 0.0
+        self._queue.append(frame)
+        self._wakeup.set()
+
+    def flush(self) -> None:
+        super().flush()
+        if self._discarding:
+            self._discarding = False
+            return
+        if self._segment_open:
+            self._flushed = True
+            self._wakeup.set()
+
+    def clear_buffer(self) -> None:
+        self._queue.clear()
+        if self._segment_open:
+            if not self._flushed:
+                self._discarding = True
+            self._finish(interrupted=True)
+
+    def pause(self) -> None:
+        super().pause()
+        self._paused.clear()
+
+    def resume(self) -> None:
+        super().resume()
+        self._paused.set()
+
+    def _finish(self, *, interrupted: bool) -> None:
+        self._segment_open = False
+        self._call._set_speaking(False)
+        self.on_playback_finished(playback_position=self._played, interrupted=interrupted)
+
+    async def _playout(self) -> None:
+        clock: float | None = None
+        while True:
+            if not self._queue:
+                if self._segment_open and self._flushed:
+                    self._finish(interrupted=False)
+                clock = None
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._paused.wait()
+            if not self._queue:
+                continue
+            frame = self._queue.popleft()
+            now = time.monotonic()
+            if clock is None or clock < now - 0.1:
+                clock = now
+            if not self._started:
+                self._started = True
+                self._call._set_speaking(True)
+                self.on_playback_started(created_at=time.time())
+            self._call._emit_played(frame)
+            self._played += frame.duration
+            clock += frame.duration
+            delay = clock - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
+async def run_local_job(*, session_id: str, call: LocalCall) -> None:
+    """Run the platform `entrypoint` for one session over `call`, in this event loop.
+
+    Returns when the call is hung up (or killed). `call.kill()` cancels the job the way
+    a crashed process would stop: no goodbye, no final flush beyond what was written.
+    """
+    from livekit.agents.testing import fake_job_context
+
+    from agents_app.worker.entrypoint import entrypoint
+
+    call._bind(asyncio.get_running_loop())
+    token = _CURRENT_CALL.set(call)
+    try:
+        with fake_job_context(job_id=f"local-{session_id}", job_metadata=json.dumps({"session_id": str(session_id)})) as ctx:
+            call._job_task = asyncio.current_task()
+            try:
+                await entrypoint(ctx)
+            except asyncio.CancelledError:
+                if not call.killed:
+                    raise
+                logger.info("local job for %s killed (simulated crash)", session_id)
+    finally:
+        _CURRENT_CALL.reset(token)
+        call._close()
+
+
+def prewarm() -> None:
+    """Load the VAD and the offline models now (blocking), as a worker's prewarm does.
+
+    Call it once per process before the first local job (e.g. from a thread at server
+    start), or the first turn pays for loading PocketSphinx and Piper.
+    """
+    from livekit.agents import JobExecutorType, JobProcess
+
+    from agents_app.worker.entrypoint import prewarm as _prewarm
+
+    _prewarm(JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None))

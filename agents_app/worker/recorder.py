@@ -1,0 +1,212 @@
+"""The job's bookkeeping writer: a bounded queue drained by one batching writer task.
+
+The agent's event loop only ever calls the non-blocking `record_*` methods. The writer
+task takes records in batches and runs the DB writes (and the broadcasts they trigger)
+on its own thread. Turns and timeline events are never dropped: when the queue is full
+they go to an overflow list that the writer drains next (memory grows instead). Records
+that only feed live dashboards (heartbeats, speaking indicators) are dropped when the
+queue is full and counted in `voice_dashboard_events_dropped_total{reason="recorder_full"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+BATCH_MAX = 50
+TURN_RETRIES = 3
+
+
+@dataclass
+class Record:
+    kind: str  # "turn" | "event" | "heartbeat" | "live"
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def durable(self) -> bool:
+        return self.kind in ("turn", "event")
+
+
+class Recorder:
+    def __init__(self, *, session_id: str, maxsize: int = 1000) -> None:
+        self.session_id = session_id
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=maxsize)
+        self._overflow: deque[Record] = deque()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"recorder-{session_id[:8]}")
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.dropped = 0
+        self.overflowed = 0
+        self.turns_written: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+
+    # -- hot path (event loop): never blocks ------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"recorder:{self.session_id}")
+
+    def record_turn(self, data: dict[str, Any]) -> None:
+        self._put(Record("turn", data))
+
+    def record_event(self, type: str, payload: dict[str, Any] | None = None) -> None:
+        self._put(Record("event", {"type": type, "payload": payload or {}}))
+
+    def heartbeat(self) -> None:
+        self._put(Record("heartbeat"))
+
+    def publish_live(self, message: dict[str, Any]) -> None:
+        """A dashboard-only message (not stored); dropped under overload."""
+        self._put(Record("live", message))
+
+    def _put(self, record: Record) -> None:
+        self._idle.clear()
+        if record.durable and self._overflow:
+            # keep order: once spilling, durable records queue behind the overflow
+            self._overflow.append(record)
+            return
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            if record.durable:
+                self._overflow.append(record)
+                self.overflowed += 1
+            else:
+                self.dropped += 1
+                _count_drop()
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize() + len(self._overflow)
+
+    # -- shutdown ----------------------------------------------------------------------
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait until everything recorded so far is written."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wait_idle(), timeout)
+
+    async def _wait_idle(self) -> None:
+        while self.pending or not self._idle.is_set():
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        await self.drain(timeout)
+        if self.pending:
+            logger.error("recorder for %s closed with %d records unwritten", self.session_id, self.pending)
+        self.abort()
+        await asyncio.get_running_loop().run_in_executor(self._executor, _close_db_connection)
+        self._executor.shutdown(wait=False)
+
+    def abort(self) -> None:
+        """Stop at once (a crashed job loses what it had not written)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    # -- writer task --------------------------------------------------------------------
+    async def _next(self) -> Record:
+        if self._queue.empty() and self._overflow:
+            return self._overflow.popleft()
+        return await self._queue.get()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.pending:
+                self._idle.set()
+            record = await self._next()
+            self._idle.clear()
+            batch = [record]
+            while len(batch) < BATCH_MAX and self.pending:
+                batch.append(await self._next())
+            try:
+                written = await loop.run_in_executor(self._executor, self._write_batch, batch)
+                self.turns_written.extend(written)
+            except Exception:  # the writer must survive anything
+                logger.exception("recorder batch failed")
+            _set_depth(self.pending)
+
+    def _write_batch(self, batch: list[Record]) -> list[dict[str, Any]]:
+        """Runs on the writer thread: DB writes and the broadcasts they trigger."""
+        from django.db import close_old_connections
+
+        close_old_connections()
+        written: list[dict[str, Any]] = []
+        heartbeat = False
+        for record in batch:
+            if record.kind == "heartbeat":
+                heartbeat = True  # one update per batch is enough
+                continue
+            try:
+                if record.kind == "turn":
+                    self._write_turn(record.data)
+                    written.append(record.data)
+                elif record.kind == "event":
+                    self._write_event(record.data)
+                elif record.kind == "live":
+                    from sessions_app import broadcast
+
+                    broadcast.publish(broadcast.session_groups(self.session_id), record.data)
+            except Exception as exc:
+                self.errors.append(f"{record.kind}: {exc}")
+                logger.exception("could not write %s record for session %s", record.kind, self.session_id)
+        if heartbeat:
+            try:
+                from django.utils import timezone
+
+                from sessions_app.models import VoiceSession
+
+                VoiceSession.objects.filter(pk=self.session_id).update(last_heartbeat_at=timezone.now())
+            except Exception:
+                logger.warning("heartbeat write failed", exc_info=True)
+        return written
+
+    def _write_turn(self, data: dict[str, Any]) -> None:
+        from sessions_app.turns import turn_record
+
+        for attempt in range(TURN_RETRIES):
+            try:
+                turn_record(session_id=self.session_id, data=data)
+                return
+            except Exception:
+                if attempt == TURN_RETRIES - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def _write_event(self, data: dict[str, Any]) -> None:
+        from sessions_app.services import session_event_append
+
+        session_event_append(session_id=self.session_id, type=data["type"], payload=data["payload"])
+
+
+def _close_db_connection() -> None:
+    from django.db import connection
+
+    connection.close()
+
+
+def _count_drop() -> None:
+    try:
+        from sessions_app.metrics import DASHBOARD_EVENTS_DROPPED
+
+        DASHBOARD_EVENTS_DROPPED.labels(reason="recorder_full").inc()
+    except Exception:
+        logger.debug("could not count a dropped record", exc_info=True)
+
+
+def _set_depth(depth: int) -> None:
+    try:
+        from sessions_app.metrics import RECORDER_QUEUE_DEPTH
+
+        RECORDER_QUEUE_DEPTH.set(depth)
+    except Exception:
+        logger.debug("could not set the recorder depth", exc_info=True)
