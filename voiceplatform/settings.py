@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -58,6 +59,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Serves /static/ (call page, dashboard, admin, vendored livekit-client) from every
+    # process, with no separate web server and no collectstatic step.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -174,6 +178,8 @@ AGENT_HEARTBEAT_SECONDS = env_float("AGENT_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
 STALE_SESSION_SECONDS = env_int("STALE_SESSION_SECONDS", 60, minimum=5)
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
 AGENT_METRICS_PORT = env_int("AGENT_METRICS_PORT", 9464, minimum=0, maximum=65535)
+# Loopback by default; set 0.0.0.0 when Prometheus scrapes from another host.
+AGENT_METRICS_HOST = env_str("AGENT_METRICS_HOST", "127.0.0.1")
 RECORDER_QUEUE_SIZE = env_int("RECORDER_QUEUE_SIZE", 1000, minimum=10)
 TOOL_LEASE_SECONDS = env_int("TOOL_LEASE_SECONDS", 120, minimum=1)
 
@@ -189,6 +195,11 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
+# WhiteNoise: serve straight from the apps' static dirs (found at start-up), and from
+# STATIC_ROOT too when `collectstatic` has filled it.
+WHITENOISE_USE_FINDERS = True
+# STATIC_ROOT exists only after `collectstatic`; its absence is normal, not worth a warning.
+warnings.filterwarnings("ignore", message="No directory at: ")  # from whitenoise
 
 # --- logging -------------------------------------------------------------------------
 LOG_FORMAT = env_choice("LOG_FORMAT", "text", ("text", "json"))
