@@ -1,0 +1,170 @@
+"""Admin forms for agents and prompt versions, with errors a non-engineer can act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from agents_app.models import STAGE_KEYS, Agent, PromptVersion, Provider
+
+VARIABLES_HELP = (
+    'Default values for the {{placeholders}}, as JSON, for example {"company": "Acme", "hours": "9 to 5"}. '
+    "Leave {} if the prompt has no placeholders."
+)
+
+
+class FriendlyJSONField(forms.JSONField):
+    """A JSONField whose parse error says what is expected instead of 'Enter a valid JSON'."""
+
+    def __init__(self, *, example: str, **kwargs: Any) -> None:
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+        self.error_messages["invalid"] = (
+            f"This is not valid JSON. Use double quotes around names and texts, for example {example}"
+        )
+
+
+class AgentAdminForm(forms.ModelForm):
+    stt_phrases = FriendlyJSONField(
+        example='["place an order", "charge my wallet"]',
+        help_text="Optional list of phrases callers are expected to say, as JSON, e.g. "
+        '["place an order", "charge my wallet"]. Leave [] to recognise any speech.',
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
+    )
+    stt_fallbacks = FriendlyJSONField(
+        example='[{"provider": "offline"}]',
+        help_text="Providers to try, in order, when speech recognition fails. JSON list, e.g. "
+        '[{"provider": "openai", "model": "whisper-1"}, {"provider": "offline"}]. Leave [] for none.',
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
+    )
+    llm_fallbacks = FriendlyJSONField(
+        example='[{"provider": "offline"}]',
+        help_text="Language models to try, in order, when the main one fails. JSON list of "
+        '{"provider": …, "model": …, "base_url": …}. Leave [] for none.',
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
+    )
+    tts_fallbacks = FriendlyJSONField(
+        example='[{"provider": "offline"}]',
+        help_text="Voices to try, in order, when speech synthesis fails. JSON list, e.g. "
+        '[{"provider": "offline"}]. Leave [] for none.',
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
+    )
+
+    class Meta:
+        model = Agent
+        fields = (
+            "name", "slug", "description", "active",
+            "stt_provider", "stt_model", "language", "stt_phrases", "stt_fallbacks",
+            "llm_provider", "llm_model", "llm_fallbacks",
+            "tts_provider", "tts_model", "tts_voice", "tts_fallbacks",
+            "allow_interruptions",
+            *(f"budget_{key}_ms" for key in STAGE_KEYS),
+        )  # fmt: skip
+        error_messages = {
+            "slug": {"unique": "Another agent already uses this slug. Pick a different one; nothing was saved."},
+        }
+
+    def clean_stt_phrases(self) -> list[str]:
+        value = self.cleaned_data.get("stt_phrases")
+        if value in (None, ""):
+            return []
+        if not isinstance(value, list) or not all(isinstance(p, str) and p.strip() for p in value):
+            raise forms.ValidationError('Phrases must be a JSON list of texts, e.g. ["place an order"].')
+        return [p.strip() for p in value]
+
+    def _clean_fallbacks(self, field: str) -> list[dict[str, Any]]:
+        value = self.cleaned_data.get(field)
+        if value in (None, ""):
+            return []
+        if not isinstance(value, list):
+            raise forms.ValidationError('Fallbacks must be a JSON list, e.g. [{"provider": "offline"}].')
+        for position, entry in enumerate(value, start=1):
+            if not isinstance(entry, dict) or "provider" not in entry:
+                raise forms.ValidationError(f'Entry {position} needs a "provider", e.g. {{"provider": "offline"}}.')
+            if entry["provider"] not in Provider.values:
+                allowed = ", ".join(Provider.values)
+                raise forms.ValidationError(
+                    f"Entry {position}: unknown provider {entry['provider']!r}; use one of {allowed}."
+                )
+            for key in ("model", "base_url"):
+                if key in entry and not isinstance(entry[key], str):
+                    raise forms.ValidationError(f'Entry {position}: "{key}" must be a text.')
+        return value
+
+    def clean_stt_fallbacks(self) -> list[dict[str, Any]]:
+        return self._clean_fallbacks("stt_fallbacks")
+
+    def clean_llm_fallbacks(self) -> list[dict[str, Any]]:
+        return self._clean_fallbacks("llm_fallbacks")
+
+    def clean_tts_fallbacks(self) -> list[dict[str, Any]]:
+        return self._clean_fallbacks("tts_fallbacks")
+
+
+class PromptVersionAdminForm(forms.ModelForm):
+    """Add or edit a draft. Published and archived versions never reach this form's save."""
+
+    variables = FriendlyJSONField(
+        example='{"company": "Acme"}',
+        help_text=VARIABLES_HELP,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+    )
+
+    class Meta:
+        model = PromptVersion
+        fields = ("agent", "instructions", "greeting", "variables", "change_note")
+        widgets = {
+            "instructions": forms.Textarea(attrs={"rows": 14, "cols": 100}),
+            "greeting": forms.Textarea(attrs={"rows": 3, "cols": 100}),
+            "change_note": forms.TextInput(attrs={"size": 80}),
+        }
+        help_texts = {
+            "change_note": "A short note for your colleagues: what changed and why.",
+        }
+
+    def clean_variables(self) -> dict[str, Any]:
+        value = self.cleaned_data.get("variables")
+        if value in (None, ""):
+            return {}
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Variables must be a JSON object of name → value, e.g. {"company": "Acme"}.')
+        for name, item in value.items():
+            if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+                raise forms.ValidationError(f'The value of "{name}" must be a text or a number.')
+        return value
+
+
+class PromptPreviewForm(forms.Form):
+    """One text field per {{placeholder}} of a version, pre-filled with its default value."""
+
+    def __init__(self, *args: Any, version: PromptVersion, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        defaults = version.variables or {}
+        for name in version.placeholders():
+            self.fields[name] = forms.CharField(
+                label=name,
+                required=False,
+                initial=str(defaults.get(name, "")),
+                help_text=(
+                    f"Default: {defaults[name]}. Leave empty to use it."
+                    if name in defaults
+                    else "No default value: calls must supply it."
+                ),
+                widget=forms.TextInput(attrs={"size": 60}),
+            )
+
+    def values(self) -> dict[str, str]:
+        """The sample values to render with; empty fields fall back to the defaults."""
+        if not self.is_bound or not self.is_valid():
+            return {}
+        return {name: value for name, value in self.cleaned_data.items() if value != ""}
+
+
+class RollbackForm(forms.Form):
+    change_note = forms.CharField(
+        required=False,
+        max_length=300,
+        widget=forms.TextInput(attrs={"size": 80}),
+        help_text="Why you are rolling back (optional). Saved with the new version.",
+    )

@@ -1,0 +1,171 @@
+"""`manage.py seed_demo`: the demo agent, its first published prompt, two demo tools and logins.
+
+Safe to run any number of times: it only creates what is missing. It never rewrites a
+prompt, a tool or a user that already exists, so edits made in the admin survive.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+
+from agents_app.models import Agent, Provider
+from agents_app.selectors import prompt_published
+from agents_app.services import prompt_draft_create, prompt_publish
+from agents_app.signals import PROMPT_EDITORS, SUPPORT_STAFF, groups_ensure
+from tools_app.models import ToolDefinition, ToolKind
+
+DEMO_PASSWORD = "voice-demo"
+DEMO_AGENT_SLUG = "demo"
+
+# (username, superuser?, group, what it is for)
+DEMO_USERS: tuple[tuple[str, bool, str | None, str], ...] = (
+    ("admin", True, None, "superuser: everything in the admin"),
+    ("staff", False, SUPPORT_STAFF, "support staff: live dashboard, read-only calls"),
+    ("editor", False, PROMPT_EDITORS, "prompt editor: agents, prompts and tools"),
+)
+
+DEMO_INSTRUCTIONS = """\
+You are {{assistant_name}}, the voice assistant of {{company}}.
+Speak in short, friendly sentences: callers hear you, they do not read you.
+Our opening hours are {{opening_hours}}.
+
+You can use two tools:
+- place_order: when the caller wants to order something, call it with the item and the quantity.
+- charge_wallet: when the caller asks to pay or to charge their wallet, call it with the amount in euros and a short reason.
+Before charging, repeat the amount. After a tool call, tell the caller the result in one sentence.
+If you do not know something, say so and offer to place an order instead.
+"""
+
+DEMO_GREETING = (
+    "Hi, this is {{assistant_name}} from {{company}}. I can place an order or charge your wallet. How can I help?"
+)
+
+DEMO_VARIABLES = {"company": "Acme Coffee", "assistant_name": "Robin", "opening_hours": "8 am to 6 pm"}
+
+DEMO_TOOLS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "place_order",
+        "description": "Place an order for the caller: an item from the menu and how many.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "item": {"type": "string", "minLength": 1, "maxLength": 120, "description": "What to order."},
+                "quantity": {"type": "integer", "minimum": 1, "maximum": 20, "description": "How many."},
+            },
+            "required": ["item", "quantity"],
+            "additionalProperties": False,
+        },
+        "idempotent": False,
+    },
+    {
+        "name": "charge_wallet",
+        "description": "Charge the caller's wallet: take an amount of money in euros, with a reason.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": 500, "description": "Euros."},
+                "reason": {"type": "string", "maxLength": 200, "description": "What the charge is for."},
+            },
+            "required": ["amount", "reason"],
+            "additionalProperties": False,
+        },
+        "idempotent": False,
+    },
+)
+
+
+class Command(BaseCommand):
+    help = "Create the demo agent, its published prompt, the demo tools and the demo logins (idempotent)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--base-url",
+            default="http://127.0.0.1:8000",
+            help="Where the web server listens, for the printed links (default %(default)s).",
+        )
+        parser.add_argument(
+            "--reset-passwords",
+            action="store_true",
+            help=f"Set the demo users' password back to {DEMO_PASSWORD!r} even if they already exist.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        base = options["base_url"].rstrip("/")
+        with transaction.atomic():
+            groups = groups_ensure()
+            agent, agent_created = Agent.objects.get_or_create(
+                slug=DEMO_AGENT_SLUG,
+                defaults={
+                    "name": "Demo agent",
+                    "description": "Demo voice agent of a coffee shop, with offline stand-in providers.",
+                    "stt_provider": Provider.OFFLINE,
+                    "llm_provider": Provider.OFFLINE,
+                    "tts_provider": Provider.OFFLINE,
+                },
+            )
+            published = prompt_published(agent=agent)
+            prompt_created = published is None
+            if prompt_created:
+                # Only when the agent has no live prompt: an edited prompt is never reset.
+                draft = prompt_draft_create(
+                    agent=agent,
+                    instructions=DEMO_INSTRUCTIONS,
+                    greeting=DEMO_GREETING,
+                    variables=dict(DEMO_VARIABLES),
+                    change_note="Demo prompt created by seed_demo",
+                )
+                published = prompt_publish(version=draft)
+            tool_lines = [self._ensure_tool(spec, agent) for spec in DEMO_TOOLS]
+            user_lines = [
+                self._ensure_user(name, is_super, groups.get(group or ""), options)
+                for name, is_super, group, _ in DEMO_USERS
+            ]
+
+        out = self.stdout.write
+        out(self.style.SUCCESS("Demo data ready."))
+        out(f"  agent   {agent.slug!r} ({'created' if agent_created else 'already there'}), "
+            f"live prompt v{published.number} ({'created' if prompt_created else 'kept as it is'})")  # fmt: skip
+        for line in tool_lines:
+            out(f"  tool    {line}")
+        for line in user_lines:
+            out(f"  user    {line}")
+        out("")
+        out(f"  Admin:        {base}/admin/")
+        out(f"  Edit prompt:  {base}/admin/agents_app/promptversion/{published.pk}/change/")
+        out(f"  Dashboard:    {base}/dashboard/")
+        out(f"  Health:       {base}/healthz")
+        out("  Logins (password for all: " + DEMO_PASSWORD + "):")
+        for name, _, _, purpose in DEMO_USERS:
+            out(f"    {name:<7} {purpose}")
+
+    def _ensure_tool(self, spec: dict[str, Any], agent: Agent) -> str:
+        tool = ToolDefinition.objects.filter(name=spec["name"]).first()
+        created = tool is None
+        if created:
+            tool = ToolDefinition(kind=ToolKind.BUILTIN, builtin_name=spec["name"], **spec)
+            tool.full_clean()
+            tool.save()
+        tool.agents.add(agent)
+        return f"{tool.name} ({'created' if created else 'already there, kept as it is'}), linked to {agent.slug!r}"
+
+    def _ensure_user(self, username: str, superuser: bool, group: Any, options: dict[str, Any]) -> str:
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            if superuser:
+                user = User.objects.create_superuser(username, f"{username}@example.com", DEMO_PASSWORD)
+            else:
+                user = User.objects.create_user(username, f"{username}@example.com", DEMO_PASSWORD, is_staff=True)
+            state = "created"
+        elif options["reset_passwords"]:
+            user.set_password(DEMO_PASSWORD)
+            user.save(update_fields=["password"])
+            state = "already there, password reset"
+        else:
+            state = "already there, password unchanged (use --reset-passwords to reset it)"
+        if group is not None:
+            user.groups.add(group)
+        return f"{username} ({state})"
