@@ -6,6 +6,9 @@ Defined once here and registered in the default registry, so django-prometheus's
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # 50 ms up to 5 s: the range where voice latency lives.
@@ -34,3 +37,22 @@ PROVIDER_FAILURES = Counter(
     "voice_provider_failures_total", "AI provider errors and failovers.", ["stage", "provider"]
 )
 RECORDER_QUEUE_DEPTH = Gauge("voice_recorder_queue_depth", "Records waiting for the agent's DB writer.")
+# Counted when an agent job starts serving a session, so rules can divide interrupts and
+# reconnects by sessions ("interrupt rate per session", "reconnect frequency").
+SESSIONS_SERVED = Counter("voice_sessions_served_total", "Voice sessions an agent job started serving.", ["agent"])
+
+
+@contextlib.contextmanager
+def track_active_session(*, agent: str = "") -> Iterator[None]:
+    """Wrap one agent job: `voice_active_sessions` +1 for its duration, sessions served +1.
+
+    The gauge uses multiprocess mode "livesum", so in a multi-process agent worker the
+    exporter adds up live job processes only (a SIGKILLed job's +1 is pruned by
+    `voiceplatform.metrics_server`).
+    """
+    SESSIONS_SERVED.labels(agent=agent or "unknown").inc()
+    ACTIVE_SESSIONS.inc()
+    try:
+        yield
+    finally:
+        ACTIVE_SESSIONS.dec()
