@@ -1,5 +1,255 @@
+"""The client API: voice sessions, tokens, reconnect, interrupt, end, LiveKit webhooks.
+
+Three audiences, three auth schemes:
+- apps: `Authorization: Bearer <key>` (client scope), under /sessions;
+- the browser call page: the Django login + CSRF, under /browser (no key in a browser);
+- LiveKit: a signed webhook, under /livekit/webhook.
+Operations stay thin: authorize, call a service or selector, return a schema.
+"""
+
 from __future__ import annotations
 
-from ninja import Router
+from typing import Any, Literal
+from uuid import UUID
+
+from django.http import HttpRequest
+from ninja import Field as NinjaField
+from ninja import Query, Router, Schema
+
+from sessions_app import selectors, services
+from sessions_app.auth import browser_auth, client_key_auth
+from sessions_app.models import ApiClient, VoiceSession
+from sessions_app.ratelimit import session_create_rate_check
+from sessions_app.schemas import (
+    AgentOut,
+    BrowserSessionCreateIn,
+    ErrorOut,
+    InterruptOut,
+    ReconnectOut,
+    SessionCreateIn,
+    SessionDetailOut,
+    SessionListOut,
+    SessionSummaryOut,
+    SessionTokenOut,
+    WebhookAckOut,
+)
+from sessions_app.tokens import MintedToken, client_url
+from sessions_app.webhooks import webhook_receive
+from voiceplatform.api_errors import ApiError
 
 router = Router()
+
+AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut, 422: ErrorOut}
+OBJECT_ERRORS: dict[int, Any] = {**AUTH_ERRORS, 404: ErrorOut}
+StateFilter = Literal["created", "active", "reconnecting", "ended", "failed"]
+
+
+class ListQuery(Schema):
+    state: StateFilter | None = NinjaField(None, description="Only sessions in this state.")
+    limit: int = NinjaField(20, ge=1, le=100)
+    offset: int = NinjaField(0, ge=0, le=1_000_000)
+
+
+# --- helpers shared by the API-key and browser operations ------------------------------
+
+
+def _owner(request: HttpRequest) -> dict[str, Any]:
+    auth = request.auth  # type: ignore[attr-defined]
+    if isinstance(auth, ApiClient):
+        return {"api_client": auth}
+    return {"user": auth}
+
+
+def _owned(request: HttpRequest, session_id: UUID) -> VoiceSession:
+    """The caller's own session, else 404 (never 403: other ids must not be confirmed)."""
+    session = selectors.session_owned_get(session_id=session_id, **_owner(request))
+    if session is None:
+        raise ApiError(404, "not_found", "No such session.", {"session_id": str(session_id)})
+    return session
+
+
+def _rate_limit(subject: str) -> None:
+    decision = session_create_rate_check(subject=subject)
+    if not decision.allowed:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"Too many sessions created; retry in {decision.retry_after} s.",
+            {"retry_after": decision.retry_after},
+            headers={"Retry-After": str(decision.retry_after)},
+        )
+
+
+def _token_out(session: VoiceSession, token: MintedToken) -> dict[str, Any]:
+    return {
+        "session_id": session.id,
+        "room": session.room_name,
+        "url": client_url(),
+        "token": token.token,
+        "expires_at": token.expires_at,
+    }
+
+
+def _create(request: HttpRequest, *, agent: str, caller_id: str, metadata: dict[str, Any]) -> tuple[int, dict]:
+    owner = _owner(request)
+    client = owner.get("api_client")
+    _rate_limit(f"client:{client.key_prefix}" if client is not None else f"user:{owner['user'].pk}")
+    session, token = services.session_create(agent_slug=agent, caller_id=caller_id, metadata=metadata, **owner)
+    return 201, _token_out(session, token)
+
+
+def _reconnect(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+    session, token = services.session_reconnect(session_id=_owned(request, session_id).pk)
+    return {**_token_out(session, token), "reconnect_count": session.reconnect_count, "state": session.state}
+
+
+def _interrupt(request: HttpRequest, session_id: UUID) -> tuple[int, dict]:
+    session = _owned(request, session_id)
+    event = services.session_interrupt(session_id=session.pk)
+    return 202, {"session_id": session.pk, "event_seq": event.seq, "state": session.state}
+
+
+def _end(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+    session = services.session_end(session_id=_owned(request, session_id).pk, reason="client_request")
+    return selectors.session_as_summary(session)
+
+
+# --- apps (API key) ------------------------------------------------------------------------
+
+
+@router.post(
+    "/sessions",
+    auth=client_key_auth,
+    response={201: SessionTokenOut, 429: ErrorOut, 502: ErrorOut, **AUTH_ERRORS},
+    tags=["sessions"],
+    summary="Open a voice session and get a LiveKit token",
+)
+def create_session(request: HttpRequest, payload: SessionCreateIn) -> tuple[int, dict]:
+    return _create(request, agent=payload.agent, caller_id=payload.user_id, metadata=payload.metadata)
+
+
+@router.get("/sessions", auth=client_key_auth, response={200: SessionListOut, **AUTH_ERRORS}, tags=["sessions"])
+def list_sessions(request: HttpRequest, filters: Query[ListQuery]) -> dict[str, Any]:
+    items, total = selectors.session_list(
+        state=filters.state, limit=filters.limit, offset=filters.offset, **_owner(request)
+    )
+    return {
+        "items": [selectors.session_as_summary(s) for s in items],
+        "count": total,
+        "limit": filters.limit,
+        "offset": filters.offset,
+    }
+
+
+@router.get(
+    "/sessions/{session_id}", auth=client_key_auth, response={200: SessionDetailOut, **OBJECT_ERRORS}, tags=["sessions"]
+)
+def get_session(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+    return selectors.session_detail(_owned(request, session_id))
+
+
+@router.post(
+    "/sessions/{session_id}/reconnect",
+    auth=client_key_auth,
+    response={200: ReconnectOut, 409: ErrorOut, **OBJECT_ERRORS},
+    tags=["sessions"],
+    summary="A fresh token for the same room",
+)
+def reconnect_session(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+    return _reconnect(request, session_id)
+
+
+@router.post(
+    "/sessions/{session_id}/interrupt",
+    auth=client_key_auth,
+    response={202: InterruptOut, 409: ErrorOut, **OBJECT_ERRORS},
+    tags=["sessions"],
+    summary="Ask the agent to stop speaking",
+)
+def interrupt_session(request: HttpRequest, session_id: UUID) -> tuple[int, dict]:
+    return _interrupt(request, session_id)
+
+
+@router.post(
+    "/sessions/{session_id}/end",
+    auth=client_key_auth,
+    response={200: SessionSummaryOut, 409: ErrorOut, **OBJECT_ERRORS},
+    tags=["sessions"],
+)
+def end_session(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+    return _end(request, session_id)
+
+
+# --- the browser call page (Django login + CSRF) ---------------------------------------------
+
+
+@router.get("/browser/agents", auth=browser_auth, response={200: list[AgentOut], **AUTH_ERRORS}, tags=["browser"])
+def browser_agents(request: HttpRequest) -> list[Any]:
+    return list(selectors.agents_callable())
+
+
+@router.post(
+    "/browser/sessions",
+    auth=browser_auth,
+    response={201: SessionTokenOut, 429: ErrorOut, 502: ErrorOut, **AUTH_ERRORS},
+    tags=["browser"],
+)
+def browser_create_session(request: HttpRequest, payload: BrowserSessionCreateIn) -> tuple[int, dict]:
+    return _create(request, agent=payload.agent, caller_id=f"user-{request.auth.pk}", metadata=payload.metadata)  # type: ignore[attr-defined]
+
+
+@router.get(
+    "/browser/sessions/{session_id}", auth=browser_auth, response={200: SessionDetailOut, **OBJECT_ERRORS}, tags=["browser"]
+)
+def browser_get_session(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+    return selectors.session_detail(_owned(request, session_id))
+
+
+@router.post(
+    "/browser/sessions/{session_id}/reconnect",
+    auth=browser_auth,
+    response={200: ReconnectOut, 409: ErrorOut, **OBJECT_ERRORS},
+    tags=["browser"],
+)
+def browser_reconnect_session(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+    return _reconnect(request, session_id)
+
+
+@router.post(
+    "/browser/sessions/{session_id}/interrupt",
+    auth=browser_auth,
+    response={202: InterruptOut, 409: ErrorOut, **OBJECT_ERRORS},
+    tags=["browser"],
+)
+def browser_interrupt_session(request: HttpRequest, session_id: UUID) -> tuple[int, dict]:
+    return _interrupt(request, session_id)
+
+
+@router.post(
+    "/browser/sessions/{session_id}/end",
+    auth=browser_auth,
+    response={200: SessionSummaryOut, 409: ErrorOut, **OBJECT_ERRORS},
+    tags=["browser"],
+)
+def browser_end_session(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+    return _end(request, session_id)
+
+
+# --- LiveKit -----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/livekit/webhook",
+    auth=None,
+    response={200: WebhookAckOut, 400: ErrorOut, 401: ErrorOut},
+    tags=["livekit"],
+    summary="LiveKit webhook receiver (signed by the LiveKit server)",
+)
+def livekit_webhook(request: HttpRequest) -> dict[str, Any]:
+    try:
+        body = request.body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_webhook", "The webhook body is not UTF-8.") from exc
+    _, created = webhook_receive(body=body, authorization=request.headers.get("Authorization", ""))
+    return {"received": True, "duplicate": not created}
+

@@ -6,8 +6,11 @@ Service functions are keyword-only, atomic, and broadcast after commit.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import secrets
-from typing import Any
+import uuid
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from django.db import transaction
@@ -17,12 +20,16 @@ from django.utils import timezone
 from sessions_app import broadcast
 from sessions_app.models import (
     ALLOWED_TRANSITIONS,
+    FINAL_STATES,
     ApiClient,
     ApiScope,
     SessionEvent,
     SessionState,
     VoiceSession,
 )
+
+if TYPE_CHECKING:
+    from sessions_app.tokens import MintedToken
 
 API_KEY_PREFIX = "vp_"
 
@@ -167,3 +174,229 @@ def _on_session_finished(session_id: UUID) -> None:
             logging.getLogger(__name__).warning("could not enqueue post-call report", exc_info=True)
 
     transaction.on_commit(enqueue)
+
+
+# --- client API: create, reconnect, interrupt, end (issue 5) -----------------------------
+# Raised errors are `voiceplatform.api_errors.ApiError`s: the API turns them into
+# {"code", "message", "details"} with their status, so operations stay thin.
+
+
+def _api_error(status: int, code: str, message: str, details: Any = None) -> Exception:
+    from voiceplatform.api_errors import ApiError
+
+    return ApiError(status, code, message, details)
+
+
+def _json_problem(value: Any, depth: int = 0) -> str | None:
+    """Why `value` cannot be stored as JSON in every supported database (or None)."""
+    if depth > 32:
+        return "nested too deeply (more than 32 levels)"
+    if isinstance(value, str):
+        # PostgreSQL jsonb refuses NUL characters and unpaired surrogates.
+        if "\x00" in value:
+            return "contains a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains an invalid unicode character"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _json_problem(key, depth + 1) or _json_problem(item, depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list):
+        for item in value:
+            problem = _json_problem(item, depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+def session_metadata_validate(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Reject metadata over SESSION_METADATA_MAX_BYTES or not storable as JSON (422)."""
+    from django.conf import settings
+
+    problem = _json_problem(metadata)
+    try:
+        encoded = json.dumps(metadata, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
+    except (ValueError, TypeError, RecursionError):
+        problem = problem or "is not plain JSON (NaN and Infinity are not allowed)"
+        encoded = b""
+    if problem:
+        raise _api_error(422, "invalid_metadata", f"metadata {problem}.")
+    limit = settings.SESSION_METADATA_MAX_BYTES
+    if len(encoded) > limit:
+        raise _api_error(
+            422,
+            "metadata_too_large",
+            f"metadata is {len(encoded)} bytes of JSON; the limit is {limit}.",
+            {"max_bytes": limit, "bytes": len(encoded)},
+        )
+    return metadata
+
+
+def _room_name(session_id: UUID) -> str:
+    return f"vs-{session_id.hex}"
+
+
+def _dispatch_mode() -> str:
+    from django.conf import settings
+
+    return "local" if settings.LIVEKIT_LOCAL_MODE else "livekit"
+
+
+def session_create(
+    *,
+    agent_slug: str,
+    caller_id: str,
+    metadata: dict[str, Any] | None = None,
+    api_client: ApiClient | None = None,
+    user: Any = None,
+) -> tuple[VoiceSession, MintedToken]:
+    """Open a session with the agent's published prompt pinned, dispatch the agent, mint a token.
+
+    With a LiveKit server the agent is dispatched explicitly (AgentDispatchService, by
+    agent name, job metadata {"session_id"}). If that fails the session is marked
+    failed and a 502 `dispatch_failed` is raised: a client never holds a token for a
+    room that no agent will join. In local mode the local agent host starts the job
+    when the caller connects; the dispatch is still recorded as an event.
+    """
+    from django.conf import settings
+
+    from agents_app.selectors import agent_by_slug, prompt_published
+    from sessions_app import livekit_server
+    from sessions_app.tokens import caller_token_mint
+
+    metadata = session_metadata_validate(metadata or {})
+    agent = agent_by_slug(slug=agent_slug)
+    if agent is None:
+        raise _api_error(422, "unknown_agent", f"No active agent with slug {agent_slug!r}.", {"agent": agent_slug})
+    version = prompt_published(agent=agent)
+    if version is None:
+        raise _api_error(
+            422, "agent_not_published", f"Agent {agent_slug!r} has no published prompt yet.", {"agent": agent_slug}
+        )
+
+    session_id = uuid.uuid4()
+    mode = _dispatch_mode()
+    with transaction.atomic():
+        session = VoiceSession.objects.create(
+            id=session_id,
+            api_client=api_client,
+            user=user if api_client is None else None,
+            caller_id=caller_id,
+            room_name=_room_name(session_id),
+            agent=agent,
+            prompt_version=version,
+            metadata=metadata,
+        )
+        session_event_append(
+            session_id=session_id,
+            type="session.created",
+            payload={
+                "agent": agent.slug,
+                "prompt_version": version.number,
+                "caller_id": caller_id,
+                "source": "api" if api_client is not None else "browser",
+            },
+        )
+        if mode == "local":
+            session_event_append(
+                session_id=session_id,
+                type="agent.dispatch_requested",
+                payload={"mode": mode, "agent_name": settings.LIVEKIT_AGENT_NAME},
+            )
+        session.refresh_from_db(fields=["last_seq"])
+        session_publish_updated(session=session)
+
+    if mode == "livekit":
+        # Outside the transaction: no row lock is held across a network call.
+        try:
+            dispatch_id = livekit_server.agent_dispatch_create(room=session.room_name, session_id=str(session_id))
+        except livekit_server.LiveKitServerError as exc:
+            session_transition(session_id=session_id, to_state=SessionState.FAILED, reason="dispatch_failed")
+            raise _api_error(
+                502,
+                "dispatch_failed",
+                "The agent could not be dispatched to the room; the session was marked failed.",
+                {"session_id": str(session_id), "error": str(exc)[:300]},
+            ) from exc
+        with transaction.atomic():
+            session_event_append(
+                session_id=session_id,
+                type="agent.dispatch_requested",
+                payload={"mode": mode, "agent_name": settings.LIVEKIT_AGENT_NAME, "dispatch_id": dispatch_id},
+            )
+
+    token = caller_token_mint(room=session.room_name, caller_id=caller_id)
+    return session, token
+
+
+@transaction.atomic
+def session_reconnect(*, session_id: UUID | str, source: str = "client") -> tuple[VoiceSession, MintedToken]:
+    """A fresh token for the SAME room and session; counts the reconnect (409 once final)."""
+    from sessions_app.metrics import RECONNECTS
+    from sessions_app.tokens import caller_token_mint
+
+    session = VoiceSession.objects.select_for_update().select_related("agent", "prompt_version").get(pk=session_id)
+    if session.state in FINAL_STATES:
+        raise _api_error(
+            409, "session_final", f"Session {session.id} is {session.state}; start a new session instead.",
+            {"state": session.state},
+        )
+    VoiceSession.objects.filter(pk=session.pk).update(reconnect_count=F("reconnect_count") + 1)
+    session.refresh_from_db(fields=["reconnect_count"])
+    session_event_append(
+        session_id=session.pk,
+        type="session.reconnect",
+        payload={"source": source, "reconnect_count": session.reconnect_count},
+    )
+    if session.state == SessionState.ACTIVE:
+        session = session_transition(session_id=session.pk, to_state=SessionState.RECONNECTING, reason="client_reconnect")
+    else:
+        session.refresh_from_db(fields=["last_seq", "state"])
+        session_publish_updated(session=session)
+    agent_label = session.agent.slug
+    transaction.on_commit(lambda: RECONNECTS.labels(agent=agent_label).inc())
+    return session, caller_token_mint(room=session.room_name, caller_id=session.caller_id)
+
+
+@transaction.atomic
+def session_interrupt(*, session_id: UUID | str, source: str = "client") -> SessionEvent:
+    """Record a client interrupt and forward it to the agent job's control group.
+
+    Nothing is counted here: the agent counts an interrupt when speech is actually cut.
+    """
+    session = VoiceSession.objects.select_for_update().get(pk=session_id)
+    if session.state in FINAL_STATES:
+        raise _api_error(409, "session_final", f"Session {session.id} is {session.state}; nothing to interrupt.",
+                         {"state": session.state})
+    event = session_event_append(session_id=session.pk, type="interrupt.requested", payload={"source": source})
+    message = {"type": "agent.interrupt", "session_id": str(session.pk), "source": source, "event_seq": event.seq}
+    group = broadcast.agent_control_group(session.pk)
+    transaction.on_commit(lambda: broadcast.publish([group], message))
+    return event
+
+
+def session_end(*, session_id: UUID | str, reason: str = "client_request") -> VoiceSession:
+    """End a live session (409 if already final), tell its agent, and close the LiveKit room."""
+    from django.conf import settings
+
+    with transaction.atomic():
+        try:
+            session = session_transition(session_id=session_id, to_state=SessionState.ENDED, reason=reason)
+        except InvalidTransition as exc:
+            raise _api_error(409, "session_final", str(exc), {"state": exc.from_state}) from exc
+        message = {"type": "agent.end", "session_id": str(session.pk), "reason": reason}
+        group = broadcast.agent_control_group(session.pk)
+        transaction.on_commit(lambda: broadcast.publish([group], message))
+    if not settings.LIVEKIT_LOCAL_MODE:
+        from sessions_app import livekit_server
+
+        try:  # best effort: the session is ended either way; LiveKit closes empty rooms itself
+            livekit_server.room_delete(room=session.room_name)
+        except livekit_server.LiveKitServerError:
+            logging.getLogger(__name__).warning("could not delete room %s", session.room_name, exc_info=True)
+    return session

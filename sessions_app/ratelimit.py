@@ -1,0 +1,104 @@
+"""Per-client rate limits shared by every web process (Redis, sliding-window counter).
+
+A sliding window (this minute's count plus the previous minute's, weighted by how much
+of it still overlaps) avoids the double burst a fixed window allows at its edge. The
+check and the increment run in one Lua script, so concurrent processes cannot both take
+the last slot, and refused requests are not counted (a client that waits `Retry-After`
+seconds gets through).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60
+KEY_PREFIX = "vp:ratelimit"
+
+# KEYS[1] = previous window, KEYS[2] = current window; ARGV = limit, elapsed fraction, ttl.
+_SCRIPT = """
+local prev = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+local limit = tonumber(ARGV[1])
+local elapsed = tonumber(ARGV[2])
+if prev * (1 - elapsed) + cur + 1 > limit then
+  return {0, prev, cur}
+end
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return {1, prev, cur + 1}
+"""
+
+_lock = threading.Lock()
+_client: redis.Redis | None = None
+_script = None
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    retry_after: int = 0
+
+
+def _redis() -> tuple[redis.Redis, object]:
+    global _client, _script
+    with _lock:
+        if _client is None:
+            _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0)
+            _script = _client.register_script(_SCRIPT)
+        return _client, _script
+
+
+def _retry_after(*, limit: int, prev: int, cur: int, elapsed: float) -> int:
+    """Seconds until one more request fits under the sliding estimate."""
+    window = WINDOW_SECONDS
+    into_window = elapsed * window
+    if cur + 1 > limit:
+        # Wait for the next window, then until this window's weight has decayed enough.
+        need = 1 - (limit - 1) / cur if cur else 0
+        wait = (window - into_window) + max(0.0, need) * window
+    else:
+        need = 1 - (limit - cur - 1) / prev if prev else 0
+        wait = max(0.0, need) * window - into_window
+    return max(1, math.ceil(wait))
+
+
+def rate_limit_hit(*, scope: str, subject: str, limit_per_minute: int) -> RateDecision:
+    """Count one request of `subject` against `limit_per_minute`; say if it may proceed.
+
+    If Redis cannot be reached the request is allowed (and logged): a rate limiter must
+    not turn a Redis hiccup into an outage of session creation.
+    """
+    now = time.time()
+    window_index = int(now // WINDOW_SECONDS)
+    elapsed = (now % WINDOW_SECONDS) / WINDOW_SECONDS
+    base = f"{KEY_PREFIX}:{scope}:{subject}"
+    try:
+        _, script = _redis()
+        allowed, prev, cur = script(  # type: ignore[operator]
+            keys=[f"{base}:{window_index - 1}", f"{base}:{window_index}"],
+            args=[limit_per_minute, f"{elapsed:.6f}", WINDOW_SECONDS * 2 + 5],
+        )
+    except redis.RedisError:
+        logger.warning("rate limiter unavailable; allowing %s %s", scope, subject, exc_info=True)
+        return RateDecision(allowed=True)
+    if allowed:
+        return RateDecision(allowed=True)
+    return RateDecision(
+        allowed=False,
+        retry_after=_retry_after(limit=limit_per_minute, prev=int(prev), cur=int(cur), elapsed=elapsed),
+    )
+
+
+def session_create_rate_check(*, subject: str) -> RateDecision:
+    return rate_limit_hit(
+        scope="session_create", subject=subject, limit_per_minute=settings.SESSION_CREATE_RATE_PER_MINUTE
+    )

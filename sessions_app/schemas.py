@@ -1,0 +1,118 @@
+"""Typed request and response bodies of the client API (explicit fields, `XIn`/`XOut`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from uuid import UUID
+
+from ninja import Field, Schema
+from pydantic import ConfigDict
+
+SLUG_PATTERN = r"^[-a-zA-Z0-9_]+$"
+# The caller id becomes part of the LiveKit identity (`caller-<id>`): keep it printable.
+CALLER_ID_PATTERN = r"^[A-Za-z0-9_.:@+\-]+$"
+
+
+class ErrorOut(Schema):
+    code: str
+    message: str
+    details: Any = None
+
+
+class SessionCreateIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(..., min_length=1, max_length=64, pattern=SLUG_PATTERN, description="The agent's slug.")
+    user_id: str = Field(
+        ...,
+        min_length=1,
+        max_length=128,
+        pattern=CALLER_ID_PATTERN,
+        description="Your id for the caller; the LiveKit identity becomes `caller-<user_id>`.",
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Free JSON object stored with the session (size-limited)."
+    )
+
+
+class BrowserSessionCreateIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(..., min_length=1, max_length=64, pattern=SLUG_PATTERN)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionTokenOut(Schema):
+    session_id: UUID
+    room: str
+    url: str = Field(..., description="LIVEKIT_URL, or local://host:port for the local agent host.")
+    token: str = Field(..., description="LiveKit AccessToken (JWT) for this room only.")
+    expires_at: dt.datetime
+
+
+class ReconnectOut(SessionTokenOut):
+    reconnect_count: int
+    state: str
+
+
+class InterruptOut(Schema):
+    session_id: UUID
+    event_seq: int
+    state: str
+
+
+class TurnOut(Schema):
+    index: int
+    user_text: str
+    generated_text: str
+    heard_text: str
+    interrupted: bool
+    interrupt_source: str
+    stages_ms: dict[str, float | None]
+    breaches: list[str]
+    tool_calls: list[dict[str, Any]]
+    error: str
+    started_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+
+
+class SessionSummaryOut(Schema):
+    session_id: UUID
+    agent: str
+    prompt_version: int
+    caller_id: str
+    room: str
+    state: str
+    end_reason: str
+    turn_count: int
+    interrupt_count: int
+    reconnect_count: int
+    last_e2e_ms: float | None = None
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+
+
+class SessionDetailOut(SessionSummaryOut):
+    metadata: dict[str, Any]
+    stage_avg_ms: dict[str, float | None] = Field(..., description="Mean of each stage over the recorded turns.")
+    turns: list[TurnOut]
+
+
+class SessionListOut(Schema):
+    items: list[SessionSummaryOut]
+    count: int = Field(..., description="Sessions matching the filter, before paging.")
+    limit: int
+    offset: int
+
+
+class AgentOut(Schema):
+    slug: str
+    name: str
+    description: str
+
+
+class WebhookAckOut(Schema):
+    received: bool
+    duplicate: bool

@@ -1,0 +1,91 @@
+"""Reads for voice sessions, scoped to their owner (an API client or a browser user)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.db.models import QuerySet
+
+from agents_app.models import STAGE_KEYS, Agent, PromptStatus
+from sessions_app.models import ApiClient, Turn, VoiceSession
+from sessions_app.turns import turn_as_dict
+
+
+def sessions_owned(*, api_client: ApiClient | None = None, user: Any = None) -> QuerySet[VoiceSession]:
+    """Sessions an owner may see: an API client its own, a browser user the calls they started.
+
+    Exactly one owner must be given; anything else sees nothing (never everything).
+    """
+    qs = VoiceSession.objects.select_related("agent", "prompt_version")
+    if api_client is not None and user is None:
+        return qs.filter(api_client=api_client)
+    if user is not None and api_client is None and getattr(user, "pk", None) is not None:
+        return qs.filter(user=user, api_client__isnull=True)
+    return qs.none()
+
+
+def session_owned_get(*, session_id: UUID, api_client: ApiClient | None = None, user: Any = None) -> VoiceSession | None:
+    return sessions_owned(api_client=api_client, user=user).filter(pk=session_id).first()
+
+
+def session_list(
+    *,
+    api_client: ApiClient | None = None,
+    user: Any = None,
+    state: str | None = None,
+    limit: int = 20,
+    offset: int = 0,
+) -> tuple[list[VoiceSession], int]:
+    qs = sessions_owned(api_client=api_client, user=user)
+    if state:
+        qs = qs.filter(state=state)
+    total = qs.count()
+    return list(qs.order_by("-created_at", "-pk")[offset : offset + limit]), total
+
+
+def session_as_summary(session: VoiceSession) -> dict[str, Any]:
+    return {
+        "session_id": session.id,
+        "agent": session.agent.slug,
+        "prompt_version": session.prompt_version.number,
+        "caller_id": session.caller_id,
+        "room": session.room_name,
+        "state": session.state,
+        "end_reason": session.end_reason,
+        "turn_count": session.turn_count,
+        "interrupt_count": session.interrupt_count,
+        "reconnect_count": session.reconnect_count,
+        "last_e2e_ms": session.last_e2e_ms,
+        "created_at": session.created_at,
+        "started_at": session.started_at,
+        "ended_at": session.ended_at,
+    }
+
+
+def _stage_averages(turns: list[Turn]) -> dict[str, float | None]:
+    averages: dict[str, float | None] = {}
+    for stage in STAGE_KEYS:
+        values = [v for v in (getattr(t, f"{stage}_ms") for t in turns) if v is not None]
+        averages[stage] = round(sum(values) / len(values), 3) if values else None
+    return averages
+
+
+def session_detail(session: VoiceSession) -> dict[str, Any]:
+    """State, counts, every turn (generated and heard text, stages, breaches, tools)."""
+    turns = list(Turn.objects.filter(session=session).order_by("index"))
+    return {
+        **session_as_summary(session),
+        "metadata": session.metadata or {},
+        "stage_avg_ms": _stage_averages(turns),
+        "turns": [turn_as_dict(t) for t in turns],
+    }
+
+
+def agents_callable() -> QuerySet[Agent]:
+    """Active agents with a published prompt: the ones a call can be started with."""
+    return (
+        Agent.objects.filter(active=True, prompt_versions__status=PromptStatus.PUBLISHED)
+        .distinct()
+        .order_by("name")
+    )
