@@ -1,0 +1,331 @@
+"""One simulated call: a client app plus a caller who speaks with the local TTS.
+
+It opens the session through the HTTP API, connects to the `url` the API returned with
+the token it got, speaks its lines in real time, listens to the agent, follows the
+scenario's steps, ends the session, and checks the stored result against the scenario's
+expectations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agents_app.simulator.api import PlatformApiError, PlatformClient
+from agents_app.simulator.recording import CallRecording
+from agents_app.simulator.scenarios import Scenario, Step
+from agents_app.simulator.transport import CallerTransport, TransportError
+
+FRAME_SECONDS = 0.02
+SPEAK_TIMEOUT = 45.0
+# Silence the caller leaves after a line, so the VAD sees the end of speech.
+TRAILING_SILENCE_SECONDS = 0.6
+
+
+class CallFailed(Exception):
+    pass
+
+
+@dataclass
+class CallResult:
+    scenario: str
+    number: int
+    session_id: str = ""
+    ok: bool = False
+    error: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+    agent_restarts: int = 0
+    tool_retries: list[dict[str, Any]] = field(default_factory=list)
+    side_effects: int | None = None
+    duration_s: float = 0.0
+    recording: CallRecording | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _speech(text: str) -> tuple[np.ndarray, int]:
+    from agents_app.providers.piper import synthesize
+
+    return synthesize(text)
+
+
+async def speech_for(text: str) -> tuple[np.ndarray, int]:
+    """Piper speech for a line (cached: scenarios repeat their lines)."""
+    return await asyncio.to_thread(_speech, text)
+
+
+class SimulatedCall:
+    def __init__(
+        self,
+        *,
+        scenario: Scenario,
+        number: int,
+        api: PlatformClient,
+        make_transport: Callable[..., CallerTransport],
+        progress: Callable[[str], None],
+        shared_db: bool,
+    ) -> None:
+        self.scenario = scenario
+        self.api = api
+        self.result = CallResult(scenario=scenario.name, number=number)
+        self.recording = CallRecording()
+        self.result.recording = self.recording
+        self._progress = progress
+        self._shared_db = shared_db
+        self.transport = make_transport(on_agent_audio=self.recording.add_agent, on_note=self.note)
+        self.session_id = ""
+
+    def note(self, text: str) -> None:
+        at = self.recording.note(text)
+        sid = self.session_id[:8] or "--------"
+        self._progress(f"call {self.result.number:>3} {self.scenario.name:<16} {sid} +{at:5.1f}s {text}")
+
+    # -- the call ---------------------------------------------------------------------
+    async def run(self) -> CallResult:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._run(), self.scenario.timeout)
+            await self._check()
+            self.result.ok = True
+            self.note("completed")
+        except TimeoutError:
+            self._fail(f"timed out after {self.scenario.timeout:.0f} s")
+        except (CallFailed, TransportError, PlatformApiError) as exc:
+            self._fail(str(exc))
+        except Exception as exc:  # one broken call must not stop the others
+            self._fail(f"{type(exc).__name__}: {exc}")
+        finally:
+            await self._cleanup()
+            self.result.duration_s = round(time.monotonic() - started, 2)
+        return self.result
+
+    def _fail(self, message: str) -> None:
+        self.result.error = message
+        self.note(f"FAILED: {message}")
+
+    async def _run(self) -> None:
+        caller_id = self.scenario.caller_id or f"sim-{self.scenario.name}-{uuid.uuid4().hex[:8]}"
+        created = await self.api.session_create(
+            agent=self.scenario.agent, user_id=caller_id, metadata={"simulator": True, "scenario": self.scenario.name}
+        )
+        self.session_id = self.result.session_id = str(created["session_id"])
+        self.note(f"session created (room {created['room']})")
+        await self.transport.connect(created["url"], created["token"])
+        self.note(f"connected to {created['url']}")
+        for step in self.scenario.steps:
+            await self._step(step)
+
+    async def _step(self, step: Step) -> None:
+        handler = getattr(self, f"_do_{step.kind}")
+        await handler(step)
+
+    async def _speak(self, text: str) -> None:
+        samples, rate = await speech_for(text)
+        frame = int(rate * FRAME_SECONDS)
+        silence = np.zeros(int(rate * TRAILING_SILENCE_SECONDS), dtype=np.int16)
+        audio = np.concatenate([samples, silence])
+        self.note(f'caller says "{text}"')
+        clock = time.monotonic()
+        for start in range(0, len(audio), frame):
+            chunk = audio[start : start + frame]
+            self.recording.add_caller(chunk, rate)
+            await self.transport.send_audio(chunk, rate)
+            clock += len(chunk) / rate
+            delay = clock - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def _wait_agent_spoke_for(self, seconds: float, timeout: float) -> None:
+        await self.transport.wait_speaking(True, timeout)
+        since = self.transport.speaking_since or time.monotonic()
+        delay = since + seconds - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not self.transport.agent_speaking:
+            raise CallFailed(f"the agent stopped speaking before {seconds:.1f} s; nothing to interrupt")
+
+    async def _do_say(self, step: Step) -> None:
+        await self._speak(str(step.args))
+
+    async def _do_wait_for_agent(self, step: Step) -> None:
+        timeout = float(step.arg("timeout", SPEAK_TIMEOUT))
+        try:
+            await self.transport.wait_speaking(True, timeout)
+            self.note("agent speaking")
+            await self.transport.wait_speaking(False, timeout * 2)
+        except TimeoutError as exc:
+            raise CallFailed(f"the agent did not answer within {timeout:.0f} s") from exc
+        self.note("agent done")
+        await asyncio.sleep(float(step.arg("quiet", 0.3)))
+
+    async def _do_barge_in(self, step: Step) -> None:
+        after = float(step.arg("after", 2.0))
+        try:
+            await self._wait_agent_spoke_for(after, float(step.arg("timeout", SPEAK_TIMEOUT)))
+        except TimeoutError as exc:
+            raise CallFailed("the agent never started speaking; nothing to barge in on") from exc
+        self.note("barging in")
+        await self._speak(str(step.args["say"]))
+
+    async def _do_interrupt(self, step: Step) -> None:
+        after = float(step.arg("after", 2.0))
+        try:
+            await self._wait_agent_spoke_for(after, float(step.arg("timeout", SPEAK_TIMEOUT)))
+        except TimeoutError as exc:
+            raise CallFailed("the agent never started speaking; nothing to interrupt") from exc
+        await self.api.session_interrupt(self.session_id)
+        self.note("POST /interrupt sent")
+        try:
+            await self.transport.wait_speaking(False, 10)
+        except TimeoutError as exc:
+            raise CallFailed("the agent kept speaking 10 s after the client interrupt") from exc
+        self.note("agent stopped")
+
+    async def _do_pause(self, step: Step) -> None:
+        await asyncio.sleep(float(step.args))
+
+    async def _do_wait_turns(self, step: Step) -> None:
+        count = int(step.args["count"])
+        with_tool = bool(step.arg("with_tool_call", False))
+        deadline = time.monotonic() + float(step.arg("timeout", 30))
+        while True:
+            detail = await self.api.session_get(self.session_id)
+            turns = detail.get("turns") or []
+            if len(turns) >= count and (not with_tool or any(t.get("tool_calls") for t in turns)):
+                self.note(f"{len(turns)} turns stored")
+                return
+            if time.monotonic() > deadline:
+                what = f"{count} turns" + (" with a tool call" if with_tool else "")
+                raise CallFailed(f"expected {what}, the session has {len(turns)}: {_turn_texts(turns)}")
+            await asyncio.sleep(0.5)
+
+    async def _do_drop(self, step: Step) -> None:
+        self.note("line drops")
+        await self.transport.drop()
+
+    async def _do_reconnect(self, step: Step) -> None:
+        answer = await self.api.session_reconnect(self.session_id)
+        self.note(f"POST /reconnect → {answer.get('state')} (reconnect #{answer.get('reconnect_count')})")
+        await self.transport.connect(answer["url"], answer["token"])
+        self.note("reconnected")
+
+    async def _do_agent_restart(self, step: Step) -> None:
+        self.note("killing the agent job")
+        await self.transport.agent_restart()
+        self.result.agent_restarts += 1
+        self.note("a new agent job took the session over")
+
+    async def _do_retry_tool(self, step: Step) -> None:
+        detail = await self.api.session_get(self.session_id)
+        calls = [c for t in detail.get("turns") or [] for c in t.get("tool_calls") or []]
+        if not calls:
+            raise CallFailed("no tool call to retry")
+        call = calls[-1]
+        key = str(call.get("key") or f"{self.session_id}:{call.get('call_id')}")
+        arguments = await self._tool_arguments(key)
+        answer = await self.api.tool_invoke(name=str(call["name"]), session_id=self.session_id, key=key, arguments=arguments)
+        record = {"name": call["name"], "key": key, "status": answer.get("status"), "replayed": bool(answer.get("replayed"))}
+        self.result.tool_retries.append(record)
+        self.note(f"retried tool {call['name']} with the same key → {record['status']}, replayed={record['replayed']}")
+
+    async def _tool_arguments(self, key: str) -> dict[str, Any]:
+        """The stored request of that call (the ledger row), to send exactly the same one."""
+        if not self._shared_db:
+            raise CallFailed("retry_tool needs the platform's database to read the call's arguments")
+        from asgiref.sync import sync_to_async
+
+        from tools_app.models import ToolInvocation
+
+        def _get() -> dict[str, Any] | None:
+            row = ToolInvocation.objects.filter(scope=self.session_id, key=key).values("arguments").first()
+            if row is None:
+                row = ToolInvocation.objects.filter(key=key).values("arguments").first()
+            return row["arguments"] if row else None
+
+        arguments = await sync_to_async(_get, thread_sensitive=False)()
+        if arguments is None:
+            raise CallFailed(f"no ledger row for tool call {key}")
+        return dict(arguments)
+
+    async def _do_end(self, step: Step) -> None:
+        await self.api.session_end(self.session_id)
+        self.note("POST /end sent")
+        # The host closes the connection once the job has flushed its turns.
+        if not await self.transport.wait_closed(20):
+            self.note("the agent host did not close the call within 20 s; hanging up")
+            await self.transport.hangup()
+
+    # -- after the call ---------------------------------------------------------------
+    async def _cleanup(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self.transport.closed.is_set():
+                await self.transport.hangup()
+        if self.session_id:
+            with contextlib.suppress(Exception):
+                self.result.detail = await self.api.session_get(self.session_id)
+
+    async def _check(self) -> None:
+        detail = await self.api.session_get(self.session_id)
+        self.result.detail = detail
+        turns = detail.get("turns") or []
+        expect = self.scenario.expect
+        problems: list[str] = []
+
+        def need(key: str, actual: int, what: str) -> None:
+            if key in expect and actual < int(expect[key]):
+                problems.append(f"expected at least {expect[key]} {what}, got {actual}")
+
+        interrupted = [t for t in turns if t.get("interrupted")]
+        tool_calls = [c for t in turns for c in t.get("tool_calls") or []] + self.result.tool_retries
+        need("min_turns", len(turns), "stored turns")
+        need("min_interrupted", len(interrupted), "interrupted turns")
+        need("min_reconnects", int(detail.get("reconnect_count") or 0), "reconnects")
+        need("min_agent_restarts", self.result.agent_restarts, "agent restarts")
+        need("min_tool_calls", len(tool_calls), "tool calls")
+        need("min_tool_replays", sum(1 for c in tool_calls if c.get("replayed")), "tool replays")
+        source = expect.get("interrupt_source")
+        if source and interrupted and not any(t.get("interrupt_source") == source for t in interrupted):
+            problems.append(f"expected an interruption by {source}, got {[t.get('interrupt_source') for t in interrupted]}")
+        for turn in interrupted:
+            heard, generated = turn.get("heard_text") or "", turn.get("generated_text") or ""
+            if not generated.startswith(heard) or len(heard) >= len(generated):
+                problems.append(f"turn {turn['index']}: heard text is not a strict prefix of the generated text")
+        if expect.get("greeting_once"):
+            greetings = [t for t in turns if not t.get("user_text")]
+            if len(greetings) > 1:
+                problems.append(f"the agent greeted {len(greetings)} times; a resumed call must not greet again")
+        if expect.get("one_side_effect"):
+            keys = [c.get("key") for c in tool_calls if c.get("key")]
+            effects = await self._side_effects(keys)
+            self.result.side_effects = effects
+            if effects is not None and effects != 1:
+                problems.append(f"expected exactly one side effect for the tool call, found {effects}")
+        if problems:
+            raise CallFailed("; ".join(problems) + f" (turns: {_turn_texts(turns)})")
+
+    async def _side_effects(self, keys: list[str]) -> int | None:
+        """Demo-tool rows written for these idempotency keys (shared DB only)."""
+        if not self._shared_db or not keys:
+            return None
+        from asgiref.sync import sync_to_async
+
+        from tools_app.models import DemoCharge, DemoOrder
+
+        def _count() -> int:
+            unique = set(keys)
+            return DemoOrder.objects.filter(idempotency_key__in=unique).count() + DemoCharge.objects.filter(
+                idempotency_key__in=unique
+            ).count()
+
+        return await sync_to_async(_count, thread_sensitive=False)()
+
+
+def _turn_texts(turns: list[dict[str, Any]]) -> list[str]:
+    return [f"{t.get('index')}:{(t.get('user_text') or '-')[:40]!r}" for t in turns]

@@ -1,0 +1,76 @@
+"""Run N simulated calls, C at a time, and summarize them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from agents_app.simulator.api import PlatformClient
+from agents_app.simulator.caller import CallResult, SimulatedCall
+from agents_app.simulator.scenarios import Scenario
+from agents_app.simulator.summary import summarize
+from agents_app.simulator.transport import CallerTransport, HostTransport, LiveKitTransport
+
+
+@dataclass
+class RunOptions:
+    scenarios: list[Scenario]
+    calls: int
+    concurrency: int
+    base_url: str
+    api_key: str
+    agent_api_key: str = ""
+    local_agent: str = "url"  # "url": connect where the API says; "inprocess": host the jobs here
+    record_dir: Path | None = None
+    shared_db: bool = True
+    livekit: bool = False
+
+
+def transport_factory(options: RunOptions, host: Any) -> Callable[..., CallerTransport]:
+    if options.livekit:
+        return LiveKitTransport
+    if options.local_agent == "inprocess":
+        return partial(HostTransport, host=host)
+    return HostTransport
+
+
+async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tuple[dict[str, Any], list[CallResult]]:
+    """Calls cycle through the given scenarios; returns (summary, per-call results)."""
+    host = None
+    if options.local_agent == "inprocess" and not options.livekit:
+        from agents_app.worker.local_server import AgentHost
+
+        host = AgentHost(allow_control=True)
+    make_transport = transport_factory(options, host)
+    api = PlatformClient(base_url=options.base_url, api_key=options.api_key, agent_api_key=options.agent_api_key)
+    semaphore = asyncio.Semaphore(max(1, options.concurrency))
+
+    async def one(number: int) -> CallResult:
+        scenario = options.scenarios[(number - 1) % len(options.scenarios)]
+        async with semaphore:
+            call = SimulatedCall(
+                scenario=scenario,
+                number=number,
+                api=api,
+                make_transport=make_transport,
+                progress=progress,
+                shared_db=options.shared_db,
+            )
+            result = await call.run()
+        if options.record_dir is not None and result.recording is not None:
+            stem = f"{number:03d}-{scenario.name}-{result.session_id or 'nosession'}"
+            wav, _ = await asyncio.to_thread(result.recording.write, options.record_dir, stem, result.detail)
+            progress(f"call {number:>3} recorded {wav}")
+        return result
+
+    try:
+        results = await asyncio.gather(*(one(n) for n in range(1, options.calls + 1)))
+    finally:
+        await api.close()
+        if host is not None:
+            await host.shutdown()
+    return summarize(results), list(results)

@@ -1,0 +1,62 @@
+"""The JSON summary of a simulator run (the last line of stdout with `--json`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SUMMARY_STAGES = ("eou", "stt", "llm_ttft", "tool", "tts_ttfb", "e2e")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return round(ordered[rank - 1], 1)
+
+
+def summarize(results: list[Any]) -> dict[str, Any]:
+    """Counts and per-stage p50/p95 over every stored turn of every call.
+
+    `tool_calls` counts the agent's tool calls plus the simulator's forced retries;
+    `tool_replays` those the ledger answered as replays (the tool did not run again).
+    """
+    stage_values: dict[str, list[float]] = {stage: [] for stage in SUMMARY_STAGES}
+    turns = interrupted = reconnects = tool_calls = tool_replays = breaches = 0
+    errors: list[str] = []
+    for result in results:
+        detail = result.detail or {}
+        reconnects += int(detail.get("reconnect_count") or 0)
+        for turn in detail.get("turns") or []:
+            turns += 1
+            interrupted += bool(turn.get("interrupted"))
+            breaches += len(turn.get("breaches") or [])
+            for call in turn.get("tool_calls") or []:
+                tool_calls += 1
+                tool_replays += bool(call.get("replayed"))
+            for stage, value in (turn.get("stages_ms") or {}).items():
+                if stage in stage_values and value is not None:
+                    stage_values[stage].append(float(value))
+        for retry in result.tool_retries:
+            tool_calls += 1
+            tool_replays += bool(retry.get("replayed"))
+        if not result.ok:
+            errors.append(f"call {result.number} ({result.scenario}, {result.session_id or 'no session'}): {result.error}")
+    return {
+        "calls": len(results),
+        "completed": sum(1 for r in results if r.ok),
+        "failed": sum(1 for r in results if not r.ok),
+        "turns": turns,
+        "interrupted_turns": interrupted,
+        "reconnects": reconnects,
+        "tool_calls": tool_calls,
+        "tool_replays": tool_replays,
+        "budget_breaches": breaches,
+        "stage_ms": {
+            stage: {"p50": percentile(values, 50), "p95": percentile(values, 95)} for stage, values in stage_values.items()
+        },
+        "session_ids": [r.session_id for r in results if r.session_id],
+        "errors": errors,
+    }

@@ -1,0 +1,250 @@
+"""How a simulated caller reaches the agent: the local agent host (TCP), the same host
+in-process, or a real LiveKit room (livekit rtc SDK).
+
+Every transport tells the caller when the agent speaks and hands it the agent's audio as
+played, so the caller can barge in at the right moment and record what it heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from agents_app.worker.local_server import AgentHost, AudioChunk, StreamChannel, memory_channel_pair
+
+AudioSink = Callable[[np.ndarray, int], None]
+CONNECT_TIMEOUT_SECONDS = 15.0
+
+
+class TransportError(Exception):
+    pass
+
+
+class CallerTransport:
+    """Common state: agent speaking or not, since when, and the closed flag."""
+
+    supports_agent_restart = False
+
+    def __init__(self, *, on_agent_audio: AudioSink, on_note: Callable[[str], None]) -> None:
+        self.on_agent_audio = on_agent_audio
+        self.on_note = on_note
+        self.agent_speaking = False
+        self.speaking_since: float | None = None
+        self.restarts = 0
+        self.closed = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    def _set_speaking(self, speaking: bool) -> None:
+        if speaking == self.agent_speaking:
+            return
+        self.agent_speaking = speaking
+        self.speaking_since = time.monotonic() if speaking else None
+        self._changed.set()
+
+    async def wait_speaking(self, speaking: bool, timeout: float) -> None:
+        async def _wait() -> None:
+            while self.agent_speaking != speaking:
+                if self.closed.is_set():
+                    raise TransportError("the connection closed while waiting for the agent")
+                self._changed.clear()
+                closed = asyncio.ensure_future(self.closed.wait())
+                changed = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait({closed, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closed.cancel()
+                    changed.cancel()
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    async def connect(self, url: str, token: str) -> None:
+        raise NotImplementedError
+
+    async def send_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        raise NotImplementedError
+
+    async def agent_restart(self) -> None:
+        raise TransportError(f"{type(self).__name__} cannot restart the agent job (local transport only)")
+
+    async def hangup(self) -> None:
+        raise NotImplementedError
+
+    async def drop(self) -> None:
+        raise NotImplementedError
+
+
+class HostTransport(CallerTransport):
+    """The local agent host protocol (docs/simulator.md), over TCP or in-process."""
+
+    supports_agent_restart = True
+
+    def __init__(self, *, host: AgentHost | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._inprocess_host = host
+        self._channel: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._welcome: asyncio.Future[dict[str, Any]] | None = None
+        self._restarted = asyncio.Event()
+
+    async def _open(self, url: str) -> Any:
+        if self._inprocess_host is not None:
+            caller_end, host_end = memory_channel_pair()
+            self._inprocess_host.spawn(host_end)
+            return caller_end
+        parsed = urlparse(url)
+        if parsed.scheme != "local" or not parsed.hostname or not parsed.port:
+            raise TransportError(f"not a local agent host url: {url!r} (expected local://host:port)")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(parsed.hostname, parsed.port), CONNECT_TIMEOUT_SECONDS)
+        except (OSError, TimeoutError) as exc:
+            raise TransportError(
+                f"cannot reach the local agent host at {parsed.hostname}:{parsed.port} ({exc}); "
+                "is `manage.py runagent` running? (or use --local-agent inprocess)"
+            ) from exc
+        return StreamChannel(reader, writer)
+
+    async def connect(self, url: str, token: str) -> None:
+        self.closed = asyncio.Event()
+        self._set_speaking(False)
+        self._channel = await self._open(url)
+        await self._channel.send({"type": "hello", "token": token, "protocol": 1})
+        first = await asyncio.wait_for(self._channel.recv(), CONNECT_TIMEOUT_SECONDS)
+        if not isinstance(first, dict) or first.get("type") != "welcome":
+            detail = first.get("message") if isinstance(first, dict) else "connection closed"
+            await self._channel.close()
+            raise TransportError(f"the agent host refused the call: {detail}")
+        self._reader = asyncio.create_task(self._read_loop(self._channel), name="caller-reader")
+
+    async def _read_loop(self, channel: Any) -> None:
+        try:
+            while True:
+                message = await channel.recv()
+                if message is None:
+                    return
+                if isinstance(message, AudioChunk):
+                    self.on_agent_audio(message.samples, message.sample_rate)
+                    continue
+                kind = message.get("type")
+                if kind == "agent.speaking":
+                    self._set_speaking(bool(message.get("speaking")))
+                elif kind == "agent.restarted":
+                    self.restarts += 1
+                    self._set_speaking(False)
+                    self._restarted.set()
+                elif kind == "bye":
+                    self.on_note(f"agent host: {message.get('reason', 'bye')}")
+                elif kind == "error":
+                    self.on_note(f"agent host error {message.get('code')}: {message.get('message')}")
+        finally:
+            self._set_speaking(False)
+            self.closed.set()
+            self._changed.set()
+
+    async def send_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        if self.closed.is_set():
+            raise TransportError("the connection to the agent is closed")
+        await self._channel.send(AudioChunk(pcm=np.asarray(samples, dtype=np.int16).tobytes(), sample_rate=sample_rate))
+
+    async def agent_restart(self) -> None:
+        self._restarted.clear()
+        await self._channel.send({"type": "control", "action": "agent-restart"})
+        await asyncio.wait_for(self._restarted.wait(), 30)
+
+    async def hangup(self) -> None:
+        """Leave cleanly: wait (a little) for the host to flush the job and close."""
+        if self._channel is None:
+            return
+        with contextlib.suppress(Exception):
+            await self._channel.send({"type": "hangup"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closed.wait(), 25)
+        await self._channel.close()
+
+    async def wait_closed(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closed.wait(), timeout)
+        return self.closed.is_set()
+
+    async def drop(self) -> None:
+        """The line drops: close the connection with no goodbye."""
+        if self._channel is not None:
+            await self._channel.close()
+        if self._reader is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._reader, 5)
+
+
+class LiveKitTransport(CallerTransport):
+    """A participant in a real LiveKit room (LIVEKIT_URL set): publishes the caller's
+    microphone track and subscribes to the agent's audio.
+
+    Written against the livekit rtc SDK's documented API (Room.connect, AudioSource,
+    LocalAudioTrack, AudioStream, participant attributes); it cannot be exercised on a
+    machine without a LiveKit server, so it is untested here. The agent's state comes
+    from the `lk.agent.state` participant attribute that livekit-agents publishes.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._room: Any = None
+        self._source: Any = None
+        self._rate = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def connect(self, url: str, token: str) -> None:
+        from livekit import rtc
+
+        self.closed = asyncio.Event()
+        room = rtc.Room()
+        self._room = room
+
+        def on_track(track: Any, publication: Any, participant: Any) -> None:
+            if track.kind == rtc.TrackKind.KIND_AUDIO:
+                self._tasks.append(asyncio.create_task(self._listen(track)))
+
+        def on_attributes(changed: dict[str, str], participant: Any) -> None:
+            state = changed.get("lk.agent.state")
+            if state is not None:
+                self._set_speaking(state == "speaking")
+
+        room.on("track_subscribed", on_track)
+        room.on("participant_attributes_changed", on_attributes)
+        room.on("disconnected", lambda *_: self.closed.set())
+        await room.connect(url, token)
+
+    async def _listen(self, track: Any) -> None:
+        from livekit import rtc
+
+        async for event in rtc.AudioStream(track):
+            frame = event.frame
+            self.on_agent_audio(np.frombuffer(bytes(frame.data), dtype=np.int16), frame.sample_rate)
+
+    async def send_audio(self, samples: np.ndarray, sample_rate: int) -> None:
+        from livekit import rtc
+
+        if self._source is None or self._rate != sample_rate:
+            self._rate = sample_rate
+            self._source = rtc.AudioSource(sample_rate, 1)
+            track = rtc.LocalAudioTrack.create_audio_track("caller-microphone", self._source)
+            options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            await self._room.local_participant.publish_track(track, options)
+        data = np.asarray(samples, dtype=np.int16)
+        await self._source.capture_frame(rtc.AudioFrame(data.tobytes(), sample_rate, 1, len(data)))
+
+    async def hangup(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._room is not None:
+            await self._room.disconnect()
+        self.closed.set()
+
+    async def wait_closed(self, timeout: float) -> bool:
+        return True
+
+    drop = hangup

@@ -1,0 +1,490 @@
+"""The local agent host: `manage.py runagent` when LIVEKIT_URL is unset.
+
+A LiveKit server would take the caller's audio into a room and dispatch an agent job to
+it. With no server, this small TCP host does both: a caller connects to the `url` the
+API returned (`local://host:port`), says hello with its LiveKit token, and the host
+
+1. verifies the token with livekit-api's `TokenVerifier` (same key/secret as the API),
+2. finds the VoiceSession by the token's room (`VoiceSession.room_name`),
+3. moves the session created|reconnecting → active,
+4. runs the platform `entrypoint` for it in-process (`run_local_job` over a `LocalCall`),
+5. streams PCM both ways: caller → agent as the caller paces it, agent → caller as played.
+
+When the caller drops, the job ends and the session goes active → reconnecting. A caller
+that comes back with a fresh token (`POST …/reconnect`) gets a new job whose context is
+rebuilt from the stored turns. An `agent-restart` control message kills the running job
+abruptly (a simulated crash) and starts a new one for the same session, as a re-dispatch
+would. Wire protocol: docs/simulator.md.
+
+The same `AgentHost` also serves in-process callers (`simulate_calls --local-agent
+inprocess`) through `memory_channel_pair()`, so both paths share one implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import struct
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from channels.db import database_sync_to_async
+from django.conf import settings
+from livekit import rtc
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+KIND_JSON = 1
+KIND_AUDIO = 2
+_HEADER = struct.Struct(">BI")  # kind, payload length
+_RATE = struct.Struct(">I")
+MAX_PAYLOAD = 1 << 20
+HELLO_TIMEOUT_SECONDS = 10.0
+JOB_END_TIMEOUT_SECONDS = 15.0
+# PocketSphinx can return nothing on exact-zero silence; a few LSB of noise fixes that.
+INPUT_NOISE_LSB = 3
+
+
+class ProtocolError(Exception):
+    pass
+
+
+@dataclass
+class AudioChunk:
+    """Mono int16 little-endian PCM at `sample_rate`."""
+
+    pcm: bytes
+    sample_rate: int
+
+    @classmethod
+    def from_frame(cls, frame: rtc.AudioFrame) -> AudioChunk:
+        data = bytes(frame.data)
+        if frame.num_channels > 1:
+            mono = np.frombuffer(data, dtype=np.int16).reshape(-1, frame.num_channels).mean(axis=1)
+            data = mono.astype(np.int16).tobytes()
+        return cls(pcm=data, sample_rate=frame.sample_rate)
+
+    def to_frame(self) -> rtc.AudioFrame:
+        return rtc.AudioFrame(self.pcm, self.sample_rate, 1, len(self.pcm) // 2)
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.frombuffer(self.pcm, dtype=np.int16)
+
+
+Message = dict[str, Any] | AudioChunk
+
+
+class Channel(Protocol):
+    """One duplex message connection between a caller and the host."""
+
+    async def send(self, message: Message) -> None: ...
+
+    async def recv(self) -> Message | None:  # None: the other side is gone
+        ...
+
+    async def close(self) -> None: ...
+
+
+def encode(message: Message) -> bytes:
+    if isinstance(message, AudioChunk):
+        payload = _RATE.pack(message.sample_rate) + message.pcm
+        return _HEADER.pack(KIND_AUDIO, len(payload)) + payload
+    payload = json.dumps(message, separators=(",", ":")).encode()
+    return _HEADER.pack(KIND_JSON, len(payload)) + payload
+
+
+def decode(kind: int, payload: bytes) -> Message:
+    if kind == KIND_JSON:
+        try:
+            message = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProtocolError(f"invalid JSON message: {exc}") from exc
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ProtocolError("a JSON message must be an object with a string 'type'")
+        return message
+    if kind == KIND_AUDIO:
+        if len(payload) < _RATE.size or (len(payload) - _RATE.size) % 2:
+            raise ProtocolError("an audio message is a 4-byte sample rate and int16 samples")
+        (rate,) = _RATE.unpack_from(payload)
+        if not 8000 <= rate <= 48000:
+            raise ProtocolError(f"unsupported sample rate {rate}")
+        return AudioChunk(pcm=payload[_RATE.size :], sample_rate=rate)
+    raise ProtocolError(f"unknown message kind {kind}")
+
+
+class StreamChannel:
+    """The TCP framing: [kind:u8][length:u32 big-endian][payload]."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._lock = asyncio.Lock()
+
+    async def send(self, message: Message) -> None:
+        async with self._lock:
+            if self._writer.is_closing():
+                return
+            self._writer.write(encode(message))
+            with contextlib.suppress(ConnectionError):
+                await self._writer.drain()
+
+    async def recv(self) -> Message | None:
+        try:
+            header = await self._reader.readexactly(_HEADER.size)
+            kind, length = _HEADER.unpack(header)
+            if length > MAX_PAYLOAD:
+                raise ProtocolError(f"message of {length} bytes is over the {MAX_PAYLOAD} byte limit")
+            payload = await self._reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        return decode(kind, payload)
+
+    async def close(self) -> None:
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+
+class MemoryChannel:
+    """An in-process channel end (the `inprocess` simulator transport)."""
+
+    def __init__(self, inbox: asyncio.Queue[Message | None], peer_inbox: asyncio.Queue[Message | None]) -> None:
+        self._inbox = inbox
+        self._peer = peer_inbox
+        self._closed = False
+
+    async def send(self, message: Message) -> None:
+        if not self._closed:
+            self._peer.put_nowait(message)
+
+    async def recv(self) -> Message | None:
+        if self._closed:
+            return None
+        message = await self._inbox.get()
+        if message is None:
+            self._closed = True
+        return message
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._peer.put_nowait(None)
+            self._inbox.put_nowait(None)
+
+
+def memory_channel_pair() -> tuple[MemoryChannel, MemoryChannel]:
+    """(caller end, host end) of an in-process connection."""
+    a: asyncio.Queue[Message | None] = asyncio.Queue()
+    b: asyncio.Queue[Message | None] = asyncio.Queue()
+    return MemoryChannel(a, b), MemoryChannel(b, a)
+
+
+# --- session bookkeeping (sync ORM, run in a thread) -------------------------------------
+
+
+class HelloRejected(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def verify_token(token: str) -> str:
+    """The room the token grants, or HelloRejected (bad signature, expired, no join)."""
+    from livekit.api import TokenVerifier
+
+    if not token:
+        raise HelloRejected("invalid_token", "hello carries no token")
+    try:
+        claims = TokenVerifier(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET).verify(token)
+    except Exception as exc:  # jwt raises several types; all mean "not a valid token here"
+        raise HelloRejected("invalid_token", f"token rejected: {exc}") from exc
+    video = claims.video
+    if video is None or not video.room_join or not video.room:
+        raise HelloRejected("forbidden", "the token does not grant joining a room")
+    return str(video.room)
+
+
+@database_sync_to_async
+def _session_join(room: str) -> dict[str, Any]:
+    from sessions_app.models import FINAL_STATES, SessionState, VoiceSession
+    from sessions_app.services import InvalidTransition, session_transition
+
+    session = VoiceSession.objects.filter(room_name=room).only("id", "state").first()
+    if session is None:
+        raise HelloRejected("unknown_room", f"no voice session for room {room!r}")
+    if session.state in FINAL_STATES:
+        raise HelloRejected("session_final", f"session {session.id} is {session.state}")
+    if session.state in (SessionState.CREATED, SessionState.RECONNECTING):
+        try:
+            session = session_transition(session_id=session.id, to_state=SessionState.ACTIVE, reason="caller_joined")
+        except InvalidTransition as exc:
+            raise HelloRejected("session_final", str(exc)) from exc
+    return {"session_id": str(session.id), "state": session.state}
+
+
+@database_sync_to_async
+def _session_left(session_id: str, reason: str) -> None:
+    from sessions_app.models import SessionState, VoiceSession
+    from sessions_app.services import InvalidTransition, session_transition
+
+    state = VoiceSession.objects.filter(pk=session_id).values_list("state", flat=True).first()
+    if state == SessionState.ACTIVE:
+        with contextlib.suppress(InvalidTransition):
+            session_transition(session_id=session_id, to_state=SessionState.RECONNECTING, reason=reason)
+
+
+@database_sync_to_async
+def _event(session_id: str, type: str, payload: dict[str, Any]) -> None:
+    from sessions_app.services import session_event_append
+
+    session_event_append(session_id=session_id, type=type, payload=payload)
+
+
+# --- the host ------------------------------------------------------------------------------
+
+
+class CallBridge:
+    """One connected caller: pumps audio to and from the current local job."""
+
+    def __init__(self, *, host: AgentHost, channel: Channel, session_id: str, allow_control: bool) -> None:
+        self.host = host
+        self.channel = channel
+        self.session_id = session_id
+        self.allow_control = allow_control
+        self.jobs = 0
+        self.superseded = False
+        self.room = ""
+        self.call: Any = None
+        self._job: asyncio.Task[Any] | None = None
+        self._pump: asyncio.Task[Any] | None = None
+        self._outbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._job_done = asyncio.Event()
+
+    def _start_job(self) -> None:
+        from agents_app.worker.local import LocalCall, run_local_job
+
+        self.jobs += 1
+        self._job_done.clear()
+        call = LocalCall(input_noise_lsb=INPUT_NOISE_LSB)
+        call.on_agent_speaking(lambda speaking: self._outbox.put_nowait({"type": "agent.speaking", "speaking": speaking}))
+        self.call = call
+        self._job = asyncio.create_task(run_local_job(session_id=self.session_id, call=call), name=f"local-job-{self.session_id}")
+        self._job.add_done_callback(self._on_job_done)
+        self._pump = asyncio.create_task(self._pump_agent_audio(call), name=f"local-pump-{self.session_id}")
+
+    def _on_job_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            pass
+        elif task.exception() is not None:
+            logger.error("local job for %s failed", self.session_id, exc_info=task.exception())
+        if self.call is not None and task is self._job:
+            self._job_done.set()
+
+    async def _pump_agent_audio(self, call: Any) -> None:
+        async for frame in call.agent_frames():
+            self._outbox.put_nowait(AudioChunk.from_frame(frame))
+
+    async def _send_loop(self) -> None:
+        while True:
+            message = await self._outbox.get()
+            if message is None:
+                return
+            await self.channel.send(message)
+
+    async def _stop_job(self, *, kill: bool, reason: str) -> None:
+        call, job = self.call, self._job
+        if call is None or job is None:
+            return
+        if kill:
+            call.kill()
+        else:
+            call.hangup(reason)
+        try:
+            await asyncio.wait_for(asyncio.shield(job), JOB_END_TIMEOUT_SECONDS)
+        except TimeoutError:
+            logger.warning("local job for %s did not end in time; killing it", self.session_id)
+            call.kill()
+            with contextlib.suppress(BaseException):
+                await job
+        except BaseException:  # the job's own failure is logged by _on_job_done
+            pass
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pump
+
+    async def restart(self) -> None:
+        """Kill the job abruptly and start a new one for the same session (a re-dispatch)."""
+        await self._stop_job(kill=True, reason="agent-restart")
+        await _event(self.session_id, "agent.job_lost", {"reason": "simulated crash (agent-restart)", "job": self.jobs})
+        self._start_job()
+        self._outbox.put_nowait({"type": "agent.restarted", "job": self.jobs})
+
+    async def run(self) -> str:
+        """Serve the caller until it leaves or the job ends; returns why it ended."""
+        sender = asyncio.create_task(self._send_loop(), name="local-sender")
+        self._start_job()
+        reason = "caller dropped"
+        clean = False
+        try:
+            while True:
+                recv = asyncio.ensure_future(self.channel.recv())
+                done_wait = asyncio.ensure_future(self._job_done.wait())
+                await asyncio.wait({recv, done_wait}, return_when=asyncio.FIRST_COMPLETED)
+                done_wait.cancel()
+                if not recv.done():
+                    recv.cancel()
+                    with contextlib.suppress(BaseException):
+                        await recv
+                    # The job ended by itself (the platform ended the session, or it failed).
+                    reason = "agent job ended"
+                    clean = True
+                    break
+                message = recv.result()
+                if message is None:
+                    break
+                if isinstance(message, AudioChunk):
+                    if self.call is not None and not self.call.closed:
+                        self.call.push_caller_frame(message.to_frame())
+                    continue
+                kind = message.get("type")
+                if kind == "hangup":
+                    reason, clean = "caller hung up", True
+                    break
+                if kind == "control" and message.get("action") == "agent-restart":
+                    if not self.allow_control:
+                        self._outbox.put_nowait({"type": "error", "code": "forbidden", "message": "control is disabled"})
+                        continue
+                    await self.restart()
+                    continue
+                if kind == "ping":
+                    self._outbox.put_nowait({"type": "pong"})
+                    continue
+                self._outbox.put_nowait({"type": "error", "code": "unknown_message", "message": f"unknown message {kind!r}"})
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc}"
+            self._outbox.put_nowait({"type": "error", "code": "protocol_error", "message": str(exc)})
+        finally:
+            await self._stop_job(kill=False, reason=reason)
+            if clean:
+                self._outbox.put_nowait({"type": "bye", "reason": reason})
+            self._outbox.put_nowait(None)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(sender, 5)
+            await self.channel.close()
+        return reason
+
+
+class AgentHost:
+    """Accepts callers (TCP or in-process) and runs one local job per connected caller."""
+
+    def __init__(self, *, allow_control: bool = True) -> None:
+        self.allow_control = allow_control
+        self.bridges: dict[str, CallBridge] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def handle(self, channel: Channel) -> None:
+        try:
+            hello = await asyncio.wait_for(channel.recv(), HELLO_TIMEOUT_SECONDS)
+        except (TimeoutError, ProtocolError):
+            await channel.close()
+            return
+        if not isinstance(hello, dict) or hello.get("type") != "hello":
+            await channel.send({"type": "error", "code": "hello_expected", "message": "the first message must be a hello"})
+            await channel.close()
+            return
+        try:
+            room = verify_token(str(hello.get("token") or ""))
+            previous = self._bridge_for_room(room)
+            joined = await _session_join(room)
+        except HelloRejected as exc:
+            await channel.send({"type": "error", "code": exc.code, "message": str(exc)})
+            await channel.close()
+            return
+        session_id = joined["session_id"]
+        if previous is not None:
+            # The same caller came back while its old connection looked alive: the new
+            # connection wins, and the old one must not mark the session reconnecting.
+            previous.superseded = True
+            await previous.channel.close()
+        bridge = CallBridge(host=self, channel=channel, session_id=session_id, allow_control=self.allow_control)
+        bridge.room = room
+        self.bridges[session_id] = bridge
+        await channel.send({"type": "welcome", "protocol": PROTOCOL_VERSION, "session_id": session_id, "room": room})
+        logger.info("caller joined session %s", session_id)
+        try:
+            reason = await bridge.run()
+        finally:
+            if self.bridges.get(session_id) is bridge:
+                del self.bridges[session_id]
+        if not bridge.superseded:
+            await _session_left(session_id, "caller_dropped" if reason == "caller dropped" else "caller_left")
+        logger.info("caller left session %s (%s)", session_id, reason)
+
+    def _bridge_for_room(self, room: str) -> CallBridge | None:
+        for bridge in self.bridges.values():
+            if bridge.room == room:
+                return bridge
+        return None
+
+    def spawn(self, channel: Channel) -> asyncio.Task[Any]:
+        task = asyncio.create_task(self.handle(channel))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def shutdown(self) -> None:
+        """Hang up every caller (each job flushes its records)."""
+        for bridge in list(self.bridges.values()):
+            with contextlib.suppress(Exception):
+                await bridge.channel.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=JOB_END_TIMEOUT_SECONDS + 5)
+
+
+async def serve_async(*, host: str | None = None, port: int | None = None, ready: asyncio.Event | None = None) -> None:
+    """Listen for callers until SIGINT/SIGTERM (or cancellation)."""
+    agent_host = AgentHost(allow_control=settings.LIVEKIT_LOCAL_MODE)
+    bind_host = host or settings.LOCAL_AGENT_HOST
+    bind_port = port if port is not None else settings.LOCAL_AGENT_PORT
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await agent_host.handle(StreamChannel(reader, writer))
+
+    server = await asyncio.start_server(on_connect, bind_host, bind_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"local agent host listening on local://{bind_host}:{bind_port}", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        async with server:
+            await stop.wait()
+    finally:
+        server.close()
+        await agent_host.shutdown()
+        print("local agent host stopped", flush=True)
+
+
+def serve() -> None:
+    """`manage.py runagent` in local mode: prewarm the models, then serve callers."""
+    from agents_app.worker.local import prewarm
+
+    try:
+        from voiceplatform.metrics_server import start_agent_metrics_server
+
+        start_agent_metrics_server()
+    except Exception:  # metrics are optional here; the calls are not
+        logger.warning("could not start the agent metrics server", exc_info=True)
+    prewarm()
+    asyncio.run(serve_async())
