@@ -4,6 +4,18 @@
 in-process transport used when LIVEKIT_URL is unset.
 """
 
+from __future__ import annotations
+
+import os
+
+import django
+from django.apps import apps
+
+# Job processes of the livekit worker import this package fresh: set Django up first.
+if not apps.ready and not apps.loading:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
+    django.setup()
+
 # livekit plugins must be registered on the main thread, so they are imported with the
 # package (normally on the main thread) rather than lazily inside a job or a prewarm thread.
 from livekit.plugins import openai as _openai  # noqa: F401

@@ -103,14 +103,18 @@ class Recorder:
         if self.pending:
             logger.error("recorder for %s closed with %d records unwritten", self.session_id, self.pending)
         self.abort()
-        await asyncio.get_running_loop().run_in_executor(self._executor, _close_db_connection)
-        self._executor.shutdown(wait=False)
 
     def abort(self) -> None:
         """Stop at once (a crashed job loses what it had not written)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        self._queue = asyncio.Queue(maxsize=self._queue.maxsize)
+        self._overflow.clear()
+        self._idle.set()
+        with contextlib.suppress(RuntimeError):
+            self._executor.submit(_close_db_connection)
+        self._executor.shutdown(wait=False)
 
     # -- writer task --------------------------------------------------------------------
     async def _next(self) -> Record:

@@ -1,0 +1,72 @@
+"""`manage.py runagent [dev|start]`: the agent worker process.
+
+With LIVEKIT_URL set it runs a livekit-agents worker that LiveKit dispatches jobs to
+explicitly, by agent name (settings.LIVEKIT_AGENT_NAME). Without it (local mode) it runs
+the local agent host, `agents_app.worker.local_server.serve()`, which accepts callers on
+LOCAL_AGENT_HOST:LOCAL_AGENT_PORT and runs the same entrypoint in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+
+class Command(BaseCommand):
+    help = "Run the voice agent worker (LiveKit when LIVEKIT_URL is set, else the local agent host)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "mode",
+            nargs="?",
+            default="start",
+            choices=["dev", "start"],
+            help="dev: development defaults and hot reload (LiveKit mode); start: production.",
+        )
+
+    def handle(self, *args: Any, mode: str = "start", **options: Any) -> None:
+        if settings.LIVEKIT_LOCAL_MODE:
+            self._serve_local()
+        else:
+            self._run_livekit_worker(mode)
+
+    def _serve_local(self) -> None:
+        try:
+            from agents_app.worker.local_server import serve
+        except ImportError as exc:
+            raise CommandError(
+                "LIVEKIT_URL is not set, so runagent runs the local agent host, but "
+                f"agents_app.worker.local_server is not available ({exc}). Set LIVEKIT_URL to run "
+                "a LiveKit worker instead."
+            ) from exc
+        self.stdout.write(
+            f"LIVEKIT_URL is unset: serving local calls on {settings.LOCAL_AGENT_HOST}:{settings.LOCAL_AGENT_PORT}"
+        )
+        result = serve()
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
+
+    def _run_livekit_worker(self, mode: str) -> None:
+        from livekit.agents import AgentServer, cli
+
+        from agents_app.worker.entrypoint import entrypoint, prewarm
+
+        server = AgentServer(
+            ws_url=settings.LIVEKIT_URL,
+            api_key=settings.LIVEKIT_API_KEY,
+            api_secret=settings.LIVEKIT_API_SECRET,
+            setup_fnc=prewarm,
+            prometheus_port=settings.AGENT_METRICS_PORT or None,
+            # Prewarm loads the VAD, Piper and the PocketSphinx pool: slow on a busy box.
+            initialize_process_timeout=60.0,
+        )
+        # Explicit dispatch: only jobs asked for this agent name reach this worker.
+        server.rtc_session(entrypoint, agent_name=settings.LIVEKIT_AGENT_NAME)
+        self.stdout.write(f"livekit worker '{settings.LIVEKIT_AGENT_NAME}' connecting to {settings.LIVEKIT_URL} ({mode})")
+        sys.argv = [sys.argv[0], mode]  # livekit's CLI reads its sub-command from argv
+        cli.run_app(server)
