@@ -1,0 +1,303 @@
+"""Websocket consumers of the live support dashboard.
+
+`/ws/dashboard/` streams every session's row changes; `/ws/sessions/<uuid>/` streams one
+session's events, turns and row. Both send a `snapshot` first, then the live messages of
+docs/CONTRACTS.md (`session.updated`, `event.added`, `turn.completed`), each with
+`session_id` and the per-session `seq`.
+
+No event is silently missed:
+- the channel layer may drop messages for a slow consumer (channels-redis discards on a
+  full channel without telling anyone). `event.added` seqs are gapless per session, so a
+  consumer that sees a jump counts the hole in `voice_dashboard_events_dropped_total`
+  and repairs it from the DB before forwarding;
+- a client that reconnects asks for `{"type": "resync", "after_seq": N}` (or connects
+  with `?after_seq=N`) and gets the events after N from the DB.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+from uuid import UUID
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from sessions_app import broadcast, dashboard_selectors
+from sessions_app.models import VoiceSession
+
+logger = logging.getLogger(__name__)
+
+MAX_INBOUND_FRAME_BYTES = 64 * 1024
+# Close codes (4000-4999 are for applications).
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_LARGE = 4413  # mirrors HTTP 413; RFC 6455's 1009 is for the server's own limits
+CLOSE_BAD_REQUEST = 4400
+
+# Text fields the dashboard table never shows; left out of its stream to keep frames small.
+_DASHBOARD_TURN_OMIT = ("user_text", "generated_text", "heard_text")
+
+
+def _count_dropped(count: int, reason: str) -> None:
+    try:
+        from sessions_app.metrics import DASHBOARD_EVENTS_DROPPED
+
+        DASHBOARD_EVENTS_DROPPED.labels(reason=reason).inc(count)
+    except Exception:  # metrics never break the stream
+        logger.debug("could not count dropped events", exc_info=True)
+
+
+class WatchConsumer(AsyncJsonWebsocketConsumer):
+    """Shared behaviour: staff-only connect, frame size limit, seq gap repair."""
+
+    groups_to_join: list[str]
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        # Filled before connect() so handlers that race the snapshot see a consistent state.
+        self.last_event_seq: dict[str, int] = {}
+        self.joined: list[str] = []
+        await super().websocket_connect(message)
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if not await database_sync_to_async(dashboard_selectors.support_staff_check)(user):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        await self.accept()
+        await self.start()
+
+    async def start(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def join(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.joined.append(group)
+
+    async def disconnect(self, code: int) -> None:
+        for group in self.joined:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        # Checked on the raw frame, before any JSON decoding is spent on it.
+        data = message.get("text")
+        size = len(data.encode("utf-8")) if data is not None else len(message.get("bytes") or b"")
+        if size > MAX_INBOUND_FRAME_BYTES:
+            # The server answers the close with websocket.disconnect, which leaves the groups.
+            await self.close(code=CLOSE_TOO_LARGE)
+            return
+        await super().websocket_receive(message)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not isinstance(content, dict):
+            await self.send_error("frames must be JSON objects")
+            return
+        kind = content.get("type")
+        if kind == "resync":
+            await self.resync(content)
+        elif kind == "ping":
+            await self.send_json({"type": "pong"})
+        else:
+            await self.send_error(f"unknown message type {kind!r}")
+
+    async def resync(self, content: dict[str, Any]) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def send_error(self, detail: str) -> None:
+        await self.send_json({"type": "error", "detail": detail})
+
+    @classmethod
+    async def decode_json(cls, text_data: str) -> Any:
+        try:
+            return await super().decode_json(text_data)
+        except ValueError:
+            return None  # answered as "frames must be JSON objects"
+
+    # --- seq tracking ------------------------------------------------------------------
+    def _gap(self, session_id: str, seq: int) -> tuple[int, bool]:
+        """(last seq seen, is this message new?) for an `event.added` of a session."""
+        last = self.last_event_seq.get(session_id)
+        if last is not None and seq <= last:
+            return last, False  # already delivered (e.g. by a repair or a resync)
+        return (last if last is not None else seq - 1), True
+
+    # --- live messages from the channel layer (dotted types → handlers) ----------------
+    async def session_updated(self, message: dict[str, Any]) -> None:
+        await self.send_json(_public(message))
+
+    async def event_added(self, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def turn_completed(self, message: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+def _public(message: dict[str, Any]) -> dict[str, Any]:
+    """Channel-layer internals never reach browsers."""
+    return {k: v for k, v in message.items() if not k.startswith("__")}
+
+
+def _after_seq_from_scope(scope: dict[str, Any]) -> int | None:
+    query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
+    raw = (query.get("after_seq") or [None])[0]
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+class DashboardConsumer(WatchConsumer):
+    """All sessions: rows (`session.updated`) and compact `turn.completed` messages.
+
+    `event.added` is not forwarded (the table has no timeline) but its seqs are tracked:
+    a hole means messages were dropped, and the row is re-read from the DB.
+    """
+
+    async def start(self) -> None:
+        # Join before reading the snapshot: a change in between is sent twice, never lost.
+        await self.join(broadcast.DASHBOARD_GROUP)
+        rows = await database_sync_to_async(dashboard_selectors.dashboard_rows)()
+        for row in rows:
+            self.last_event_seq[row["id"]] = row["seq"]
+        await self.send_json({"type": "snapshot", "scope": "dashboard", "sessions": rows})
+
+    async def resync(self, content: dict[str, Any]) -> None:
+        session_id = content.get("session_id")
+        if session_id:
+            row = await database_sync_to_async(dashboard_selectors.dashboard_row)(session_id=_uuid(session_id))
+            if row is not None:
+                await self.send_json(
+                    {"type": "session.updated", "session_id": row["id"], "seq": row["seq"], "session": row}
+                )
+            return
+        await self.start_snapshot_only()
+
+    async def start_snapshot_only(self) -> None:
+        rows = await database_sync_to_async(dashboard_selectors.dashboard_rows)()
+        await self.send_json({"type": "snapshot", "scope": "dashboard", "sessions": rows})
+
+    async def event_added(self, message: dict[str, Any]) -> None:
+        session_id, seq = str(message["session_id"]), int(message["seq"])
+        last, new = self._gap(session_id, seq)
+        if not new:
+            return
+        self.last_event_seq[session_id] = seq
+        if seq > last + 1:
+            _count_dropped(seq - last - 1, "channel_full")
+            row = await database_sync_to_async(dashboard_selectors.dashboard_row)(session_id=session_id)
+            if row is not None:
+                await self.send_json(
+                    {
+                        "type": "session.updated",
+                        "session_id": session_id,
+                        "seq": row["seq"],
+                        "session": row,
+                        "repaired": True,
+                    }
+                )
+
+    async def turn_completed(self, message: dict[str, Any]) -> None:
+        turn = {k: v for k, v in (message.get("turn") or {}).items() if k not in _DASHBOARD_TURN_OMIT}
+        await self.send_json({**_public(message), "turn": turn})
+
+
+class SessionConsumer(WatchConsumer):
+    """One session: snapshot (session, turns, events, budgets, report), then everything."""
+
+    async def start(self) -> None:
+        self.session_id = str(self.scope["url_route"]["kwargs"]["session_id"])
+        exists = await database_sync_to_async(VoiceSession.objects.filter(pk=self.session_id).exists)()
+        if not exists:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        await self.join(broadcast.session_group(self.session_id))
+        after_seq = _after_seq_from_scope(self.scope)
+        if after_seq is not None:
+            # A reconnecting client keeps its page and only needs what it missed.
+            await self.send_missed(after_seq)
+            return
+        detail = await database_sync_to_async(dashboard_selectors.session_detail)(session_id=self.session_id)
+        if detail is None:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.last_event_seq[self.session_id] = detail["events"][-1]["seq"] if detail["events"] else 0
+        await self.send_json(
+            {
+                "type": "snapshot",
+                "scope": "session",
+                "session_id": self.session_id,
+                "seq": detail["session"]["seq"],
+                **detail,
+            }
+        )
+
+    async def send_missed(self, after_seq: int) -> None:
+        """Replay events after `after_seq` from the DB, plus the turns and row they imply."""
+        events = await database_sync_to_async(dashboard_selectors.session_events_after)(
+            session_id=self.session_id, after_seq=after_seq
+        )
+        turn_indexes = [e["payload"].get("index") for e in events if e["type"] == "turn.completed"]
+        turns = await database_sync_to_async(_turns_by_index)(self.session_id, turn_indexes)
+        row = await database_sync_to_async(dashboard_selectors.dashboard_row)(session_id=self.session_id)
+        last = events[-1]["seq"] if events else after_seq
+        self.last_event_seq[self.session_id] = max(self.last_event_seq.get(self.session_id, 0), last)
+        await self.send_json(
+            {
+                "type": "resync",
+                "session_id": self.session_id,
+                "after_seq": after_seq,
+                "seq": last,
+                "events": events,
+                "turns": turns,
+                "session": row,
+                "complete": len(events) < dashboard_selectors.EVENTS_PAGE_LIMIT,
+            }
+        )
+
+    async def resync(self, content: dict[str, Any]) -> None:
+        try:
+            after_seq = int(content.get("after_seq", 0))
+        except (TypeError, ValueError):
+            await self.send_error("after_seq must be an integer")
+            return
+        if content.get("session_id") not in (None, self.session_id):
+            await self.send_error("this socket watches another session")
+            return
+        await self.send_missed(max(0, after_seq))
+
+    async def event_added(self, message: dict[str, Any]) -> None:
+        seq = int(message["seq"])
+        last, new = self._gap(self.session_id, seq)
+        if not new:
+            return
+        if seq > last + 1:
+            # Dropped upstream: fill the hole from the DB, in order, before this one.
+            _count_dropped(seq - last - 1, "channel_full")
+            await self.send_missed(last)
+            return  # send_missed included this event too
+        self.last_event_seq[self.session_id] = seq
+        await self.send_json(_public(message))
+
+    async def turn_completed(self, message: dict[str, Any]) -> None:
+        await self.send_json(_public(message))
+
+
+def _turns_by_index(session_id: str, indexes: list[Any]) -> list[dict[str, Any]]:
+    turns = []
+    for index in indexes:
+        if isinstance(index, int):
+            turn = dashboard_selectors.session_turn(session_id=session_id, index=index)
+            if turn is not None:
+                turns.append(turn)
+    return turns
+
+
+def _uuid(value: Any) -> UUID | None:
+    try:
+        return UUID(str(value))
+    except ValueError:
+        return None

@@ -1,0 +1,110 @@
+"""Pages and JSON reads of the live support dashboard (thin: auth, selector, render).
+
+Only staff and the "Support staff" group see them. A logged-out visitor is sent to the
+admin login with `?next=`; a logged-in user without the right is told so (403), not
+bounced back to a login form they already passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+from uuid import UUID
+
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from agents_app.models import DEFAULT_BUDGETS_MS, STAGES, Agent
+from sessions_app import dashboard_selectors
+
+View = Callable[..., HttpResponse]
+
+
+def support_staff_required(*, api: bool = False) -> Callable[[View], View]:
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            user = request.user
+            if not user.is_authenticated:
+                if api:
+                    return JsonResponse({"error": "login_required", "detail": "Log in as support staff."}, status=401)
+                return redirect_to_login(request.get_full_path())
+            if not dashboard_selectors.support_staff_check(user):
+                detail = "Only staff and the Support staff group may watch calls."
+                if api:
+                    return JsonResponse({"error": "forbidden", "detail": detail}, status=403)
+                return render(request, "dashboard/forbidden.html", {"detail": detail}, status=403)
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def _page_config(request: HttpRequest, **extra: Any) -> dict[str, Any]:
+    return {
+        "wsDashboard": "/ws/dashboard/",
+        "kpisUrl": "/dashboard/api/kpis",
+        "sessionUrl": "/dashboard/sessions/{id}/",
+        "windows": list(dashboard_selectors.KPI_WINDOWS),
+        "defaultWindow": dashboard_selectors.DEFAULT_KPI_WINDOW,
+        "stages": [{"key": key, "label": label} for key, label in STAGES],
+        # Rows and breakdowns colour latencies against each agent's own budget.
+        "budgets": {agent.slug: agent.budgets_ms() for agent in Agent.objects.all()},
+        "defaultBudgets": DEFAULT_BUDGETS_MS,
+        **extra,
+    }
+
+
+@require_GET
+@never_cache
+@support_staff_required()
+def dashboard_page(request: HttpRequest) -> HttpResponse:
+    window = request.GET.get("window") or dashboard_selectors.DEFAULT_KPI_WINDOW
+    if window not in dashboard_selectors.KPI_WINDOWS:
+        window = dashboard_selectors.DEFAULT_KPI_WINDOW
+    # Rendered server-side too, so the page is useful before the websocket opens.
+    context = {
+        "config": _page_config(request, window=window),
+        "rows": dashboard_selectors.dashboard_rows(),
+        "kpis": dashboard_selectors.dashboard_kpis(window=window),
+        "windows": list(dashboard_selectors.KPI_WINDOWS),
+        "window": window,
+    }
+    return render(request, "dashboard/index.html", context)
+
+
+@require_GET
+@never_cache
+@support_staff_required()
+def session_page(request: HttpRequest, session_id: UUID) -> HttpResponse:
+    detail = dashboard_selectors.session_detail(session_id=session_id)
+    if detail is None:
+        raise Http404("No such session.")
+    config = _page_config(request, sessionId=str(session_id), wsSession=f"/ws/sessions/{session_id}/")
+    return render(request, "dashboard/session.html", {"config": config, "detail": detail, "session": detail["session"]})
+
+
+@require_GET
+@never_cache
+@support_staff_required(api=True)
+def kpis_json(request: HttpRequest) -> JsonResponse:
+    window = request.GET.get("window") or dashboard_selectors.DEFAULT_KPI_WINDOW
+    try:
+        return JsonResponse(dashboard_selectors.dashboard_kpis(window=window))
+    except ValueError as exc:
+        return JsonResponse({"error": "invalid_window", "detail": str(exc)}, status=400)
+
+
+@require_GET
+@never_cache
+@support_staff_required(api=True)
+def session_json(request: HttpRequest, session_id: UUID) -> JsonResponse:
+    detail = dashboard_selectors.session_detail(session_id=session_id)
+    if detail is None:
+        return JsonResponse({"error": "not_found", "detail": "No such session."}, status=404)
+    return JsonResponse(detail)

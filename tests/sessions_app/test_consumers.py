@@ -1,0 +1,270 @@
+"""Dashboard websockets through the real ASGI stack (origin check, auth) on the real Redis layer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.test import Client
+
+from agents_app.models import Agent
+from sessions_app import broadcast
+from sessions_app.consumers import CLOSE_FORBIDDEN, CLOSE_TOO_LARGE, MAX_INBOUND_FRAME_BYTES
+from sessions_app.metrics import DASHBOARD_EVENTS_DROPPED
+from sessions_app.models import SessionState, VoiceSession
+from sessions_app.services import session_event_append, session_transition
+from sessions_app.turns import turn_record
+from voiceplatform.asgi import application
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+ORIGIN = b"http://127.0.0.1:8000"
+TIMEOUT = 5
+
+
+def _session(agent: Agent) -> VoiceSession:
+    return VoiceSession.objects.create(
+        agent=agent,
+        prompt_version=agent.prompt_versions.get(status="published"),
+        caller_id="caller-42",
+        room_name=f"room-{uuid.uuid4().hex[:12]}",
+    )
+
+
+def _cookie_for(user: User) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
+
+
+async def _connect(
+    path: str, user: User | None = None, origin: bytes = ORIGIN
+) -> tuple[WebsocketCommunicator, bool, Any]:
+    headers = [(b"host", b"127.0.0.1:8000"), (b"origin", origin)]
+    if user is not None:
+        headers.append((b"cookie", await database_sync_to_async(_cookie_for)(user)))
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    connected, code = await communicator.connect(timeout=TIMEOUT)
+    return communicator, connected, code
+
+
+async def _receive_until(communicator: WebsocketCommunicator, kind: str, **match: Any) -> dict[str, Any]:
+    """Next message of `kind` (skipping others), e.g. a `session.updated` after an `event.added`."""
+    while True:
+        message = await communicator.receive_json_from(timeout=TIMEOUT)
+        if message["type"] == kind and all(message.get(k) == v for k, v in match.items()):
+            return message
+
+
+def _turn(index: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "index": index,
+        "user_text": f"question {index}",
+        "generated_text": f"answer {index} with a long tail",
+        "heard_text": f"answer {index}",
+        "eou_ms": 200,
+        "stt_ms": 150,
+        "llm_ttft_ms": 300,
+        "tts_ttfb_ms": 120,
+        "ttfa_ms": 800,
+        "e2e_ms": 900,
+        **extra,
+    }
+
+
+async def test_staff_gets_a_dashboard_snapshot_then_live_events(staff_user, agent) -> None:
+    session = await database_sync_to_async(_session)(agent)
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected
+    snapshot = await communicator.receive_json_from(timeout=TIMEOUT)
+    assert snapshot["type"] == "snapshot"
+    assert [row["id"] for row in snapshot["sessions"]] == [str(session.id)]
+    assert snapshot["sessions"][0]["caller_id"] == "caller-42"
+
+    await database_sync_to_async(session_transition)(session_id=session.id, to_state=SessionState.ACTIVE)
+    updated = await _receive_until(communicator, "session.updated")
+    assert updated["session"]["state"] == "active"
+    assert updated["session_id"] == str(session.id)
+    assert updated["seq"] == 1
+
+    await database_sync_to_async(turn_record)(session_id=session.id, data=_turn(1, e2e_ms=2400))
+    turn = await _receive_until(communicator, "turn.completed")
+    assert turn["seq"] == 2
+    assert turn["turn"]["stages_ms"]["e2e"] == 2400
+    assert turn["turn"]["breaches"] == ["e2e"]
+    # The table has no transcript, so texts stay out of the dashboard stream.
+    assert "generated_text" not in turn["turn"]
+    row = await _receive_until(communicator, "session.updated")
+    assert (row["session"]["turns"], row["session"]["last_e2e_ms"], row["seq"]) == (1, 2400, 2)
+    await communicator.disconnect()
+
+
+async def test_support_group_member_who_is_not_staff_may_watch(agent) -> None:
+    user = await database_sync_to_async(User.objects.create_user)("support-only", password="x-pass-123")
+    from django.contrib.auth.models import Group
+
+    group = await database_sync_to_async(lambda: Group.objects.get_or_create(name="Support staff")[0])()
+    await database_sync_to_async(user.groups.add)(group)
+    communicator, connected, _ = await _connect("/ws/dashboard/", user)
+    assert connected
+    assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "snapshot"
+    await communicator.disconnect()
+
+
+async def test_session_socket_sends_session_turns_events_and_budgets(staff_user, agent) -> None:
+    session = await database_sync_to_async(_session)(agent)
+    await database_sync_to_async(session_transition)(session_id=session.id, to_state=SessionState.ACTIVE)
+    await database_sync_to_async(turn_record)(session_id=session.id, data=_turn(1))
+
+    communicator, connected, _ = await _connect(f"/ws/sessions/{session.id}/", staff_user)
+    assert connected
+    snapshot = await communicator.receive_json_from(timeout=TIMEOUT)
+    assert snapshot["type"] == "snapshot"
+    assert snapshot["session"]["id"] == str(session.id)
+    assert [t["index"] for t in snapshot["turns"]] == [1]
+    assert snapshot["turns"][0]["generated_text"] == "answer 1 with a long tail"
+    assert [e["type"] for e in snapshot["events"]] == ["session.state_changed", "turn.completed"]
+    assert snapshot["budgets_ms"] == agent.budgets_ms()
+    assert snapshot["seq"] == 2
+
+    await database_sync_to_async(session_event_append)(
+        session_id=session.id, type="tool.called", payload={"name": "place_order", "status": "ok", "replayed": True}
+    )
+    added = await _receive_until(communicator, "event.added")
+    assert added["seq"] == 3
+    assert added["event"]["payload"]["replayed"] is True
+    await communicator.disconnect()
+
+
+async def test_it_refuses_a_logged_in_user_who_is_not_staff_with_4403(outsider_user) -> None:
+    communicator, connected, code = await _connect("/ws/dashboard/", outsider_user)
+    assert not connected
+    assert code == CLOSE_FORBIDDEN
+
+
+async def test_it_refuses_an_anonymous_visitor_with_4403(agent) -> None:
+    session = await database_sync_to_async(_session)(agent)
+    communicator, connected, code = await _connect(f"/ws/sessions/{session.id}/")
+    assert not connected
+    assert code == CLOSE_FORBIDDEN
+
+
+async def test_it_rejects_a_foreign_origin_even_for_staff(staff_user) -> None:
+    communicator, connected, code = await _connect("/ws/dashboard/", staff_user, origin=b"https://evil.example")
+    assert not connected
+    assert code != CLOSE_FORBIDDEN  # refused by the origin check, before any auth
+
+
+async def test_it_closes_on_an_oversized_frame(staff_user) -> None:
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected
+    assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "snapshot"
+    await communicator.send_to(text_data=json.dumps({"type": "ping", "pad": "x" * MAX_INBOUND_FRAME_BYTES}))
+    closed = await communicator.receive_output(timeout=TIMEOUT)
+    assert closed == {"type": "websocket.close", "code": CLOSE_TOO_LARGE}
+
+
+async def test_a_frame_just_under_the_limit_is_answered(staff_user) -> None:
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected
+    await communicator.receive_json_from(timeout=TIMEOUT)
+    frame = json.dumps({"type": "ping", "pad": ""})
+    frame = json.dumps({"type": "ping", "pad": "x" * (MAX_INBOUND_FRAME_BYTES - len(frame))})
+    assert len(frame) == MAX_INBOUND_FRAME_BYTES
+    await communicator.send_to(text_data=frame)
+    assert (await communicator.receive_json_from(timeout=TIMEOUT)) == {"type": "pong"}
+    await communicator.disconnect()
+
+
+async def test_resync_after_a_reconnect_returns_the_missed_events(staff_user, agent) -> None:
+    session = await database_sync_to_async(_session)(agent)
+    path = f"/ws/sessions/{session.id}/"
+    communicator, connected, _ = await _connect(path, staff_user)
+    assert connected
+    assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "snapshot"
+    await database_sync_to_async(session_transition)(session_id=session.id, to_state=SessionState.ACTIVE)
+    seen = await _receive_until(communicator, "event.added")
+    assert seen["seq"] == 1
+    await communicator.disconnect()
+
+    # While the page is away: a turn, a tool call and a reconnect happen.
+    await database_sync_to_async(turn_record)(session_id=session.id, data=_turn(1))
+    await database_sync_to_async(session_event_append)(session_id=session.id, type="tool.called", payload={"name": "x"})
+    await database_sync_to_async(session_transition)(session_id=session.id, to_state=SessionState.RECONNECTING)
+
+    # Reconnect with ?after_seq: only what was missed comes back, from the DB, in order.
+    communicator, connected, _ = await _connect(f"{path}?after_seq=1", staff_user)
+    assert connected
+    resync = await communicator.receive_json_from(timeout=TIMEOUT)
+    assert resync["type"] == "resync"
+    assert [e["seq"] for e in resync["events"]] == [2, 3, 4]
+    assert [e["type"] for e in resync["events"]] == ["turn.completed", "tool.called", "session.state_changed"]
+    assert [t["index"] for t in resync["turns"]] == [1]
+    assert resync["session"]["state"] == "reconnecting"
+    assert resync["complete"] is True
+
+    # The same through a message on an open socket.
+    await communicator.send_json_to({"type": "resync", "session_id": str(session.id), "after_seq": 3})
+    again = await _receive_until(communicator, "resync")
+    assert [e["seq"] for e in again["events"]] == [4]
+    await communicator.disconnect()
+
+
+async def test_a_gap_left_by_a_dropped_message_is_counted_and_filled_from_the_db(staff_user, agent) -> None:
+    session = await database_sync_to_async(_session)(agent)
+    communicator, connected, _ = await _connect(f"/ws/sessions/{session.id}/", staff_user)
+    assert connected
+    await communicator.receive_json_from(timeout=TIMEOUT)
+    before = DASHBOARD_EVENTS_DROPPED.labels(reason="channel_full")._value.get()
+
+    # Two events reach the DB, but only the second one's message reaches the layer,
+    # as when channels-redis discards a message for a full channel.
+    await database_sync_to_async(VoiceSession.objects.filter(pk=session.pk).update)(last_seq=1)
+    from sessions_app.models import SessionEvent
+
+    await database_sync_to_async(SessionEvent.objects.create)(session=session, seq=1, type="caller.joined", payload={})
+    event = await database_sync_to_async(SessionEvent.objects.create)(
+        session=session, seq=2, type="caller.left", payload={}
+    )
+    await get_channel_layer().group_send(
+        broadcast.session_group(session.id),
+        {
+            "type": "event.added",
+            "session_id": str(session.id),
+            "seq": 2,
+            "event": {"seq": 2, "type": "caller.left", "payload": {}, "created_at": event.created_at.isoformat()},
+        },
+    )
+    repaired = await _receive_until(communicator, "resync")
+    assert [e["type"] for e in repaired["events"]] == ["caller.joined", "caller.left"]
+    assert DASHBOARD_EVENTS_DROPPED.labels(reason="channel_full")._value.get() == before + 1
+    await communicator.disconnect()
+
+
+async def test_an_unknown_session_is_closed_with_4404(staff_user) -> None:
+    communicator, connected, code = await _connect(f"/ws/sessions/{uuid.uuid4()}/", staff_user)
+    if connected:  # accepted first, then closed: the close frame follows
+        closed = await communicator.receive_output(timeout=TIMEOUT)
+        code = closed.get("code")
+    assert code == 4404
+
+
+async def test_bad_frames_get_an_error_not_a_crash(staff_user) -> None:
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected
+    await communicator.receive_json_from(timeout=TIMEOUT)
+    await communicator.send_to(text_data="not json")
+    assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "error"
+    await communicator.send_json_to({"type": "launch"})
+    error = await communicator.receive_json_from(timeout=TIMEOUT)
+    assert error["type"] == "error" and "launch" in error["detail"]
+    await asyncio.sleep(0)
+    await communicator.disconnect()
