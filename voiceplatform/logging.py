@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-CONTEXT_FIELDS = ("session_id", "room", "turn", "agent", "request_id")
+CONTEXT_FIELDS = ("session_id", "room", "turn", "agent", "request_id", "task_id", "task")
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("voice_log_context", default=None)  # type: ignore[assignment]
 
 # JWTs (LiveKit tokens), our API keys (vp_…), bearer headers and sk- style provider keys.
@@ -28,7 +28,27 @@ _SECRET_PATTERNS = [
     re.compile(r"\bvp_[A-Za-z0-9_-]{16,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),
+    # key=value / "key": "value" pairs whose name says secret (webhook secrets, api_secret=…).
+    re.compile(r"(?i)(\b(?:secret|password|passwd|api[_-]?key|api[_-]?secret|token|access[_-]?token|authorization)\b[\"']?\s*[:=]\s*[\"']?)[^\s\"',&;]{6,}"),
+    # credentials inside URLs (DATABASE_URL, REDIS_URL with a password)
+    re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]{3,}(?=@)"),
 ]
+_SECRET_SETTINGS = ("SECRET_KEY", "LIVEKIT_API_SECRET", "OPENAI_API_KEY")
+_known_secrets: list[str] | None = None
+
+
+def _configured_secrets() -> list[str]:
+    """Values of secret settings, redacted wherever they appear (they have no telltale shape)."""
+    global _known_secrets
+    if _known_secrets is None:
+        try:
+            from django.conf import settings
+
+            values = [str(getattr(settings, name, "") or "") for name in _SECRET_SETTINGS]
+        except Exception:  # settings not configured (yet): try again on the next line
+            return []
+        _known_secrets = sorted({v for v in values if len(v) >= 8}, key=len, reverse=True)
+    return _known_secrets
 
 
 def redact(text: str) -> str:
@@ -37,6 +57,9 @@ def redact(text: str) -> str:
             text = pattern.sub(lambda m: m.group(1) + "[REDACTED]", text)
         else:
             text = pattern.sub("[REDACTED]", text)
+    for secret in _configured_secrets():
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
     return text
 
 
@@ -53,6 +76,11 @@ def log_context(**fields: Any) -> Iterator[None]:
 def bind_log_context(**fields: Any) -> None:
     """Bind fields for the rest of the current task (an agent job binds once at start)."""
     _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
+
+
+def clear_log_context() -> None:
+    """Forget every bound field (a pooled worker thread starting its next task)."""
+    _context.set({})
 
 
 def current_log_context() -> dict[str, Any]:

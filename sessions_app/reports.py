@@ -1,0 +1,355 @@
+"""Post-call reports: KPIs and an extractive summary, stored on the session, and their
+signed webhook delivery to the API client.
+
+`session_report_create` is idempotent: a session keeps the first report built for it
+and one delivery id, so every delivery attempt of that report carries the same id.
+Webhook receivers verify `X-Voice-Signature` and de-duplicate on `X-Voice-Delivery`
+(delivery is at-least-once); see docs/background-work.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import re
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from agents_app.models import STAGE_KEYS
+from sessions_app.models import FINAL_STATES, Turn, VoiceSession
+
+logger = logging.getLogger(__name__)
+
+REPORT_VERSION = 1
+SUMMARY_MAX_SENTENCES = 3
+SUMMARY_SENTENCE_CHARS = 240
+WEBHOOK_TIMEOUT_S = 10.0
+SIGNATURE_HEADER = "X-Voice-Signature"
+DELIVERY_HEADER = "X-Voice-Delivery"
+EVENT_HEADER = "X-Voice-Event"
+WEBHOOK_EVENT = "session.report"
+
+
+class ReportNotReady(Exception):
+    """The session is still live; a report describes a finished call."""
+
+
+# --- KPIs ------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = math.ceil(position)
+    value = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return round(value, 1)
+
+
+def _distribution(values: list[float]) -> dict[str, Any]:
+    return {"count": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95)}
+
+
+def report_kpis(*, session: VoiceSession, turns: list[Turn]) -> dict[str, Any]:
+    stages = {stage: [getattr(t, f"{stage}_ms") for t in turns if getattr(t, f"{stage}_ms") is not None] for stage in STAGE_KEYS}
+    interrupt_sources = Counter(t.interrupt_source or "vad" for t in turns if t.interrupted)
+    breaches_by_stage: Counter[str] = Counter()
+    for turn in turns:
+        breaches_by_stage.update(set(turn.breaches or []))  # once per turn and stage
+    tool_records = [call for turn in turns for call in (turn.tool_calls or []) if isinstance(call, dict)]
+    tool_status = Counter(str(call.get("status") or "unknown") for call in tool_records)
+    interrupts = sum(interrupt_sources.values())
+    return {
+        "turns": len(turns),
+        "e2e_ms": _distribution(stages["e2e"]),
+        "ttfa_ms": _distribution(stages["ttfa"]),
+        "tts_ttfb_ms": _distribution(stages["tts_ttfb"]),
+        "stages_ms": {stage: _distribution(values) for stage, values in stages.items()},
+        "interrupts": {
+            "total": interrupts,
+            "vad": interrupt_sources.get("vad", 0),
+            "client": interrupt_sources.get("client", 0),
+            "per_turn": round(interrupts / len(turns), 3) if turns else 0.0,
+        },
+        "reconnects": session.reconnect_count,
+        "tool_calls": {
+            "total": len(tool_records),
+            "by_status": dict(sorted(tool_status.items())),
+            "replayed": sum(1 for call in tool_records if call.get("replayed")),
+        },
+        "budget_breaches": {
+            "total": sum(breaches_by_stage.values()),
+            "turns_with_breach": sum(1 for t in turns if t.breaches),
+            "by_stage": {stage: breaches_by_stage[stage] for stage in STAGE_KEYS if breaches_by_stage[stage]},
+        },
+        "errors": sum(1 for t in turns if t.error),
+    }
+
+
+# --- extractive summary --------------------------------------------------------------------
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"[a-z0-9']+")
+_STOPWORDS = frozenset(
+    """a about above after again all also am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further
+    had has have having he her here hers him his how i if in into is it its itself just let me
+    more most my no nor not now of off on once only or other our ours out over own please same
+    she should so some such than thank thanks that the their theirs them then there these they
+    this those through to too under until up very was we were what when where which while who
+    whom why will with would yes you your yours hello hi okay ok sure well um uh like""".split()
+)
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_SPLIT.split(text.strip()) if s.strip()]
+
+
+def _content_words(sentence: str) -> list[str]:
+    return [w for w in _WORD.findall(sentence.lower()) if w not in _STOPWORDS and len(w) > 1]
+
+
+def transcript_lines(turns: list[Turn]) -> list[tuple[str, str]]:
+    """(speaker, text) in call order; the agent's side is what the caller heard."""
+    lines: list[tuple[str, str]] = []
+    for turn in turns:
+        if turn.user_text.strip():
+            lines.append(("Caller", turn.user_text.strip()))
+        agent_text = turn.heard_text.strip() if turn.interrupted else (turn.heard_text.strip() or turn.generated_text.strip())
+        if agent_text:
+            lines.append(("Agent", agent_text))
+    return lines
+
+
+def extractive_summary(lines: list[tuple[str, str]], *, max_sentences: int = SUMMARY_MAX_SENTENCES) -> list[str]:
+    """Pick the most informative sentences (Luhn-style word-frequency scoring).
+
+    Sentences keep their speaker and their order in the call. The caller's first
+    substantive sentence gets a bonus: it usually states why they called.
+    """
+    candidates: list[tuple[int, str, str, list[str]]] = []
+    for speaker, text in lines:
+        for sentence in _sentences(text):
+            words = _content_words(sentence)
+            if words:
+                candidates.append((len(candidates), speaker, sentence, words))
+    if not candidates:
+        return []
+    frequency = Counter(word for *_, words in candidates for word in set(words))
+    first_caller = next((pos for pos, speaker, _, _ in candidates if speaker == "Caller"), None)
+    scored = []
+    for pos, speaker, sentence, words in candidates:
+        score = sum(frequency[w] for w in words) / math.sqrt(len(words))
+        if pos == first_caller:
+            score *= 1.5
+        scored.append((score, -pos, pos, speaker, sentence))
+    chosen = sorted(scored, reverse=True)[:max_sentences]
+    result = []
+    for _, _, _, speaker, sentence in sorted(chosen, key=lambda item: item[2]):
+        if len(sentence) > SUMMARY_SENTENCE_CHARS:
+            sentence = sentence[: SUMMARY_SENTENCE_CHARS - 1].rstrip() + "…"
+        result.append(f"{speaker}: {sentence}")
+    return result
+
+
+# --- building and storing ----------------------------------------------------------------------
+
+
+def report_build(*, session: VoiceSession) -> dict[str, Any]:
+    """The report of a finished session, from its stored turns (no side effects)."""
+    turns = list(Turn.objects.filter(session=session).order_by("index"))
+    summary = extractive_summary(transcript_lines(turns))
+    duration = None
+    if session.started_at and session.ended_at:
+        duration = round((session.ended_at - session.started_at).total_seconds(), 1)
+    return {
+        "version": REPORT_VERSION,
+        "generated_at": timezone.now().isoformat(),
+        "session_id": str(session.id),
+        "agent": session.agent.slug,
+        "prompt_version": session.prompt_version.number,
+        "state": session.state,
+        "end_reason": session.end_reason,
+        "started_at": session.started_at.isoformat() if session.started_at else None,
+        "ended_at": session.ended_at.isoformat() if session.ended_at else None,
+        "duration_s": duration,
+        "kpis": report_kpis(session=session, turns=turns),
+        "summary": " ".join(summary),
+        "summary_sentences": summary,
+    }
+
+
+@transaction.atomic
+def session_report_create(*, session_id: UUID | str) -> tuple[VoiceSession, bool]:
+    """Build and store the post-call report once. Returns (session, created).
+
+    Idempotent: a redelivered task finds the stored report and changes nothing.
+    """
+    from sessions_app.services import session_event_append
+
+    session = VoiceSession.objects.select_for_update().select_related("agent", "prompt_version").get(pk=session_id)
+    if session.state not in FINAL_STATES:
+        raise ReportNotReady(f"session {session.id} is {session.state}")
+    if session.report is not None:
+        return session, False
+    session.report = report_build(session=session)
+    fields = ["report", "updated_at"]
+    if session.report_delivery_id is None:
+        session.report_delivery_id = uuid.uuid4()
+        fields.append("report_delivery_id")
+    session.save(update_fields=fields)
+    kpis = session.report["kpis"]
+    session_event_append(
+        session_id=session.id,
+        type="session.report_ready",
+        payload={
+            "turns": kpis["turns"],
+            "e2e_p95_ms": kpis["e2e_ms"]["p95"],
+            "ttfa_p95_ms": kpis["ttfa_ms"]["p95"],
+            "budget_breaches": kpis["budget_breaches"]["total"],
+            "summary": session.report["summary"][:500],
+        },
+    )
+    logger.info("post-call report stored (%d turns)", kpis["turns"])
+    return session, True
+
+
+# --- webhook delivery --------------------------------------------------------------------------
+
+
+def report_signature(*, secret: str, timestamp: int, body: bytes) -> str:
+    """`t=<ts>,v1=<hex hmac-sha256 of "<ts>." + body>` (Stripe's scheme)."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def report_signature_verify(*, secret: str, header: str, body: bytes, tolerance_s: int = 300, now: float | None = None) -> bool:
+    """What a receiver does (also used by our tests): check the HMAC and the timestamp age."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+        received = parts["v1"]
+    except (KeyError, ValueError):
+        return False
+    if abs((now if now is not None else time.time()) - timestamp) > tolerance_s:
+        return False
+    expected = report_signature(secret=secret, timestamp=timestamp, body=body).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, received)
+
+
+def report_webhook_body(*, session: VoiceSession) -> bytes:
+    """The same bytes on every attempt: built only from stored, immutable data."""
+    payload = {
+        "type": WEBHOOK_EVENT,
+        "delivery_id": str(session.report_delivery_id),
+        "session": {
+            "id": str(session.id),
+            "caller_id": session.caller_id,
+            "room": session.room_name,
+            "agent": session.agent.slug,
+            "state": session.state,
+            "end_reason": session.end_reason,
+            "metadata": session.metadata,
+        },
+        "report": session.report,
+    }
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+@dataclass
+class DeliveryOutcome:
+    status: str  # "delivered" | "already_delivered" | "no_webhook" | "retry" | "failed"
+    detail: str = ""
+    http_status: int | None = None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # A redirect would re-send the signed report to a URL nobody configured.
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def session_report_deliver(*, session_id: UUID | str, attempt: int = 1) -> DeliveryOutcome:
+    """POST the stored report to the client's webhook once; the caller retries on "retry".
+
+    No DB transaction is held during the HTTP call; success is recorded with a
+    conditional update, so two racing attempts record one delivery.
+    """
+    session = VoiceSession.objects.select_related("agent", "api_client").get(pk=session_id)
+    client = session.api_client
+    if session.report_delivered_at is not None:
+        return DeliveryOutcome("already_delivered")
+    if client is None or not client.webhook_url or session.report is None:
+        return DeliveryOutcome("no_webhook")
+    if not client.webhook_secret:
+        return DeliveryOutcome("failed", "the API client has a webhook URL but no webhook secret; refusing to send unsigned")
+    body = report_webhook_body(session=session)
+    request = urllib.request.Request(
+        client.webhook_url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "voiceplatform-webhooks/1",
+            EVENT_HEADER: WEBHOOK_EVENT,
+            DELIVERY_HEADER: str(session.report_delivery_id),
+            "X-Voice-Attempt": str(attempt),
+            SIGNATURE_HEADER: report_signature(secret=client.webhook_secret, timestamp=int(time.time()), body=body),
+        },
+    )
+    try:
+        with _opener.open(request, timeout=WEBHOOK_TIMEOUT_S) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        logger.warning("report webhook attempt %d failed: %s", attempt, exc)
+        return DeliveryOutcome("retry", f"{type(exc).__name__}: {exc}")
+    if 200 <= status < 300:
+        session_report_mark_delivered(session_id=session.id, attempt=attempt, http_status=status)
+        return DeliveryOutcome("delivered", http_status=status)
+    logger.warning("report webhook attempt %d got HTTP %d", attempt, status)
+    return DeliveryOutcome("retry", f"HTTP {status}", http_status=status)
+
+
+@transaction.atomic
+def session_report_mark_delivered(*, session_id: UUID | str, attempt: int, http_status: int) -> bool:
+    from sessions_app.services import session_event_append
+
+    updated = VoiceSession.objects.filter(pk=session_id, report_delivered_at__isnull=True).update(
+        report_delivered_at=timezone.now()
+    )
+    if updated:
+        session_event_append(
+            session_id=session_id, type="report.delivered", payload={"attempts": attempt, "http_status": http_status}
+        )
+        logger.info("report webhook delivered after %d attempt(s)", attempt)
+    return bool(updated)
+
+
+@transaction.atomic
+def session_report_delivery_failed(*, session_id: UUID | str, attempts: int, detail: str) -> None:
+    from sessions_app.services import session_event_append
+
+    session_event_append(
+        session_id=session_id, type="report.delivery_failed", payload={"attempts": attempts, "detail": detail[:300]}
+    )
+    logger.error("report webhook gave up after %d attempt(s): %s", attempts, detail)

@@ -1,0 +1,178 @@
+"""Signed post-call report webhooks: retried with backoff, one delivery id, delivered once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sessions_app import reports, tasks
+from sessions_app.models import SessionEvent, VoiceSession
+from sessions_app.services import api_client_create, session_transition
+from voiceplatform.celery import app as celery_app
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def eager_celery():
+    # Eager retries are re-applied at once only when eager exceptions are not propagated;
+    # failures still surface through EagerResult.get().
+    previous = (celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates)
+    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = True, False
+    yield
+    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
+
+
+class _Receiver:
+    """A local webhook receiver answering with the scripted status codes, then 200."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers.items()), body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/voice"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made: list[_Receiver] = []
+
+    def make(statuses: list[int]) -> _Receiver:
+        made.append(_Receiver(statuses))
+        return made[-1]
+
+    yield make
+    for item in made:
+        item.close()
+
+
+def _ended_session(agent, webhook_url: str, capture) -> tuple[VoiceSession, str]:
+    client, _key = api_client_create(name=f"hook-{uuid.uuid4().hex[:6]}", webhook_url=webhook_url)
+    session = VoiceSession.objects.create(
+        agent=agent,
+        prompt_version=agent.prompt_versions.get(status="published"),
+        api_client=client,
+        caller_id="caller",
+        room_name=f"room-{uuid.uuid4().hex[:12]}",
+        state="active",
+    )
+    with capture(execute=True):
+        session_transition(session_id=session.id, to_state="ended", reason="caller hung up")
+    session.refresh_from_db()
+    return session, client.webhook_secret
+
+
+def test_it_retries_a_failing_webhook_with_the_same_delivery_id_and_a_valid_signature(
+    agent, eager_celery, receiver, django_capture_on_commit_callbacks
+):
+    hook = receiver([503, 500])
+
+    session, secret = _ended_session(agent, hook.url, django_capture_on_commit_callbacks)
+
+    assert len(hook.requests) == 3  # two failures, then delivered
+    delivery_ids = {headers["X-Voice-Delivery"] for headers, _ in hook.requests}
+    assert delivery_ids == {str(session.report_delivery_id)}
+    assert [headers["X-Voice-Attempt"] for headers, _ in hook.requests] == ["1", "2", "3"]
+    bodies = {body for _, body in hook.requests}
+    assert len(bodies) == 1  # the same bytes every time
+    for headers, body in hook.requests:
+        assert headers["X-Voice-Event"] == "session.report"
+        assert reports.report_signature_verify(secret=secret, header=headers["X-Voice-Signature"], body=body)
+        assert not reports.report_signature_verify(secret="wrong-secret", header=headers["X-Voice-Signature"], body=body)
+        assert not reports.report_signature_verify(secret=secret, header=headers["X-Voice-Signature"], body=body + b" ")
+    payload = json.loads(bodies.pop())
+    assert payload["delivery_id"] == str(session.report_delivery_id)
+    assert payload["session"]["id"] == str(session.id)
+    assert payload["report"] == session.report
+    assert session.report_delivered_at is not None
+    delivered = SessionEvent.objects.get(session=session, type="report.delivered")
+    assert delivered.payload == {"attempts": 3, "http_status": 200}
+
+
+def test_a_delivered_report_is_never_sent_again(agent, eager_celery, receiver, django_capture_on_commit_callbacks):
+    hook = receiver([])
+    session, _ = _ended_session(agent, hook.url, django_capture_on_commit_callbacks)
+    assert len(hook.requests) == 1
+
+    # A redelivered report task and a redelivered delivery task both find it delivered.
+    tasks.session_post_call_report.delay(str(session.id)).get()
+    result = tasks.session_report_webhook_deliver.delay(str(session.id)).get()
+
+    assert result["status"] == "already_delivered"
+    assert len(hook.requests) == 1
+
+
+def test_it_gives_up_after_the_last_retry_and_records_why(agent, eager_celery, receiver, django_capture_on_commit_callbacks):
+    hook = receiver([500] * 50)
+    session, _ = _ended_session(agent, hook.url, django_capture_on_commit_callbacks)
+
+    assert len(hook.requests) == tasks.REPORT_WEBHOOK_MAX_RETRIES + 1
+    assert session.report_delivered_at is None
+    failed = SessionEvent.objects.get(session=session, type="report.delivery_failed")
+    assert failed.payload == {"attempts": tasks.REPORT_WEBHOOK_MAX_RETRIES + 1, "detail": "HTTP 500"}
+
+
+def test_it_refuses_to_send_an_unsigned_report(agent, eager_celery, receiver, django_capture_on_commit_callbacks):
+    hook = receiver([])
+    client, _key = api_client_create(name="no-secret", webhook_url=hook.url)
+    client.webhook_secret = ""
+    client.save()
+    session = VoiceSession.objects.create(
+        agent=agent,
+        prompt_version=agent.prompt_versions.get(status="published"),
+        api_client=client,
+        caller_id="caller",
+        room_name=f"room-{uuid.uuid4().hex[:12]}",
+        state="active",
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        session_transition(session_id=session.id, to_state="ended")
+
+    assert hook.requests == []
+    assert "no webhook secret" in SessionEvent.objects.get(session=session, type="report.delivery_failed").payload["detail"]
+
+
+def test_a_session_of_a_client_without_webhook_gets_a_report_and_no_delivery(agent, eager_celery, django_capture_on_commit_callbacks):
+    session, _ = _ended_session(agent, "", django_capture_on_commit_callbacks)
+    assert session.report is not None
+    assert tasks.session_report_webhook_deliver.delay(str(session.id)).get()["status"] == "no_webhook"
+
+
+def test_backoff_grows_and_stays_below_the_visibility_timeout(settings):
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    delays = [tasks.delivery_backoff_seconds(n) for n in range(8)]
+    assert 8 <= delays[0] <= 12
+    assert 16 <= delays[1] <= 24
+    assert max(delays) <= tasks.REPORT_WEBHOOK_BACKOFF_MAX_S
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 60}
+    assert max(tasks.delivery_backoff_seconds(n) for n in range(8)) <= 30
+
+
+def test_a_stale_signature_is_rejected():
+    header = reports.report_signature(secret="s3cret", timestamp=1_000, body=b"{}")
+    assert reports.report_signature_verify(secret="s3cret", header=header, body=b"{}", now=1_100)
+    assert not reports.report_signature_verify(secret="s3cret", header=header, body=b"{}", now=2_000)
+    assert not reports.report_signature_verify(secret="s3cret", header="garbage", body=b"{}", now=1_000)
