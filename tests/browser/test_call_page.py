@@ -1,0 +1,548 @@
+"""The browser call page (/call/): the view, and the page in Debian's Chromium.
+
+The browser tests serve the real ASGI app with daphne (a subprocess on its own database)
+and drive Chromium with fake media devices. There is no LiveKit server here, so
+`LIVEKIT_URL` points at a stand-in on loopback (`FakeLiveKit`) that answers only the
+server API calls the platform makes (agent dispatch, room delete) and gives no answer at
+all to the browser's signalling connection: everything up to the media connection is
+real, and the page must report that the connection failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from django.test import override_settings
+from django.urls import resolve
+
+from agents_app.models import Agent
+from agents_app.services import prompt_draft_create
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+ARTIFACTS = BASE_DIR / "test-artifacts"
+VENDOR_DIR = BASE_DIR / "static" / "vendor" / "livekit-client"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+]
+LIVEKIT_KEY = "browser-test-key"
+LIVEKIT_SECRET = "browser-test-secret-0123456789abcdefghijklmnop"
+USERNAME, PASSWORD = "caller", "caller-pass-123"
+
+
+# --------------------------------------------------------------------------------------
+# The view (Django test client)
+# --------------------------------------------------------------------------------------
+
+
+def _page_config(response) -> dict[str, Any]:
+    match = re.search(rb'<script id="call-config" type="application/json">(.*?)</script>', response.content, re.S)
+    assert match, "the page carries its configuration as a json_script"
+    return json.loads(match.group(1))
+
+
+def test_it_sends_anonymous_visitors_to_the_login_page(client, db) -> None:
+    response = client.get("/call/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/?next=/call/")
+
+
+@override_settings(LIVEKIT_URL="wss://livekit.example.com")
+def test_it_lists_only_agents_that_can_take_calls(client, outsider_user, agent) -> None:
+    retired = Agent.objects.create(slug="retired", name="Retired agent", active=False)
+    unpublished = Agent.objects.create(slug="draft-only", name="Draft-only agent")
+    prompt_draft_create(agent=unpublished, instructions="Not yet.", greeting="", variables={}, change_note="draft")
+    client.force_login(outsider_user)  # any logged-in user may call; staff is not required
+
+    response = client.get("/call/")
+
+    assert response.status_code == 200
+    options = re.findall(rb'<option value="([^"]+)"', response.content)
+    assert options == [agent.slug.encode()]
+    assert retired.slug.encode() not in options
+    assert b"/static/vendor/livekit-client/livekit-client.umd.js" in response.content
+
+
+@override_settings(LIVEKIT_URL="wss://livekit.example.com")
+def test_its_endpoints_are_the_browser_api_routes(client, outsider_user, agent) -> None:
+    client.force_login(outsider_user)
+    config = _page_config(client.get("/call/"))
+
+    assert config["livekitUrl"] == "wss://livekit.example.com"
+    assert config["localMode"] is False
+    assert config["csrfToken"]
+    session_id = str(uuid.uuid4())
+    for name, path in config["endpoints"].items():
+        match = resolve(path.replace("{id}", session_id))
+        assert match.url_name, f"the {name} endpoint {path} is not routed"
+        assert path.startswith("/api/v1/browser/")
+
+
+@override_settings(LIVEKIT_URL="")
+def test_local_mode_explains_that_a_livekit_server_is_needed(client, outsider_user, agent) -> None:
+    client.force_login(outsider_user)
+    response = client.get("/call/")
+
+    assert response.status_code == 200
+    assert b"A LiveKit server is needed for browser calls" in response.content
+    assert b'href="/dashboard/"' in response.content
+    assert b"livekit-client.umd.js" not in response.content  # nothing to connect to
+    assert b'id="start"' not in response.content
+
+
+@override_settings(LIVEKIT_URL="wss://livekit.example.com")
+def test_it_says_when_no_agent_can_take_calls(client, outsider_user) -> None:
+    client.force_login(outsider_user)
+    response = client.get("/call/")
+    assert b"No agent can take calls yet" in response.content
+    assert b'id="start"' not in response.content
+
+
+def test_the_vendored_livekit_client_notes_its_version_and_licence() -> None:
+    version_note = (VENDOR_DIR / "VERSION").read_text()
+    bundle = (VENDOR_DIR / "livekit-client.umd.js").read_bytes()
+    match = re.search(r"livekit-client (\d+\.\d+\.\d+)", version_note)
+    assert match and match.group(1).startswith("2.")
+    assert "Apache" in (VENDOR_DIR / "LICENSE").read_text()
+    import hashlib
+
+    assert hashlib.sha256(bundle).hexdigest() in version_note, "VERSION records the sha256 of the vendored file"
+
+
+# --------------------------------------------------------------------------------------
+# The real app in a real browser
+# --------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class FakeLiveKit:
+    """A stand-in LiveKit server: answers the Twirp server API, never the browser.
+
+    `answer_api=False` makes it refuse the server API too (a LiveKit server that is down).
+    """
+
+    port: int = field(default_factory=_free_port)
+    answer_api: bool = True
+    api_calls: list[tuple[str, bytes]] = field(default_factory=list)
+    browser_requests: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if not (fake.answer_api and self.path.startswith("/twirp/")):
+                    self.close_connection = True  # no answer: the connection just closes
+                    return
+                fake.api_calls.append((self.path, body))
+                reply = b""
+                if self.path.endswith("/CreateDispatch"):
+                    from livekit.protocol.agent_dispatch import AgentDispatch, CreateAgentDispatchRequest
+
+                    request = CreateAgentDispatchRequest.FromString(body)
+                    reply = AgentDispatch(
+                        id="AD_" + uuid.uuid4().hex[:12],
+                        agent_name=request.agent_name,
+                        room=request.room,
+                        metadata=request.metadata,
+                    ).SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def do_GET(self) -> None:
+                # The browser's signalling websocket and its /rtc/validate probe: no answer.
+                fake.browser_requests.append(self.path)
+                self.close_connection = True
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Site:
+    base_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def _chromium_path() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(path):
+        message = "Debian's Chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message + "; browser tests only skip outside CI")
+    return path
+
+
+def _postgres_database(url: str, name_suffix: str) -> tuple[str, str]:
+    """A fresh PostgreSQL database next to the configured one; returns (url, name)."""
+    import psycopg
+
+    parts = urlsplit(url)
+    name = (parts.path.lstrip("/") or "voiceplatform") + name_suffix
+    admin_url = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return parts._replace(path="/" + name).geturl(), name
+
+
+def _drop_postgres_database(url: str, name: str) -> None:
+    import psycopg
+
+    admin_url = urlsplit(url)._replace(path="/postgres").geturl()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+SEED = f"""
+from django.contrib.auth.models import User
+from agents_app.models import Agent
+from agents_app.services import prompt_draft_create, prompt_publish
+User.objects.create_user({USERNAME!r}, "caller@example.com", {PASSWORD!r}, is_staff=True)
+for slug, name in (("support", "Support agent"), ("sales", "Sales agent")):
+    agent = Agent.objects.create(slug=slug, name=name)
+    version = prompt_draft_create(agent=agent, instructions="Be brief.", greeting="Hello.", variables={{}}, change_note="first")
+    prompt_publish(version=version)
+"""
+
+
+@pytest.fixture(scope="module")
+def platform_env(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """Environment for the served app: its own database (migrated, seeded) and Redis."""
+    data_dir = tmp_path_factory.mktemp("callpage")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "DJANGO_SETTINGS_MODULE"))}
+    env.update({"DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "DJANGO_DEBUG": "false", "LOG_LEVEL": "WARNING"})
+    database_url = os.environ.get("DATABASE_URL", "")
+    pg_name = None
+    if database_url.startswith(("postgres", "pgsql")):
+        env["DATABASE_URL"], pg_name = _postgres_database(database_url, "_callpage_browser")
+    else:
+        env.pop("DATABASE_URL", None)  # SQLite under DATA_DIR
+    python = sys.executable
+    for args in (["migrate", "--noinput"], ["shell", "-c", SEED]):
+        done = subprocess.run(
+            [python, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
+    yield env
+    if not os.environ.get("REDIS_URL"):
+        subprocess.run(
+            [python, "-m", "voiceplatform.embedded_redis", "stop"], cwd=BASE_DIR, env=env, capture_output=True
+        )
+    if pg_name:
+        _drop_postgres_database(database_url, pg_name)
+
+
+def _serve(env: dict[str, str], name: str) -> Site:
+    port = _free_port()
+    log_path = Path(env["DATA_DIR"]) / f"daphne-{name}.log"
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voiceplatform.asgi:application"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    site = Site(base_url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"daphne ({name}) exited:\n{site.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return site
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    pytest.fail(f"daphne ({name}) did not listen within 90 s:\n{site.log_tail()}")
+
+
+def _stop(site: Site) -> None:
+    site.process.terminate()
+    try:
+        site.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        site.process.kill()
+
+
+@pytest.fixture(scope="module")
+def fake_livekit() -> Iterator[FakeLiveKit]:
+    fake = FakeLiveKit()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def livekit_site(platform_env, fake_livekit) -> Iterator[Site]:
+    env = {
+        **platform_env,
+        "LIVEKIT_URL": fake_livekit.url,
+        "LIVEKIT_API_KEY": LIVEKIT_KEY,
+        "LIVEKIT_API_SECRET": LIVEKIT_SECRET,
+    }
+    site = _serve(env, "livekit")
+    yield site
+    _stop(site)
+
+
+@pytest.fixture(scope="module")
+def local_site(platform_env) -> Iterator[Site]:
+    site = _serve(platform_env, "local")
+    yield site
+    _stop(site)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = _chromium_path()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class PageRun:
+    """A logged-in page plus everything it did: console errors, requests, websockets."""
+
+    page: Any
+    errors: list[str] = field(default_factory=list)
+    requests: list[Any] = field(default_factory=list)
+    websockets: list[str] = field(default_factory=list)
+
+    def api_calls(self, suffix: str) -> list[Any]:
+        return [r for r in self.requests if r.method == "POST" and urlsplit(r.url).path.endswith(suffix)]
+
+
+def _open_call_page(browser, site: Site, request: pytest.FixtureRequest) -> Iterator[PageRun]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    run = PageRun(page=page)
+    page.on(
+        "console",
+        lambda msg: (
+            run.errors.append(f"console: {msg.text} at {msg.location.get('url')}") if msg.type == "error" else None
+        ),
+    )
+    page.on("pageerror", lambda exc: run.errors.append(f"pageerror: {exc}"))
+    page.on("request", lambda req: run.requests.append(req))
+    page.on("websocket", lambda ws: run.websockets.append(ws.url))
+
+    page.goto(site.base_url + "/call/")
+    assert "/admin/login/" in page.url, "the call page requires a login"
+    page.fill("#id_username", USERNAME)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(site.base_url + "/call/")
+    # Record the call page on its own (the admin login page is not under test here).
+    run.errors.clear()
+    run.requests.clear()
+    page.goto(site.base_url + "/call/")
+    yield run
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"call-page-{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+@pytest.fixture
+def call_page(browser, livekit_site, request) -> Iterator[PageRun]:
+    yield from _open_call_page(browser, livekit_site, request)
+
+
+@pytest.fixture
+def local_call_page(browser, local_site, request) -> Iterator[PageRun]:
+    yield from _open_call_page(browser, local_site, request)
+
+
+def _start_call(run: PageRun, agent: str = "support") -> dict[str, Any]:
+    page = run.page
+    page.select_option("#agent", agent)
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/api/v1/browser/sessions") as created:
+        page.click("#start")
+    response = created.value
+    assert response.status == 201, response.text()
+    return response.json()
+
+
+def _claims(token: str) -> dict[str, Any]:
+    """The JWT's claims (unverified: the page never verifies tokens either)."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def _wait_for_connect_failure(run: PageRun) -> str:
+    page = run.page
+    page.wait_for_selector("#notice[data-kind=error]", timeout=60_000)
+    return page.inner_text("#notice")
+
+
+@pytest.mark.browser
+def test_the_page_loads_livekit_client_from_our_static_files_without_errors(call_page: PageRun) -> None:
+    page = call_page.page
+    page.wait_for_load_state("networkidle")
+
+    scripts = [r.url for r in call_page.requests if r.resource_type == "script"]
+    assert any(urlsplit(u).path == "/static/vendor/livekit-client/livekit-client.umd.js" for u in scripts)
+    origin = urlsplit(page.url).netloc
+    assert all(urlsplit(r.url).netloc == origin for r in call_page.requests), "nothing is loaded from another host"
+    vendored = re.search(r"livekit-client (\S+)", (VENDOR_DIR / "VERSION").read_text()).group(1)
+    assert page.evaluate("window.LivekitClient.version") == vendored
+    assert call_page.errors == []
+    assert page.inner_text("#conn") == "Not connected"
+    assert page.is_enabled("#start") and page.is_disabled("#interrupt") and page.is_disabled("#end")
+    assert not page.is_visible("#rejoin") and not page.is_visible("#audio-unlock")
+    assert not page.is_visible("#notice")
+
+
+@pytest.mark.browser
+def test_starting_a_call_gets_a_token_from_the_same_origin_api_and_dials_the_configured_livekit_url(
+    call_page: PageRun, fake_livekit: FakeLiveKit
+) -> None:
+    grant = _start_call(call_page)
+
+    create = call_page.api_calls("/api/v1/browser/sessions")[0]
+    assert urlsplit(create.url).netloc == urlsplit(call_page.page.url).netloc
+    assert create.headers.get("x-csrftoken"), "the session-authenticated API needs the CSRF header"
+    assert "authorization" not in create.headers, "no API key in the browser"
+    assert json.loads(create.post_data) == {"agent": "support", "metadata": {}}
+    assert grant["url"] == fake_livekit.url and grant["token"] and grant["session_id"]
+
+    message = _wait_for_connect_failure(call_page)
+
+    assert f"Could not connect to the LiveKit server at {fake_livekit.url}" in message
+    assert call_page.page.inner_text("#conn") == "Connection failed"
+    assert any(u.startswith(fake_livekit.url + "/rtc") for u in call_page.websockets), call_page.websockets
+    assert any(p.startswith("/rtc") for p in fake_livekit.browser_requests), "the browser reached the configured server"
+    dispatched = [path for path, _ in fake_livekit.api_calls if path.endswith("/CreateDispatch")]
+    assert dispatched, "the platform dispatched the agent through the LiveKit server API"
+    # The session stays usable: the controls that go through the API are available.
+    assert call_page.page.is_enabled("#interrupt") and call_page.page.is_enabled("#end")
+    assert call_page.page.is_visible("#rejoin")
+    assert not call_page.page.is_visible("#audio-unlock"), "no audio to unlock without a room"
+
+
+@pytest.mark.browser
+def test_interrupt_and_end_fall_back_to_the_api_when_the_agent_is_unreachable(call_page: PageRun) -> None:
+    page = call_page.page
+    grant = _start_call(call_page)
+    _wait_for_connect_failure(call_page)
+    session_id = grant["session_id"]
+
+    with page.expect_response(f"**/api/v1/browser/sessions/{session_id}/interrupt") as interrupted:
+        page.click("#interrupt")
+    assert interrupted.value.status == 202, interrupted.value.text()
+    page.wait_for_selector("#notice:has-text('Interrupt sent through the platform')")
+
+    with page.expect_response(f"**/api/v1/browser/sessions/{session_id}/end") as ended:
+        page.click("#end")
+    assert ended.value.status == 200, ended.value.text()
+    page.wait_for_selector("#notice:has-text('Call ended.')")
+    assert page.inner_text("#conn") == "Not connected"
+    assert page.is_enabled("#start") and page.is_disabled("#end") and page.is_disabled("#interrupt")
+
+
+@pytest.mark.browser
+def test_rejoin_gets_a_fresh_token_for_the_same_room(call_page: PageRun, fake_livekit: FakeLiveKit) -> None:
+    page = call_page.page
+    grant = _start_call(call_page)
+    _wait_for_connect_failure(call_page)
+    attempts_before = len(call_page.websockets)
+
+    with page.expect_response(f"**/api/v1/browser/sessions/{grant['session_id']}/reconnect") as rejoined:
+        page.click("#rejoin")
+    fresh = rejoined.value.json()
+
+    assert rejoined.value.status == 200
+    assert fresh["room"] == grant["room"] and fresh["session_id"] == grant["session_id"]
+    old_claims, new_claims = _claims(grant["token"]), _claims(fresh["token"])
+    assert new_claims["video"]["room"] == grant["room"]
+    assert new_claims["exp"] >= old_claims["exp"], "the new token lives at least as long"
+    page.wait_for_function("document.querySelector('#conn').textContent === 'Connection failed'", timeout=60_000)
+    page.wait_for_selector("#notice[data-kind=error]", timeout=60_000)
+    assert len(call_page.websockets) > attempts_before, "it dialled LiveKit again with the new token"
+    page.click("#end")
+    page.wait_for_selector("#notice:has-text('Call ended.')")
+
+
+@pytest.mark.browser
+def test_a_livekit_server_that_is_down_is_reported_when_starting(call_page: PageRun, fake_livekit: FakeLiveKit) -> None:
+    page = call_page.page
+    fake_livekit.answer_api = False
+    try:
+        page.select_option("#agent", "sales")
+        with page.expect_response(lambda r: urlsplit(r.url).path == "/api/v1/browser/sessions") as created:
+            page.click("#start")
+        assert created.value.status == 502 and created.value.json()["code"] == "dispatch_failed"
+        page.wait_for_selector("#notice[data-kind=error]")
+    finally:
+        fake_livekit.answer_api = True
+    assert page.inner_text("#notice").startswith("Could not start the call:")
+    assert page.inner_text("#conn") == "Not connected"
+    assert page.is_enabled("#start"), "the caller can try again"
+
+
+@pytest.mark.browser
+def test_local_mode_page_says_a_livekit_server_is_needed(local_call_page: PageRun) -> None:
+    page = local_call_page.page
+    page.wait_for_load_state("networkidle")
+
+    notice = page.locator("[data-testid=local-mode]")
+    assert "A LiveKit server is needed for browser calls" in notice.inner_text()
+    assert notice.locator("a[href='/dashboard/']").count() == 1
+    assert page.locator("#start").count() == 0
+    assert local_call_page.errors == []
