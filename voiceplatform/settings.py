@@ -163,6 +163,8 @@ LIVEKIT_TOKEN_TTL_SECONDS = env_int("LIVEKIT_TOKEN_TTL_SECONDS", 600, minimum=30
 # Where the local transport's agent host listens (runagent in local mode).
 LOCAL_AGENT_HOST = env_str("LOCAL_AGENT_HOST", "127.0.0.1")
 LOCAL_AGENT_PORT = env_int("LOCAL_AGENT_PORT", 8765, minimum=1, maximum=65535)
+# The browser call page tells the caller when no agent has joined the room after this long.
+CALL_AGENT_JOIN_TIMEOUT_SECONDS = env_int("CALL_AGENT_JOIN_TIMEOUT_SECONDS", 15, minimum=1, maximum=300)
 
 # --- AI providers ------------------------------------------------------------------
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
