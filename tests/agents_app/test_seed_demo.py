@@ -1,0 +1,97 @@
+"""`manage.py seed_demo` creates the demo and is safe to run again."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.contrib.auth import authenticate
+from django.contrib.auth.models import User
+from django.core.management import call_command
+
+from agents_app.models import Agent, PromptStatus, PromptVersion
+from agents_app.selectors import prompt_published
+from agents_app.services import prompt_draft_create, prompt_publish
+from tools_app.models import ToolDefinition, ToolKind
+
+pytestmark = pytest.mark.django_db
+
+
+def seed(*args: str) -> str:
+    out = StringIO()
+    call_command("seed_demo", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_it_creates_the_demo_agent_prompt_tools_and_logins():
+    output = seed()
+    agent = Agent.objects.get(slug="demo")
+    assert (agent.stt_provider, agent.llm_provider, agent.tts_provider) == ("offline", "offline", "offline")
+    prompt = prompt_published(agent=agent)
+    assert prompt is not None and prompt.number == 1
+    assert {"company", "assistant_name"} <= set(prompt.placeholders())
+    assert set(prompt.placeholders()) <= set(prompt.variables)  # every placeholder has a default
+    assert "place_order" in prompt.instructions and "charge_wallet" in prompt.instructions
+
+    tools = {t.name: t for t in ToolDefinition.objects.filter(agents=agent)}
+    assert set(tools) == {"place_order", "charge_wallet"}
+    for name, tool in tools.items():
+        assert tool.kind == ToolKind.BUILTIN and tool.builtin_name == name and tool.enabled
+        tool.full_clean()  # the parameters are a valid JSON Schema
+        assert tool.parameters["type"] == "object" and tool.parameters["required"]
+
+    staff = authenticate(username="staff", password="voice-demo")
+    assert staff is not None and staff.is_staff and not staff.is_superuser
+    assert staff.groups.filter(name="Support staff").exists()
+    admin = authenticate(username="admin", password="voice-demo")
+    assert admin is not None and admin.is_superuser
+    editor = authenticate(username="editor", password="voice-demo")
+    assert editor is not None and editor.groups.filter(name="Prompt editors").exists()
+
+    for text in ("http://127.0.0.1:8000/admin/", "http://127.0.0.1:8000/dashboard/", "voice-demo", "staff", "admin"):
+        assert text in output
+
+
+def test_running_it_twice_duplicates_nothing():
+    seed()
+    counts = (
+        Agent.objects.count(),
+        PromptVersion.objects.count(),
+        ToolDefinition.objects.count(),
+        User.objects.count(),
+    )
+    output = seed()
+    assert (Agent.objects.count(), PromptVersion.objects.count(), ToolDefinition.objects.count(),
+            User.objects.count()) == counts  # fmt: skip
+    assert ToolDefinition.objects.get(name="place_order").agents.count() == 1
+    assert "already there" in output
+
+
+def test_it_never_resets_an_edited_prompt_tool_or_password():
+    seed()
+    agent = Agent.objects.get(slug="demo")
+    edited = prompt_draft_create(agent=agent, instructions="Our own words for {{company}}", variables={"company": "Z"})
+    prompt_publish(version=edited)
+    ToolDefinition.objects.filter(name="place_order").update(description="Edited by a person")
+    staff = User.objects.get(username="staff")
+    staff.set_password("my-own-password")
+    staff.save()
+
+    seed()
+    assert prompt_published(agent=agent).pk == edited.pk
+    assert PromptVersion.objects.filter(agent=agent).count() == 2
+    assert ToolDefinition.objects.get(name="place_order").description == "Edited by a person"
+    assert authenticate(username="staff", password="my-own-password") is not None
+
+    seed("--reset-passwords")
+    assert authenticate(username="staff", password="voice-demo") is not None
+
+
+def test_it_publishes_a_first_prompt_when_the_agent_has_only_drafts():
+    agent = Agent.objects.create(slug="demo", name="Someone's demo")
+    prompt_draft_create(agent=agent, instructions="unfinished draft")
+    seed()
+    assert Agent.objects.get(slug="demo").name == "Someone's demo"
+    published = prompt_published(agent=agent)
+    assert published is not None and published.number == 2
+    assert PromptVersion.objects.get(agent=agent, number=1).status == PromptStatus.DRAFT

@@ -1,0 +1,102 @@
+"""A missing or malformed environment variable stops the process at start, naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SETUP = (
+    "import django; django.setup(); from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"
+)
+
+# Every variable a case may set; removed first so the developer's or CI's values never leak in.
+VARIABLES = (
+    "DATABASE_URL", "REDIS_URL", "LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "LIVEKIT_TOKEN_TTL_SECONDS",
+    "DJANGO_DEBUG", "DJANGO_SECRET_KEY", "VOICE_DEV_DEFAULTS", "LOG_LEVEL", "LOG_FORMAT", "OPENAI_BASE_URL",
+    "LOCAL_AGENT_PORT", "AGENT_HEARTBEAT_SECONDS", "STT_PROCESS_POOL_SIZE",
+)  # fmt: skip
+
+
+def start(tmp_path: Path, code: str = SETUP, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    # A Redis URL that is parsed but never contacted: settings must not start the embedded one.
+    clean.update({"DJANGO_SETTINGS_MODULE": "voiceplatform.settings", "DATA_DIR": str(tmp_path)})
+    clean.setdefault("REDIS_URL", "redis://127.0.0.1:1/0")
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=BASE_DIR, env=clean, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgres://"}, "DATABASE_URL"),
+        ({"REDIS_URL": "foo"}, "REDIS_URL"),
+        ({"LIVEKIT_TOKEN_TTL_SECONDS": "9999"}, "LIVEKIT_TOKEN_TTL_SECONDS"),
+        ({"LIVEKIT_TOKEN_TTL_SECONDS": "ten"}, "LIVEKIT_TOKEN_TTL_SECONDS"),
+        ({"LIVEKIT_URL": "wss://lk.example.com"}, "LIVEKIT_API_KEY"),
+        ({"LIVEKIT_URL": "ftp://lk.example.com"}, "LIVEKIT_URL"),
+        ({"OPENAI_BASE_URL": "localhost:8080"}, "OPENAI_BASE_URL"),
+        ({"DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG"),
+        ({"VOICE_DEV_DEFAULTS": "false"}, "DJANGO_SECRET_KEY"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"LOCAL_AGENT_PORT": "70000"}, "LOCAL_AGENT_PORT"),
+        ({"AGENT_HEARTBEAT_SECONDS": "0.01"}, "AGENT_HEARTBEAT_SECONDS"),
+    ],
+)
+def test_it_stops_at_start_and_names_the_bad_variable(tmp_path, env, variable):
+    result = start(tmp_path, **env)
+    assert result.returncode != 0, result.stdout
+    assert "ImproperlyConfigured" in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert variable in last_line, result.stderr[-2000:]
+
+
+def test_manage_py_check_refuses_a_malformed_variable(tmp_path):
+    result = start(tmp_path, code="import runpy, sys; sys.argv=['manage.py', 'check']; runpy.run_path('manage.py', run_name='__main__')",
+                   LIVEKIT_TOKEN_TTL_SECONDS="9999")  # fmt: skip
+    assert result.returncode != 0
+    assert "LIVEKIT_TOKEN_TTL_SECONDS must be <= 900" in result.stderr
+
+
+def test_it_uses_postgresql_and_the_given_redis_when_both_are_set(tmp_path):
+    code = SETUP + "; print(settings.REDIS_URL, settings.EMBEDDED_REDIS, settings.CELERY_BROKER_URL)"
+    result = start(tmp_path, code, DATABASE_URL="postgres://u@127.0.0.1:5432/x", REDIS_URL="redis://127.0.0.1:6379/3")
+    assert result.returncode == 0, result.stderr
+    assert "django.db.backends.postgresql" in result.stdout
+    assert "redis://127.0.0.1:6379/3 False redis://127.0.0.1:6379/3" in result.stdout
+
+
+def test_it_defaults_to_sqlite_under_the_data_directory(tmp_path):
+    code = SETUP + "; print(settings.DATABASES['default']['NAME'])"
+    result = start(tmp_path, code)
+    assert result.returncode == 0, result.stderr
+    assert "sqlite3" in result.stdout
+    assert str(tmp_path / "db.sqlite3") in result.stdout
+
+
+def test_livekit_settings_are_read_when_livekit_url_is_set(tmp_path):
+    code = SETUP + "; print(settings.LIVEKIT_URL, settings.LIVEKIT_API_KEY, settings.LIVEKIT_LOCAL_MODE)"
+    result = start(tmp_path, code, LIVEKIT_URL="wss://lk.example.com", LIVEKIT_API_KEY="k", LIVEKIT_API_SECRET="s")
+    assert result.returncode == 0, result.stderr
+    assert "wss://lk.example.com k False" in result.stdout
+
+
+def test_env_example_lists_every_variable_settings_reads():
+    """`.env.example` must stay complete: every env_*("NAME") in settings.py is documented."""
+    import re
+
+    source = (BASE_DIR / "voiceplatform" / "settings.py").read_text()
+    read = set(re.findall(r'env_\w+\(\s*"([A-Z][A-Z0-9_]*)"', source))
+    read |= set(re.findall(r'os\.environ\.get\(\s*"([A-Z][A-Z0-9_]*)"', source))
+    example = (BASE_DIR / ".env.example").read_text()
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", example, flags=re.M))
+    assert read, "no variables found: the pattern no longer matches settings.py"
+    assert read - documented == set(), f"missing from .env.example: {sorted(read - documented)}"
