@@ -28,13 +28,6 @@ def prewarmed() -> None:
     prewarm()
 
 
-@pytest.fixture(autouse=True)
-async def _close_async_orm_connection():
-    """The async ORM's worker thread keeps a connection; close it after each test."""
-    yield
-    await sync_to_async(connection.close)()
-
-
 def session_row(session_id: str) -> VoiceSession:
     return VoiceSession.objects.get(pk=session_id)
 
@@ -51,13 +44,13 @@ def make_session(agent: Agent, **metadata: Any) -> str:
     return str(session.id)
 
 
-async def db(fn: Callable[..., Any], *args: Any) -> Any:
+async def db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a sync DB read in a worker thread and close that thread's connection after
     (so the test database can be dropped at the end of the run)."""
 
     def run() -> Any:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         finally:
             connection.close()
 
