@@ -1,7 +1,8 @@
 """Pages and JSON reads of the live support dashboard (thin: auth, selector, render).
 
 Only staff and the "Support staff" group see them. A logged-out visitor is sent to the
-admin login with `?next=`; a logged-in user without the right is told so (403), not
+dashboard's login (`/dashboard/login/?next=`, any active user; the admin login would
+refuse support members who are not staff); a logged-in user without the right is told so (403), not
 bounced back to a login form they already passed.
 """
 
@@ -22,6 +23,8 @@ from agents_app.models import DEFAULT_BUDGETS_MS, STAGES, Agent
 from sessions_app import dashboard_selectors
 
 View = Callable[..., HttpResponse]
+# Not the admin login: that one takes staff only, and the Support staff group need not be.
+LOGIN_URL = "/dashboard/login/"
 
 
 def support_staff_required(*, api: bool = False) -> Callable[[View], View]:
@@ -32,7 +35,7 @@ def support_staff_required(*, api: bool = False) -> Callable[[View], View]:
             if not user.is_authenticated:
                 if api:
                     return JsonResponse({"error": "login_required", "detail": "Log in as support staff."}, status=401)
-                return redirect_to_login(request.get_full_path())
+                return redirect_to_login(request.get_full_path(), login_url=LOGIN_URL)
             if not dashboard_selectors.support_staff_check(user):
                 detail = "Only staff and the Support staff group may watch calls."
                 if api:

@@ -3,6 +3,7 @@
 
 const Live = (() => {
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const sockets = []; // open LiveSockets, for the browser tests and the devtools console
 
   function readJson(id) {
     const node = document.getElementById(id);
@@ -20,6 +21,7 @@ const Live = (() => {
       this.delay = 500;
       this.connected = false;
       this.ws = null;
+      sockets.push(this);
       this.connect();
       // Keeps idle proxies from closing the socket, and finds dead ones quickly.
       setInterval(() => this.send({ type: "ping" }), 25000);
@@ -123,5 +125,14 @@ const Live = (() => {
       ref ? svg("line", { x1: scale(ref), x2: scale(ref), y1: 0, y2: H, class: "budget" }) : null);
   }
 
-  return { LiveSocket, readJson, ms, pct, num, duration, clock, sessionSeconds, el, svg, rangeBar, setConnState };
+  /* Round axis ticks (0, 250, 500 … ms) covering `max`, at most ~6 of them. */
+  function niceTicks(max, count = 5) {
+    const steps = [50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000, 20000, 30000, 60000];
+    const step = steps.find((s) => max / s <= count) || steps[steps.length - 1];
+    const ticks = [];
+    for (let v = 0; v <= max + 1e-9; v += step) ticks.push(v);
+    return { ticks, top: ticks[ticks.length - 1] < max ? ticks[ticks.length - 1] + step : ticks[ticks.length - 1] };
+  }
+
+  return { sockets, niceTicks, LiveSocket, readJson, ms, pct, num, duration, clock, sessionSeconds, el, svg, rangeBar, setConnState };
 })();

@@ -49,14 +49,14 @@
     const turns = turnList().slice(-40);
     const box = document.getElementById("turn-strip");
     if (!turns.length) { box.replaceChildren(el("p", { class: "empty" }, "No turns yet.")); return; }
-    const W = 360, H = 190, top = 14, bottom = 22, left = 34, right = 6;
+    const W = 480, H = 250, top = 14, bottom = 22, left = 40, right = 6;
     const budget = state.budgets.e2e;
     const vals = turns.map((t) => t.stages_ms.e2e || 0);
-    const max = Math.max(budget * 1.25, ...vals) * 1.05;
+    const { ticks: tickValues, top: max } = Live.niceTicks(Math.max(budget * 1.15, ...vals), 4);
     const y = (v) => top + (H - top - bottom) * (1 - v / max);
     const slot = (W - left - right) / Math.max(turns.length, 8);
     const selected = state.selected ?? turns[turns.length - 1].index;
-    const ticks = [0, max / 2, max].map((v) => svg("g", {},
+    const ticks = tickValues.concat(tickValues.at(-1) < max ? [max] : []).map((v) => svg("g", {},
       svg("line", { x1: left, x2: W - right, y1: y(v), y2: y(v), class: "chart-grid" }),
       svg("text", { x: left - 4, y: y(v) + 3, "text-anchor": "end", class: "chart-text" }, v >= 1000 ? (v / 1000).toFixed(1) + "s" : Math.round(v))));
     const bars = turns.map((t, i) => {
@@ -96,13 +96,13 @@
     }
     for (const key of TOTALS) rows.push({ key, start: 0, value: st[key] });
     const ends = rows.map((r) => r.start + (r.value || 0)).concat(rows.map((r) => r.start + (budgets[r.key] || 0)).filter((v, i) => rows[i].value !== null && rows[i].value !== undefined));
-    const max = Math.max(...ends, budgets.e2e) * 1.08;
-    const W = 640, rowH = 24, top = 6, labelW = 130, right = 64;
+    const { ticks: axisTicks, top: max } = Live.niceTicks(Math.max(...ends, budgets.e2e) * 1.04, 6);
+    const W = 720, rowH = 24, top = 6, labelW = 130, right = 84;
     const H = top + rows.length * rowH + 22;
     const x = (v) => labelW + (W - labelW - right) * (v / max);
-    const axis = [0, 0.25, 0.5, 0.75, 1].map((f) => svg("g", {},
-      svg("line", { x1: x(max * f), x2: x(max * f), y1: top, y2: H - 18, class: "chart-grid" }),
-      svg("text", { x: x(max * f), y: H - 5, "text-anchor": "middle", class: "chart-text" }, ms(max * f))));
+    const axis = axisTicks.concat(axisTicks.at(-1) < max ? [max] : []).map((v) => svg("g", {},
+      svg("line", { x1: x(v), x2: x(v), y1: top, y2: H - 18, class: "chart-grid" }),
+      svg("text", { x: x(v), y: H - 5, "text-anchor": "middle", class: "chart-text" }, ms(v))));
     const bars = rows.map((r, i) => {
       const y0 = top + i * rowH;
       const has = r.value !== null && r.value !== undefined;
@@ -152,7 +152,7 @@
           t.interrupted ? el("span", { class: "tag warn" }, "interrupted · " + t.interrupt_source) : null,
           breaches.filter((b) => b !== "e2e").map((b) => el("span", { class: "tag bad" }, (SHORT[b] || b) + " over")),
           (t.tool_calls || []).map((c) => el("span", { class: "tag " + (c.status === "ok" || c.status === "succeeded" ? "ok" : c.status ? "warn" : "") },
-            `🔧 ${c.name} · ${c.status || "?"}${c.replayed ? " · replayed" : ""}${c.latency_ms != null ? " · " + ms(c.latency_ms) : ""}`)),
+            `tool ${c.name} · ${c.status || "?"}${c.replayed ? " · replayed" : ""}${c.latency_ms != null ? " · " + ms(c.latency_ms) : ""}`)),
           t.error ? el("span", { class: "tag bad", title: t.error }, "error") : null)));
   }
 

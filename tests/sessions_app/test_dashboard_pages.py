@@ -32,12 +32,12 @@ def _json_script(html: str, element_id: str):
 
 
 @pytest.mark.parametrize("path", ["/dashboard/", "/dashboard/sessions/{id}/"])
-def test_it_sends_anonymous_visitors_to_the_admin_login(client, agent, path) -> None:
+def test_it_sends_anonymous_visitors_to_the_dashboard_login(client, agent, path) -> None:
     session = _session(agent)
     url = path.format(id=session.id)
     response = client.get(url)
     assert response.status_code == 302
-    assert response["Location"] == f"/admin/login/?next={url}"
+    assert response["Location"] == f"/dashboard/login/?next={url}"
 
 
 @pytest.mark.parametrize(
@@ -58,11 +58,21 @@ def test_json_reads_answer_401_to_anonymous_callers(client, agent, path) -> None
     assert response.json()["error"] == "login_required"
 
 
-def test_a_support_group_member_sees_the_dashboard(client, agent) -> None:
+def test_a_support_group_member_who_is_not_staff_signs_in_and_sees_the_dashboard(client, agent) -> None:
     user = User.objects.create_user("helpdesk", password="helpdesk-pass-1")
     user.groups.add(Group.objects.get_or_create(name="Support staff")[0])
-    client.force_login(user)
+    assert client.get("/dashboard/login/?next=/dashboard/").status_code == 200
+    response = client.post(
+        "/dashboard/login/", {"username": "helpdesk", "password": "helpdesk-pass-1", "next": "/dashboard/"}
+    )
+    assert response.status_code == 302 and response["Location"] == "/dashboard/"
     assert client.get("/dashboard/").status_code == 200
+
+
+def test_a_wrong_password_is_told_on_the_login_page(client, staff_user) -> None:
+    response = client.post("/dashboard/login/", {"username": "staff", "password": "nope", "next": "/dashboard/"})
+    assert response.status_code == 200
+    assert "did not match" in response.content.decode()
 
 
 def test_the_dashboard_embeds_rows_kpis_and_socket_config(client, staff_user, agent) -> None:
