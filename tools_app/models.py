@@ -45,7 +45,8 @@ class ToolDefinition(models.Model):
     max_retries = models.PositiveSmallIntegerField(default=2, validators=[MaxValueValidator(10)])
     idempotent = models.BooleanField(
         default=False,
-        help_text="Safe to run twice (a read). Non-idempotent tools are never re-run after a crash.",
+        help_text="Safe to run twice: a read, or an HTTP endpoint that honours the Idempotency-Key header. "
+        "Only idempotent tools are retried after a timeout or re-run after a crash.",
     )
     run_in_background = models.BooleanField(default=False, help_text="Run as a Celery task (slow tools).")
     enabled = models.BooleanField(default=True)
@@ -108,10 +109,15 @@ class ToolInvocation(models.Model):
     status = models.CharField(max_length=16, choices=InvocationStatus.choices, default=InvocationStatus.RUNNING)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="Times the tool was started: runs of a built-in, requests of an HTTP tool."
+    )
     replays = models.PositiveIntegerField(default=0)
     latency_ms = models.FloatField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Who owns a running row: changed on every claim and re-claim, so a process whose
+    # lease was taken over cannot complete (or commit a built-in's effect for) the row.
+    claim_token = models.CharField(max_length=32, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -139,8 +145,16 @@ class DemoCharge(models.Model):
     wallet = models.ForeignKey(DemoWallet, on_delete=models.CASCADE, related_name="charges")
     amount = models.DecimalField(max_digits=12, decimal_places=2)
     reason = models.CharField(max_length=200, blank=True)
-    idempotency_key = models.CharField(max_length=255, blank=True)
+    # "<ledger scope>:<ledger key>": a second charge with the same key cannot exist.
+    idempotency_key = models.CharField(max_length=400, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"], condition=~models.Q(idempotency_key=""), name="democharge_unique_key"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.amount} from {self.wallet.owner}"
@@ -152,8 +166,16 @@ class DemoOrder(models.Model):
     customer = models.CharField(max_length=120)
     item = models.CharField(max_length=120)
     quantity = models.PositiveIntegerField(default=1)
-    idempotency_key = models.CharField(max_length=255, blank=True)
+    # "<ledger scope>:<ledger key>": a second order with the same key cannot exist.
+    idempotency_key = models.CharField(max_length=400, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"], condition=~models.Q(idempotency_key=""), name="demoorder_unique_key"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.quantity} × {self.item} for {self.customer}"

@@ -1,0 +1,19 @@
+"""Reads for tools: the agent's tool set, lookups by name, ledger rows."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from tools_app.models import ToolDefinition, ToolInvocation
+
+
+def tools_for_agent(*, agent_id: int) -> QuerySet[ToolDefinition]:
+    return ToolDefinition.objects.filter(enabled=True, agents__id=agent_id).distinct().order_by("name")
+
+
+def tool_by_name(*, name: str) -> ToolDefinition | None:
+    return ToolDefinition.objects.filter(name=name, enabled=True).first()
+
+
+def invocation_get(*, scope: str, key: str) -> ToolInvocation | None:
+    return ToolInvocation.objects.filter(scope=scope, key=key).first()
