@@ -13,6 +13,11 @@ VARIABLES_HELP = (
     "Leave {} if the prompt has no placeholders."
 )
 
+PROVIDER_HELP = (
+    "Offline runs on this server with no account (a stand-in for demos and tests). "
+    "OpenAI needs OPENAI_API_KEY on the server (or OPENAI_BASE_URL for a compatible server)."
+)
+
 
 class FriendlyJSONField(forms.JSONField):
     """A JSONField whose parse error says what is expected instead of 'Enter a valid JSON'."""
@@ -61,6 +66,29 @@ class AgentAdminForm(forms.ModelForm):
             "allow_interruptions",
             *(f"budget_{key}_ms" for key in STAGE_KEYS),
         )  # fmt: skip
+        labels = {
+            "slug": "Slug (short id)",
+            "active": "Active (accepts new calls)",
+            "stt_provider": "Provider",
+            "stt_model": "Model",
+            "stt_phrases": "Expected phrases",
+            "stt_fallbacks": "Fallbacks",
+            "llm_provider": "Provider",
+            "llm_model": "Model",
+            "llm_fallbacks": "Fallbacks",
+            "tts_provider": "Provider",
+            "tts_model": "Model",
+            "tts_voice": "Voice",
+            "tts_fallbacks": "Fallbacks",
+            "allow_interruptions": "Callers may interrupt the agent",
+        }
+        help_texts = {
+            "stt_provider": PROVIDER_HELP,
+            "llm_provider": PROVIDER_HELP,
+            "tts_provider": PROVIDER_HELP,
+            "language": "Language code of the calls, e.g. en.",
+            "allow_interruptions": "When on, the agent stops talking as soon as the caller speaks.",
+        }
         error_messages = {
             "slug": {"unique": "Another agent already uses this slug. Pick a different one; nothing was saved."},
         }
