@@ -1,0 +1,117 @@
+"""Offline providers: Piper synthesis, PocketSphinx decoding, the LLM stand-in, the factory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from livekit import rtc
+from livekit.agents import function_tool
+from livekit.agents.llm import ChatContext
+
+from agents_app.models import Agent, Provider
+from agents_app.providers import factory, piper, sphinx
+from agents_app.providers.offline_llm import OfflineStandInLLM, company_from_instructions
+
+
+@function_tool
+async def place_order(item: str, quantity: int) -> str:
+    """Place an order for a number of items."""
+    return "ok"
+
+
+@function_tool
+async def charge_wallet(amount: float) -> str:
+    """Charge the customer's prepaid wallet balance."""
+    return "ok"
+
+
+def test_piper_synthesis_is_deterministic():
+    first, rate = piper.synthesize("Your order is on its way.")
+    second, _ = piper.synthesize("Your order is on its way.")
+    assert rate == 22050 and first.dtype == np.int16
+    assert len(first) > rate  # over a second of speech
+    assert np.array_equal(first, second)
+
+
+def _frames(text: str) -> list[rtc.AudioFrame]:
+    audio, rate = piper.synthesize(text)
+    return [rtc.AudioFrame(audio.tobytes(), rate, 1, len(audio))]
+
+
+def test_pocketsphinx_understands_piper():
+    pcm = sphinx.prepare_pcm(_frames("I would like to place an order for two pizzas."))
+    assert sphinx.decode_pcm(pcm) == "i would like to place an order for two pizzas"
+
+
+def test_a_phrase_list_narrows_recognition_to_those_phrases():
+    pcm = sphinx.prepare_pcm(_frames("Place an order please."))
+    text = sphinx.decode_pcm(pcm, ("place an order", "please", "cancel my order", "xyzzyplugh"))
+    assert text == "place an order please"
+
+
+def test_prepared_audio_is_padded_and_never_exact_zero_silence():
+    silent = rtc.AudioFrame(b"\x00\x00" * 1600, 16000, 1, 1600)
+    pcm = np.frombuffer(sphinx.prepare_pcm([silent]), dtype=np.int16)
+    assert len(pcm) == 1600 + 2 * int(sphinx.PAD_SECONDS * sphinx.SAMPLE_RATE)
+    assert np.count_nonzero(pcm) > len(pcm) // 2 and np.abs(pcm).max() <= sphinx.NOISE_LSB
+
+
+def _ctx(instructions: str, *user: str) -> ChatContext:
+    ctx = ChatContext.empty()
+    ctx.add_message(role="system", content=instructions)
+    for text in user:
+        ctx.add_message(role="user", content=text)
+    return ctx
+
+
+def test_the_stand_in_names_the_company_from_the_prompt():
+    assert company_from_instructions("You are the support agent of Acme Pizza. Be brief.") == "Acme Pizza"
+    text, call = OfflineStandInLLM().reply_for(_ctx("You answer calls for Globex.", "hello"), [])
+    assert call is None and "Globex" in text and "hello" in text
+
+
+def test_the_stand_in_calls_the_tool_the_caller_mentions():
+    llm = OfflineStandInLLM()
+    tools = [charge_wallet, place_order]
+    _, call = llm.reply_for(_ctx("Acme", "please place an order for three pizzas"), tools)
+    assert call is not None and call.name == "place_order"
+    assert '"quantity": 3' in call.arguments
+    _, call = llm.reply_for(_ctx("Acme", "charge my prepaid wallet"), tools)
+    assert call is not None and call.name == "charge_wallet"  # by description keywords
+    _, call = llm.reply_for(_ctx("Acme", "what are your hours"), tools)
+    assert call is None
+
+
+def test_the_stand_in_gives_a_long_answer_when_asked_to_explain():
+    short, _ = OfflineStandInLLM().reply_for(_ctx("of Acme", "hi"), [])
+    long, _ = OfflineStandInLLM().reply_for(_ctx("of Acme", "please explain your delivery service"), [])
+    assert len(long.split()) > 60 > len(short.split())
+
+
+def test_the_factory_builds_offline_providers_by_default(db):
+    agent = Agent(slug="x", name="x")
+    providers = factory.build_providers(agent)
+    assert providers.describe() == {
+        "stt": "offline:pocketsphinx/en-us",
+        "llm": "offline:offline-stand-in",
+        "tts": "offline:piper/en_US-joe-medium",
+    }
+
+
+def test_the_factory_refuses_openai_without_a_key_or_base_url(settings):
+    settings.OPENAI_API_KEY = ""
+    settings.OPENAI_BASE_URL = ""
+    agent = Agent(slug="x", name="x", llm_provider=Provider.OPENAI)
+    with pytest.raises(ImproperlyConfigured):
+        factory.build_llm(agent)
+
+
+def test_the_factory_uses_the_openai_plugin_with_the_configured_base_url(settings):
+    settings.OPENAI_API_KEY = ""
+    settings.OPENAI_BASE_URL = "http://127.0.0.1:11434/v1"
+    agent = Agent(slug="x", name="x", llm_provider=Provider.OPENAI, llm_model="llama3.2")
+    llm = factory.build_llm(agent)
+    assert type(llm).__module__.startswith("livekit.plugins.openai")
+    assert llm.model == "llama3.2"
+    assert "127.0.0.1:11434" in str(llm._client.base_url)
