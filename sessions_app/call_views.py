@@ -20,11 +20,6 @@ from django.views.decorators.http import require_GET
 
 from sessions_app.selectors import agents_callable
 
-# How long the page waits for the agent to join the room before telling the caller.
-# A LiveKit agent usually joins within a second or two of dispatch; 15 s covers a cold
-# worker without leaving the caller staring at a silent call.
-AGENT_JOIN_TIMEOUT_SECONDS = 15
-
 
 def _api_base() -> str:
     try:
@@ -56,7 +51,9 @@ def call_config(request: HttpRequest) -> dict[str, Any]:
             "end": base + "sessions/{id}/end",
         },
         "dashboardUrl": _dashboard_url(),
-        "agentJoinTimeoutSeconds": AGENT_JOIN_TIMEOUT_SECONDS,
+        # A LiveKit agent usually joins within a second or two of dispatch; the default 15 s
+        # covers a cold worker without leaving the caller in a silent call.
+        "agentJoinTimeoutSeconds": getattr(settings, "CALL_AGENT_JOIN_TIMEOUT_SECONDS", 15),
         "user": request.user.get_username(),
         # The browser API is session-authenticated, so every POST carries this header.
         "csrfToken": get_token(request),

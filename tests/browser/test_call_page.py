@@ -331,6 +331,7 @@ def livekit_site(platform_env, fake_livekit) -> Iterator[Site]:
         "LIVEKIT_URL": fake_livekit.url,
         "LIVEKIT_API_KEY": LIVEKIT_KEY,
         "LIVEKIT_API_SECRET": LIVEKIT_SECRET,
+        "CALL_AGENT_JOIN_TIMEOUT_SECONDS": "2",
     }
     site = _serve(env, "livekit")
     yield site
@@ -546,3 +547,209 @@ def test_local_mode_page_says_a_livekit_server_is_needed(local_call_page: PageRu
     assert notice.locator("a[href='/dashboard/']").count() == 1
     assert page.locator("#start").count() == 0
     assert local_call_page.errors == []
+
+
+# --------------------------------------------------------------------------------------
+# After the media connection: livekit-client's network layer replaced in the page
+# --------------------------------------------------------------------------------------
+# No LiveKit server runs here, so these tests replace only the SDK's network-facing
+# methods (Room.connect/disconnect through a subclass, the microphone publish, performRpc, the text-stream
+# registration) in the page and drive the real SDK Room's events with the real enums.
+# The page's script, the platform's API and the database are all real.
+
+SDK_SEAM = """
+() => {
+  const LK = window.LivekitClient;
+  const seam = (window.__seam = { joins: [], rpc: [], connectPlan: [], rpcMode: "fail", room: null });
+  // connect/disconnect are per-instance fields in livekit-client, hence the subclass.
+  const RealRoom = LK.Room;
+  LK.Room = class SeamRoom extends RealRoom {
+    constructor(options) {
+      super(options);
+      this.connect = async (url, token) => {
+        seam.joins.push({ url, token });
+        if (seam.connectPlan.shift() === "token-expired") throw LK.ConnectionError.notAllowed("token is expired", 401);
+        this.state = LK.ConnectionState.Connected;
+        this.localParticipant.identity = "caller-test";
+        seam.room = this;
+      };
+      this.disconnect = async () => {
+        if (this.state === LK.ConnectionState.Disconnected) return;
+        this.state = LK.ConnectionState.Disconnected;
+        this.emit(LK.RoomEvent.Disconnected, LK.DisconnectReason.CLIENT_INITIATED);
+      };
+    }
+  };
+  LK.Room.prototype.registerTextStreamHandler = function (topic, callback) {
+    this.__textHandlers = { ...(this.__textHandlers || {}), [topic]: callback };
+  };
+  LK.LocalParticipant.prototype.setMicrophoneEnabled = async function (on) { seam.mic = on; };
+  LK.LocalParticipant.prototype.performRpc = function (params) {
+    seam.rpc.push(params);
+    if (seam.rpcMode === "ok") return Promise.resolve('{"ok": true}');
+    if (seam.rpcMode === "hang") return new Promise(() => {});
+    return Promise.reject(new LK.RpcError(1503, "Recipient disconnected"));
+  };
+  seam.agent = { identity: "agent-AJ_test", isAgent: true, kind: LK.ParticipantKind.AGENT,
+                 attributes: { "lk.agent.state": "listening" } };
+  seam.agentJoins = () => seam.room.emit(LK.RoomEvent.ParticipantConnected, seam.agent);
+  seam.agentState = (state) => {
+    seam.agent.attributes["lk.agent.state"] = state;
+    seam.room.emit(LK.RoomEvent.ParticipantAttributesChanged, { "lk.agent.state": state }, seam.agent);
+  };
+  seam.caption = (identity, segment, chunks, final) => seam.room.__textHandlers["lk.transcription"](
+    { info: { id: "TS_" + segment + chunks.length,
+              attributes: { "lk.segment_id": segment, "lk.transcription_final": String(final) } },
+      async *[Symbol.asyncIterator]() { for (const chunk of chunks) yield chunk; } },
+    { identity });
+  seam.userSpeaks = () => seam.room.emit(LK.RoomEvent.ActiveSpeakersChanged, [seam.room.localParticipant]);
+  seam.emit = (name, ...args) => seam.room.emit(LK.RoomEvent[name], ...args);
+  seam.drop = () => {
+    const room = seam.room;
+    room.state = LK.ConnectionState.Disconnected;
+    room.emit(LK.RoomEvent.Disconnected, LK.DisconnectReason.SIGNAL_CLOSE);
+  };
+}
+"""
+
+
+@pytest.fixture
+def seamed_call(call_page: PageRun) -> PageRun:
+    call_page.page.evaluate(SDK_SEAM)
+    return call_page
+
+
+def _posts(run: PageRun, suffix: str) -> int:
+    return len(run.api_calls(suffix))
+
+
+@pytest.mark.browser
+def test_it_shows_the_agent_state_and_live_captions(seamed_call: PageRun) -> None:
+    page = seamed_call.page
+    grant = _start_call(seamed_call)
+    page.wait_for_function("document.querySelector('#conn').textContent === 'Connected'")
+    assert page.evaluate("window.__seam.joins") == [{"url": grant["url"], "token": grant["token"]}]
+    assert page.evaluate("window.__seam.mic") is True, "the microphone is published"
+
+    page.evaluate("window.__seam.agentJoins()")
+    page.wait_for_selector("#agent-state[data-state=listening]")
+    page.evaluate("window.__seam.agentState('thinking')")
+    page.wait_for_selector("#agent-state[data-state=thinking]")
+    assert page.inner_text("#agent-state-label") == "Agent: thinking"
+
+    page.evaluate("window.__seam.caption('caller-test', 'SG_user1', ['I want to', ' order'], false)")
+    page.evaluate("window.__seam.caption('caller-test', 'SG_user1', ['I want to order a pizza'], true)")
+    page.evaluate("window.__seam.agentState('speaking')")
+    page.evaluate("window.__seam.caption('agent-AJ_test', 'SG_agent1', ['Sure, ', 'which ', 'size?'], false)")
+    page.wait_for_selector("[data-segment=SG_agent1]:not(.interim)")
+
+    lines = page.eval_on_selector_all(
+        "#captions .caption", "els => els.map(e => [e.dataset.who, e.querySelector('.text').textContent])"
+    )
+    assert lines == [["you", "I want to order a pizza"], ["agent", "Sure, which size?"]]
+    assert page.inner_text("#agent-state-label") == "Agent: speaking"
+    assert seamed_call.errors == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "call-page-in-call.png"), full_page=True)
+    page.click("#end")
+    page.wait_for_selector("#notice:has-text('Call ended.')")
+
+
+@pytest.mark.browser
+def test_interrupt_uses_the_agents_rpc_and_falls_back_to_the_api_when_it_fails(seamed_call: PageRun) -> None:
+    page = seamed_call.page
+    grant = _start_call(seamed_call)
+    page.wait_for_function("document.querySelector('#conn').textContent === 'Connected'")
+    page.evaluate("window.__seam.agentJoins()")
+    page.wait_for_selector("#agent-state[data-state=listening]")
+
+    page.evaluate("window.__seam.rpcMode = 'ok'")
+    page.click("#interrupt")
+    page.wait_for_selector("#notice:has-text('Interrupted the agent.')")
+    rpc = page.evaluate("window.__seam.rpc")
+    assert [(c["destinationIdentity"], c["method"]) for c in rpc] == [("agent-AJ_test", "interrupt")]
+    assert _posts(seamed_call, "/interrupt") == 0, "a working RPC needs no API call"
+
+    page.evaluate("window.__seam.rpcMode = 'fail'")
+    page.wait_for_timeout(1100)  # the page sends at most one interrupt a second
+    with page.expect_response(f"**/api/v1/browser/sessions/{grant['session_id']}/interrupt") as fallback:
+        page.click("#interrupt")
+    assert fallback.value.status == 202
+    page.wait_for_selector("#notice:has-text('Interrupt sent through the platform')")
+
+    page.evaluate("window.__seam.rpcMode = 'hang'")  # an agent that never answers
+    page.wait_for_timeout(1100)
+    with page.expect_response(f"**/api/v1/browser/sessions/{grant['session_id']}/interrupt", timeout=15_000):
+        page.click("#interrupt")
+    assert len(page.evaluate("window.__seam.rpc")) == 3
+
+
+@pytest.mark.browser
+def test_it_interrupts_when_the_caller_starts_talking_over_the_agent(seamed_call: PageRun) -> None:
+    page = seamed_call.page
+    _start_call(seamed_call)
+    page.wait_for_function("document.querySelector('#conn').textContent === 'Connected'")
+    page.evaluate("window.__seam.agentJoins(); window.__seam.rpcMode = 'ok'")
+
+    page.evaluate("window.__seam.userSpeaks()")  # the agent is listening: nothing to interrupt
+    assert page.evaluate("window.__seam.rpc.length") == 0
+
+    page.evaluate("window.__seam.agentState('speaking')")
+    page.evaluate("window.__seam.userSpeaks()")
+    page.wait_for_function("window.__seam.rpc.length === 1")
+    assert page.evaluate("JSON.parse(window.__seam.rpc[0].payload)") == {"source": "speech"}
+
+    page.uncheck("#auto-interrupt")
+    page.wait_for_timeout(1100)
+    page.evaluate("window.__seam.userSpeaks()")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__seam.rpc.length") == 1, "the caller switched auto-interrupt off"
+
+
+@pytest.mark.browser
+def test_a_lost_room_rejoins_with_a_fresh_token_and_says_so(seamed_call: PageRun) -> None:
+    page = seamed_call.page
+    grant = _start_call(seamed_call)
+    page.wait_for_function("document.querySelector('#conn').textContent === 'Connected'")
+
+    page.evaluate("window.__seam.emit('Reconnecting')")  # the SDK's own reconnection first
+    page.wait_for_function("document.querySelector('#conn').textContent === 'Reconnecting…'")
+    page.evaluate("window.__seam.emit('Reconnected')")
+    page.wait_for_selector("#notice:has-text('Reconnected.')")
+    assert _posts(seamed_call, "/reconnect") == 0
+
+    with page.expect_response(f"**/api/v1/browser/sessions/{grant['session_id']}/reconnect") as rejoined:
+        page.evaluate("window.__seam.drop()")  # the room is lost for good
+    assert rejoined.value.status == 200
+    page.wait_for_selector("#notice:has-text('Reconnected: you are back in the call.')")
+    joins = page.evaluate("window.__seam.joins")
+    assert len(joins) == 2 and joins[1]["token"] == rejoined.value.json()["token"]
+    assert page.inner_text("#conn") == "Connected"
+
+
+@pytest.mark.browser
+def test_it_says_when_the_agent_does_not_join(seamed_call: PageRun) -> None:
+    page = seamed_call.page
+    _start_call(seamed_call)
+    page.wait_for_selector("#agent-state[data-state=initializing]")
+
+    page.wait_for_selector("#agent-state[data-state=missing]", timeout=20_000)  # CALL_AGENT_JOIN_TIMEOUT_SECONDS=2
+    assert "The agent has not joined after 2 s" in page.inner_text("#notice")
+    assert page.is_enabled("#end"), "the caller can still hang up"
+
+    page.evaluate("window.__seam.agentJoins()")
+    page.wait_for_selector("#notice:has-text('The agent joined.')")
+
+
+@pytest.mark.browser
+def test_an_expired_token_is_reported_and_rejoin_gets_a_fresh_one(seamed_call: PageRun) -> None:
+    page = seamed_call.page
+    page.evaluate("window.__seam.connectPlan.push('token-expired')")
+    _start_call(seamed_call)
+
+    message = _wait_for_connect_failure(seamed_call)
+    assert "refused the call token (HTTP 401). It may have expired" in message
+
+    page.click("#rejoin")
+    page.wait_for_selector("#notice:has-text('Reconnected: you are back in the call.')")
+    assert _posts(seamed_call, "/reconnect") == 1
