@@ -67,6 +67,7 @@ async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tup
             progress(f"call {number:>3} recorded {wav}")
         return result
 
+    await _presynthesize(options.scenarios, progress)
     try:
         results = await asyncio.gather(*(one(n) for n in range(1, options.calls + 1)))
     finally:
@@ -74,3 +75,18 @@ async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tup
         if host is not None:
             await host.shutdown()
     return summarize(results), list(results)
+
+
+async def _presynthesize(scenarios: list[Scenario], progress: Callable[[str], None]) -> None:
+    """Synthesize every line up front, so a caller speaks (and barges in) on time."""
+    from agents_app.simulator.caller import speech_for
+
+    lines: list[str] = []
+    for scenario in scenarios:
+        for step in scenario.steps:
+            text = step.args if step.kind == "say" else (step.arg("say") if step.kind == "barge_in" else None)
+            if text and text not in lines:
+                lines.append(str(text))
+    progress(f"preparing {len(lines)} caller line(s) with the local TTS…")
+    for text in lines:
+        await speech_for(text)

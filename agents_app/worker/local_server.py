@@ -456,7 +456,9 @@ async def serve_async(*, host: str | None = None, port: int | None = None, ready
     bind_port = port if port is not None else settings.LOCAL_AGENT_PORT
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await agent_host.handle(StreamChannel(reader, writer))
+        # Tracked by the host, so a shutdown waits for each call to end cleanly.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(agent_host.spawn(StreamChannel(reader, writer)))
 
     server = await asyncio.start_server(on_connect, bind_host, bind_port)
     stop = asyncio.Event()
