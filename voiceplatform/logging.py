@@ -29,7 +29,8 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),
     # key=value / "key": "value" pairs whose name says secret (webhook secrets, api_secret=…).
-    re.compile(r"(?i)(\b(?:secret|password|passwd|api[_-]?key|api[_-]?secret|token|access[_-]?token|authorization)\b[\"']?\s*[:=]\s*[\"']?)[^\s\"',&;]{6,}"),
+    # Names may carry a prefix: webhook_secret, session-token, X-Api-Key.
+    re.compile(r"(?i)(\b[\w-]*?(?:secret|password|passwd|api[_-]?key|token|authorization)[\"']?\s*[:=]\s*[\"']?)(?!bearer\s)[^\s\"',&;]{6,}"),
     # credentials inside URLs (DATABASE_URL, REDIS_URL with a password)
     re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]{3,}(?=@)"),
 ]

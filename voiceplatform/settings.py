@@ -130,8 +130,11 @@ CHANNEL_LAYERS = {
 }
 
 # --- celery --------------------------------------------------------------------------
-CELERY_BROKER_URL = REDIS_URL
-CELERY_RESULT_BACKEND = REDIS_URL
+# Kombu and Celery spell a unix socket "redis+socket://", redis-py and Channels "unix://"
+# (the embedded Redis listens on one): without this the broker fails "No such transport: unix".
+_CELERY_REDIS_URL = "redis+socket://" + REDIS_URL[len("unix://"):] if REDIS_URL.startswith("unix://") else REDIS_URL
+CELERY_BROKER_URL = _CELERY_REDIS_URL
+CELERY_RESULT_BACKEND = _CELERY_REDIS_URL
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
