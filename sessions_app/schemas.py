@@ -23,23 +23,28 @@ class ErrorOut(Schema):
 class SessionCreateIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    agent: str = Field(..., min_length=1, max_length=64, pattern=SLUG_PATTERN, description="The agent's slug.")
+    agent: str = Field(
+        ..., min_length=1, max_length=64, pattern=SLUG_PATTERN, description="The agent's slug.", examples=["support"]
+    )
     user_id: str = Field(
         ...,
         min_length=1,
         max_length=128,
         pattern=CALLER_ID_PATTERN,
         description="Your id for the caller; the LiveKit identity becomes `caller-<user_id>`.",
+        examples=["customer-1042"],
     )
     metadata: dict[str, Any] = Field(
-        default_factory=dict, description="Free JSON object stored with the session (size-limited)."
+        default_factory=dict,
+        description="Free JSON object stored with the session (at most SESSION_METADATA_MAX_BYTES of JSON).",
+        examples=[{"plan": "gold", "locale": "en-US"}],
     )
 
 
 class BrowserSessionCreateIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    agent: str = Field(..., min_length=1, max_length=64, pattern=SLUG_PATTERN)
+    agent: str = Field(..., min_length=1, max_length=64, pattern=SLUG_PATTERN, examples=["support"])
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 

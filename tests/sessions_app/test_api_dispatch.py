@@ -1,0 +1,166 @@
+"""Explicit agent dispatch with a LiveKit server, against a local HTTP double of its Twirp API.
+
+The real livekit-api client makes the calls; the double checks each request's JWT with
+livekit-api's TokenVerifier and the configured key/secret, as a LiveKit server would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import jwt
+import pytest
+from aiohttp import web
+from django.test import Client, override_settings
+from livekit.api import TokenVerifier
+from livekit.protocol.agent_dispatch import AgentDispatch, CreateAgentDispatchRequest
+from livekit.protocol.room import DeleteRoomRequest, DeleteRoomResponse
+
+from sessions_app.models import SessionEvent, SessionState, VoiceSession
+
+pytestmark = pytest.mark.django_db
+
+KEY = "APIdoubleKey"
+SECRET = "double-secret-0123456789-abcdefghijklmnop"
+AGENT_NAME = "test-voice-agent"
+
+
+@dataclass
+class LiveKitDouble:
+    """Answers CreateDispatch and DeleteRoom like a LiveKit server; refuses bad signatures."""
+
+    fail_with: int | None = None
+    dispatches: list[CreateAgentDispatchRequest] = field(default_factory=list)
+    deleted_rooms: list[str] = field(default_factory=list)
+    rejected: int = 0
+    port: int = 0
+
+    def _authorized(self, request: web.Request, room: str | None) -> bool:
+        """Dispatch needs room_admin on the room (as LiveKit checks); DeleteRoom needs room_create."""
+        header = request.headers.get("Authorization", "")
+        try:
+            claims = TokenVerifier(KEY, SECRET).verify(header.removeprefix("Bearer "))
+        except jwt.PyJWTError:
+            return False
+        if claims.video is None:
+            return False
+        if room is None:
+            return bool(claims.video.room_create)
+        return bool(claims.video.room_admin and claims.video.room == room)
+
+    async def create_dispatch(self, request: web.Request) -> web.Response:
+        req = CreateAgentDispatchRequest.FromString(await request.read())
+        if not self._authorized(request, req.room):
+            self.rejected += 1
+            return web.json_response({"code": "unauthenticated", "msg": "invalid token"}, status=401)
+        if self.fail_with:
+            return web.json_response({"code": "internal", "msg": "boom"}, status=self.fail_with)
+        self.dispatches.append(req)
+        reply = AgentDispatch(id=f"AD_{len(self.dispatches)}", agent_name=req.agent_name, room=req.room, metadata=req.metadata)
+        return web.Response(body=reply.SerializeToString(), content_type="application/protobuf")
+
+    async def delete_room(self, request: web.Request) -> web.Response:
+        req = DeleteRoomRequest.FromString(await request.read())
+        if not self._authorized(request, None):
+            self.rejected += 1
+            return web.json_response({"code": "unauthenticated", "msg": "invalid token"}, status=401)
+        self.deleted_rooms.append(req.room)
+        return web.Response(body=DeleteRoomResponse().SerializeToString(), content_type="application/protobuf")
+
+
+@pytest.fixture
+def livekit_double() -> Iterator[LiveKitDouble]:
+    double = LiveKitDouble()
+    app = web.Application()
+    app.router.add_post("/twirp/livekit.AgentDispatchService/CreateDispatch", double.create_dispatch)
+    app.router.add_post("/twirp/livekit.RoomService/DeleteRoom", double.delete_room)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    started = threading.Event()
+
+    async def start() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        double.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        started.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        with override_settings(
+            LIVEKIT_URL=f"ws://127.0.0.1:{double.port}",
+            LIVEKIT_LOCAL_MODE=False,
+            LIVEKIT_API_KEY=KEY,
+            LIVEKIT_API_SECRET=SECRET,
+            LIVEKIT_AGENT_NAME=AGENT_NAME,
+        ):
+            yield double
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def _create(key: str):
+    return Client().post(
+        "/api/v1/sessions", data=json.dumps({"agent": "support", "user_id": "u1"}),
+        content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}",
+    )
+
+
+def test_it_dispatches_the_agent_by_name_with_the_session_id(livekit_double, agent, owner_client):
+    _, key = owner_client
+    response = _create(key)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["url"] == f"ws://127.0.0.1:{livekit_double.port}"
+    assert livekit_double.rejected == 0
+    [dispatch] = livekit_double.dispatches
+    assert dispatch.agent_name == AGENT_NAME
+    assert dispatch.room == body["room"]
+    assert json.loads(dispatch.metadata) == {"session_id": body["session_id"]}
+    claims = TokenVerifier(KEY, SECRET).verify(body["token"])
+    assert claims.video.room == body["room"] and not claims.video.room_admin
+    event = SessionEvent.objects.get(session_id=body["session_id"], type="agent.dispatch_requested")
+    assert event.payload == {"mode": "livekit", "agent_name": AGENT_NAME, "dispatch_id": "AD_1"}
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_failed_dispatch_fails_the_session_and_returns_no_token(livekit_double, agent, owner_client, status):
+    _, key = owner_client
+    livekit_double.fail_with = status
+    response = _create(key)
+    assert response.status_code == 502
+    error = response.json()
+    assert error["code"] == "dispatch_failed" and "token" not in error["details"]
+    session = VoiceSession.objects.get(pk=error["details"]["session_id"])
+    assert session.state == SessionState.FAILED and session.end_reason == "dispatch_failed"
+
+
+def test_a_server_that_refuses_our_signature_is_a_dispatch_failure(livekit_double, agent, owner_client):
+    _, key = owner_client
+    with override_settings(LIVEKIT_API_SECRET="a-different-secret-0123456789-abcdefghij"):
+        response = _create(key)
+    assert response.status_code == 502 and livekit_double.rejected == 1
+    assert VoiceSession.objects.get().state == SessionState.FAILED
+
+
+def test_an_unreachable_server_is_a_dispatch_failure(agent, owner_client):
+    with override_settings(LIVEKIT_URL="ws://127.0.0.1:9", LIVEKIT_LOCAL_MODE=False, LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET):
+        response = _create(owner_client[1])
+    assert response.status_code == 502 and response.json()["code"] == "dispatch_failed"
+
+
+def test_ending_a_session_deletes_its_room(livekit_double, agent, owner_client):
+    _, key = owner_client
+    body = _create(key).json()
+    response = Client().post(f"/api/v1/sessions/{body['session_id']}/end", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert response.status_code == 200
+    assert livekit_double.deleted_rooms == [body["room"]]
+    assert livekit_double.rejected == 0
