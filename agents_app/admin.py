@@ -73,16 +73,7 @@ class PromptVersionInline(admin.TabularInline):
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     form = AgentAdminForm
-    list_display = (
-        "name",
-        "slug",
-        "active",
-        "live_prompt",
-        "llm_provider",
-        "stt_provider",
-        "tts_provider",
-        "updated_at",
-    )
+    list_display = ("name", "slug", "active", "live_prompt", "providers", "updated_at")
     list_filter = ("active", "llm_provider", "stt_provider", "tts_provider")
     search_fields = ("name", "slug", "description")
     prepopulated_fields = {"slug": ("name",)}
@@ -131,6 +122,10 @@ class AgentAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Agent]:
         return super().get_queryset(request).prefetch_related("prompt_versions")
+
+    @admin.display(description="Providers (speech in / model / voice)")
+    def providers(self, obj: Agent) -> str:
+        return " / ".join((obj.stt_provider, obj.llm_provider, obj.tts_provider))
 
     @admin.display(description="Live prompt")
     def live_prompt(self, obj: Agent) -> str:
@@ -285,6 +280,7 @@ class PromptVersionAdmin(admin.ModelAdmin):
                 "live_version": published,
                 "can_publish": self._is_draft(obj) and self.has_change_permission(request, obj),
                 "can_branch": self.has_add_permission(request),
+                "can_edit": self.has_change_permission(request, obj),
                 "title": (
                     f"Edit draft v{obj.number} of {obj.agent.name}"
                     if self._is_draft(obj)

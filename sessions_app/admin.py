@@ -80,7 +80,7 @@ class TurnInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ("index", "user_text", "heard_text", "interrupted", "e2e_ms", "ttfa_ms", "breaches")
+    fields = ("index", "user_text", "generated_text", "heard_text", "interrupted", "e2e_ms", "ttfa_ms", "breaches")
     readonly_fields = fields
     ordering = ("index",)
 
