@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -93,6 +94,12 @@ class ContextFilter(logging.Filter):
         for key, value in (_context.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
+        # Django logs 4xx/5xx responses (django.request) after the middleware chain has
+        # returned, outside log_context; the request itself still knows its id.
+        if getattr(record, "request_id", None) is None:
+            request_id = getattr(getattr(record, "request", None), "request_id", None)
+            if request_id is not None:
+                record.request_id = request_id
         return True
 
 
@@ -143,6 +150,9 @@ class TextFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
 class RequestContextMiddleware:
     """Binds a request id to every log line of a request."""
 
@@ -150,6 +160,11 @@ class RequestContextMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: Any) -> Any:
-        request_id = request.headers.get("X-Request-Id") or f"req-{time.monotonic_ns() & 0xFFFFFFFF:08x}"
+        incoming = request.headers.get("X-Request-Id", "")
+        # Accept a caller's id only if it is short and plain: it is echoed into every log line.
+        request_id = incoming if _REQUEST_ID_RE.fullmatch(incoming) else f"req-{uuid.uuid4().hex[:16]}"
+        request.request_id = request_id
         with log_context(request_id=request_id):
-            return self.get_response(request)
+            response = self.get_response(request)
+        response["X-Request-Id"] = request_id
+        return response

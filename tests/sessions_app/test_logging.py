@@ -114,7 +114,9 @@ def test_an_api_request_with_a_key_leaves_no_key_in_any_log_line(captured_logs, 
     assert ok.status_code < 500 and invalid.status_code >= 400 and rejected.status_code == 401
     output = _output(buffers)
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]
-    assert any(line.get("logger") == "django.request" for line in lines)  # the 4xx responses were logged
+    request_lines = [line for line in lines if line.get("logger") == "django.request"]
+    assert request_lines  # the 4xx responses were logged …
+    assert all(line.get("request_id", "").startswith("req-") for line in request_lines)  # … with their request id
     assert key not in output and wrong_key not in output
     assert key[:12] not in output  # not even a prefix long enough to narrow a search
 
@@ -159,3 +161,18 @@ def test_text_lines_are_human_readable_with_the_context_at_the_end(captured_logs
     first, second = _output(buffers).splitlines()
     assert first.endswith("sessions_app.tests.logging: turn recorded [session_id=s-1 turn=3 agent=support]")
     assert second.endswith("sessions_app.tests.logging: outside")
+
+
+def test_a_request_id_is_echoed_and_a_forged_one_is_replaced(client, captured_logs):
+    buffers = captured_logs("json")
+
+    given = client.get("/api/v1/sessions", HTTP_X_REQUEST_ID="trace-abc.123")
+    forged = client.get("/api/v1/sessions", HTTP_X_REQUEST_ID='x" , "level": "critical')
+
+    assert given["X-Request-Id"] == "trace-abc.123"
+    assert forged["X-Request-Id"].startswith("req-")
+    lines = [json.loads(line) for line in _output(buffers).splitlines() if line.strip()]
+    assert {line["request_id"] for line in lines if line.get("logger") == "django.request"} == {
+        "trace-abc.123",
+        forged["X-Request-Id"],
+    }
