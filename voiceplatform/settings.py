@@ -121,7 +121,10 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            # redis-py 8 reads with a 5 s socket timeout by default, and channels_redis
+            # blocks 5 s in BZPOPMIN: every idle receive (each websocket) died at ~5 s with
+            # "Timeout reading". Give reads a margin over the blocking pop.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
             "prefix": env_str("CHANNELS_PREFIX", "voice"),
             "capacity": env_int("CHANNELS_CAPACITY", 200, minimum=10),
             "expiry": 30,
