@@ -275,9 +275,10 @@ class CallBridge:
         call = LocalCall(input_noise_lsb=INPUT_NOISE_LSB)
         call.on_agent_speaking(lambda speaking: self._outbox.put_nowait({"type": "agent.speaking", "speaking": speaking}))
         self.call = call
+        # The pump first: it must be listening before the job plays its first frame.
+        self._pump = asyncio.create_task(self._pump_agent_audio(call), name=f"local-pump-{self.session_id}")
         self._job = asyncio.create_task(run_local_job(session_id=self.session_id, call=call), name=f"local-job-{self.session_id}")
         self._job.add_done_callback(self._on_job_done)
-        self._pump = asyncio.create_task(self._pump_agent_audio(call), name=f"local-pump-{self.session_id}")
 
     def _on_job_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():

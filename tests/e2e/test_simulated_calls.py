@@ -1,0 +1,164 @@
+"""End to end: the platform started as `make demo` starts it, driven by `simulate_calls`.
+
+One platform (daphne, Celery worker + beat, local agent host; own database and Redis)
+serves every test of this module. Each scenario test runs `simulate_calls --calls 2
+--scenario NAME --json` in a subprocess while a staff user's dashboard websocket
+listens, then checks the JSON summary, the stored turns (through the API) and that the
+dashboard received every stored turn. The last test stops the platform with SIGTERM and
+checks that no process is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.platform import Platform, pid_alive
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+STAGES = ("eou", "stt", "llm_ttft", "tool", "tts_ttfb", "e2e")
+SUMMARY_KEYS = {
+    "calls", "completed", "failed", "turns", "interrupted_turns", "reconnects", "tool_calls",
+    "tool_replays", "budget_breaches", "stage_ms", "session_ids", "errors",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    running = Platform(Path(tmp_path_factory.mktemp("e2e")))
+    try:
+        running.start()
+        yield running
+    finally:
+        running.cleanup()
+
+
+class DashboardListener:
+    """A support-staff browser: logs in, opens /ws/dashboard/, keeps every message."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+        self.messages: list[dict[str, Any]] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> DashboardListener:
+        base = self.platform.base_url
+        self._http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        async with self._http.get(f"{base}/admin/login/") as page:
+            html = await page.text()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+        assert token, "no CSRF token on the admin login page"
+        form = {"username": "staff", "password": "voice-demo", "csrfmiddlewaretoken": token.group(1), "next": "/admin/"}
+        async with self._http.post(f"{base}/admin/login/", data=form, headers={"Referer": f"{base}/admin/login/"}) as done:
+            assert done.status in (200, 302)
+        ws = await self._http.ws_connect(f"ws://127.0.0.1:{self.platform.port}/ws/dashboard/", headers={"Origin": base})
+        first = await ws.receive_json(timeout=20)
+        assert first["type"] == "snapshot", f"the dashboard websocket refused the staff user: {first}"
+        self._task = asyncio.create_task(self._collect(ws))
+        return self
+
+    async def _collect(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for message in ws:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                self.messages.append(message.json())
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.sleep(2)  # the last turn's broadcast may trail the simulator's exit
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._http is not None:
+            await self._http.close()
+
+    def turn_indexes(self, session_id: str) -> set[int]:
+        return {
+            int(m["turn"]["index"])
+            for m in self.messages
+            if m.get("type") == "turn.completed" and m.get("session_id") == session_id
+        }
+
+
+async def run_scenario(platform: Platform, scenario: str) -> tuple[dict[str, Any], list[dict[str, Any]], DashboardListener]:
+    async with DashboardListener(platform) as dashboard:
+        summary, output = await asyncio.to_thread(platform.simulate, "--calls", "2", "--scenario", scenario)
+    assert SUMMARY_KEYS <= set(summary), f"summary keys missing: {SUMMARY_KEYS - set(summary)}"
+    assert set(summary["stage_ms"]) == set(STAGES)
+    assert summary["calls"] == 2
+    assert summary["completed"] == 2, f"{summary['errors']}\n{output[-4000:]}"
+    assert summary["failed"] == 0 and summary["errors"] == []
+    assert len(summary["session_ids"]) == 2
+    details = []
+    key = platform.simulator_key()
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:
+        for session_id in summary["session_ids"]:
+            async with http.get(f"{platform.base_url}/api/v1/sessions/{session_id}") as response:
+                assert response.status == 200
+                details.append(await response.json())
+    stored_turns = sum(len(d["turns"]) for d in details)
+    assert summary["turns"] == stored_turns
+    for detail in details:
+        assert detail["state"] == "ended"
+        stored = {t["index"] for t in detail["turns"]}
+        assert stored, "no turn stored"
+        assert dashboard.turn_indexes(str(detail["session_id"])) >= stored, "the dashboard missed turns"
+    e2e = summary["stage_ms"]["e2e"]
+    assert e2e["p50"] is not None and e2e["p95"] >= e2e["p50"]
+    return summary, details, dashboard
+
+
+async def test_barge_in_calls_store_only_what_the_caller_heard(platform: Platform) -> None:
+    summary, details, _ = await run_scenario(platform, "barge-in")
+    assert summary["interrupted_turns"] >= 2
+    for detail in details:
+        interrupted = [t for t in detail["turns"] if t["interrupted"]]
+        assert interrupted, f"session {detail['session_id']} has no interrupted turn"
+        for turn in interrupted:
+            assert turn["interrupt_source"] == "vad"
+            heard, generated = turn["heard_text"], turn["generated_text"]
+            assert generated.startswith(heard) and len(heard) < len(generated), (heard, generated)
+
+
+async def test_reconnect_calls_continue_the_same_session(platform: Platform) -> None:
+    summary, details, _ = await run_scenario(platform, "reconnect")
+    assert summary["reconnects"] >= 2
+    for detail in details:
+        assert detail["reconnect_count"] >= 1
+        turns = detail["turns"]
+        assert [t["index"] for t in turns] == list(range(len(turns)))
+        assert len([t for t in turns if not t["user_text"]]) == 1, "the agent greeted again after the reconnect"
+        assert len([t for t in turns if t["user_text"]]) >= 2, "no caller turn after the reconnect"
+
+
+async def test_tool_calls_retried_with_the_same_key_have_one_side_effect(platform: Platform) -> None:
+    summary, details, _ = await run_scenario(platform, "tool")
+    assert summary["tool_calls"] >= 4  # two calls: the agent's call and the forced retry each
+    assert summary["tool_replays"] >= 2
+    keys = [c["key"] for d in details for t in d["turns"] for c in t["tool_calls"]]
+    assert len(keys) >= 2
+    for key in keys:
+        rows = platform.query(
+            # The demo tools key their rows "<ledger scope>:<ledger key>".
+            "SELECT (SELECT count(*) FROM tools_app_demoorder WHERE idempotency_key LIKE %s)"
+            " + (SELECT count(*) FROM tools_app_democharge WHERE idempotency_key LIKE %s)",
+            (f"%{key}", f"%{key}"),
+        )
+        assert rows[0][0] == 1, f"tool call {key} had {rows[0][0]} side effects"
+
+
+def test_it_stops_every_process_on_sigterm(platform: Platform) -> None:
+    children = platform.child_pids()
+    assert len(children) >= 3  # web, celery, agent
+    assert platform.stop() == 0, platform.log_tail()
+    alive = [pid for pid in children if pid_alive(pid)]
+    assert alive == [], f"processes left behind: {alive}"
+    assert "all processes stopped" in platform.log_path.read_text()
