@@ -145,7 +145,7 @@
     try {
       await room.connect(grant.url, grant.token, { autoSubscribe: true });
     } catch (err) {
-      if (!call || call.room !== room) return false; // ended meanwhile
+      if (!call || call.ending || call.room !== room) return false; // hung up meanwhile
       call.room = null;
       room.removeAllListeners();
       showConnectError(err, grant.url);

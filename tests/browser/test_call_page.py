@@ -12,14 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,20 +28,19 @@ from django.urls import resolve
 
 from agents_app.models import Agent
 from agents_app.services import prompt_draft_create
+from tests.browser.conftest import (
+    ServedPlatform,
+    free_port,
+    launch_chromium,
+    save_screenshot,
+    serve_platform,
+    stop_platform,
+)
 
 BASE_DIR = Path(__file__).resolve().parents[2]
-ARTIFACTS = BASE_DIR / "test-artifacts"
 VENDOR_DIR = BASE_DIR / "static" / "vendor" / "livekit-client"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
+# On top of the shared flags (tests/browser/conftest.py): a fake microphone, auto-allowed.
+FAKE_MEDIA_FLAGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 LIVEKIT_KEY = "browser-test-key"
 LIVEKIT_SECRET = "browser-test-secret-0123456789abcdefghijklmnop"
 USERNAME, PASSWORD = "caller", "caller-pass-123"
@@ -137,12 +130,6 @@ def test_the_vendored_livekit_client_notes_its_version_and_licence() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class FakeLiveKit:
     """A stand-in LiveKit server: answers the Twirp server API, never the browser.
@@ -150,7 +137,7 @@ class FakeLiveKit:
     `answer_api=False` makes it refuse the server API too (a LiveKit server that is down).
     """
 
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     answer_api: bool = True
     api_calls: list[tuple[str, bytes]] = field(default_factory=list)
     browser_requests: list[str] = field(default_factory=list)
@@ -203,47 +190,6 @@ class FakeLiveKit:
         self.server.server_close()
 
 
-@dataclass
-class Site:
-    base_url: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-
-def _chromium_path() -> str:
-    path = shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.path.exists(path):
-        message = "Debian's Chromium is not installed (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message + "; browser tests only skip outside CI")
-    return path
-
-
-def _postgres_database(url: str, name_suffix: str) -> tuple[str, str]:
-    """A fresh PostgreSQL database next to the configured one; returns (url, name)."""
-    import psycopg
-
-    parts = urlsplit(url)
-    name = (parts.path.lstrip("/") or "voiceplatform") + name_suffix
-    admin_url = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return parts._replace(path="/" + name).geturl(), name
-
-
-def _drop_postgres_database(url: str, name: str) -> None:
-    import psycopg
-
-    admin_url = urlsplit(url)._replace(path="/postgres").geturl()
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 SEED = f"""
 from django.contrib.auth.models import User
 from agents_app.models import Agent
@@ -257,66 +203,6 @@ for slug, name in (("support", "Support agent"), ("sales", "Sales agent")):
 
 
 @pytest.fixture(scope="module")
-def platform_env(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """Environment for the served app: its own database (migrated, seeded) and Redis."""
-    data_dir = tmp_path_factory.mktemp("callpage")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "DJANGO_SETTINGS_MODULE"))}
-    env.update({"DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "DJANGO_DEBUG": "false", "LOG_LEVEL": "WARNING"})
-    database_url = os.environ.get("DATABASE_URL", "")
-    pg_name = None
-    if database_url.startswith(("postgres", "pgsql")):
-        env["DATABASE_URL"], pg_name = _postgres_database(database_url, "_callpage_browser")
-    else:
-        env.pop("DATABASE_URL", None)  # SQLite under DATA_DIR
-    python = sys.executable
-    for args in (["migrate", "--noinput"], ["shell", "-c", SEED]):
-        done = subprocess.run(
-            [python, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
-    yield env
-    if not os.environ.get("REDIS_URL"):
-        subprocess.run(
-            [python, "-m", "voiceplatform.embedded_redis", "stop"], cwd=BASE_DIR, env=env, capture_output=True
-        )
-    if pg_name:
-        _drop_postgres_database(database_url, pg_name)
-
-
-def _serve(env: dict[str, str], name: str) -> Site:
-    port = _free_port()
-    log_path = Path(env["DATA_DIR"]) / f"daphne-{name}.log"
-    log = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voiceplatform.asgi:application"],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    site = Site(base_url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"daphne ({name}) exited:\n{site.log_tail()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return site
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    pytest.fail(f"daphne ({name}) did not listen within 90 s:\n{site.log_tail()}")
-
-
-def _stop(site: Site) -> None:
-    site.process.terminate()
-    try:
-        site.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        site.process.kill()
-
-
-@pytest.fixture(scope="module")
 def fake_livekit() -> Iterator[FakeLiveKit]:
     fake = FakeLiveKit()
     fake.start()
@@ -325,33 +211,31 @@ def fake_livekit() -> Iterator[FakeLiveKit]:
 
 
 @pytest.fixture(scope="module")
-def livekit_site(platform_env, fake_livekit) -> Iterator[Site]:
+def livekit_site(tmp_path_factory, fake_livekit) -> Iterator[ServedPlatform]:
     env = {
-        **platform_env,
         "LIVEKIT_URL": fake_livekit.url,
         "LIVEKIT_API_KEY": LIVEKIT_KEY,
         "LIVEKIT_API_SECRET": LIVEKIT_SECRET,
         "CALL_AGENT_JOIN_TIMEOUT_SECONDS": "2",
     }
-    site = _serve(env, "livekit")
+    site = serve_platform(tmp_path_factory.mktemp("callpage"), name="callpage", seed=SEED, env_extra=env)
     yield site
-    _stop(site)
+    stop_platform(site)
 
 
 @pytest.fixture(scope="module")
-def local_site(platform_env) -> Iterator[Site]:
-    site = _serve(platform_env, "local")
+def local_site(tmp_path_factory) -> Iterator[ServedPlatform]:
+    site = serve_platform(tmp_path_factory.mktemp("callpage-local"), name="callpage_local", seed=SEED)
     yield site
-    _stop(site)
+    stop_platform(site)
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = _chromium_path()
+def browser(chromium_path) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        browser = launch_chromium(playwright, chromium_path, FAKE_MEDIA_FLAGS)
         yield browser
         browser.close()
 
@@ -361,6 +245,7 @@ class PageRun:
     """A logged-in page plus everything it did: console errors, requests, websockets."""
 
     page: Any
+    site: ServedPlatform
     errors: list[str] = field(default_factory=list)
     requests: list[Any] = field(default_factory=list)
     websockets: list[str] = field(default_factory=list)
@@ -369,11 +254,11 @@ class PageRun:
         return [r for r in self.requests if r.method == "POST" and urlsplit(r.url).path.endswith(suffix)]
 
 
-def _open_call_page(browser, site: Site, request: pytest.FixtureRequest) -> Iterator[PageRun]:
+def _open_call_page(browser, site: ServedPlatform, request: pytest.FixtureRequest) -> Iterator[PageRun]:
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(30_000)
-    run = PageRun(page=page)
+    run = PageRun(page=page, site=site)
     page.on(
         "console",
         lambda msg: (
@@ -395,8 +280,7 @@ def _open_call_page(browser, site: Site, request: pytest.FixtureRequest) -> Iter
     run.requests.clear()
     page.goto(site.base_url + "/call/")
     yield run
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"call-page-{request.node.name}.png"), full_page=True)
+    save_screenshot(page, f"call-page-{request.node.name}")
     context.close()
 
 
@@ -488,6 +372,11 @@ def test_interrupt_and_end_fall_back_to_the_api_when_the_agent_is_unreachable(ca
         page.click("#interrupt")
     assert interrupted.value.status == 202, interrupted.value.text()
     page.wait_for_selector("#notice:has-text('Interrupt sent through the platform')")
+    events = call_page.site.orm(
+        f"from sessions_app.models import SessionEvent\n"
+        f"result = list(SessionEvent.objects.filter(session_id='{session_id}').values_list('type', 'payload'))"
+    )
+    assert ["interrupt.requested", {"source": "client"}] in events, events
 
     with page.expect_response(f"**/api/v1/browser/sessions/{session_id}/end") as ended:
         page.click("#end")
@@ -495,6 +384,10 @@ def test_interrupt_and_end_fall_back_to_the_api_when_the_agent_is_unreachable(ca
     page.wait_for_selector("#notice:has-text('Call ended.')")
     assert page.inner_text("#conn") == "Not connected"
     assert page.is_enabled("#start") and page.is_disabled("#end") and page.is_disabled("#interrupt")
+    state = call_page.site.orm(
+        f"from sessions_app.models import VoiceSession\nresult = VoiceSession.objects.get(pk='{session_id}').state"
+    )
+    assert state == "ended"
 
 
 @pytest.mark.browser
@@ -649,8 +542,7 @@ def test_it_shows_the_agent_state_and_live_captions(seamed_call: PageRun) -> Non
     assert lines == [["you", "I want to order a pizza"], ["agent", "Sure, which size?"]]
     assert page.inner_text("#agent-state-label") == "Agent: speaking"
     assert seamed_call.errors == []
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "call-page-in-call.png"), full_page=True)
+    save_screenshot(page, "call-page-in-call")
     page.click("#end")
     page.wait_for_selector("#notice:has-text('Call ended.')")
 
