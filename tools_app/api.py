@@ -1,5 +1,65 @@
+"""POST /api/v1/tools/{name}/invoke: idempotent tool calls for agents outside this codebase."""
+
 from __future__ import annotations
 
-from ninja import Router
+from typing import Any
+from uuid import UUID
+
+from django.http import HttpRequest
+from ninja import Field, Router, Schema
+
+from sessions_app.auth import ApiKeyAuth
+from sessions_app.models import ApiScope, VoiceSession
+from tools_app.selectors import tool_by_name
+from tools_app.services import LedgerError, tool_invoke
+from voiceplatform.api_errors import ApiError
 
 router = Router(tags=["tools"])
+agent_key_auth = ApiKeyAuth(scopes=(ApiScope.AGENT,))
+
+
+class ToolInvokeIn(Schema):
+    session_id: UUID | None = Field(None, description="The voice session the call belongs to (the key's scope).")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="Validated against the tool's JSON Schema.")
+
+
+class ToolInvokeOut(Schema):
+    status: str = Field(description="succeeded, failed, or running (background tools).")
+    result: Any = None
+    replayed: bool = Field(description="True when this is the stored outcome of an earlier call with the same key.")
+    error: str = ""
+
+
+@router.post(
+    "/{name}/invoke",
+    auth=agent_key_auth,
+    response={200: ToolInvokeOut, 202: ToolInvokeOut},
+    summary="Invoke a tool, at most once per Idempotency-Key",
+    description=(
+        "Send the same `Idempotency-Key` header to retry safely: the same key and body return the "
+        "stored outcome (`replayed: true`) without running the tool again. The same key with another "
+        "body → 422 `idempotency_key_mismatch`; while the first call still runs → 409 "
+        "`idempotency_key_in_use`; no key → 400 `idempotency_key_missing`. Keys are scoped to the "
+        "session, or to the API client when no session is given."
+    ),
+)
+def tool_invoke_op(request: HttpRequest, name: str, payload: ToolInvokeIn) -> tuple[int, dict[str, Any]]:
+    tool = tool_by_name(name=name)
+    if tool is None:
+        raise ApiError(404, "tool_not_found", f"No enabled tool is named {name!r}.")
+    session_id = str(payload.session_id) if payload.session_id else None
+    if session_id and not VoiceSession.objects.filter(pk=session_id).exists():
+        raise ApiError(404, "session_not_found", f"No voice session {session_id}.")
+    scope = session_id or f"client:{request.auth.pk}"  # type: ignore[attr-defined]
+    try:
+        outcome = tool_invoke(
+            tool=tool,
+            arguments=payload.arguments,
+            key=request.headers.get("Idempotency-Key"),
+            scope=scope,
+            session_id=session_id,
+        )
+    except LedgerError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from exc
+    body = {"status": outcome.status, "result": outcome.result, "replayed": outcome.replayed, "error": outcome.error}
+    return (202 if outcome.status == "running" else 200), body

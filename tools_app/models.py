@@ -12,6 +12,8 @@ TOOL_NAME_VALIDATOR = RegexValidator(
     r"^[a-zA-Z][a-zA-Z0-9_]{0,63}$",
     "Use letters, digits and underscores, starting with a letter (max 64).",
 )
+# Headers whose value is a credential: refused among the plain (stored) headers.
+SECRET_HEADER_NAMES = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"})
 ENV_NAME_VALIDATOR = RegexValidator(r"^[A-Z][A-Z0-9_]*$", "Use an environment variable name, e.g. CRM_TOKEN.")
 
 
@@ -75,6 +77,13 @@ class ToolDefinition(models.Model):
             value = getattr(self, field)
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 errors[field] = "Must be an object of header name → text."
+        if isinstance(self.http_headers, dict):
+            secret_like = [h for h in self.http_headers if str(h).lower() in SECRET_HEADER_NAMES]
+            if secret_like:
+                errors["http_headers"] = (
+                    f"{', '.join(secret_like)} carries a secret: put it in the secret headers as the name of an "
+                    "environment variable, so its value is never stored in the database."
+                )
         if isinstance(self.http_secret_headers, dict):
             for env_name in self.http_secret_headers.values():
                 try:

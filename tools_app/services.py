@@ -275,7 +275,7 @@ def _run_builtin_atomic(
         )
         if owned is not None:
             status, result, error = _call_builtin(builtin, ctx, row.arguments)
-            return _complete(
+            outcome = _complete(
                 row=row,
                 token=token,
                 status=status,
@@ -283,6 +283,11 @@ def _run_builtin_atomic(
                 error=error,
                 latency_ms=(time.perf_counter() - started) * 1000,
             )
+            if row.claim_token == token and row.status in DONE:
+                return outcome
+            # Defensive (the row lock above makes this unreachable): never commit an
+            # effect whose ledger completion did not land.
+            transaction.set_rollback(True)
     # Lost the row before running: nothing ran here. Report what the owner did.
     row.refresh_from_db()
     if row.status in DONE:

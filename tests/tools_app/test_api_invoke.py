@@ -1,0 +1,111 @@
+"""POST /api/v1/tools/{name}/invoke: auth, status codes and replay over HTTP."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from tools_app.models import DemoOrder, ToolInvocation
+from tools_app.services import request_fingerprint
+
+URL = "/api/v1/tools/place_order/invoke"
+ORDER = {"item": "latte", "quantity": 2}
+
+pytestmark = pytest.mark.django_db
+
+
+def post(key: str | None, *, api_key: str | None, body: dict | None = None, url: str = URL):
+    headers = {}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return Client().post(
+        url, body if body is not None else {"arguments": ORDER}, content_type="application/json", headers=headers
+    )
+
+
+@pytest.fixture
+def agent_key(agent_scope_client) -> str:
+    return agent_scope_client[1]
+
+
+def test_it_invokes_once_and_replays_the_stored_outcome(agent_key, place_order_tool, voice_session) -> None:
+    body = {"session_id": str(voice_session.pk), "arguments": ORDER}
+    first = post("order-1", api_key=agent_key, body=body)
+    second = post("order-1", api_key=agent_key, body=body)
+    assert first.status_code == 200, first.content
+    assert first.json()["status"] == "succeeded" and first.json()["replayed"] is False
+    assert first.json()["result"]["quantity"] == 2
+    assert second.status_code == 200 and second.json()["replayed"] is True
+    assert second.json()["result"] == first.json()["result"]
+    assert DemoOrder.objects.count() == 1
+    assert ToolInvocation.objects.get().scope == str(voice_session.pk)
+
+
+def test_a_mismatched_replay_is_422(agent_key, place_order_tool) -> None:
+    post("k", api_key=agent_key)
+    response = post("k", api_key=agent_key, body={"arguments": {"item": "mocha", "quantity": 2}})
+    assert response.status_code == 422
+    assert response.json()["code"] == "idempotency_key_mismatch"
+    assert DemoOrder.objects.count() == 1
+
+
+def test_a_missing_key_is_400(agent_key, place_order_tool) -> None:
+    response = post(None, api_key=agent_key)
+    assert response.status_code == 400
+    assert response.json()["code"] == "idempotency_key_missing"
+    assert not DemoOrder.objects.exists()
+
+
+def test_a_key_still_running_is_409(agent_key, agent_scope_client, place_order_tool) -> None:
+    ToolInvocation.objects.create(
+        scope=f"client:{agent_scope_client[0].pk}",
+        key="k",
+        tool=place_order_tool,
+        tool_name="place_order",
+        fingerprint=request_fingerprint(tool_name="place_order", arguments=ORDER),
+        arguments=ORDER,
+        attempts=1,
+        claim_token="other",
+        lease_expires_at=timezone.now() + timedelta(seconds=60),
+    )
+    response = post("k", api_key=agent_key)
+    assert response.status_code == 409
+    assert response.json()["code"] == "idempotency_key_in_use"
+
+
+def test_a_client_scope_key_is_403(owner_client, place_order_tool) -> None:
+    response = post("k", api_key=owner_client[1])
+    assert response.status_code == 403
+    assert not ToolInvocation.objects.exists()
+
+
+def test_no_key_is_401(place_order_tool) -> None:
+    assert post("k", api_key=None).status_code == 401
+
+
+def test_an_unknown_or_disabled_tool_is_404(agent_key, place_order_tool) -> None:
+    assert post("k", api_key=agent_key, url="/api/v1/tools/nope/invoke").status_code == 404
+    place_order_tool.enabled = False
+    place_order_tool.save()
+    response = post("k", api_key=agent_key)
+    assert response.status_code == 404 and response.json()["code"] == "tool_not_found"
+
+
+def test_an_unknown_session_is_404(agent_key, place_order_tool) -> None:
+    response = post(
+        "k", api_key=agent_key, body={"session_id": "6f1c1d2e-0000-4000-8000-000000000000", "arguments": ORDER}
+    )
+    assert response.status_code == 404 and response.json()["code"] == "session_not_found"
+
+
+def test_invalid_arguments_are_a_recorded_failure(agent_key, place_order_tool) -> None:
+    response = post("k", api_key=agent_key, body={"arguments": {"item": "latte", "quantity": "two"}})
+    assert response.status_code == 200
+    assert response.json()["status"] == "failed" and "quantity" in response.json()["error"]
+    assert ToolInvocation.objects.get().status == "failed"
+    assert not DemoOrder.objects.exists()

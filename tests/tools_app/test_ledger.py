@@ -1,0 +1,228 @@
+"""The idempotency ledger: replay, mismatch, missing key, in-use, and the crash/lease rule."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from sessions_app.metrics import TOOL_CALLS
+from sessions_app.models import SessionEvent
+from tests.tools_app.helpers import SimulatedCrash
+from tools_app import builtins
+from tools_app.models import DemoCharge, DemoOrder, DemoWallet, InvocationStatus, ToolInvocation
+from tools_app.services import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyMismatch,
+    IdempotencyKeyMissing,
+    InvocationIndeterminate,
+    request_fingerprint,
+    tool_invoke,
+)
+
+ORDER = {"item": "latte", "quantity": 2}
+
+
+def invoke(tool, key: str | None, arguments=None, session=None):
+    return tool_invoke(
+        tool=tool,
+        arguments=dict(ORDER) if arguments is None else arguments,
+        key=key,
+        scope=str(session.pk) if session else "test",
+        session_id=str(session.pk) if session else None,
+    )
+
+
+def counter(tool: str, status: str, replayed: str) -> float:
+    return TOOL_CALLS.labels(tool=tool, status=status, replayed=replayed)._value.get()
+
+
+@pytest.mark.django_db
+class TestReplay:
+    def test_the_same_key_and_request_returns_the_stored_outcome_without_running_again(self, place_order_tool) -> None:
+        first = invoke(place_order_tool, "k1")
+        second = invoke(place_order_tool, "k1")
+        assert first.status == second.status == InvocationStatus.SUCCEEDED
+        assert (first.replayed, second.replayed) == (False, True)
+        assert second.result == first.result
+        assert DemoOrder.objects.count() == 1
+        row = ToolInvocation.objects.get(key="k1")
+        assert (row.replays, row.attempts) == (1, 1)
+        assert row.latency_ms is not None and row.completed_at is not None
+
+    def test_the_fingerprint_ignores_key_order_but_not_values(self) -> None:
+        a = request_fingerprint(tool_name="t", arguments={"a": 1, "b": [1, 2]})
+        assert a == request_fingerprint(tool_name="t", arguments={"b": [1, 2], "a": 1})
+        assert a != request_fingerprint(tool_name="t", arguments={"a": 2, "b": [1, 2]})
+        assert a != request_fingerprint(tool_name="u", arguments={"a": 1, "b": [1, 2]})
+
+    def test_the_same_key_with_other_arguments_is_a_mismatch(self, place_order_tool) -> None:
+        invoke(place_order_tool, "k1")
+        with pytest.raises(IdempotencyKeyMismatch) as err:
+            invoke(place_order_tool, "k1", {"item": "mocha", "quantity": 2})
+        assert err.value.status == 422 and err.value.code == "idempotency_key_mismatch"
+        assert DemoOrder.objects.count() == 1
+
+    def test_the_same_key_for_another_tool_is_a_mismatch(self, place_order_tool, charge_wallet_tool) -> None:
+        invoke(place_order_tool, "k1")
+        with pytest.raises(IdempotencyKeyMismatch):
+            invoke(charge_wallet_tool, "k1", {"amount": 5, "reason": "x"})
+        assert not DemoCharge.objects.exists()
+
+    @pytest.mark.parametrize("key", [None, "", "   "])
+    def test_a_missing_key_is_refused_before_anything_runs(self, place_order_tool, key) -> None:
+        with pytest.raises(IdempotencyKeyMissing) as err:
+            invoke(place_order_tool, key)
+        assert err.value.status == 400
+        assert not ToolInvocation.objects.exists() and not DemoOrder.objects.exists()
+
+    def test_keys_are_scoped(self, place_order_tool, agent) -> None:
+        from tests.tools_app.conftest import make_session
+
+        one, two = make_session(agent, "a"), make_session(agent, "b")
+        invoke(place_order_tool, "same", session=one)
+        outcome = invoke(place_order_tool, "same", session=two)
+        assert outcome.replayed is False
+        assert sorted(DemoOrder.objects.values_list("customer", flat=True)) == ["a", "b"]
+
+    def test_a_failed_outcome_is_stored_and_replayed(self, charge_wallet_tool) -> None:
+        first = invoke(charge_wallet_tool, "k", {"amount": 400, "reason": "too much"})
+        DemoWallet.objects.update(balance=1000)
+        second = invoke(charge_wallet_tool, "k", {"amount": 400, "reason": "too much"})
+        assert first.status == second.status == InvocationStatus.FAILED
+        assert "Not enough money" in second.error and second.replayed
+        assert not DemoCharge.objects.exists()
+
+    def test_invalid_arguments_are_recorded_as_failed_and_nothing_runs(self, place_order_tool) -> None:
+        outcome = invoke(place_order_tool, "k", {"item": "latte"})
+        assert outcome.status == InvocationStatus.FAILED
+        assert "'quantity' is a required property" in outcome.error
+        assert ToolInvocation.objects.get(key="k").status == InvocationStatus.FAILED
+        assert not DemoOrder.objects.exists()
+
+    def test_a_running_key_with_a_live_lease_is_in_use(self, place_order_tool) -> None:
+        ToolInvocation.objects.create(
+            scope="test",
+            key="busy",
+            tool=place_order_tool,
+            tool_name="place_order",
+            fingerprint=request_fingerprint(tool_name="place_order", arguments=ORDER),
+            arguments=ORDER,
+            attempts=1,
+            claim_token="other",
+            lease_expires_at=timezone.now() + timedelta(seconds=60),
+        )
+        with pytest.raises(IdempotencyKeyInUse) as err:
+            invoke(place_order_tool, "busy")
+        assert err.value.status == 409
+        assert not DemoOrder.objects.exists()
+
+    def test_it_counts_the_call_and_appends_a_session_event(self, place_order_tool, voice_session) -> None:
+        before = counter("place_order", "succeeded", "true")
+        invoke(place_order_tool, "k", session=voice_session)
+        invoke(place_order_tool, "k", session=voice_session)
+        assert counter("place_order", "succeeded", "true") == before + 1
+        events = list(SessionEvent.objects.filter(session=voice_session, type="tool.called").order_by("seq"))
+        assert [(e.payload["name"], e.payload["replayed"]) for e in events] == [
+            ("place_order", False),
+            ("place_order", True),
+        ]
+        assert DemoOrder.objects.get().customer == voice_session.caller_id
+
+
+def crashing(real):
+    def fn(ctx, arguments):
+        real(ctx, arguments)  # the side effect is written…
+        raise SimulatedCrash  # …and the process dies before the ledger completes
+
+    return fn
+
+
+def expire_leases() -> None:
+    ToolInvocation.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+
+@pytest.mark.django_db(transaction=True)
+class TestCrash:
+    def test_a_crash_mid_builtin_leaves_no_effect_and_the_retry_runs_it_exactly_once(
+        self, place_order_tool, monkeypatch
+    ) -> None:
+        real = builtins.builtin_get("place_order")
+        monkeypatch.setitem(builtins._REGISTRY, "place_order", builtins.Builtin("place_order", crashing(real.fn), True))
+        with pytest.raises(SimulatedCrash):
+            invoke(place_order_tool, "k")
+        # The effect and the ledger completion were one transaction: neither survived.
+        assert not DemoOrder.objects.exists()
+        assert ToolInvocation.objects.get(key="k").status == InvocationStatus.RUNNING
+        monkeypatch.setitem(builtins._REGISTRY, "place_order", real)
+        with pytest.raises(IdempotencyKeyInUse):  # lease still live: the owner may be alive
+            invoke(place_order_tool, "k")
+        expire_leases()
+        retried = invoke(place_order_tool, "k")
+        again = invoke(place_order_tool, "k")
+        assert retried.status == InvocationStatus.SUCCEEDED and not retried.replayed
+        assert again.replayed and again.result == retried.result
+        assert DemoOrder.objects.count() == 1
+        assert ToolInvocation.objects.get(key="k").attempts == 2
+
+    def test_a_retry_racing_a_slow_owner_past_its_lease_replays_instead_of_running_again(
+        self, place_order_tool, monkeypatch, settings
+    ) -> None:
+        """The owner is slow, not dead: its lease is over while it still runs the built-in.
+        The retry's take-over waits on the owner's row lock, then finds the stored outcome."""
+        from django.db import connection
+
+        if connection.vendor != "postgresql":
+            pytest.skip("needs row locks between two connections: PostgreSQL only (CI runs on PostgreSQL)")
+        settings.TOOL_LEASE_SECONDS = -1  # every claim is born expired
+        real = builtins.builtin_get("place_order")
+        inside, results = threading.Event(), {}
+
+        def retry_from_another_process() -> None:
+            inside.wait(10)
+            try:
+                results["retry"] = invoke(place_order_tool, "k")
+            finally:
+                connection.close()
+
+        def slow(ctx, arguments):
+            effect = real.fn(ctx, arguments)
+            inside.set()
+            time.sleep(0.5)  # ordering only: give the retry time to reach the row lock
+            return effect
+
+        monkeypatch.setitem(builtins._REGISTRY, "place_order", builtins.Builtin("place_order", slow, True))
+        other = threading.Thread(target=retry_from_another_process)
+        other.start()
+        first = invoke(place_order_tool, "k")
+        other.join(20)
+        assert first.status == InvocationStatus.SUCCEEDED and not first.replayed
+        assert results["retry"].replayed and results["retry"].result == first.result
+        assert DemoOrder.objects.count() == 1
+
+    def test_a_non_idempotent_http_tool_left_running_becomes_indeterminate_and_never_reruns(self, agent) -> None:
+        from tools_app.models import ToolDefinition
+
+        tool = ToolDefinition.objects.create(
+            name="pay", description="pay", kind="http", http_url="http://127.0.0.1:9/pay", idempotent=False
+        )
+        ToolInvocation.objects.create(
+            scope="test",
+            key="k",
+            tool=tool,
+            tool_name="pay",
+            fingerprint=request_fingerprint(tool_name="pay", arguments={}),
+            arguments={},
+            attempts=1,
+            claim_token="dead-process",
+            lease_expires_at=timezone.now() - timedelta(seconds=1),
+        )
+        for _ in range(2):
+            with pytest.raises(InvocationIndeterminate) as err:
+                tool_invoke(tool=tool, arguments={}, key="k", scope="test")
+            assert err.value.status == 409 and "outcome is unknown" in err.value.message
+        row = ToolInvocation.objects.get(key="k")
+        assert row.status == InvocationStatus.INDETERMINATE and row.attempts == 1
