@@ -7,6 +7,7 @@ are stored hashed; the admin shows only the prefix, and the key once, when it is
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from django.contrib import admin, messages
@@ -58,7 +59,16 @@ class ApiClientAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: ApiClient, form: Any, change: bool) -> None:
         if change:
+            new_secret = ""
+            if obj.webhook_url and not obj.webhook_secret:
+                # Reports are signed: a client that gains a webhook URL needs a secret.
+                obj.webhook_secret = new_secret = secrets.token_urlsafe(32)
             super().save_model(request, obj, form, change)
+            if new_secret:
+                messages.warning(
+                    request,
+                    f"Webhook signing secret of “{obj.name}”: {new_secret} — copy it now; it is not shown again.",
+                )
             return
         created, key = api_client_create(name=obj.name, scope=obj.scope, webhook_url=obj.webhook_url)
         if not obj.active:

@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from agents_app.selectors import prompt_published
 from sessions_app.models import ApiClient, LiveKitWebhookEvent, SessionEvent, Turn, VoiceSession
-from sessions_app.services import api_client_authenticate
+from sessions_app.services import api_client_authenticate, api_client_create
 
 pytestmark = pytest.mark.django_db
 
@@ -111,3 +111,15 @@ def test_webhook_events_are_read_only(admin_client_):
     assert page.status_code == 200
     assert 'name="_save"' not in page.content.decode()
     assert admin_client_.get(reverse("admin:sessions_app_livekitwebhookevent_add")).status_code == 403
+
+
+def test_adding_a_webhook_url_later_creates_a_signing_secret_shown_once(admin_client_):
+    client, _ = api_client_create(name="later-hooks")
+    response = admin_client_.post(
+        reverse("admin:sessions_app_apiclient_change", args=[client.pk]),
+        {"name": "later-hooks", "scope": "client", "webhook_url": "https://example.com/hook", "active": "on"},
+    )
+    assert response.status_code == 302
+    client.refresh_from_db()
+    assert client.webhook_secret
+    assert any(client.webhook_secret in str(m) for m in get_messages(response.wsgi_request))
