@@ -60,6 +60,7 @@ def probe_effect(key: str, first_run_hold_s: float) -> str:
     from django.db import connection, transaction
 
     run = _redis().incr(f"ops-probe:{key}:runs")
+    _redis().set(f"ops-probe:{key}:pid", os.getpid())
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (key varchar(64) PRIMARY KEY, run integer NOT NULL)")
         cursor.execute(f"INSERT INTO {PROBE_TABLE} (key, run) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", [key, run])
@@ -126,12 +127,12 @@ class _Workers:
         }
         self.procs: list[subprocess.Popen] = []
 
-    def start(self) -> subprocess.Popen:
+    def start(self, pool: str = "solo") -> subprocess.Popen:
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # closed in stop_all
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "voiceplatform", "worker",
-                "-P", "solo", "-Q", self.queue, "-n", f"{self.queue}-{len(self.procs)}@%h",
+                "-P", pool, "-c", "1", "-Q", self.queue, "-n", f"{self.queue}-{len(self.procs)}@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "-l", "INFO", "-I", "tests.sessions_app.test_celery_worker",
             ],
@@ -237,7 +238,27 @@ def test_a_worker_killed_mid_task_leads_to_exactly_one_effect_after_redelivery(w
 
     assert int(runs.get(f"ops-probe:{key}:runs")) == 2  # really delivered twice
     assert workers.read_effects(key) == [(key, 1)]  # and still one effect, from the first run
-    runs.delete(f"ops-probe:{key}:runs")
+    runs.delete(f"ops-probe:{key}:runs", f"ops-probe:{key}:pid")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_pool_child_is_requeued_at_once_and_still_has_one_effect(workers, probe_table_cleanup):
+    """task_reject_on_worker_lost: the surviving parent requeues the task, no visibility wait."""
+    key = uuid.uuid4().hex
+    runs = _redis()
+    parent = workers.start(pool="prefork")
+
+    result = probe_effect.apply_async(args=[key, 120], queue=workers.queue)
+    _wait_for(lambda: len(workers.read_effects(key)) == 1, 120, "the first run's effect")
+    child = int(runs.get(f"ops-probe:{key}:pid"))
+    assert child != parent.pid
+    os.kill(child, signal.SIGKILL)  # the pool child dies mid-task; the parent survives
+
+    assert result.get(timeout=120) == key
+    assert int(runs.get(f"ops-probe:{key}:runs")) == 2
+    assert int(runs.get(f"ops-probe:{key}:pid")) != child  # re-run in a fresh child
+    assert workers.read_effects(key) == [(key, 1)]
+    runs.delete(f"ops-probe:{key}:runs", f"ops-probe:{key}:pid")
 
 
 def test_the_app_is_configured_for_at_least_once_delivery():
