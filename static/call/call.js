@@ -200,6 +200,11 @@
   // room is lost for good: ask the platform for a fresh token for the same session.
   async function rejoin() {
     if (!call || call.ending) return;
+    if (call.room) { // e.g. Rejoin after a microphone failure: leave the old room first
+      const old = call.room;
+      call.room = null;
+      old.disconnect();
+    }
     setPhase("connecting");
     setConn("Rejoining…", "warn");
     notify("The connection to the call was lost. Rejoining with a fresh token…", "warn");

@@ -468,6 +468,7 @@ SDK_SEAM = """
       };
       this.disconnect = async () => {
         if (this.state === LK.ConnectionState.Disconnected) return;
+        seam.disconnects = (seam.disconnects || 0) + 1;
         this.state = LK.ConnectionState.Disconnected;
         this.emit(LK.RoomEvent.Disconnected, LK.DisconnectReason.CLIENT_INITIATED);
       };
@@ -476,7 +477,10 @@ SDK_SEAM = """
   LK.Room.prototype.registerTextStreamHandler = function (topic, callback) {
     this.__textHandlers = { ...(this.__textHandlers || {}), [topic]: callback };
   };
-  LK.LocalParticipant.prototype.setMicrophoneEnabled = async function (on) { seam.mic = on; };
+  LK.LocalParticipant.prototype.setMicrophoneEnabled = async function (on) {
+    if (seam.micError) throw Object.assign(new Error("microphone refused"), { name: seam.micError });
+    seam.mic = on;
+  };
   LK.LocalParticipant.prototype.performRpc = function (params) {
     seam.rpc.push(params);
     if (seam.rpcMode === "ok") return Promise.resolve('{"ok": true}');
@@ -645,3 +649,21 @@ def test_an_expired_token_is_reported_and_rejoin_gets_a_fresh_one(seamed_call: P
     page.click("#rejoin")
     page.wait_for_selector("#notice:has-text('Reconnected: you are back in the call.')")
     assert _posts(seamed_call, "/reconnect") == 1
+
+
+@pytest.mark.browser
+def test_a_refused_microphone_is_explained_and_rejoin_recovers(seamed_call: PageRun) -> None:
+    page = seamed_call.page
+    page.evaluate("window.__seam.micError = 'NotAllowedError'")
+    _start_call(seamed_call)
+
+    page.wait_for_selector("#notice[data-kind=error]")
+    assert "Your microphone could not be used (permission was denied)" in page.inner_text("#notice")
+    assert page.is_visible("#rejoin") and page.is_enabled("#end")
+
+    page.evaluate("window.__seam.micError = null")
+    page.click("#rejoin")
+    page.wait_for_selector("#notice:has-text('Reconnected: you are back in the call.')")
+    assert page.evaluate("window.__seam.mic") is True
+    assert page.evaluate("window.__seam.joins.length") == 2
+    assert page.evaluate("window.__seam.disconnects") == 1, "the first room was left before joining again"
