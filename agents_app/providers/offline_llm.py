@@ -61,8 +61,8 @@ def _tool_meta(tool: Any) -> tuple[str, str, dict[str, Any]] | None:
 
 def _mentions(text: str, name: str, description: str) -> bool:
     words = set(re.findall(r"[a-z]+", text.lower()))
-    name_words = [w for w in re.split(r"[_\W]+", name.lower()) if w]
-    if name_words and " ".join(name_words) in " ".join(re.findall(r"[a-z]+", text.lower())):
+    name_words = {w for w in re.split(r"[_\W]+", name.lower()) if w}
+    if name_words and name_words <= words:  # "place an order" mentions place_order
         return True
     keywords = {w for w in re.findall(r"[a-z]+", description.lower()) if len(w) > 3 and w not in _STOP}
     return len(keywords & words) >= 2

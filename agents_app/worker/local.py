@@ -77,6 +77,7 @@ class LocalCall:
         self.audio_output = LocalAudioOutput(self)
         self._job_task: asyncio.Task[Any] | None = None
         self._on_speaking: list[Callable[[bool], None]] = []
+        self.job: Any = None  # the JobRuntime serving this call, once it started
 
     # -- caller side ------------------------------------------------------------------
     def push_caller_frame(self, frame: rtc.AudioFrame) -> None:
