@@ -547,6 +547,8 @@ def test_it_shows_the_agent_state_and_live_captions(seamed_call: PageRun) -> Non
     assert page.inner_text("#agent-state-label") == "Agent: speaking"
     assert seamed_call.errors == []
     save_screenshot(page, "call-page-in-call")
+    page.emulate_media(color_scheme="dark")
+    save_screenshot(page, "call-page-in-call-dark")
     page.click("#end")
     page.wait_for_selector("#notice:has-text('Call ended.')")
 
