@@ -11,6 +11,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -40,7 +41,11 @@ def status_badge(status: str, label: str) -> str:
     )
 
 
-def _error_text(exc: ValidationError) -> str:
+def _error_text(exc: ValidationError | IntegrityError) -> str:
+    if isinstance(exc, IntegrityError):
+        # Two publishes of the same agent at once: the one-published-version constraint
+        # lets only the first through.
+        return "another version of this agent was published at the same moment. Reload the page and try again."
     return " ".join(exc.messages)
 
 
@@ -313,7 +318,7 @@ class PromptVersionAdmin(admin.ModelAdmin):
             return response
         try:
             prompt_publish(version=obj, user=request.user)
-        except ValidationError as exc:
+        except (ValidationError, IntegrityError) as exc:
             messages.error(request, f"Saved, but not published: {_error_text(exc)}")
         else:
             messages.success(request, f"v{obj.number} is now the live prompt of {obj.agent.name}.")
@@ -394,7 +399,7 @@ class PromptVersionAdmin(admin.ModelAdmin):
         previous = prompt_published(agent=obj.agent)
         try:
             prompt_publish(version=obj, user=request.user)
-        except ValidationError as exc:
+        except (ValidationError, IntegrityError) as exc:
             self.message_user(request, f"Not published: {_error_text(exc)}", messages.ERROR)
             return False
         note = f" v{previous.number} was archived." if previous else ""
@@ -446,7 +451,7 @@ class PromptVersionAdmin(admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             try:
                 new = prompt_rollback(to_version=obj, user=request.user, change_note=form.cleaned_data["change_note"])
-            except ValidationError as exc:
+            except (ValidationError, IntegrityError) as exc:
                 self.message_user(request, f"Rollback failed: {_error_text(exc)}", messages.ERROR)
                 return HttpResponseRedirect(self._change_url(obj))
             self.message_user(
