@@ -37,9 +37,8 @@ class PlatformClient:
                     body = None
                 if response.status >= 400:
                     body = body if isinstance(body, dict) else {}
-                    raise PlatformApiError(
-                        response.status, str(body.get("code", "http_error")), str(body.get("message") or body.get("detail") or "")
-                    )
+                    detail = str(body.get("message") or body.get("detail") or response.reason or "")
+                    raise PlatformApiError(response.status, str(body.get("code", "http_error")), f"{method} {path}: {detail}")
                 return body
         except aiohttp.ClientConnectionError as exc:
             raise PlatformApiError(0, "unreachable", f"cannot reach {url}: {exc}") from exc

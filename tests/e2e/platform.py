@@ -160,6 +160,16 @@ class Platform:
         except OSError:
             return ""
 
+    def server_errors(self, limit: int = 80) -> str:
+        """Tracebacks and 5xx lines the platform logged (to explain a failed call)."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        picked = [
+            line
+            for i, line in enumerate(lines)
+            if " 500 " in line or "ERROR" in line or "Traceback" in line or any("Traceback" in p for p in lines[max(0, i - 25) : i])
+        ]
+        return "\n".join(picked[-limit:])
+
     def stop(self) -> int | None:
         """SIGTERM to the demo, as Ctrl-C would; returns its exit status."""
         if self.proc is None:

@@ -94,7 +94,7 @@ async def run_scenario(platform: Platform, scenario: str) -> tuple[dict[str, Any
     assert SUMMARY_KEYS <= set(summary), f"summary keys missing: {SUMMARY_KEYS - set(summary)}"
     assert set(summary["stage_ms"]) == set(STAGES)
     assert summary["calls"] == 2
-    assert summary["completed"] == 2, f"{summary['errors']}\n{output[-4000:]}"
+    assert summary["completed"] == 2, f"{summary['errors']}\n{output[-4000:]}\nplatform errors:\n{platform.server_errors()}"
     assert summary["failed"] == 0 and summary["errors"] == []
     assert len(summary["session_ids"]) == 2
     details = []
