@@ -237,6 +237,20 @@ def session_metadata_validate(metadata: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
+def _publish_all(groups: list[str], messages: list[dict[str, Any]]) -> None:
+    """Publish several messages in order with one sync→async hop (the request hot path)."""
+    from asgiref.sync import async_to_sync
+
+    async def send() -> None:
+        for message in messages:
+            await broadcast.apublish(groups, message)  # never raises; drops are counted
+
+    try:
+        async_to_sync(send)()
+    except Exception:  # as broadcast.publish: the DB is the truth, a dashboard resyncs
+        logging.getLogger(__name__).warning("dropped live events after session create", exc_info=True)
+
+
 def _room_name(session_id: UUID) -> str:
     return f"vs-{session_id.hex}"
 
@@ -265,23 +279,45 @@ def session_create(
     """
     from django.conf import settings
 
-    from agents_app.selectors import agent_by_slug, prompt_published
+    from agents_app.models import PromptStatus, PromptVersion
     from sessions_app import livekit_server
     from sessions_app.tokens import caller_token_mint
 
     metadata = session_metadata_validate(metadata or {})
-    agent = agent_by_slug(slug=agent_slug)
-    if agent is None:
-        raise _api_error(422, "unknown_agent", f"No active agent with slug {agent_slug!r}.", {"agent": agent_slug})
-    version = prompt_published(agent=agent)
+    # One query on the hot path: the agent's published version with its agent.
+    version = (
+        PromptVersion.objects.select_related("agent")
+        .filter(agent__slug=agent_slug, agent__active=True, status=PromptStatus.PUBLISHED)
+        .first()
+    )
     if version is None:
+        from agents_app.selectors import agent_by_slug
+
+        if agent_by_slug(slug=agent_slug) is None:
+            raise _api_error(422, "unknown_agent", f"No active agent with slug {agent_slug!r}.", {"agent": agent_slug})
         raise _api_error(
             422, "agent_not_published", f"Agent {agent_slug!r} has no published prompt yet.", {"agent": agent_slug}
         )
+    agent = version.agent
 
     session_id = uuid.uuid4()
     mode = _dispatch_mode()
+    first_events: list[tuple[str, dict[str, Any]]] = [
+        (
+            "session.created",
+            {
+                "agent": agent.slug,
+                "prompt_version": version.number,
+                "caller_id": caller_id,
+                "source": "api" if api_client is not None else "browser",
+            },
+        )
+    ]
+    if mode == "local":
+        first_events.append(("agent.dispatch_requested", {"mode": mode, "agent_name": settings.LIVEKIT_AGENT_NAME}))
     with transaction.atomic():
+        # The row is new and invisible until commit, so its first events can be numbered
+        # here (1..n, gapless) and written in one insert instead of n locked appends.
         session = VoiceSession.objects.create(
             id=session_id,
             api_client=api_client,
@@ -291,25 +327,34 @@ def session_create(
             agent=agent,
             prompt_version=version,
             metadata=metadata,
+            last_seq=len(first_events),
         )
-        session_event_append(
-            session_id=session_id,
-            type="session.created",
-            payload={
-                "agent": agent.slug,
-                "prompt_version": version.number,
-                "caller_id": caller_id,
-                "source": "api" if api_client is not None else "browser",
-            },
+        events = SessionEvent.objects.bulk_create(
+            [
+                SessionEvent(session_id=session_id, seq=seq, type=kind, payload=payload)
+                for seq, (kind, payload) in enumerate(first_events, start=1)
+            ]
         )
-        if mode == "local":
-            session_event_append(
-                session_id=session_id,
-                type="agent.dispatch_requested",
-                payload={"mode": mode, "agent_name": settings.LIVEKIT_AGENT_NAME},
-            )
-        session.refresh_from_db(fields=["last_seq"])
-        session_publish_updated(session=session)
+        messages: list[dict[str, Any]] = [
+            {
+                "type": "event.added",
+                "session_id": str(session_id),
+                "seq": event.seq,
+                "event": {
+                    "seq": event.seq,
+                    "type": event.type,
+                    "payload": event.payload,
+                    "created_at": event.created_at.isoformat(),
+                },
+            }
+            for event in events
+        ]
+        messages.append(
+            {"type": "session.updated", "session_id": str(session_id), "seq": session.last_seq, "session": session_summary(session)}
+        )
+        groups = broadcast.session_groups(session_id)
+        # One hop to the event loop for all of them, in order, after commit.
+        transaction.on_commit(lambda: _publish_all(groups, messages))
 
     if mode == "livekit":
         # Outside the transaction: no row lock is held across a network call.

@@ -1,0 +1,312 @@
+"""Token API: POST /api/v1/sessions on the platform vs a bare FastAPI + uvicorn peer.
+
+The platform is started as in production (daphne serving voiceplatform.asgi:application
+by default; `--server uvicorn` and `--workers N` measure the alternatives). The peer is a
+bare FastAPI app under uvicorn that does the same essential work per request: parse the
+JSON body, mint the same LiveKit token (sessions_app.tokens.caller_token_mint) and insert
+one VoiceSession row into the same database. The platform additionally authenticates the
+API key, applies the Redis rate limit (raised out of the way here), pins the prompt
+version, appends the session events and publishes them to the channel layer.
+
+Both are driven over loopback in the same run with the same load:
+1. throughput: a closed loop of --concurrency clients for --seconds → *_rps;
+2. latency: an open loop at --rate requests/s for --seconds → *_p50_ms / *_p99_ms.
+
+Prints one JSON object: {"name": "token_api", "platform_rps", "peer_rps", "ratio",
+"platform_p50_ms", "platform_p99_ms", "peer_p99_ms", ...}. Never asserts: timings are
+for comparison (target: ratio >= 0.8, platform p99 <= 50 ms at 150 req/s on 2 cores).
+Uses DATABASE_URL/REDIS_URL like every process (embedded defaults when unset); the rows
+it creates are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
+os.environ.setdefault("LOG_LEVEL", "ERROR")
+os.environ.setdefault("CHANNELS_PREFIX", f"bench{os.getpid()}")
+# Session creation is rate-limited per client; the benchmark measures the work, not the limiter's 429s.
+os.environ["SESSION_CREATE_RATE_PER_MINUTE"] = "100000000"
+
+AGENT_SLUG = "bench-token-api"
+CLIENT_NAME = "bench-token-api"
+PEER_CALLER = "bench-peer"
+
+
+# --- the peer: bare FastAPI + uvicorn --------------------------------------------------------
+
+
+class CreateIn(BaseModel):
+    agent: str
+    user_id: str
+    metadata: dict[str, Any] = {}
+
+
+
+def build_peer_app() -> Any:
+    import uuid
+
+    import django
+
+    django.setup()
+    from fastapi import FastAPI
+
+    from agents_app.models import Agent
+    from sessions_app.models import VoiceSession
+    from sessions_app.tokens import caller_token_mint, client_url
+
+    agent = Agent.objects.get(slug=AGENT_SLUG)
+    version_id = agent.prompt_versions.get(status="published").pk
+    app = FastAPI()
+
+    @app.post("/sessions", status_code=201)
+    def create(body: CreateIn) -> dict[str, Any]:  # sync: FastAPI runs it in its threadpool
+        sid = uuid.uuid4()
+        room = f"vs-{sid.hex}"
+        VoiceSession.objects.create(
+            id=sid, caller_id=PEER_CALLER, room_name=room, agent_id=agent.pk,
+            prompt_version_id=version_id, metadata=body.metadata,
+        )
+        token = caller_token_mint(room=room, caller_id=body.user_id)
+        return {"session_id": str(sid), "room": room, "url": client_url(), "token": token.token,
+                "expires_at": token.expires_at.isoformat()}
+
+    return app
+
+
+def serve_peer(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(build_peer_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --- driver ------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _setup() -> str:
+    """Migrate, and make the bench agent (published prompt) and API client; return the key."""
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from agents_app.models import Agent
+    from agents_app.services import prompt_draft_create, prompt_publish
+    from sessions_app.models import ApiClient
+    from sessions_app.services import api_client_create
+
+    agent, created = Agent.objects.get_or_create(slug=AGENT_SLUG, defaults={"name": "Token API bench"})
+    if created or not agent.prompt_versions.filter(status="published").exists():
+        prompt_publish(version=prompt_draft_create(agent=agent, instructions="Benchmark agent."))
+    ApiClient.objects.filter(name=CLIENT_NAME).delete()
+    _, key = api_client_create(name=CLIENT_NAME)
+    return key
+
+
+def _cleanup() -> None:
+    from sessions_app.models import ApiClient, VoiceSession
+
+    VoiceSession.objects.filter(agent__slug=AGENT_SLUG).delete()
+    ApiClient.objects.filter(name=CLIENT_NAME).delete()
+
+
+def _start_platform(port: int, server: str, workers: int, db_pool: bool) -> list[subprocess.Popen]:
+    py = sys.executable
+    env = dict(os.environ)
+    if db_pool:
+        # ASGI runs each request's sync code in a new thread: without a pool every request
+        # opens a PostgreSQL connection (and persistent ones leak). See docs/api.md.
+        env["DB_POOL"] = "1"
+    if server == "uvicorn":
+        cmd = [py, "-m", "uvicorn", "voiceplatform.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
+        return [subprocess.Popen(cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL, env=env)]
+    # daphne has no --workers; several daphne processes would need a balancer in front.
+    cmd = [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", "voiceplatform.asgi:application"]
+    return [subprocess.Popen(cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL, env=env)]
+
+
+def _start_peer(port: int) -> list[subprocess.Popen]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-peer", str(port)]
+    return [subprocess.Popen(cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL)]
+
+
+async def _wait_up(url: str, headers: dict[str, str], body: bytes, timeout: float = 60.0) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            try:
+                async with http.post(url, data=body, headers=headers) as resp:
+                    if resp.status == 201:
+                        return
+                    raise RuntimeError(f"{url} answered {resp.status}: {await resp.text()}")
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.3)
+    raise RuntimeError(f"{url} did not start")
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered))) - 1))], 2)
+
+
+async def _closed_loop(url: str, headers: dict[str, str], body: bytes, concurrency: int, seconds: float) -> dict:
+    import aiohttp
+
+    done = errors = 0
+    stop = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while time.monotonic() < stop:
+                async with http.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status == 201:
+                        done += 1
+                    else:
+                        errors += 1
+
+        start = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.monotonic() - start
+    return {"rps": round(done / elapsed, 1), "errors": errors}
+
+
+async def _open_loop(url: str, headers: dict[str, str], body: bytes, rate: float, seconds: float) -> dict:
+    """Requests start on a fixed schedule whatever the server does (no coordinated omission)."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    total = int(rate * seconds)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one(scheduled: float) -> None:
+            nonlocal errors
+            delay = scheduled - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                async with http.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    ok = resp.status == 201
+            except aiohttp.ClientError:
+                ok = False
+            # Measured from the scheduled start: a late start counts against the server.
+            if ok:
+                latencies.append((time.monotonic() - scheduled) * 1000)
+            else:
+                errors += 1
+
+        start = time.monotonic() + 0.2
+        await asyncio.gather(*(one(start + i / rate) for i in range(total)))
+    return {"p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99), "errors": errors,
+            "completed": len(latencies)}
+
+
+async def _measure(url: str, headers: dict[str, str], args: argparse.Namespace) -> dict:
+    body = json.dumps({"agent": AGENT_SLUG, "user_id": "bench-caller", "metadata": {"plan": "gold"}}).encode()
+    headers = {**headers, "Content-Type": "application/json"}
+    await _wait_up(url, headers, body)
+    await _closed_loop(url, headers, body, args.concurrency, args.warmup)  # warm connections and caches
+    throughput = await _closed_loop(url, headers, body, args.concurrency, args.seconds)
+    await asyncio.sleep(0.5)
+    latency = await _open_loop(url, headers, body, args.rate, args.seconds)
+    return {**latency, "rps": throughput["rps"], "errors": throughput["errors"] + latency["errors"]}
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne")
+    parser.add_argument("--workers", type=int, default=1, help="platform processes (uvicorn only)")
+    parser.add_argument("--rate", type=float, default=150.0, help="open-loop requests/s for the latency phase")
+    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients for the throughput phase")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--db-pool", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the platform with DB_POOL=1 (PostgreSQL only)")
+    parser.add_argument("--serve-peer", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_peer:
+        serve_peer(args.serve_peer)
+        return
+
+    db_pool = args.db_pool and os.environ.get("DATABASE_URL", "").startswith("postgres")
+    key = _setup()
+    platform_port, peer_port = _free_port(), _free_port()
+    results: dict[str, dict] = {}
+    try:
+        procs = _start_platform(platform_port, args.server, args.workers, db_pool)
+        try:
+            results["platform"] = asyncio.run(
+                _measure(f"http://127.0.0.1:{platform_port}/api/v1/sessions", {"Authorization": f"Bearer {key}"}, args)
+            )
+        finally:
+            _stop(procs)
+        procs = _start_peer(peer_port)
+        try:
+            results["peer"] = asyncio.run(_measure(f"http://127.0.0.1:{peer_port}/sessions", {}, args))
+        finally:
+            _stop(procs)
+    finally:
+        _cleanup()
+
+    platform, peer = results["platform"], results["peer"]
+    print(json.dumps({
+        "name": "token_api",
+        "platform_rps": platform["rps"],
+        "peer_rps": peer["rps"],
+        "ratio": round(platform["rps"] / peer["rps"], 3) if peer["rps"] else None,
+        "platform_p50_ms": platform["p50_ms"],
+        "platform_p99_ms": platform["p99_ms"],
+        "peer_p99_ms": peer["p99_ms"],
+        "peer_p50_ms": peer["p50_ms"],
+        "rate": args.rate,
+        "server": args.server,
+        "workers": args.workers if args.server == "uvicorn" else 1,
+        "db_pool": db_pool,
+        "errors": {"platform": platform["errors"], "peer": peer["errors"]},
+        "database": "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite",
+    }))
+
+
+if __name__ == "__main__":
+    main()
