@@ -105,6 +105,15 @@ else:
         # Several processes share the file: wait for locks instead of failing fast.
         "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
     }
+if env_bool("DB_POOL", False) and "postgresql" in _db.get("ENGINE", ""):
+    # Under ASGI every request runs its sync code in a fresh thread, so per-thread persistent
+    # connections are opened per request and leak; a psycopg pool shares them across threads.
+    _db["CONN_MAX_AGE"] = 0  # Django requires it with a pool
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DB_POOL_MIN", 2, minimum=0),
+        "max_size": env_int("DB_POOL_MAX", 10, minimum=1),
+        "timeout": env_float("DB_POOL_TIMEOUT", 10.0, minimum=0.1),
+    }
 _db.setdefault("TEST", {})
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
