@@ -307,6 +307,84 @@ def _call_builtin(builtin: Builtin, ctx: BuiltinContext, arguments: dict[str, An
     return InvocationStatus.SUCCEEDED, result, ""
 
 
+class _BuiltinFailed(Exception):
+    """Raised out of the transaction so that a failing built-in leaves no partial effect."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _invoke_in_one_transaction(
+    *,
+    tool: ToolDefinition,
+    builtin: Builtin,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    arguments: dict[str, Any],
+    session_id: str | None,
+) -> tuple[ToolInvocation, str] | InvocationOutcome:
+    """Run an atomic built-in and claim its key in ONE transaction (one commit, one extra INSERT).
+
+    The claim INSERT is the transaction's last statement, so the effect and the ledger row
+    commit together or not at all: a crash leaves neither, and the retry runs it once.
+    Concurrent duplicates wait on the uncommitted key (or on the effect's own unique key
+    or row lock), then conflict: their transaction, with any work they did, rolls back
+    and they return the stored outcome as a replay. A mismatched request likewise rolls
+    back before it answers 422.
+    """
+    started = time.perf_counter()
+    ctx = BuiltinContext(tool_name=tool.name, scope=scope, key=key, session_id=session_id, invocation_id=None)
+
+    def record(status: str, result: Any, error: str) -> ToolInvocation:
+        return ToolInvocation.objects.create(
+            scope=scope,
+            key=key,
+            session_id=session_id,
+            tool=tool,
+            tool_name=tool.name,
+            fingerprint=fingerprint,
+            arguments=arguments,
+            status=status,
+            result=result,
+            error=error[:4000],
+            attempts=1,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            completed_at=timezone.now(),
+        )
+
+    try:
+        try:
+            with transaction.atomic():
+                problem = arguments_errors(tool.parameters, arguments)
+                if problem:
+                    row = record(InvocationStatus.FAILED, None, problem)  # recorded, nothing executed
+                else:
+                    try:
+                        result = _json_safe(builtin.fn(ctx, arguments))
+                    except ToolError as exc:
+                        raise _BuiltinFailed(exc.message) from exc
+                    except IntegrityError:
+                        raise
+                    except Exception as exc:
+                        logger.exception("built-in tool %s raised", builtin.name)
+                        raise _BuiltinFailed(
+                            f"The tool {tool.name!r} failed unexpectedly ({type(exc).__name__})."
+                        ) from exc
+                    row = record(InvocationStatus.SUCCEEDED, result, "")
+        except _BuiltinFailed as failed:
+            # The effect is rolled back; the failure is stored (and replayed) like any outcome.
+            with transaction.atomic():
+                row = record(InvocationStatus.FAILED, None, failed.error)
+        return _outcome(row, replayed=False)
+    except IntegrityError:
+        existing = ToolInvocation.objects.filter(scope=scope, key=key).first()
+        if existing is None:  # not a key conflict: e.g. a session id that does not exist
+            raise
+    return _resolve_existing(row=existing, tool=tool, fingerprint=fingerprint)
+
+
 def _execute(*, tool: ToolDefinition, row: ToolInvocation, token: str) -> InvocationOutcome:
     started = time.perf_counter()
 
@@ -412,15 +490,28 @@ def tool_invoke(
     arguments = _json_safe(arguments if arguments is not None else {})
     fingerprint = request_fingerprint(tool_name=tool.name, arguments=arguments)
     queued = allow_background and tool.run_in_background
-    claimed = _claim(
-        tool=tool,
-        scope=scope,
-        key=key,
-        fingerprint=fingerprint,
-        arguments=arguments,
-        session_id=session_id,
-        queued=queued,
-    )
+    builtin = builtin_get(tool.builtin_name) if tool.kind == ToolKind.BUILTIN else None
+    claimed: tuple[ToolInvocation, str] | InvocationOutcome
+    if builtin is not None and builtin.atomic and not queued:
+        claimed = _invoke_in_one_transaction(
+            tool=tool,
+            builtin=builtin,
+            scope=scope,
+            key=key,
+            fingerprint=fingerprint,
+            arguments=arguments,
+            session_id=session_id,
+        )
+    else:
+        claimed = _claim(
+            tool=tool,
+            scope=scope,
+            key=key,
+            fingerprint=fingerprint,
+            arguments=arguments,
+            session_id=session_id,
+            queued=queued,
+        )
     if isinstance(claimed, InvocationOutcome):
         invocation_observe(outcome=claimed, emit_event=emit_event)
         return claimed

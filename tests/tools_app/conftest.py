@@ -18,9 +18,9 @@ def demo_tool_spec(name: str) -> dict[str, Any]:
     return next(dict(spec) for spec in DEMO_TOOLS if spec["name"] == name)
 
 
-def make_demo_tool(name: str, agent: Agent | None = None, **overrides: Any) -> ToolDefinition:
-    spec = {**demo_tool_spec(name), **overrides}
-    tool = ToolDefinition(kind=ToolKind.BUILTIN, builtin_name=name, **spec)
+def make_demo_tool(demo_name: str, agent: Agent | None = None, **overrides: Any) -> ToolDefinition:
+    spec = {**demo_tool_spec(demo_name), **overrides}
+    tool = ToolDefinition(**{"kind": ToolKind.BUILTIN, "builtin_name": demo_name, **spec})
     tool.full_clean()
     tool.save()
     if agent is not None:

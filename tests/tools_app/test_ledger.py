@@ -154,30 +154,65 @@ class TestCrash:
         monkeypatch.setitem(builtins._REGISTRY, "place_order", builtins.Builtin("place_order", crashing(real.fn), True))
         with pytest.raises(SimulatedCrash):
             invoke(place_order_tool, "k")
-        # The effect and the ledger completion were one transaction: neither survived.
+        # The effect and the ledger row were one transaction: neither survived the crash.
         assert not DemoOrder.objects.exists()
-        assert ToolInvocation.objects.get(key="k").status == InvocationStatus.RUNNING
+        assert not ToolInvocation.objects.exists()
         monkeypatch.setitem(builtins._REGISTRY, "place_order", real)
-        with pytest.raises(IdempotencyKeyInUse):  # lease still live: the owner may be alive
-            invoke(place_order_tool, "k")
-        expire_leases()
         retried = invoke(place_order_tool, "k")
         again = invoke(place_order_tool, "k")
         assert retried.status == InvocationStatus.SUCCEEDED and not retried.replayed
         assert again.replayed and again.result == retried.result
         assert DemoOrder.objects.count() == 1
-        assert ToolInvocation.objects.get(key="k").attempts == 2
 
-    def test_a_retry_racing_a_slow_owner_past_its_lease_replays_instead_of_running_again(
-        self, place_order_tool, monkeypatch, settings
+    def test_a_crash_of_a_non_atomic_builtin_after_its_effect_is_never_rerun(self, agent, monkeypatch) -> None:
+        """A built-in with effects outside our DB: after a crash its row stays running; past
+        the lease it becomes indeterminate instead of running a second time."""
+        from tests.tools_app.conftest import make_demo_tool
+
+        effects: list[str] = []
+
+        def external(ctx, arguments):
+            effects.append(ctx.key)  # e.g. an e-mail sent: cannot be rolled back
+            raise SimulatedCrash
+
+        monkeypatch.setitem(builtins._REGISTRY, "send_mail", builtins.Builtin("send_mail", external, atomic=False))
+        tool = make_demo_tool("place_order", None, name="send_mail", builtin_name="send_mail")
+        with pytest.raises(SimulatedCrash):
+            invoke(tool, "k")
+        assert ToolInvocation.objects.get(key="k").status == InvocationStatus.RUNNING
+        with pytest.raises(IdempotencyKeyInUse):  # lease still live: the owner may be alive
+            invoke(tool, "k")
+        expire_leases()
+        with pytest.raises(InvocationIndeterminate):
+            invoke(tool, "k")
+        assert effects == ["k"]
+        assert ToolInvocation.objects.get(key="k").status == InvocationStatus.INDETERMINATE
+
+    def test_an_atomic_builtin_left_running_by_a_dead_worker_is_rerun_after_the_lease(self, place_order_tool) -> None:
+        """E.g. a background call whose Celery worker died: its effect rolled back with it."""
+        ToolInvocation.objects.create(
+            scope="test",
+            key="k",
+            tool=place_order_tool,
+            tool_name="place_order",
+            fingerprint=request_fingerprint(tool_name="place_order", arguments=ORDER),
+            arguments=ORDER,
+            attempts=1,
+            claim_token="dead-worker",
+            lease_expires_at=timezone.now() - timedelta(seconds=1),
+        )
+        outcome = invoke(place_order_tool, "k")
+        assert outcome.status == InvocationStatus.SUCCEEDED and not outcome.replayed
+        assert DemoOrder.objects.count() == 1 and ToolInvocation.objects.get().attempts == 2
+
+    def test_a_retry_racing_the_first_call_waits_and_replays_instead_of_running_again(
+        self, place_order_tool, monkeypatch
     ) -> None:
-        """The owner is slow, not dead: its lease is over while it still runs the built-in.
-        The retry's take-over waits on the owner's row lock, then finds the stored outcome."""
+        """The retry arrives while the first call is inside the built-in (uncommitted)."""
         from django.db import connection
 
         if connection.vendor != "postgresql":
             pytest.skip("needs row locks between two connections: PostgreSQL only (CI runs on PostgreSQL)")
-        settings.TOOL_LEASE_SECONDS = -1  # every claim is born expired
         real = builtins.builtin_get("place_order")
         inside, results = threading.Event(), {}
 
@@ -190,8 +225,9 @@ class TestCrash:
 
         def slow(ctx, arguments):
             effect = real.fn(ctx, arguments)
-            inside.set()
-            time.sleep(0.5)  # ordering only: give the retry time to reach the row lock
+            if not inside.is_set():
+                inside.set()
+                time.sleep(0.5)  # ordering only: give the retry time to reach the lock
             return effect
 
         monkeypatch.setitem(builtins._REGISTRY, "place_order", builtins.Builtin("place_order", slow, True))
