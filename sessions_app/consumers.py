@@ -6,6 +6,9 @@ docs/CONTRACTS.md (`session.updated`, `event.added`, `turn.completed`), each wit
 `session_id` and the per-session `seq`.
 
 No event is silently missed:
+- `/ws/dashboard/` pages share one channel-layer subscription per process
+  (`DashboardHub`), each with its own bounded queue: a page that falls behind drops its
+  own messages (counted, reason `slow_client`) and gets a fresh snapshot;
 - the channel layer may drop messages for a slow consumer (channels-redis discards on a
   full channel without telling anyone). `event.added` seqs are gapless per session, so a
   consumer that sees a jump counts the hole in `voice_dashboard_events_dropped_total`
@@ -16,7 +19,10 @@ No event is silently missed:
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+import weakref
 from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID
@@ -35,6 +41,12 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_LARGE = 4413  # mirrors HTTP 413; RFC 6455's 1009 is for the server's own limits
 CLOSE_BAD_REQUEST = 4400
+
+# A dashboard page that falls this far behind loses its oldest-pending messages (counted)
+# and gets a fresh snapshot once it has caught up.
+DASHBOARD_QUEUE_SIZE = 500
+# channels-redis forgets group members after `group_expiry` (1 day): renew well before.
+GROUP_RENEW_SECONDS = 3600
 
 # Text fields the dashboard table never shows; left out of its stream to keep frames small.
 _DASHBOARD_TURN_OMIT = ("user_text", "generated_text", "heard_text")
@@ -150,20 +162,126 @@ def _after_seq_from_scope(scope: dict[str, Any]) -> int | None:
     return value if value >= 0 else None
 
 
+class DashboardHub:
+    """One subscription to the `dashboard` group per server process, fanned out in memory.
+
+    Every session's every change goes to the `dashboard` group. With one channel-layer
+    channel per open dashboard, channels-redis would serialize, store and pop each message
+    once per page (20 pages: 20 times), on the agent's publishing side as well. The hub
+    joins the group once per process and hands each message to the pages' own bounded
+    queues, so publishing costs the same for 1 or 100 open dashboards, and a page that
+    cannot keep up drops its own messages without slowing the others.
+    """
+
+    def __init__(self) -> None:
+        # Weak: a consumer that died without disconnecting does not linger here.
+        self.members: weakref.WeakSet[DashboardConsumer] = weakref.WeakSet()
+        self.channel: str | None = None
+        self.task: asyncio.Task | None = None
+        self.lock = asyncio.Lock()
+
+    async def add(self, consumer: DashboardConsumer) -> None:
+        async with self.lock:
+            self.members.add(consumer)
+            if self.task is None:
+                layer = consumer.channel_layer
+                # The default prefix: process-local channels share one Redis list per process.
+                self.channel = await layer.new_channel()
+                await layer.group_add(broadcast.DASHBOARD_GROUP, self.channel)
+                self.task = asyncio.ensure_future(self._run(layer, self.channel))
+
+    async def remove(self, consumer: DashboardConsumer) -> None:
+        async with self.lock:
+            self.members.discard(consumer)
+            if self.members or self.task is None:
+                return
+            task, channel, layer = self.task, self.channel, consumer.channel_layer
+            self.task = self.channel = None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await layer.group_discard(broadcast.DASHBOARD_GROUP, channel)
+
+    async def _run(self, layer: Any, channel: str) -> None:
+        renewed = time.monotonic()
+        while True:
+            try:
+                message = await layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis away: keep trying; pages resync when it is back
+                logger.warning("dashboard hub could not receive", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            for member in list(self.members):
+                member.offer(message)
+            if time.monotonic() - renewed > GROUP_RENEW_SECONDS:
+                renewed = time.monotonic()
+                await layer.group_add(broadcast.DASHBOARD_GROUP, channel)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DashboardHub] = weakref.WeakKeyDictionary()
+
+
+def dashboard_hub() -> DashboardHub:
+    """The hub of the running event loop (one per server process; one per test loop)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = DashboardHub()
+    return hub
+
+
 class DashboardConsumer(WatchConsumer):
     """All sessions: rows (`session.updated`) and compact `turn.completed` messages.
 
-    `event.added` is not forwarded (the table has no timeline) but its seqs are tracked:
-    a hole means messages were dropped, and the row is re-read from the DB.
+    Fed by the process's `DashboardHub` through a bounded queue. `event.added` is not
+    forwarded (the table has no timeline) but its seqs are tracked: a hole means messages
+    were dropped upstream, and that session's row is re-read from the DB.
     """
 
+    queue: asyncio.Queue | None = None
+    pump: asyncio.Task | None = None
+    lagging = False
+
     async def start(self) -> None:
-        # Join before reading the snapshot: a change in between is sent twice, never lost.
-        await self.join(broadcast.DASHBOARD_GROUP)
-        rows = await database_sync_to_async(dashboard_selectors.dashboard_rows)()
-        for row in rows:
-            self.last_event_seq[row["id"]] = row["seq"]
-        await self.send_json({"type": "snapshot", "scope": "dashboard", "sessions": rows})
+        self.queue = asyncio.Queue(maxsize=DASHBOARD_QUEUE_SIZE)
+        # Subscribe before reading the snapshot: a change in between is sent twice, never lost.
+        await dashboard_hub().add(self)
+        await self.start_snapshot_only()
+        self.pump = asyncio.ensure_future(self._pump())
+
+    def offer(self, message: dict[str, Any]) -> None:
+        """Called by the hub for every dashboard message; never blocks the hub."""
+        if self.queue is None:
+            return
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.lagging = True
+            _count_dropped(1, "slow_client")
+
+    async def _pump(self) -> None:
+        assert self.queue is not None
+        while True:
+            message = await self.queue.get()
+            try:
+                if self.lagging and self.queue.empty():
+                    # Caught up after dropping: the snapshot replaces what was lost.
+                    self.lagging = False
+                    await self.start_snapshot_only()
+                    continue
+                await self.dispatch(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("dashboard message %s failed", message.get("type"))
+
+    async def disconnect(self, code: int) -> None:
+        await super().disconnect(code)
+        if self.queue is not None:
+            await dashboard_hub().remove(self)
+        if self.pump is not None:
+            self.pump.cancel()
 
     async def resync(self, content: dict[str, Any]) -> None:
         session_id = content.get("session_id")
@@ -178,6 +296,8 @@ class DashboardConsumer(WatchConsumer):
 
     async def start_snapshot_only(self) -> None:
         rows = await database_sync_to_async(dashboard_selectors.dashboard_rows)()
+        for row in rows:
+            self.last_event_seq[row["id"]] = max(row["seq"], self.last_event_seq.get(row["id"], 0))
         await self.send_json({"type": "snapshot", "scope": "dashboard", "sessions": rows})
 
     async def event_added(self, message: dict[str, Any]) -> None:

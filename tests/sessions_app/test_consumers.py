@@ -268,3 +268,58 @@ async def test_bad_frames_get_an_error_not_a_crash(staff_user) -> None:
     assert error["type"] == "error" and "launch" in error["detail"]
     await asyncio.sleep(0)
     await communicator.disconnect()
+
+
+async def test_many_dashboards_share_one_layer_subscription_per_process(staff_user, agent) -> None:
+    from sessions_app.consumers import dashboard_hub
+
+    layer = get_channel_layer()
+
+    async def group_members() -> set[str]:
+        connection = layer.connection(layer.consistent_hash(broadcast.DASHBOARD_GROUP))
+        return {m.decode() for m in await connection.zrange(layer._group_key(broadcast.DASHBOARD_GROUP), 0, -1)}
+
+    before = await group_members()  # may hold leftovers of other runs on this Redis db
+    pages = []
+    for _ in range(3):
+        communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+        assert connected
+        assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "snapshot"
+        pages.append(communicator)
+    hub = dashboard_hub()
+    assert len(hub.members) == 3
+    assert await group_members() - before == {hub.channel}  # one channel for three pages
+
+    hub_channel = hub.channel
+    session = await database_sync_to_async(_session)(agent)
+    await database_sync_to_async(session_transition)(session_id=session.id, to_state=SessionState.ACTIVE)
+    for communicator in pages:
+        updated = await _receive_until(communicator, "session.updated")
+        assert updated["session"]["id"] == str(session.id)
+    for communicator in pages:
+        await communicator.disconnect()
+    assert len(hub.members) == 0 and hub.task is None
+    assert hub_channel not in await group_members()
+
+
+async def test_a_dashboard_that_falls_behind_drops_counts_and_gets_a_fresh_snapshot(
+    staff_user, agent, monkeypatch
+) -> None:
+    from sessions_app import consumers
+
+    monkeypatch.setattr(consumers, "DASHBOARD_QUEUE_SIZE", 2)
+    session = await database_sync_to_async(_session)(agent)
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected
+    assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "snapshot"
+    (page,) = consumers.dashboard_hub().members
+    before = DASHBOARD_EVENTS_DROPPED.labels(reason="slow_client")._value.get()
+
+    # Five messages offered at once to a queue of two: three are dropped and counted.
+    for seq in range(1, 6):
+        page.offer({"type": "session.updated", "session_id": str(session.id), "seq": seq, "session": {"seq": seq}})
+    assert DASHBOARD_EVENTS_DROPPED.labels(reason="slow_client")._value.get() == before + 3
+    # Once caught up, the page gets the whole truth again from the DB.
+    snapshot = await _receive_until(communicator, "snapshot")
+    assert [row["id"] for row in snapshot["sessions"]] == [str(session.id)]
+    await communicator.disconnect()

@@ -1,0 +1,361 @@
+"""Dashboard fan-out: publish → websocket receive latency through the real server.
+
+100 live sessions each record 2 turns a second. Every turn is published exactly as
+`sessions_app.turns.turn_record` publishes it (`broadcast.apublish` to the `dashboard`
+and `session.<id>` groups: `event.added`, `turn.completed`, `session.updated`), and 20
+dashboard websocket clients, logged in as staff, receive them from daphne serving
+`voiceplatform.asgi:application` over loopback. Latency is measured on `turn.completed`
+from just before `apublish` to the client's receipt (same host, same clock).
+
+Peer, in the same run: a bare channels-redis `group_send` of the same messages at the
+same rate to 20 plain channel-layer receivers (no Django consumer, no websocket).
+
+Prints one JSON object: {"name": "fanout", "sessions", "dashboards", "p50_ms", "p99_ms",
+"peer_p99_ms", "ratio", "dropped", ...}. `dropped` = turn messages that never reached a
+client; `dropped_counted` = what the server counted in
+`voice_dashboard_events_dropped_total` (gaps it saw and repaired from the DB).
+Options: --sessions, --dashboards, --rate (turns/s per session), --seconds.
+Uses DATABASE_URL/REDIS_URL like every process (embedded defaults when unset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+# Its own channel-layer prefix: a demo running on the same Redis neither sees nor disturbs it.
+os.environ.setdefault("CHANNELS_PREFIX", f"bench{os.getpid()}")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
+os.environ.setdefault("LOG_LEVEL", "ERROR")  # drops are counted below, not logged one by one
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+
+WARMUP_S = 2.0
+DRAIN_S = 3.0
+HARD_TIMEOUT_S = 240.0
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered))) - 1))], 2)
+
+
+def _publish_drops() -> float:
+    """Publishes `broadcast.apublish` gave up on in this process (timeouts, errors)."""
+    from sessions_app.metrics import DASHBOARD_EVENTS_DROPPED
+
+    return sum(
+        sample.value
+        for family in DASHBOARD_EVENTS_DROPPED.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _staff_cookie() -> str:
+    """A logged-in staff session on the configured database (created once, reused)."""
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.test import Client
+
+    call_command("migrate", verbosity=0, interactive=False)
+    user, created = User.objects.get_or_create(username="bench-fanout", defaults={"is_staff": True})
+    if created:
+        user.set_unusable_password()
+        user.save()
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+def _turn_messages(session_id: str, seq: int, index: int) -> list[dict[str, Any]]:
+    """What `turn_record` publishes for one turn (shapes from docs/CONTRACTS.md)."""
+    now = time.time()
+    stages = {
+        "eou": 210.0,
+        "stt": 140.0,
+        "llm_ttft": 380.0,
+        "tool": None,
+        "tts_ttfb": 120.0,
+        "ttfa": 760.0,
+        "e2e": 850.0,
+    }
+    turn = {
+        "index": index,
+        "user_text": "Where is my order number four two?",
+        "generated_text": "Your order left the warehouse this morning and should arrive tomorrow.",
+        "heard_text": "Your order left the warehouse this morning and should arrive tomorrow.",
+        "interrupted": False,
+        "interrupt_source": "",
+        "stages_ms": stages,
+        "breaches": [],
+        "tool_calls": [],
+        "error": "",
+        "started_at": None,
+        "created_at": None,
+    }
+    row = {
+        "id": session_id, "agent": "support", "agent_name": "Support agent", "prompt_version": 1,
+        "caller_id": "bench", "room": f"room-{session_id[:12]}", "state": "active", "end_reason": "",
+        "turns": index, "interrupts": 0, "reconnects": 0, "last_e2e_ms": 850.0, "created_at": None,
+        "started_at": None, "ended_at": None, "seq": seq,
+    }  # fmt: skip
+    return [
+        {"type": "event.added", "session_id": session_id, "seq": seq,
+         "event": {"seq": seq, "type": "turn.completed", "payload": {"index": index}, "created_at": None}},
+        {"type": "turn.completed", "session_id": session_id, "seq": seq, "turn": turn, "bench_sent_at": now},
+        {"type": "session.updated", "session_id": session_id, "seq": seq, "session": row},
+    ]  # fmt: skip
+
+
+async def _publishers(
+    publish, *, sessions: int, rate: float, seconds: float, workers: int, counter: dict[str, int]
+) -> None:
+    """Turns fall due at `rate` a second per session (random phases); `workers` publish them.
+
+    A few sequential publishers, as in production, where each agent process publishes
+    from its one writer task: 100 concurrent publishers would only measure a pool of
+    Redis connections running dry.
+    """
+    queue: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
+    started = time.monotonic()
+    deadline = started + seconds
+    ids = [str(uuid.uuid4()) for _ in range(sessions)]
+    due = sorted((random.random() / rate, sid) for sid in ids)
+
+    async def schedule() -> None:
+        index = dict.fromkeys(ids, 0)
+        pending = [(started + offset, sid) for offset, sid in due]
+        period = 1.0 / rate
+        while True:
+            at, sid = pending.pop(0)
+            if at >= deadline:
+                break
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            index[sid] += 1
+            queue.put_nowait((sid, index[sid]))
+            # Keep the list ordered: the next turn of this session goes to the back.
+            pending.append((at + period, sid))
+            pending.sort()
+        for _ in range(workers):
+            queue.put_nowait(None)
+
+    async def worker() -> None:
+        while (item := await queue.get()) is not None:
+            sid, index = item
+            for message in _turn_messages(sid, index, index):
+                if message["type"] == "turn.completed":
+                    message["bench_sent_at"] = time.time()
+                    counter["turns"] += 1
+                await publish(sid, message)
+
+    await asyncio.gather(schedule(), *(worker() for _ in range(workers)))
+
+
+async def _run_server_side(args: argparse.Namespace, base_url: str, cookie: str) -> dict[str, Any]:
+    import aiohttp
+
+    from sessions_app import broadcast
+
+    latencies: list[float] = []
+    received = {"turns": 0}
+    window = {"from": float("inf")}  # only turns published in the measured phase count
+    ready = asyncio.Event()
+    connected = {"n": 0}
+
+    async def dashboard(session: aiohttp.ClientSession) -> None:
+        url = base_url.replace("http", "ws") + "/ws/dashboard/"
+        async with session.ws_connect(url, headers={"Cookie": cookie, "Origin": base_url}, max_msg_size=0) as ws:
+            first = json.loads((await ws.receive(timeout=30)).data)
+            assert first["type"] == "snapshot", first
+            connected["n"] += 1
+            if connected["n"] == args.dashboards:
+                ready.set()
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    break
+                message = json.loads(frame.data)
+                if message.get("type") == "turn.completed" and message.get("bench_sent_at", 0) >= window["from"]:
+                    received["turns"] += 1
+                    latencies.append((time.time() - message["bench_sent_at"]) * 1000)
+
+    async def publish(session_id: str, message: dict[str, Any]) -> None:
+        await broadcast.apublish(broadcast.session_groups(session_id), message)
+
+    async with aiohttp.ClientSession() as http:
+        clients = [asyncio.create_task(dashboard(http)) for _ in range(args.dashboards)]
+        await asyncio.wait_for(ready.wait(), 60)
+        warm = {"turns": 0}
+        await _publishers(
+            publish, sessions=args.sessions, rate=args.rate, seconds=WARMUP_S, workers=args.publishers, counter=warm
+        )
+        await asyncio.sleep(0.5)
+        window["from"] = time.time()
+        drops_before = _publish_drops()
+        sent = {"turns": 0}
+        started = time.monotonic()
+        await _publishers(
+            publish, sessions=args.sessions, rate=args.rate, seconds=args.seconds, workers=args.publishers, counter=sent
+        )
+        publish_seconds = time.monotonic() - started
+        await asyncio.sleep(DRAIN_S)
+        for task in clients:
+            task.cancel()
+        await asyncio.gather(*clients, return_exceptions=True)
+        async with http.get(base_url + "/metrics") as response:
+            metrics_text = await response.text()
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_text.splitlines()
+        if line.startswith("voice_dashboard_events_dropped_total{")
+    )
+    expected = sent["turns"] * args.dashboards
+    return {
+        "latencies": latencies,
+        "expected": expected,
+        "received": received["turns"],
+        "published_turns_per_s": round(sent["turns"] / publish_seconds, 1),
+        "dropped_counted": int(counted),
+        "dropped_at_publish": int(_publish_drops() - drops_before),
+    }
+
+
+async def _run_peer(args: argparse.Namespace) -> dict[str, Any]:
+    """The same messages, bare `group_send` → `receive` on the channel layer."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    group = f"benchpeer.{uuid.uuid4().hex[:8]}"
+    channels = [await layer.new_channel() for _ in range(args.dashboards)]
+    for channel in channels:
+        await layer.group_add(group, channel)
+    latencies: list[float] = []
+    window = {"from": float("inf")}
+
+    async def receiver(channel: str) -> None:
+        while True:
+            message = await layer.receive(channel)
+            if message.get("type") == "turn.completed" and message["bench_sent_at"] >= window["from"]:
+                latencies.append((time.time() - message["bench_sent_at"]) * 1000)
+
+    async def publish(session_id: str, message: dict[str, Any]) -> None:
+        await layer.group_send(group, message)
+
+    tasks = [asyncio.create_task(receiver(channel)) for channel in channels]
+    await _publishers(
+        publish, sessions=args.sessions, rate=args.rate, seconds=WARMUP_S, workers=args.publishers, counter={"turns": 0}
+    )
+    await asyncio.sleep(0.5)
+    window["from"] = time.time()
+    sent = {"turns": 0}
+    await _publishers(
+        publish, sessions=args.sessions, rate=args.rate, seconds=args.seconds, workers=args.publishers, counter=sent
+    )
+    await asyncio.sleep(DRAIN_S)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await layer.group_discard(group, channel)
+    return {"latencies": latencies, "expected": sent["turns"] * args.dashboards}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--dashboards", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=2.0, help="turns per second per session")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured publishing time per side")
+    parser.add_argument("--publishers", type=int, default=4, help="concurrent publishing tasks (agent writers)")
+    args = parser.parse_args()
+
+    cookie = _staff_cookie()
+    port = _free_port()
+    env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
+    Path(settings.DATA_DIR).mkdir(parents=True, exist_ok=True)
+    log = open(Path(settings.DATA_DIR) / "bench-fanout-daphne.log", "w")  # kept open for the server's lifetime
+    server = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voiceplatform.asgi:application"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if server.poll() is not None:
+                raise SystemExit(f"daphne exited; see {log.name}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("daphne did not listen within 90 s") from None
+                time.sleep(0.2)
+
+        async def both() -> tuple[dict[str, Any], dict[str, Any]]:
+            served = await _run_server_side(args, base_url, cookie)
+            peer = await _run_peer(args)
+            return served, peer
+
+        served, peer = asyncio.run(asyncio.wait_for(both(), HARD_TIMEOUT_S))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    p99 = _percentile(served["latencies"], 99)
+    peer_p99 = _percentile(peer["latencies"], 99)
+    result = {
+        "name": "fanout",
+        "sessions": args.sessions,
+        "dashboards": args.dashboards,
+        "p50_ms": _percentile(served["latencies"], 50),
+        "p99_ms": p99,
+        "peer_p50_ms": _percentile(peer["latencies"], 50),
+        "peer_p99_ms": peer_p99,
+        "ratio": round(p99 / peer_p99, 2) if p99 and peer_p99 else None,
+        "dropped": max(0, served["expected"] - served["received"]),
+        "dropped_counted": served["dropped_counted"],
+        "dropped_at_publish": served["dropped_at_publish"],
+        "delivered": served["received"],
+        "expected": served["expected"],
+        "peer_dropped": max(0, peer["expected"] - len(peer["latencies"])),
+        "published_turns_per_s": served["published_turns_per_s"],
+        "messages_per_turn": 3,
+        "seconds": args.seconds,
+        "target_p99_ms": 50,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
