@@ -1,10 +1,10 @@
 """LiveKit webhooks: verify and store fast (`webhook_receive`), apply later (`webhook_event_process`).
 
 Delivery is at-least-once, so rows are unique on the event id and a replay is a no-op.
-Storing and processing are separate services so processing can move to Celery: the
-receive side hands the event id to `_enqueue_processing`, which today runs the
-processor after commit in the request; the ops task `sessions_app.tasks.
-livekit_webhook_process` replaces that one call with `.delay(event_id)`.
+Storing and processing are separate: after commit the receiver queues the Celery task
+`sessions_app.tasks.livekit_webhook_process` (which calls `webhook_event_process`), so the
+HTTP answer does not wait for the state changes. If the broker cannot take the task, the
+event is processed in the request instead, so no webhook is lost.
 """
 
 from __future__ import annotations
@@ -64,7 +64,14 @@ def webhook_receive(*, body: str, authorization: str) -> tuple[LiveKitWebhookEve
 
 
 def _enqueue_processing(event_id: str) -> None:
-    """Process now, after commit. Ops: swap for `livekit_webhook_process.delay(event_id)`."""
+    """Queue the processing task; process inline if the broker is unavailable."""
+    try:
+        from sessions_app.tasks import livekit_webhook_process
+
+        livekit_webhook_process.delay(event_id)
+        return
+    except Exception:
+        logger.warning("could not queue LiveKit webhook %s; processing it now", event_id, exc_info=True)
     try:
         webhook_event_process(event_id=event_id)
     except Exception:  # the row stays unprocessed (processed_at NULL) for a retry

@@ -18,9 +18,19 @@ from livekit.protocol.webhook import WebhookEvent
 from sessions_app.models import LiveKitWebhookEvent, SessionEvent, SessionState, VoiceSession
 from sessions_app.services import session_transition
 from sessions_app.webhooks import webhook_event_process
+from voiceplatform.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/livekit/webhook"
+
+
+@pytest.fixture(autouse=True)
+def eager_celery():
+    """The receiver queues `livekit_webhook_process`; run it in-process here."""
+    previous = (celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates)
+    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = True, True
+    yield
+    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
 
 
 def _event(kind: str, room: str, identity: str = "", *, agent: bool = False, event_id: str | None = None) -> str:
@@ -186,3 +196,15 @@ def test_events_for_a_finished_session_do_not_revive_it(http, session, django_ca
     _deliver(http, django_capture_on_commit_callbacks, _event("participant_joined", session.room_name, "caller-u1"))
     session.refresh_from_db()
     assert session.state == SessionState.ENDED
+
+
+def test_it_processes_inline_when_the_task_cannot_be_queued(http, session, django_capture_on_commit_callbacks, monkeypatch):
+    from sessions_app import tasks
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unavailable")
+
+    monkeypatch.setattr(tasks.livekit_webhook_process, "delay", broker_down)
+    _deliver(http, django_capture_on_commit_callbacks, _event("participant_joined", session.room_name, "caller-u1"))
+    session.refresh_from_db()
+    assert session.state == SessionState.ACTIVE
