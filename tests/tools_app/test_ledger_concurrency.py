@@ -1,26 +1,26 @@
-"""50 concurrent identical invocations through the API: exactly one effect (PostgreSQL)."""
+"""50 concurrent identical invocations through the API: exactly one effect (PostgreSQL).
+
+Two paths: an atomic built-in (claim, effect and outcome in one transaction: duplicates
+wait and replay) and an HTTP tool (claim committed first: duplicates get 409 while it
+runs, the replay after).
+"""
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 from django.db import connection
 from django.test import Client
 
-from tools_app.models import DemoOrder, ToolInvocation
+from tests.tools_app.helpers import LocalToolServer
+from tools_app.models import DemoOrder, ToolDefinition, ToolInvocation
 
 CALLERS = 50
 
 
-@pytest.mark.django_db(transaction=True)
-def test_fifty_concurrent_identical_invocations_run_the_tool_exactly_once(
-    agent_scope_client, place_order_tool, voice_session
-) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("concurrent writers need PostgreSQL (SQLite serialises the whole file); CI runs on PostgreSQL")
-    api_key = agent_scope_client[1]
-    body = {"session_id": str(voice_session.pk), "arguments": {"item": "espresso", "quantity": 1}}
+def invoke_concurrently(api_key: str, tool_name: str, body: dict[str, Any]) -> list[tuple[int, dict]]:
     start = threading.Barrier(CALLERS)
     responses: list[tuple[int, dict]] = []
     lock = threading.Lock()
@@ -29,7 +29,7 @@ def test_fifty_concurrent_identical_invocations_run_the_tool_exactly_once(
         try:
             start.wait(30)
             response = Client().post(
-                "/api/v1/tools/place_order/invoke",
+                f"/api/v1/tools/{tool_name}/invoke",
                 body,
                 content_type="application/json",
                 headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": "the-same-key"},
@@ -44,9 +44,11 @@ def test_fifty_concurrent_identical_invocations_run_the_tool_exactly_once(
         t.start()
     for t in threads:
         t.join(120)
+    return responses
 
+
+def check_responses(responses: list[tuple[int, dict]]) -> tuple[list, list, list]:
     assert len(responses) == CALLERS
-    assert DemoOrder.objects.count() == 1
     originals = [b for code, b in responses if code == 200 and not b["replayed"]]
     replays = [b for code, b in responses if code == 200 and b["replayed"]]
     conflicts = [b for code, b in responses if code == 409]
@@ -55,5 +57,34 @@ def test_fifty_concurrent_identical_invocations_run_the_tool_exactly_once(
     assert len(originals) + len(replays) + len(conflicts) == CALLERS
     assert all(b["code"] == "idempotency_key_in_use" for b in conflicts)
     assert all(b["result"] == originals[0]["result"] for b in replays)
+    return originals, replays, conflicts
+
+
+@pytest.fixture(autouse=True)
+def _postgresql_only() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent writers need PostgreSQL (SQLite serialises the whole file); CI runs on PostgreSQL")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fifty_concurrent_identical_builtin_invocations_run_it_exactly_once(
+    agent_scope_client, place_order_tool, voice_session
+) -> None:
+    body = {"session_id": str(voice_session.pk), "arguments": {"item": "espresso", "quantity": 1}}
+    responses = invoke_concurrently(agent_scope_client[1], "place_order", body)
+    _, replays, _ = check_responses(responses)
+    assert DemoOrder.objects.count() == 1
     row = ToolInvocation.objects.get()
     assert row.attempts == 1 and row.replays == len(replays)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fifty_concurrent_identical_http_invocations_reach_the_server_once(agent_scope_client, voice_session) -> None:
+    with LocalToolServer([("sleep", 0.5)]) as server:
+        tool = ToolDefinition(name="crm_note", description="note", kind="http", http_url=server.url, timeout_seconds=10)
+        tool.full_clean()
+        tool.save()
+        body = {"session_id": str(voice_session.pk), "arguments": {"note": "hi"}}
+        responses = invoke_concurrently(agent_scope_client[1], "crm_note", body)
+    check_responses(responses)
+    assert server.effects == 1 and len(server.requests) == 1
