@@ -28,6 +28,17 @@ def prewarmed() -> None:
     prewarm()
 
 
+@pytest.fixture(autouse=True)
+def _close_async_orm_connections():
+    """The async ORM runs in asgiref's shared thread, whose connection would otherwise
+    outlive the test and keep the test database from being dropped."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
 def session_row(session_id: str) -> VoiceSession:
     return VoiceSession.objects.get(pk=session_id)
 
