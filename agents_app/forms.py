@@ -19,6 +19,10 @@ PROVIDER_HELP = (
 )
 
 
+def _normalize_newlines(text: str) -> str:
+    return (text or "").replace("\r\n", "\n").replace("\r", "\n")
+
+
 class FriendlyJSONField(forms.JSONField):
     """A JSONField whose parse error says what is expected instead of 'Enter a valid JSON'."""
 
@@ -150,6 +154,14 @@ class PromptVersionAdminForm(forms.ModelForm):
         help_texts = {
             "change_note": "A short note for your colleagues: what changed and why.",
         }
+
+    # Browsers submit textareas with CRLF line endings; prompts are stored with plain LF
+    # so that versions typed in the admin and created in code compare line by line.
+    def clean_instructions(self) -> str:
+        return _normalize_newlines(self.cleaned_data.get("instructions", ""))
+
+    def clean_greeting(self) -> str:
+        return _normalize_newlines(self.cleaned_data.get("greeting", ""))
 
     def clean_variables(self) -> dict[str, Any]:
         value = self.cleaned_data.get("variables")

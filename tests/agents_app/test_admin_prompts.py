@@ -267,3 +267,13 @@ def test_a_publish_race_lost_to_another_editor_shows_a_clear_error(writer, agent
     assert any("published at the same moment" in m for m in messages_of(response))
     draft.refresh_from_db()
     assert draft.status == PromptStatus.DRAFT
+
+
+def test_browser_line_endings_are_stored_as_plain_newlines(writer, agent, draft):
+    writer.post(
+        url("change", draft),
+        {"instructions": "Line one\r\nLine two\r\n", "greeting": "Hi\r\nthere", "variables": "{}", "change_note": ""},
+    )
+    draft.refresh_from_db()
+    assert draft.instructions == "Line one\nLine two"
+    assert draft.greeting == "Hi\nthere"
