@@ -76,16 +76,25 @@ def _use_django_logging(**_: Any) -> None:
     logging.config.dictConfig(settings.LOGGING)
 
 
+_task_log_tokens: dict[str, Any] = {}
+
+
 @signals.task_prerun.connect
 def _bind_task_log_context(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    from voiceplatform.logging import bind_log_context, clear_log_context
+    from voiceplatform.logging import push_log_context
 
-    clear_log_context()  # a worker thread/process runs many tasks: never leak the last one's fields
-    bind_log_context(task_id=task_id, task=getattr(task, "name", None))
+    # In a worker each task starts from a clean context (a pooled process runs many);
+    # an eager task (tests, CELERY_TASK_ALWAYS_EAGER) keeps its caller's fields, e.g. the
+    # request id, and hands them back untouched afterwards.
+    eager = bool(getattr(getattr(task, "request", None), "is_eager", False))
+    if task_id:
+        _task_log_tokens[task_id] = push_log_context(inherit=eager, task_id=task_id, task=getattr(task, "name", None))
 
 
 @signals.task_postrun.connect
-def _clear_task_log_context(**_: Any) -> None:
-    from voiceplatform.logging import clear_log_context
+def _clear_task_log_context(task_id: str | None = None, **_: Any) -> None:
+    from voiceplatform.logging import pop_log_context
 
-    clear_log_context()
+    token = _task_log_tokens.pop(task_id or "", None)
+    if token is not None:
+        pop_log_context(token)

@@ -80,6 +80,19 @@ def bind_log_context(**fields: Any) -> None:
     _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
 
 
+def push_log_context(*, inherit: bool = True, **fields: Any) -> contextvars.Token:
+    """Bind fields until `pop_log_context(token)` (for hooks that cannot use a `with` block)."""
+    base = (_context.get() or {}) if inherit else {}
+    return _context.set({**base, **{k: v for k, v in fields.items() if v is not None}})
+
+
+def pop_log_context(token: contextvars.Token) -> None:
+    try:
+        _context.reset(token)
+    except ValueError:  # set in another context (a different thread ran the hook): just clear
+        _context.set({})
+
+
 def clear_log_context() -> None:
     """Forget every bound field (a pooled worker thread starting its next task)."""
     _context.set({})

@@ -176,3 +176,29 @@ def test_a_request_id_is_echoed_and_a_forged_one_is_replaced(client, captured_lo
         "trace-abc.123",
         forged["X-Request-Id"],
     }
+
+
+@pytest.mark.django_db
+def test_an_eager_task_adds_its_ids_and_hands_the_callers_context_back(captured_logs, agent):
+    from voiceplatform.logging import current_log_context
+
+    buffers = captured_logs("json")
+    session = VoiceSession.objects.create(
+        agent=agent,
+        prompt_version=agent.prompt_versions.get(status="published"),
+        caller_id="caller",
+        room_name=f"room-{uuid.uuid4().hex[:12]}",
+        state="ended",
+    )
+    celery_app.conf.task_always_eager = True
+    try:
+        with log_context(request_id="req-outer"):
+            result = session_post_call_report.delay(str(session.id))
+            after = current_log_context()
+    finally:
+        celery_app.conf.task_always_eager = False
+
+    assert after == {"request_id": "req-outer"}  # no task fields left behind
+    lines = [json.loads(line) for line in _output(buffers).splitlines() if line.strip()]
+    stored = next(line for line in lines if line["message"].startswith("post-call report stored"))
+    assert (stored["request_id"], stored["task_id"], stored["session_id"]) == ("req-outer", result.id, str(session.id))
