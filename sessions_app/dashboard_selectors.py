@@ -59,6 +59,11 @@ def dashboard_row(*, session_id: UUID | str) -> dict[str, Any] | None:
     return session_summary(session) if session else None
 
 
+def dashboard_rows_for(*, session_ids: Iterable[UUID | str]) -> list[dict[str, Any]]:
+    """Rows of the given sessions (unknown ids are left out)."""
+    return [session_summary(s) for s in _sessions_qs().filter(pk__in=list(session_ids))]
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100): always a value that was actually measured."""
     if not values:

@@ -323,3 +323,26 @@ async def test_a_dashboard_that_falls_behind_drops_counts_and_gets_a_fresh_snaps
     snapshot = await _receive_until(communicator, "snapshot")
     assert [row["id"] for row in snapshot["sessions"]] == [str(session.id)]
     await communicator.disconnect()
+
+
+async def test_a_dashboard_re_reads_the_row_of_a_session_whose_messages_were_dropped(staff_user, agent) -> None:
+    session = await database_sync_to_async(_session)(agent)
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected
+    await communicator.receive_json_from(timeout=TIMEOUT)  # snapshot: this session at seq 0
+    before = DASHBOARD_EVENTS_DROPPED.labels(reason="channel_full")._value.get()
+    # The DB moved to seq 3 (two turns' worth), but only the last message made it through.
+    await database_sync_to_async(VoiceSession.objects.filter(pk=session.pk).update)(last_seq=3, turn_count=2)
+    await get_channel_layer().group_send(
+        broadcast.DASHBOARD_GROUP,
+        {
+            "type": "event.added",
+            "session_id": str(session.id),
+            "seq": 3,
+            "event": {"seq": 3, "type": "x", "payload": {}},
+        },
+    )
+    repaired = await _receive_until(communicator, "session.updated", repaired=True)
+    assert (repaired["session"]["turns"], repaired["seq"]) == (2, 3)
+    assert DASHBOARD_EVENTS_DROPPED.labels(reason="channel_full")._value.get() == before + 2
+    await communicator.disconnect()
