@@ -68,7 +68,7 @@ def _retry_after(*, limit: int, prev: int, cur: int, elapsed: float) -> int:
     else:
         need = 1 - (limit - cur - 1) / prev if prev else 0
         wait = max(0.0, need) * window - into_window
-    return max(1, math.ceil(wait))
+    return max(1, math.ceil(round(wait, 6)))  # round first: 5.0000001 s is 5 s, not 6
 
 
 def rate_limit_hit(*, scope: str, subject: str, limit_per_minute: int) -> RateDecision:

@@ -232,3 +232,28 @@ def test_creation_is_announced_to_the_dashboard_in_order(http, agent, owner_clie
     assert all(m["session_id"] == sid for m in received)
     assert received[0]["event"]["type"] == "session.created"
     assert received[2]["session"]["state"] == "created" and received[2]["session"]["id"] == sid
+
+
+@override_settings(SESSION_CREATE_RATE_PER_MINUTE=1)
+def test_the_rate_limit_fails_open_when_redis_is_unreachable(http, agent, owner_client, monkeypatch):
+    import redis
+
+    from sessions_app import ratelimit
+
+    def unreachable():
+        raise redis.ConnectionError("redis is down")
+
+    monkeypatch.setattr(ratelimit, "_redis", unreachable)
+    _, key = owner_client
+    codes = [_create(http, key, {"agent": "support", "user_id": "u"}).status_code for _ in range(3)]
+    assert codes == [201, 201, 201]
+
+
+def test_retry_after_is_the_wait_until_one_more_request_fits():
+    from sessions_app.ratelimit import _retry_after
+
+    # Current window full (3 of 3) at 30 s in: wait 30 s to the next window, then the old
+    # window must decay until 3 * (1 - t) + 1 <= 3, i.e. t >= 1/3 of a window (20 s).
+    assert _retry_after(limit=3, prev=0, cur=3, elapsed=0.5) == 50
+    # Previous window full, current empty, 15 s in: 3 * (1 - t) + 1 <= 3 → t >= 20 s → 5 s more.
+    assert _retry_after(limit=3, prev=3, cur=0, elapsed=0.25) == 5
