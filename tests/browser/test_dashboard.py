@@ -190,6 +190,8 @@ def test_the_session_page_draws_the_waterfall_transcript_and_timeline_live(page,
     page.wait_for_selector("#waterfall[data-turn='2']")
     assert _still_same_document(page)
     save_screenshot(page, "dashboard-session")
+    page.emulate_media(color_scheme="dark")
+    save_screenshot(page, "dashboard-session-dark")
     assert page.errors == []
 
 
