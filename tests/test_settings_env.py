@@ -100,3 +100,15 @@ def test_env_example_lists_every_variable_settings_reads():
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", example, flags=re.M))
     assert read, "no variables found: the pattern no longer matches settings.py"
     assert read - documented == set(), f"missing from .env.example: {sorted(read - documented)}"
+
+
+def test_the_values_in_env_example_start_cleanly(tmp_path):
+    import re
+
+    example = (BASE_DIR / ".env.example").read_text()
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", example, flags=re.M))
+    values.pop("DATA_DIR", None)
+    values["REDIS_URL"] = values.get("REDIS_URL") or "redis://127.0.0.1:1/0"  # keep the embedded Redis off
+    result = start(tmp_path, **values)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sqlite3" in result.stdout
