@@ -70,3 +70,25 @@ def test_a_redelivery_while_another_worker_holds_the_lease_waits(slow_tool, djan
     ToolInvocation.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert invocation_run_queued(invocation_id=queued.invocation_id) == InvocationStatus.SUCCEEDED
     assert DemoOrder.objects.count() == 1 and ToolInvocation.objects.get().attempts == 2
+
+
+def test_the_api_answers_202_running_then_the_stored_outcome(
+    slow_tool, agent_scope_client, django_capture_on_commit_callbacks
+) -> None:
+    from django.test import Client
+
+    headers = {"Authorization": f"Bearer {agent_scope_client[1]}", "Idempotency-Key": "bg-1"}
+
+    def post():
+        return Client().post(
+            "/api/v1/tools/place_order/invoke", {"arguments": ORDER}, content_type="application/json", headers=headers
+        )
+
+    with django_capture_on_commit_callbacks(execute=False):
+        queued = post()
+    assert queued.status_code == 202 and queued.json()["status"] == "running"
+    assert post().status_code == 409
+    invocation_run_queued(invocation_id=ToolInvocation.objects.get().pk)
+    done = post()
+    assert done.status_code == 200 and done.json()["replayed"] is True
+    assert done.json()["result"]["item"] == "cake"
