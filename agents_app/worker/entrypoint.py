@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, JobContext, JobProcess, llm
+from livekit.agents import Agent, AgentSession, JobContext, JobProcess, llm, stt, tts
 from livekit.agents.voice import ModelSettings
 from livekit.agents.voice.transcription import TranscriptSynchronizer
 
@@ -30,6 +30,7 @@ from agents_app.worker import local
 from agents_app.worker.config import JobConfig, load_job_config
 from agents_app.worker.recorder import Recorder
 from agents_app.worker.turns import TurnTracker
+from sessions_app import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,10 @@ class JobRuntime:
         self._ended = asyncio.Event()
         self.end_reason = ""
         self.ended_by_platform = False
+        self._counted = False
         self._tools_report_results = False
+        self.resilience: Any = None  # fallback.ChainMonitor: provider errors and failovers
+        self._apology_at = 0.0
 
     # -- hooks on the loop: time them ------------------------------------------------
     def _timed(self, fn: Any) -> Any:
@@ -205,10 +209,33 @@ class JobRuntime:
     def _on_error(self, ev: Any) -> None:
         message = f"{type(ev.error).__name__}: {ev.error}"
         self.tracker.error(message)
+        source = ev.source
+        stage = "llm" if isinstance(source, llm.LLM) else "stt" if isinstance(source, stt.STT) else "tts" if isinstance(source, tts.TTS) else "other"
+        # The chain monitor records provider events, counts the metric per provider and
+        # plays the apology when a whole stage failed (issue 11).
+        handled = self.resilience is not None and self.resilience.session_error(ev)
+        with contextlib.suppress(Exception):
+            if not handled:
+                metrics.PROVIDER_FAILURES.labels(stage=stage, provider=getattr(source, "provider", "unknown")).inc()
         self.recorder.record_event(
             "agent.error",
             {"source": getattr(ev.source, "label", type(ev.source).__name__), "error": message[:500]},
         )
+
+    def _on_stage_failed(self, stage: str, message: str) -> None:
+        """Every provider of a stage failed: apologise aloud and keep the session up."""
+        now = time.monotonic()
+        if self.session is None or now - self._apology_at < 3.0:
+            return  # one apology for a burst of failures
+        self._apology_at = now
+        from agents_app.providers import apology
+
+        try:
+            apology.play(self.session)
+        except Exception:
+            logger.warning("could not play the apology", exc_info=True)
+            return
+        self.recorder.record_event("agent.apology", {"stage": stage, "error": message[:300]})
 
     def _on_close(self, ev: Any) -> None:
         self.end_reason = self.end_reason or f"session closed ({getattr(ev, 'reason', '')})"
@@ -270,9 +297,12 @@ class JobRuntime:
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         from agents_app.providers.factory import build_providers
+        from agents_app.providers.fallback import ChainMonitor, session_conn_options
 
         config = self.config
         self.recorder.start()
+        metrics.ACTIVE_SESSIONS.inc()
+        self._counted = True
         self.providers = build_providers(config.agent)
         tools = await self._build_tools()
         vad = self.ctx.proc.userdata.get("vad") or load_vad()
@@ -281,9 +311,13 @@ class JobRuntime:
             llm=self.providers.llm,
             tts=self.providers.tts,
             vad=vad,
+            conn_options=session_conn_options(config.agent),
             **session_options(allow_interruptions=config.agent.allow_interruptions),
         )
         self.session = session
+        self.resilience = ChainMonitor(record_event=self.recorder.record_event, on_stage_failed=self._on_stage_failed)
+        for stage_name in ("stt", "llm", "tts"):
+            self.resilience.watch(stage_name, getattr(self.providers, stage_name))
         session.on("conversation_item_added", self._timed(self._on_item))
         session.on("function_tools_executed", self._timed(self._on_tools_executed))
         session.on("error", self._timed(self._on_error))
@@ -363,8 +397,14 @@ class JobRuntime:
         if not self.end_reason:
             self.end_reason = self.call.hangup_reason or "caller hung up"
 
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            metrics.ACTIVE_SESSIONS.dec()
+
     async def aclose(self) -> None:
         """Graceful end: close the session, flush the open turn and all records."""
+        self._uncount()
         for task in self._tasks:
             task.cancel()
         if self.session is not None:
@@ -381,6 +421,7 @@ class JobRuntime:
 
     def abort(self) -> None:
         """Simulated crash: stop everything at once, write nothing more."""
+        self._uncount()
         self.recorder.abort()
         for task in self._tasks:
             task.cancel()
