@@ -20,6 +20,7 @@ from agents_app.worker.local_server import AgentHost, AudioChunk, StreamChannel,
 
 AudioSink = Callable[[np.ndarray, int], None]
 CONNECT_TIMEOUT_SECONDS = 15.0
+AGENT_HOST_WAIT_SECONDS = 90.0
 
 
 class TransportError(Exception):
@@ -100,14 +101,30 @@ class HostTransport(CallerTransport):
         parsed = urlparse(url)
         if parsed.scheme != "local" or not parsed.hostname or not parsed.port:
             raise TransportError(f"not a local agent host url: {url!r} (expected local://host:port)")
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(parsed.hostname, parsed.port), CONNECT_TIMEOUT_SECONDS)
-        except (OSError, TimeoutError) as exc:
+        # A host that is still loading its models refuses connections for a while (the
+        # demo starts callers and the agent together): retry refusals for a bounded time.
+        deadline = time.monotonic() + AGENT_HOST_WAIT_SECONDS
+        noted = False
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(parsed.hostname, parsed.port), CONNECT_TIMEOUT_SECONDS
+                )
+                return StreamChannel(reader, writer)
+            except ConnectionRefusedError as exc:
+                if time.monotonic() < deadline:
+                    if not noted:
+                        self.on_note(f"waiting for the local agent host at {parsed.hostname}:{parsed.port}")
+                        noted = True
+                    await asyncio.sleep(0.5)
+                    continue
+                error: Exception = exc
+            except (OSError, TimeoutError) as exc:
+                error = exc
             raise TransportError(
-                f"cannot reach the local agent host at {parsed.hostname}:{parsed.port} ({exc}); "
+                f"cannot reach the local agent host at {parsed.hostname}:{parsed.port} ({error}); "
                 "is `manage.py runagent` running? (or use --local-agent inprocess)"
-            ) from exc
-        return StreamChannel(reader, writer)
+            ) from error
 
     async def connect(self, url: str, token: str) -> None:
         self.closed = asyncio.Event()
