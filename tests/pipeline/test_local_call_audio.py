@@ -179,3 +179,18 @@ async def test_it_resumes_after_a_reconnect_and_an_agent_crash_without_greeting_
     assert sum(1 for t in turns if t["user_text"] == "") == 1  # one greeting in the whole call
     types = await db(event_types, session_id)
     assert types.count("agent.job_started") == 3
+
+
+async def test_it_ends_the_job_and_the_session_on_agent_end(agent, prewarmed, stand_in_llm):
+    session_id = await db(make_session, agent)
+    driver = await CallDriver(session_id).start()
+    await driver.wait_speaking(True)
+    await get_channel_layer().group_send(
+        broadcast.agent_control_group(session_id),
+        {"type": "agent.end", "session_id": session_id, "reason": "ended by support"},
+    )
+    await asyncio.wait_for(driver.task, 30)  # the job returns on its own
+    session = await db(session_row, session_id)
+    assert session.state == "ended" and session.end_reason == "ended by support"
+    turns = await db(turns_of, session_id)
+    assert len(turns) == 1 and turns[0]["interrupted"]  # the greeting was cut by the end
