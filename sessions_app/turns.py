@@ -144,11 +144,15 @@ def turn_record(*, session_id: UUID | str, data: dict[str, Any]) -> Turn:
     session_publish_updated(session=session)
 
     agent_label = session.agent.slug
-    transaction.on_commit(lambda: _observe(agent=agent_label, stages=stages, breaches=breaches, interrupted=interrupted, source=source))
+    transaction.on_commit(
+        lambda: _observe(agent=agent_label, stages=stages, breaches=breaches, interrupted=interrupted, source=source)
+    )
     return turn
 
 
-def _observe(*, agent: str, stages: dict[str, float | None], breaches: list[str], interrupted: bool, source: str) -> None:
+def _observe(
+    *, agent: str, stages: dict[str, float | None], breaches: list[str], interrupted: bool, source: str
+) -> None:
     """Feed the turn metrics (only ever called after the turn's commit)."""
     try:
         from sessions_app import metrics

@@ -30,7 +30,16 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGive
 _COMPANY_RE = re.compile(r"\b(?:of|at|for|from|with)\s+((?:[A-Z][\w&'-]*)(?:\s+[A-Z][\w&'-]*)*)")
 _LONG_RE = re.compile(r"\b(explain|everything|in detail|all about|tell me more|long)\b", re.I)
 _NUMBER_WORDS = {
-    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
 }
 _STOP = frozenset(
     "the a an and or of to for in on with from by this that is are be it as at your you our their "
@@ -197,7 +206,9 @@ class _OfflineStream(llm.LLMStream):
                     id=request_id,
                     delta=llm.ChoiceDelta(
                         role="assistant",
-                        tool_calls=[llm.FunctionToolCall(name=call.name, arguments=call.arguments, call_id=call.call_id)],
+                        tool_calls=[
+                            llm.FunctionToolCall(name=call.name, arguments=call.arguments, call_id=call.call_id)
+                        ],
                     ),
                 )
             )

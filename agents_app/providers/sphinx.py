@@ -161,5 +161,7 @@ class PocketSphinxSTT(stt.STT):
         return stt.SpeechEvent(
             type=stt.SpeechEventType.FINAL_TRANSCRIPT,
             request_id=utils.shortuuid(),
-            alternatives=[stt.SpeechData(language=LanguageCode(self._language), text=text, confidence=1.0 if text else 0.0)],
+            alternatives=[
+                stt.SpeechData(language=LanguageCode(self._language), text=text, confidence=1.0 if text else 0.0)
+            ],
         )

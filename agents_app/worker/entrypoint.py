@@ -210,7 +210,15 @@ class JobRuntime:
         message = f"{type(ev.error).__name__}: {ev.error}"
         self.tracker.error(message)
         source = ev.source
-        stage = "llm" if isinstance(source, llm.LLM) else "stt" if isinstance(source, stt.STT) else "tts" if isinstance(source, tts.TTS) else "other"
+        stage = (
+            "llm"
+            if isinstance(source, llm.LLM)
+            else "stt"
+            if isinstance(source, stt.STT)
+            else "tts"
+            if isinstance(source, tts.TTS)
+            else "other"
+        )
         # The chain monitor records provider events, counts the metric per provider and
         # plays the apology when a whole stage failed (issue 11).
         handled = self.resilience is not None and self.resilience.session_error(ev)
@@ -325,7 +333,9 @@ class JobRuntime:
         agent = PlatformAgent(config=config, tracker=self.tracker, tools=tools)
 
         if self.call is not None:
-            self._synchronizer = TranscriptSynchronizer(next_in_chain_audio=self.call.audio_output, next_in_chain_text=None)
+            self._synchronizer = TranscriptSynchronizer(
+                next_in_chain_audio=self.call.audio_output, next_in_chain_text=None
+            )
             session.input.audio = self.call.audio_input
             session.output.audio = self._synchronizer.audio_output
             session.output.transcription = self._synchronizer.text_output

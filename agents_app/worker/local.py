@@ -235,9 +235,7 @@ class LocalAudioInput(io.AudioInput):
         self._wakeup = asyncio.Event()
         rng = np.random.default_rng(7)
         self._noise = (
-            rng.integers(-call._noise, call._noise + 1, _SAMPLES_PER_FRAME).astype(np.int16)
-            if call._noise
-            else None
+            rng.integers(-call._noise, call._noise + 1, _SAMPLES_PER_FRAME).astype(np.int16) if call._noise else None
         )
 
     def _wake(self) -> None:
@@ -378,7 +376,9 @@ async def run_local_job(*, session_id: str, call: LocalCall) -> None:
     call._bind(asyncio.get_running_loop())
     token = _CURRENT_CALL.set(call)
     try:
-        with fake_job_context(job_id=f"local-{session_id}", job_metadata=json.dumps({"session_id": str(session_id)})) as ctx:
+        with fake_job_context(
+            job_id=f"local-{session_id}", job_metadata=json.dumps({"session_id": str(session_id)})
+        ) as ctx:
             call._job_task = asyncio.current_task()
             try:
                 await entrypoint(ctx)

@@ -45,7 +45,9 @@ def stand_in_llm(monkeypatch):
 def _assistant_texts(llm) -> list[str]:
     from livekit.agents.llm import ChatMessage
 
-    return [i.text_content or "" for i in llm.requests[-1].items if isinstance(i, ChatMessage) and i.role == "assistant"]
+    return [
+        i.text_content or "" for i in llm.requests[-1].items if isinstance(i, ChatMessage) and i.role == "assistant"
+    ]
 
 
 def _user_texts(llm) -> list[str]:

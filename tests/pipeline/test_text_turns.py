@@ -51,7 +51,9 @@ async def test_it_answers_from_the_sessions_pinned_prompt_and_metadata(agent):
 
 async def test_a_published_prompt_edit_changes_the_next_calls(agent):
     def publish_new() -> None:
-        version = prompt_draft_create(agent=agent, instructions="You answer calls for Initech.", greeting="Hi, Initech here.")
+        version = prompt_draft_create(
+            agent=agent, instructions="You answer calls for Initech.", greeting="Hi, Initech here."
+        )
         prompt_publish(version=version)
 
     await db(publish_new)

@@ -67,6 +67,8 @@ class Command(BaseCommand):
         )
         # Explicit dispatch: only jobs asked for this agent name reach this worker.
         server.rtc_session(entrypoint, agent_name=settings.LIVEKIT_AGENT_NAME)
-        self.stdout.write(f"livekit worker '{settings.LIVEKIT_AGENT_NAME}' connecting to {settings.LIVEKIT_URL} ({mode})")
+        self.stdout.write(
+            f"livekit worker '{settings.LIVEKIT_AGENT_NAME}' connecting to {settings.LIVEKIT_URL} ({mode})"
+        )
         sys.argv = [sys.argv[0], mode]  # livekit's CLI reads its sub-command from argv
         cli.run_app(server)
