@@ -40,7 +40,6 @@ MAX_INBOUND_FRAME_BYTES = 64 * 1024
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_LARGE = 4413  # mirrors HTTP 413; RFC 6455's 1009 is for the server's own limits
-CLOSE_BAD_REQUEST = 4400
 
 # A dashboard page that falls this far behind loses its oldest-pending messages (counted)
 # and gets a fresh snapshot once it has caught up.
@@ -99,6 +98,9 @@ class WatchConsumer(AsyncJsonWebsocketConsumer):
         if size > MAX_INBOUND_FRAME_BYTES:
             # The server answers the close with websocket.disconnect, which leaves the groups.
             await self.close(code=CLOSE_TOO_LARGE)
+            return
+        if data is None:
+            await self.send_error("binary frames are not accepted; send JSON text")
             return
         await super().websocket_receive(message)
 

@@ -263,6 +263,8 @@ async def test_bad_frames_get_an_error_not_a_crash(staff_user) -> None:
     await communicator.receive_json_from(timeout=TIMEOUT)
     await communicator.send_to(text_data="not json")
     assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "error"
+    await communicator.send_to(bytes_data=b"\x00\x01")
+    assert "binary" in (await communicator.receive_json_from(timeout=TIMEOUT))["detail"]
     await communicator.send_json_to({"type": "launch"})
     error = await communicator.receive_json_from(timeout=TIMEOUT)
     assert error["type"] == "error" and "launch" in error["detail"]
