@@ -51,7 +51,9 @@ def build_stt(agent: Agent) -> stt.STT:
     if agent.stt_provider == Provider.OPENAI:
         from livekit.plugins import openai
 
-        return openai.STT(model=agent.stt_model or DEFAULT_OPENAI_MODELS["stt"], language=agent.language, **_openai_kwargs())
+        return openai.STT(
+            model=agent.stt_model or DEFAULT_OPENAI_MODELS["stt"], language=agent.language, **_openai_kwargs()
+        )
     from agents_app.providers.sphinx import PocketSphinxSTT
 
     return PocketSphinxSTT(phrases=list(agent.stt_phrases or []), language=agent.language)
@@ -81,8 +83,16 @@ def build_tts(agent: Agent) -> tts.TTS:
     return PiperTTS()
 
 
-def build_providers(agent: Agent) -> Providers:
-    return Providers(stt=build_stt(agent), llm=build_llm(agent), tts=build_tts(agent))
+def build_providers(agent: Agent, *, vad: Any = None) -> Providers:
+    # Each stage is the primary plus the agent's fallbacks, chained by livekit-agents'
+    # FallbackAdapters with budgeted timeouts (issue 11; agents_app/providers/fallback.py).
+    from agents_app.providers.fallback import build_chain
+
+    return Providers(
+        stt=build_chain("stt", agent, build_stt(agent), vad=vad),
+        llm=build_chain("llm", agent, build_llm(agent)),
+        tts=build_chain("tts", agent, build_tts(agent)),
+    )
 
 
 def prewarm_offline() -> None:
@@ -91,3 +101,6 @@ def prewarm_offline() -> None:
 
     piper.load_voice()
     sphinx.warm_pool()
+    from agents_app.providers import apology
+
+    apology.prerender()  # the clip played when a whole stage fails

@@ -1,0 +1,372 @@
+"""Fallback provider chains per stage, built on livekit-agents' own FallbackAdapters.
+
+An Agent lists extra providers per stage in `stt_fallbacks` / `llm_fallbacks` /
+`tts_fallbacks` (each a list of {"provider": "openai"|"offline", "model": "...",
+"base_url": "..."}). The chain is the primary (Agent.<stage>_provider) followed by those
+entries, in order. Failing over, marking a provider unavailable and probing it until it
+recovers is done by `llm.FallbackAdapter` / `stt.FallbackAdapter` / `tts.FallbackAdapter`;
+we write no retry loop of our own and turn the adapters' per-provider retries off
+(`max_retry_per_*=0`) so a failure moves on to the next provider at once.
+
+Per-stage attempt timeouts come from the agent's latency budget (see `stage_timeouts`),
+so a hung provider fails over after a bounded, budgeted delay instead of leaving the
+caller in silence.
+
+`ChainMonitor` turns what the adapters and their providers report into session events
+(`provider.error`, `provider.failover`, `provider.recovered`, `provider.stage_failed`) and
+the `voice_provider_failures_total{stage,provider}` metric.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from livekit.agents import APIConnectOptions, llm, stt, tts
+from livekit.agents.voice.agent_session import SessionConnectOptions
+
+from agents_app.models import Agent, Provider
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("stt", "llm", "tts")
+# The attempt timeout of a stage is its budget times this factor, never below the floor:
+# a budget is what a healthy provider should take, not the point to give up on it.
+TIMEOUT_BUDGET_FACTOR = 3.0
+TIMEOUT_FLOOR_S = 1.0
+_ENTRY_KEYS = {"provider", "model", "base_url", "voice"}
+
+
+def validate_fallbacks(value: Any) -> list[dict[str, str]]:
+    """Check one stage's fallback list (admin form / services). Raises ValidationError."""
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list):
+        raise ValidationError("Fallbacks must be a list of {provider, model, base_url} objects.")
+    cleaned: list[dict[str, str]] = []
+    for n, entry in enumerate(value, start=1):
+        if not isinstance(entry, dict):
+            raise ValidationError(f"Fallback {n} must be an object with a 'provider' key.")
+        unknown = set(entry) - _ENTRY_KEYS
+        if unknown:
+            raise ValidationError(f"Fallback {n} has unknown keys: {', '.join(sorted(unknown))}.")
+        provider = entry.get("provider")
+        if provider not in Provider.values:
+            raise ValidationError(f"Fallback {n}: provider must be one of {', '.join(Provider.values)}.")
+        base_url = str(entry.get("base_url") or "")
+        if base_url and not base_url.startswith(("http://", "https://")):
+            raise ValidationError(f"Fallback {n}: base_url must be an http(s) URL.")
+        cleaned.append({k: str(v) for k, v in entry.items() if v not in (None, "")})
+    return cleaned
+
+
+def stage_timeouts(agent: Agent) -> dict[str, float]:
+    """Per-attempt timeouts (seconds) from the agent's budgets."""
+    budgets = agent.budgets_ms()
+    factor = float(getattr(settings, "PROVIDER_TIMEOUT_BUDGET_FACTOR", TIMEOUT_BUDGET_FACTOR))
+    source = {"stt": budgets["stt"], "llm": budgets["llm_ttft"], "tts": budgets["tts_ttfb"]}
+    return {stage: max(TIMEOUT_FLOOR_S, ms * factor / 1000.0) for stage, ms in source.items()}
+
+
+def session_conn_options(agent: Agent) -> SessionConnectOptions:
+    """AgentSession connect options: budgeted timeouts and no retries around the chain
+    (the framework's default of 3 retries would replay the whole chain three times)."""
+    timeouts = stage_timeouts(agent)
+    return SessionConnectOptions(
+        stt_conn_options=APIConnectOptions(max_retry=0, timeout=timeouts["stt"]),
+        llm_conn_options=APIConnectOptions(max_retry=0, timeout=timeouts["llm"]),
+        tts_conn_options=APIConnectOptions(max_retry=0, timeout=timeouts["tts"]),
+        # A whole stage failing is answered with an apology and the call goes on; the
+        # apology resets these counters, so this only ends a call that cannot talk at all.
+        max_unrecoverable_errors=5,
+    )
+
+
+def _openai_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
+    key = getattr(settings, "OPENAI_API_KEY", "")
+    base_url = entry.get("base_url") or getattr(settings, "OPENAI_BASE_URL", "")
+    if not key and not base_url:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("An openai fallback needs OPENAI_API_KEY or a base_url.")
+    kwargs: dict[str, Any] = {"api_key": key or "not-needed"}
+    if base_url:
+        kwargs["base_url"] = base_url
+    return kwargs
+
+
+def build_entry(stage: str, entry: dict[str, Any], agent: Agent) -> Any:
+    """One provider of a chain from a fallback entry."""
+    from agents_app.providers import factory
+
+    provider = entry.get("provider")
+    model = entry.get("model") or ""
+    if provider == Provider.OFFLINE:
+        if stage == "stt":
+            from agents_app.providers.sphinx import PocketSphinxSTT
+
+            return PocketSphinxSTT(phrases=list(agent.stt_phrases or []), language=agent.language)
+        if stage == "llm":
+            from agents_app.providers.offline_llm import OfflineStandInLLM
+
+            return OfflineStandInLLM()
+        from agents_app.providers.piper import PiperTTS
+
+        return PiperTTS()
+    if provider != Provider.OPENAI:
+        raise ValueError(f"unknown {stage} fallback provider {provider!r}")
+    from livekit.plugins import openai
+
+    kwargs = _openai_kwargs(entry)
+    default = factory.DEFAULT_OPENAI_MODELS[stage]
+    if stage == "stt":
+        return openai.STT(model=model or default, language=agent.language, **kwargs)
+    if stage == "llm":
+        return openai.LLM(model=model or default, **kwargs)
+    if entry.get("voice"):
+        kwargs["voice"] = entry["voice"]
+    return openai.TTS(model=model or default, **kwargs)
+
+
+def _needs_chain(primary: Any, entries: list[dict[str, Any]]) -> bool:
+    # A networked primary is wrapped even alone, so its attempt timeout applies and its
+    # outage is reported like any other; a lone offline stand-in is left as it is.
+    return bool(entries) or getattr(primary, "provider", "") != "offline"
+
+
+class TimedLLMFallback(llm.FallbackAdapter):
+    """livekit's LLM FallbackAdapter, noting when each request started (for time lost)."""
+
+    request_started_at: float = 0.0
+
+    def chat(self, **kwargs: Any) -> Any:
+        self.request_started_at = time.time()
+        return super().chat(**kwargs)
+
+
+class TimedTTSFallback(tts.FallbackAdapter):
+    """livekit's TTS FallbackAdapter, noting when each synthesis started (for time lost)."""
+
+    request_started_at: float = 0.0
+
+    def synthesize(self, text: str, **kwargs: Any) -> Any:
+        self.request_started_at = time.time()
+        return super().synthesize(text, **kwargs)
+
+    def stream(self, **kwargs: Any) -> Any:
+        self.request_started_at = time.time()
+        return super().stream(**kwargs)
+
+
+class TimedSTTFallback(stt.FallbackAdapter):
+    """livekit's STT FallbackAdapter, noting when each recognition stream started."""
+
+    request_started_at: float = 0.0
+
+    def stream(self, **kwargs: Any) -> Any:
+        self.request_started_at = time.time()
+        return super().stream(**kwargs)
+
+
+def build_chain(stage: str, agent: Agent, primary: Any, *, vad: Any = None) -> Any:
+    """The stage's provider: `primary` alone, or a FallbackAdapter over the chain."""
+    entries = validate_fallbacks(getattr(agent, f"{stage}_fallbacks", None))
+    if not _needs_chain(primary, entries):
+        return primary
+    instances = [primary, *(build_entry(stage, entry, agent) for entry in entries)]
+    timeouts = stage_timeouts(agent)
+    if stage == "llm":
+        # retry_on_chunk_sent: a stream cut off half way still fails over (the caller may
+        # hear the first words twice) instead of ending the turn mid-sentence.
+        return TimedLLMFallback(
+            instances, attempt_timeout=timeouts["llm"], max_retry_per_llm=0, retry_on_chunk_sent=True
+        )
+    if stage == "tts":
+        return TimedTTSFallback(instances, max_retry_per_tts=0)
+    if vad is None and any(not i.capabilities.streaming for i in instances):
+        from agents_app.worker.entrypoint import load_vad
+
+        vad = load_vad()
+    return TimedSTTFallback(instances, vad=vad, attempt_timeout=timeouts["stt"], max_retry_per_stt=0)
+
+
+def chain_members(adapter: Any) -> list[Any]:
+    """The providers of a FallbackAdapter, in order ([] for a plain provider)."""
+    for attr in ("_llm_instances", "_tts_instances", "_stt_instances"):
+        members = getattr(adapter, attr, None)
+        if members is not None:
+            return list(members)
+    return []
+
+
+def describe(provider: Any) -> str:
+    """`provider:model` of one provider (a StreamAdapter shows the STT it wraps)."""
+    inner = getattr(provider, "wrapped_stt", None) or getattr(provider, "_stt", None)
+    if inner is not None and getattr(provider, "provider", "") in ("", "livekit"):
+        provider = inner
+    return f"{getattr(provider, 'provider', '') or 'unknown'}:{getattr(provider, 'model', '') or 'unknown'}"
+
+
+def stage_of(source: Any) -> str:
+    if isinstance(source, llm.LLM):
+        return "llm"
+    if isinstance(source, stt.STT):
+        return "stt"
+    if isinstance(source, tts.TTS):
+        return "tts"
+    return "other"
+
+
+@dataclass
+class _LastError:
+    error_class: str
+    message: str
+    at: float
+    time_lost_ms: float | None
+
+
+@dataclass
+class ChainMonitor:
+    """Subscribes to the chains of one job and reports failures.
+
+    `record_event(type, payload)` is the job recorder's (a queue put: never blocks the
+    loop). `on_stage_failed(stage, error)` is called when every provider of a stage
+    failed (the job plays the apology there).
+    """
+
+    record_event: Callable[[str, dict[str, Any]], None]
+    on_stage_failed: Callable[[str, str], None] | None = None
+    failovers: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    _adapters: dict[int, str] = field(default_factory=dict)
+    _last: dict[int, _LastError] = field(default_factory=dict)
+    _unsubscribe: list[Callable[[], None]] = field(default_factory=list)
+
+    def watch(self, stage: str, provider: Any) -> None:
+        members = chain_members(provider)
+        if not members:
+            return
+        self._adapters[id(provider)] = stage
+        for member in members:
+            handler = self._error_handler(stage, provider, member)
+            member.on("error", handler)
+            self._unsubscribe.append(lambda m=member, h=handler: m.off("error", h))
+        changed = f"{stage}_availability_changed"
+        on_changed = self._availability_handler(stage, provider)
+        provider.on(changed, on_changed)
+        self._unsubscribe.append(lambda: provider.off(changed, on_changed))
+
+    def close(self) -> None:
+        for undo in self._unsubscribe:
+            try:
+                undo()
+            except Exception:  # already detached
+                pass
+        self._unsubscribe.clear()
+
+    def handles(self, source: Any) -> bool:
+        return id(source) in self._adapters
+
+    # -- the providers' own errors --------------------------------------------------------
+    def _error_handler(self, stage: str, adapter: Any, member: Any) -> Callable[[Any], None]:
+        def on_error(ev: Any) -> None:
+            error = ev.error
+            started = getattr(adapter, "request_started_at", 0.0) or 0.0
+            at = float(getattr(ev, "timestamp", 0.0) or time.time())
+            lost = round((at - started) * 1000.0, 1) if started and stage != "stt" else None
+            info = _LastError(type(error).__name__, str(error)[:300], at, lost)
+            self._last[id(member)] = info
+            name = describe(member)
+            payload = {
+                "stage": stage,
+                "provider": name,
+                "error_class": info.error_class,
+                "error": info.message,
+                "time_lost_ms": lost,
+                "recoverable": bool(getattr(ev, "recoverable", False)),
+            }
+            self.errors.append(payload)
+            _count_failure(stage, getattr(member, "provider", "") or name)
+            self.record_event("provider.error", payload)
+
+        return on_error
+
+    # -- the adapter's availability --------------------------------------------------------
+    def _availability_handler(self, stage: str, adapter: Any) -> Callable[[Any], None]:
+        def on_changed(ev: Any) -> None:
+            member = getattr(ev, stage)
+            name = describe(member)
+            if ev.available:
+                self.record_event("provider.recovered", {"stage": stage, "provider": name})
+                return
+            last = self._last.get(id(member))
+            members = chain_members(adapter)
+            statuses = getattr(adapter, "_status", [])
+            following = [
+                describe(m)
+                for i, m in enumerate(members)
+                if m is not member and i < len(statuses) and statuses[i].available
+            ]
+            payload = {
+                "stage": stage,
+                "provider": name,
+                "to": following[0] if following else None,
+                "error_class": last.error_class if last else "unknown",
+                "time_lost_ms": last.time_lost_ms if last else None,
+            }
+            self.failovers.append(payload)
+            self.record_event("provider.failover", payload)
+
+        return on_changed
+
+    # -- the session's error event (a whole stage failed) -------------------------------
+    def session_error(self, ev: Any) -> bool:
+        """Handle the AgentSession `error` event. True when the metric was counted here."""
+        source = ev.source
+        stage = stage_of(source)
+        chained = self.handles(source)
+        if not getattr(ev.error, "recoverable", False):
+            error = getattr(ev.error, "error", ev.error)
+            message = f"{type(error).__name__}: {error}"
+            started = getattr(source, "request_started_at", 0.0) or 0.0
+            lost = round((time.time() - started) * 1000.0, 1) if started and stage != "stt" else None
+            self.record_event(
+                "provider.stage_failed",
+                {
+                    "stage": stage,
+                    "providers": [describe(m) for m in chain_members(source)] or [describe(source)],
+                    "error_class": type(error).__name__,
+                    "time_lost_ms": lost,
+                },
+            )
+            if not chained:
+                # A lone provider: no per-provider error event came from a chain.
+                payload = {
+                    "stage": stage,
+                    "provider": describe(source),
+                    "error_class": type(error).__name__,
+                    "error": str(error)[:300],
+                    "time_lost_ms": lost,
+                    "recoverable": False,
+                }
+                self.errors.append(payload)
+                self.record_event("provider.error", payload)
+                _count_failure(stage, getattr(source, "provider", "") or "unknown")
+            if self.on_stage_failed is not None and stage in STAGES:
+                self.on_stage_failed(stage, message)
+            return True
+        return chained
+
+
+def _count_failure(stage: str, provider: str) -> None:
+    try:
+        from sessions_app import metrics
+
+        metrics.PROVIDER_FAILURES.labels(stage=stage, provider=provider).inc()
+    except Exception:  # metrics must never break a call
+        logger.debug("could not count a provider failure", exc_info=True)

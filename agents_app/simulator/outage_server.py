@@ -1,0 +1,175 @@
+"""A scripted outage server: a local OpenAI-compatible chat endpoint that fails on cue.
+
+NOT a model. It exists to simulate provider failures for the `provider-outage` scenario
+and the failover tests: it speaks the chat-completions streaming protocol (server-sent
+events, as OpenAI, Ollama or vLLM do) so the real `livekit.plugins.openai.LLM` can be
+pointed at it, and answers each request according to a script:
+
+- ``ok``    a short streamed reply (``reply`` text, or a fixed sentence)
+- ``500``   HTTP 500 with an OpenAI-style error body
+- ``429``   HTTP 429 with ``Retry-After`` (rate limited)
+- ``hang``  accept the request and send nothing for ``hang_seconds`` (past any timeout)
+- ``cut``   stream the first half of the reply, then drop the connection
+
+The ``script`` is consumed one entry per request; when it runs out, ``then`` applies
+(default ``ok``). ``down_for`` seconds makes every request fail with ``then_failure``
+for that long after start, then answer normally: "the provider is down for a while".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MODES = ("ok", "500", "429", "hang", "cut")
+DEFAULT_REPLY = "Sure, I can help with that. Your request is noted."
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None, model: str = "scripted-outage") -> bytes:
+    body = {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+@dataclass
+class ScriptedOutageServer:
+    script: list[str] = field(default_factory=list)
+    then: str = "ok"
+    reply: str = DEFAULT_REPLY
+    hang_seconds: float = 30.0
+    retry_after: int = 1
+    down_for: float = 0.0
+    then_failure: str = "500"
+    host: str = "127.0.0.1"
+    port: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for mode in [*self.script, self.then, self.then_failure]:
+            if mode not in MODES:
+                raise ValueError(f"unknown outage mode {mode!r}; use one of {', '.join(MODES)}")
+        self._queue: deque[str] = deque(self.script)
+        self._runner: web.AppRunner | None = None
+        self._started_at = 0.0
+        self._hanging: set[asyncio.Task[Any]] = set()
+
+    # -- control ---------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def set_mode(self, mode: str) -> None:
+        """From now on answer every request with `mode` (clears the script)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown outage mode {mode!r}")
+        self._queue.clear()
+        self.then = mode
+        self.down_for = 0.0
+
+    def _next_mode(self) -> str:
+        if self.down_for and time.monotonic() - self._started_at < self.down_for:
+            return self.then_failure
+        return self._queue.popleft() if self._queue else self.then
+
+    # -- HTTP ------------------------------------------------------------------------
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        mode = self._next_mode()
+        self.log.append({"at": time.time(), "mode": mode, "model": body.get("model")})
+        if mode == "500":
+            return web.json_response(
+                {"error": {"message": "scripted outage: internal error", "type": "server_error"}}, status=500
+            )
+        if mode == "429":
+            return web.json_response(
+                {"error": {"message": "scripted outage: rate limited", "type": "rate_limit_exceeded"}},
+                status=429,
+                headers={"Retry-After": str(self.retry_after)},
+            )
+        if mode == "hang":
+            task = asyncio.current_task()
+            if task is not None:
+                self._hanging.add(task)
+            try:
+                await asyncio.sleep(self.hang_seconds)
+            finally:
+                if task is not None:
+                    self._hanging.discard(task)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        split = self.reply.split()
+        words = [w + (" " if i < len(split) - 1 else "") for i, w in enumerate(split)]
+        if mode == "cut":
+            for word in words[: max(1, len(words) // 2)]:
+                await response.write(_chunk({"role": "assistant", "content": word}))
+            await asyncio.sleep(0.05)
+            if request.transport is not None:
+                request.transport.close()  # no terminating chunk: the client sees a broken stream
+            return response
+        for word in words:
+            await response.write(_chunk({"role": "assistant", "content": word}))
+        await response.write(_chunk({}, "stop"))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def start(self) -> ScriptedOutageServer:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._completions)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._started_at = time.monotonic()
+        return self
+
+    async def stop(self) -> None:
+        for task in list(self._hanging):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> ScriptedOutageServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    # -- for sync callers (the simulator command) --------------------------------------
+    def start_in_thread(self) -> ScriptedOutageServer:
+        """Serve from a daemon thread with its own loop; returns once listening."""
+        ready = threading.Event()
+        loop = asyncio.new_event_loop()
+        self._thread_loop = loop
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.start())
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=run, name="scripted-outage-server", daemon=True).start()
+        if not ready.wait(10):
+            raise RuntimeError("the scripted outage server did not start")
+        return self
+
+    def stop_thread(self) -> None:
+        loop = getattr(self, "_thread_loop", None)
+        if loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)

@@ -1,0 +1,193 @@
+"""Fallback provider chains (issue 11): the real `livekit.plugins.openai.LLM` pointed at a
+scripted outage server (a local OpenAI-compatible endpoint that fails on cue), followed by
+a healthy fallback. Each failure mode ends in a completed turn, `provider.error` and
+`provider.failover` events, and the `voice_provider_failures_total` metric.
+
+Text mode (`session.run`) where audio is not the point; the all-down case runs the audio
+path to check that the apology reaches the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from agents_app.models import Provider
+from agents_app.simulator.outage_server import ScriptedOutageServer
+from sessions_app.models import SessionEvent
+from tests.pipeline.conftest import CallDriver, db, make_session, wait_turns
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FALLBACK_REPLY = "This is the backup line answering."
+
+
+def _configure(agent: Any, *, primary_url: str, fallbacks: list[dict[str, str]]) -> None:
+    agent.llm_provider = Provider.OPENAI
+    agent.llm_model = "primary-model"
+    agent.llm_fallbacks = fallbacks
+    # A small budget keeps the hang case short: timeout = max(1 s, 3 x budget).
+    agent.budget_llm_ttft_ms = 300
+    agent.save()
+
+
+def _failures(stage: str, provider: str) -> float:
+    from sessions_app import metrics
+
+    return metrics.PROVIDER_FAILURES.labels(stage=stage, provider=provider)._value.get()
+
+
+def _events(session_id: str, prefix: str = "provider.") -> list[dict[str, Any]]:
+    return [
+        {"type": e.type, **e.payload}
+        for e in SessionEvent.objects.filter(session_id=session_id, type__startswith=prefix).order_by("seq")
+    ]
+
+
+class TextJob:
+    """The job's real handlers (JobRuntime) around a text-mode AgentSession."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+
+    async def __aenter__(self) -> TextJob:
+        from livekit.agents import AgentSession
+
+        from agents_app.providers.factory import build_providers
+        from agents_app.providers.fallback import ChainMonitor, session_conn_options
+        from agents_app.worker.config import load_job_config
+        from agents_app.worker.entrypoint import JobRuntime, PlatformAgent
+
+        config = await load_job_config(self.session_id)
+        ctx = SimpleNamespace(job=SimpleNamespace(id="text-job"), proc=SimpleNamespace(userdata={}))
+        runtime = JobRuntime(ctx=ctx, config=config, call=None)  # type: ignore[arg-type]
+        runtime.recorder.start()
+        runtime.providers = build_providers(config.agent)
+        session = AgentSession(llm=runtime.providers.llm, vad=None, conn_options=session_conn_options(config.agent))
+        runtime.session = session
+        runtime.resilience = ChainMonitor(
+            record_event=runtime.recorder.record_event, on_stage_failed=runtime._on_stage_failed
+        )
+        runtime.resilience.watch("llm", runtime.providers.llm)
+        session.on("conversation_item_added", runtime._on_item)
+        session.on("error", runtime._on_error)
+        await session.start(PlatformAgent(config=config, tracker=runtime.tracker, tools=[]))
+        self.runtime, self.session = runtime, session
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.session.aclose()
+        self.runtime.tracker.close()
+        await self.runtime.recorder.aclose()
+
+
+@pytest.mark.parametrize("mode", ["500", "429", "hang", "cut"])
+async def test_a_failing_primary_llm_fails_over_to_the_healthy_fallback(agent, settings, mode):
+    primary = ScriptedOutageServer(script=[mode], then="ok", hang_seconds=20, reply="Primary speaking, all good here.")
+    backup = ScriptedOutageServer(reply=FALLBACK_REPLY)
+    async with primary, backup:
+        settings.OPENAI_API_KEY = ""
+        settings.OPENAI_BASE_URL = primary.base_url
+        await db(
+            _configure,
+            agent,
+            primary_url=primary.base_url,
+            fallbacks=[{"provider": "openai", "model": "backup-model", "base_url": backup.base_url}],
+        )
+        session_id = await db(make_session, agent)
+        primary_label = f"127.0.0.1:{primary.port}"
+        before = _failures("llm", primary_label)
+
+        async with TextJob(session_id) as job:
+            assert type(job.runtime.providers.llm).__mro__[1].__module__ == "livekit.agents.llm.fallback_adapter"
+            result = await job.session.run(user_input="where is my parcel")
+            message = result.expect[-1].event().item
+            assert message.role == "assistant"
+            if mode == "cut":
+                # The broken stream's first words were already sent; the fallback's answer follows.
+                assert message.text_content.startswith("Primary speaking,")
+            assert message.text_content.endswith(FALLBACK_REPLY)
+
+        turns = await wait_turns(session_id, 1)
+        assert turns[-1]["user_text"] == "where is my parcel"
+        assert FALLBACK_REPLY in turns[-1]["heard_text"]
+        events = await db(_events, session_id)
+        error = next(e for e in events if e["type"] == "provider.error")
+        failover = next(e for e in events if e["type"] == "provider.failover")
+        expected_class = {
+            "500": "APIStatusError",
+            "429": "APIStatusError",
+            "hang": "APITimeoutError",
+            "cut": "APIConnectionError",
+        }
+        assert error["stage"] == "llm" and error["provider"] == f"{primary_label}:primary-model"
+        assert error["error_class"] == expected_class[mode]
+        assert failover["provider"] == f"{primary_label}:primary-model"
+        assert failover["to"] == f"127.0.0.1:{backup.port}:backup-model"
+        assert failover["time_lost_ms"] is not None and failover["time_lost_ms"] >= 0
+        assert _failures("llm", primary_label) == before + 1
+        assert primary.log[0]["mode"] == mode and backup.log, "the backup answered the turn"
+        print(f"FAILOVER {mode}: time lost {failover['time_lost_ms']} ms")
+
+
+async def test_a_lone_hung_provider_times_out_within_the_budget_instead_of_hanging(agent, settings):
+    """No fallback configured: the budgeted timeout still ends the wait, with an apology."""
+    primary = ScriptedOutageServer(script=["hang"], then="ok", hang_seconds=20)
+    async with primary:
+        settings.OPENAI_API_KEY = ""
+        settings.OPENAI_BASE_URL = primary.base_url
+        await db(_configure, agent, primary_url=primary.base_url, fallbacks=[])
+        session_id = await db(make_session, agent)
+        async with TextJob(session_id) as job:
+            first = await asyncio.wait_for(job.session.run(user_input="hello?"), 15)
+            assert "technical problem" in first.expect[-1].event().item.text_content
+            result = await job.session.run(user_input="hello again")
+            assert result.expect[-1].event().item.text_content.startswith("Sure, I can help")
+        events = await db(_events, session_id, "")
+        types = [e["type"] for e in events]
+        assert "provider.stage_failed" in types and "agent.apology" in types
+        failed = next(e for e in events if e["type"] == "provider.stage_failed")
+        assert failed["error_class"] == "APIConnectionError" and failed["stage"] == "llm"
+
+
+async def test_all_providers_down_plays_the_apology_and_the_next_turn_works_after_recovery(agent, settings, prewarmed):
+    primary = ScriptedOutageServer(then="500", reply="Primary is back, how can I help?")
+    backup = ScriptedOutageServer(then="500", reply=FALLBACK_REPLY)
+    async with primary, backup:
+        settings.OPENAI_API_KEY = ""
+        settings.OPENAI_BASE_URL = primary.base_url
+        await db(
+            _configure,
+            agent,
+            primary_url=primary.base_url,
+            fallbacks=[{"provider": "openai", "model": "backup-model", "base_url": backup.base_url}],
+        )
+        session_id = await db(make_session, agent)
+        driver = await CallDriver(session_id).start()
+        await driver.wait_speaking(True)  # the greeting
+        await driver.wait_speaking(False)
+        heard_before = driver.played_seconds
+
+        await driver.say("where is my parcel")
+        await driver.wait_speaking(True, timeout=40)
+        await driver.wait_speaking(False, timeout=40)
+        assert driver.played_seconds - heard_before > 1.0, "the apology's audio reached the caller"
+        turns = await wait_turns(session_id, 2)
+        assert "technical problem" in turns[1]["heard_text"]
+        assert "all LLMs failed" in turns[1]["error"]
+
+        primary.set_mode("ok")
+        backup.set_mode("ok")
+        await asyncio.sleep(0.5)
+        await driver.say("where is my parcel")
+        turns = await wait_turns(session_id, 3, timeout=60)
+        assert turns[2]["error"] == ""
+        assert turns[2]["heard_text"] in ("Primary is back, how can I help?", FALLBACK_REPLY)
+        await driver.hangup()
+
+    types = await db(lambda: [e["type"] for e in _events(session_id, "")])
+    assert "provider.stage_failed" in types and "agent.apology" in types
+    assert types.count("provider.error") >= 2  # both providers of the chain failed
