@@ -26,7 +26,9 @@ class PlatformClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _request(self, method: str, path: str, *, key: str, json: Any = None, headers: dict[str, str] | None = None) -> Any:
+    async def _request(
+        self, method: str, path: str, *, key: str, json: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
         all_headers = {"Authorization": f"Bearer {key}", **(headers or {})}
         url = f"{self.base_url}/api/v1{path}"
         try:
@@ -38,14 +40,21 @@ class PlatformClient:
                 if response.status >= 400:
                     body = body if isinstance(body, dict) else {}
                     detail = str(body.get("message") or body.get("detail") or response.reason or "")
-                    raise PlatformApiError(response.status, str(body.get("code", "http_error")), f"{method} {path}: {detail}")
+                    raise PlatformApiError(
+                        response.status, str(body.get("code", "http_error")), f"{method} {path}: {detail}"
+                    )
                 return body
         except aiohttp.ClientConnectionError as exc:
             raise PlatformApiError(0, "unreachable", f"cannot reach {url}: {exc}") from exc
 
-    async def session_create(self, *, agent: str, user_id: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def session_create(
+        self, *, agent: str, user_id: str, metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return await self._request(
-            "POST", "/sessions", key=self._api_key, json={"agent": agent, "user_id": user_id, "metadata": metadata or {}}
+            "POST",
+            "/sessions",
+            key=self._api_key,
+            json={"agent": agent, "user_id": user_id, "metadata": metadata or {}},
         )
 
     async def session_get(self, session_id: str) -> dict[str, Any]:

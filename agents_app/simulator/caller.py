@@ -230,8 +230,15 @@ class SimulatedCall:
         call = calls[-1]
         key = str(call.get("key") or f"{self.session_id}:{call.get('call_id')}")
         arguments = await self._tool_arguments(key)
-        answer = await self.api.tool_invoke(name=str(call["name"]), session_id=self.session_id, key=key, arguments=arguments)
-        record = {"name": call["name"], "key": key, "status": answer.get("status"), "replayed": bool(answer.get("replayed"))}
+        answer = await self.api.tool_invoke(
+            name=str(call["name"]), session_id=self.session_id, key=key, arguments=arguments
+        )
+        record = {
+            "name": call["name"],
+            "key": key,
+            "status": answer.get("status"),
+            "replayed": bool(answer.get("replayed")),
+        }
         self.result.tool_retries.append(record)
         self.note(f"retried tool {call['name']} with the same key → {record['status']}, replayed={record['replayed']}")
 
@@ -292,7 +299,9 @@ class SimulatedCall:
         need("min_tool_replays", sum(1 for c in tool_calls if c.get("replayed")), "tool replays")
         source = expect.get("interrupt_source")
         if source and interrupted and not any(t.get("interrupt_source") == source for t in interrupted):
-            problems.append(f"expected an interruption by {source}, got {[t.get('interrupt_source') for t in interrupted]}")
+            problems.append(
+                f"expected an interruption by {source}, got {[t.get('interrupt_source') for t in interrupted]}"
+            )
         for turn in interrupted:
             heard, generated = turn.get("heard_text") or "", turn.get("generated_text") or ""
             if not generated.startswith(heard) or len(heard) >= len(generated):

@@ -93,7 +93,11 @@ def transcript(detail: dict[str, Any] | None, notes: list[tuple[float, str]]) ->
             if turn.get("user_text"):
                 lines.append(f"[{turn['index']}] caller: {turn['user_text']}")
             agent_text = turn.get("heard_text") if turn.get("interrupted") else turn.get("generated_text")
-            suffix = f"  [interrupted ({turn.get('interrupt_source')}); generated: {turn.get('generated_text')}]" if turn.get("interrupted") else ""
+            suffix = (
+                f"  [interrupted ({turn.get('interrupt_source')}); generated: {turn.get('generated_text')}]"
+                if turn.get("interrupted")
+                else ""
+            )
             lines.append(f"[{turn['index']}] agent:  {agent_text or ''}{suffix}")
             for call in turn.get("tool_calls") or []:
                 lines.append(f"      tool {call.get('name')} {call.get('status')} replayed={call.get('replayed')}")

@@ -145,7 +145,7 @@ def _explain(error: jsonschema.ValidationError) -> str:
     if error.validator == "propertyNames" or "propertyNames" in error.schema_path:
         return f"unknown step {error.instance!r}; steps are: {', '.join(sorted(STEP_SCHEMAS))}"
     if error.validator in ("minProperties", "maxProperties") and list(error.absolute_path)[:1] == ["steps"]:
-        return "each step is a mapping with exactly one step name, e.g. `- say: \"Hello\"`"
+        return 'each step is a mapping with exactly one step name, e.g. `- say: "Hello"`'
     if error.validator == "additionalProperties" and not error.absolute_path:
         return f"{error.message}; allowed keys: {', '.join(sorted(SCENARIO_SCHEMA['properties']))}"
     return error.message
@@ -181,8 +181,7 @@ def load(name_or_path: str) -> Scenario:
         path = SCENARIO_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ScenarioError(
-            f"no scenario {name_or_path!r}: not a file, and not one of the shipped scenarios "
-            f"({', '.join(available())})"
+            f"no scenario {name_or_path!r}: not a file, and not one of the shipped scenarios ({', '.join(available())})"
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

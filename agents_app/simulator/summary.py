@@ -43,7 +43,9 @@ def summarize(results: list[Any]) -> dict[str, Any]:
             tool_calls += 1
             tool_replays += bool(retry.get("replayed"))
         if not result.ok:
-            errors.append(f"call {result.number} ({result.scenario}, {result.session_id or 'no session'}): {result.error}")
+            errors.append(
+                f"call {result.number} ({result.scenario}, {result.session_id or 'no session'}): {result.error}"
+            )
     return {
         "calls": len(results),
         "completed": sum(1 for r in results if r.ok),
@@ -55,7 +57,8 @@ def summarize(results: list[Any]) -> dict[str, Any]:
         "tool_replays": tool_replays,
         "budget_breaches": breaches,
         "stage_ms": {
-            stage: {"p50": percentile(values, 50), "p95": percentile(values, 95)} for stage, values in stage_values.items()
+            stage: {"p50": percentile(values, 50), "p95": percentile(values, 95)}
+            for stage, values in stage_values.items()
         },
         "session_ids": [r.session_id for r in results if r.session_id],
         "errors": errors,

@@ -273,11 +273,15 @@ class CallBridge:
         self.jobs += 1
         self._job_done.clear()
         call = LocalCall(input_noise_lsb=INPUT_NOISE_LSB)
-        call.on_agent_speaking(lambda speaking: self._outbox.put_nowait({"type": "agent.speaking", "speaking": speaking}))
+        call.on_agent_speaking(
+            lambda speaking: self._outbox.put_nowait({"type": "agent.speaking", "speaking": speaking})
+        )
         self.call = call
         # The pump first: it must be listening before the job plays its first frame.
         self._pump = asyncio.create_task(self._pump_agent_audio(call), name=f"local-pump-{self.session_id}")
-        self._job = asyncio.create_task(run_local_job(session_id=self.session_id, call=call), name=f"local-job-{self.session_id}")
+        self._job = asyncio.create_task(
+            run_local_job(session_id=self.session_id, call=call), name=f"local-job-{self.session_id}"
+        )
         self._job.add_done_callback(self._on_job_done)
 
     def _on_job_done(self, task: asyncio.Task[Any]) -> None:
@@ -361,14 +365,18 @@ class CallBridge:
                     break
                 if kind == "control" and message.get("action") == "agent-restart":
                     if not self.allow_control:
-                        self._outbox.put_nowait({"type": "error", "code": "forbidden", "message": "control is disabled"})
+                        self._outbox.put_nowait(
+                            {"type": "error", "code": "forbidden", "message": "control is disabled"}
+                        )
                         continue
                     await self.restart()
                     continue
                 if kind == "ping":
                     self._outbox.put_nowait({"type": "pong"})
                     continue
-                self._outbox.put_nowait({"type": "error", "code": "unknown_message", "message": f"unknown message {kind!r}"})
+                self._outbox.put_nowait(
+                    {"type": "error", "code": "unknown_message", "message": f"unknown message {kind!r}"}
+                )
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"
             self._outbox.put_nowait({"type": "error", "code": "protocol_error", "message": str(exc)})
@@ -398,7 +406,9 @@ class AgentHost:
             await channel.close()
             return
         if not isinstance(hello, dict) or hello.get("type") != "hello":
-            await channel.send({"type": "error", "code": "hello_expected", "message": "the first message must be a hello"})
+            await channel.send(
+                {"type": "error", "code": "hello_expected", "message": "the first message must be a hello"}
+            )
             await channel.close()
             return
         try:

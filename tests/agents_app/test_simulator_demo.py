@@ -66,7 +66,9 @@ def test_output_lines_carry_the_process_name() -> None:
     proc.wait(timeout=20)
     time.sleep(0.3)
     supervisor.stop_all()
-    assert any(line.split("|")[0].split()[-1] == "echo" and "hello from child" in line for line in out.getvalue().splitlines())
+    assert any(
+        line.split("|")[0].split()[-1] == "echo" and "hello from child" in line for line in out.getvalue().splitlines()
+    )
 
 
 @pytest.mark.django_db

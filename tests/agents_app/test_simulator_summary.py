@@ -6,7 +6,14 @@ from agents_app.simulator.caller import CallResult
 from agents_app.simulator.summary import SUMMARY_STAGES, percentile, summarize
 
 
-def _turn(index: int, *, e2e: float | None = None, interrupted: bool = False, tools: list | None = None, breaches: list | None = None) -> dict:
+def _turn(
+    index: int,
+    *,
+    e2e: float | None = None,
+    interrupted: bool = False,
+    tools: list | None = None,
+    breaches: list | None = None,
+) -> dict:
     stages = {stage: None for stage in ("eou", "stt", "llm_ttft", "tool", "tts_ttfb", "ttfa", "e2e")}
     stages["e2e"] = e2e
     return {

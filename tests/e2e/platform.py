@@ -166,7 +166,10 @@ class Platform:
         picked = [
             line
             for i, line in enumerate(lines)
-            if " 500 " in line or "ERROR" in line or "Traceback" in line or any("Traceback" in p for p in lines[max(0, i - 25) : i])
+            if " 500 " in line
+            or "ERROR" in line
+            or "Traceback" in line
+            or any("Traceback" in p for p in lines[max(0, i - 25) : i])
         ]
         return "\n".join(picked[-limit:])
 

@@ -58,7 +58,9 @@ class DashboardListener:
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
         assert token, "no CSRF token on the admin login page"
         form = {"username": "staff", "password": "voice-demo", "csrfmiddlewaretoken": token.group(1), "next": "/admin/"}
-        async with self._http.post(f"{base}/admin/login/", data=form, headers={"Referer": f"{base}/admin/login/"}) as done:
+        async with self._http.post(
+            f"{base}/admin/login/", data=form, headers={"Referer": f"{base}/admin/login/"}
+        ) as done:
             assert done.status in (200, 302)
         ws = await self._http.ws_connect(f"ws://127.0.0.1:{self.platform.port}/ws/dashboard/", headers={"Origin": base})
         first = await ws.receive_json(timeout=20)
@@ -100,7 +102,9 @@ async def run_scenario(
     assert SUMMARY_KEYS <= set(summary), f"summary keys missing: {SUMMARY_KEYS - set(summary)}"
     assert set(summary["stage_ms"]) == set(STAGES)
     assert summary["calls"] == 2
-    assert summary["completed"] == 2, f"{summary['errors']}\n{output[-4000:]}\nplatform errors:\n{platform.server_errors()}"
+    assert summary["completed"] == 2, (
+        f"{summary['errors']}\n{output[-4000:]}\nplatform errors:\n{platform.server_errors()}"
+    )
     assert summary["failed"] == 0 and summary["errors"] == []
     assert len(summary["session_ids"]) == 2
     details = []

@@ -151,18 +151,25 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1", help="Web server address (default %(default)s).")
         parser.add_argument("--port", type=int, default=8000, help="Web server port (default %(default)s).")
         parser.add_argument("--no-traffic", action="store_true", help="Do not run simulated calls.")
-        parser.add_argument("--duration", type=float, default=0, help="Stop after this many seconds (default: run until Ctrl-C).")
+        parser.add_argument(
+            "--duration", type=float, default=0, help="Stop after this many seconds (default: run until Ctrl-C)."
+        )
         parser.add_argument(
             "--scenarios",
             default=",".join(DEFAULT_TRAFFIC),
             help="Scenarios the traffic cycles through (default %(default)s).",
         )
-        parser.add_argument("--pause", type=float, default=3.0, help="Seconds between simulated calls (default %(default)s).")
+        parser.add_argument(
+            "--pause", type=float, default=3.0, help="Seconds between simulated calls (default %(default)s)."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = options["host"], options["port"]
         base_url = f"http://{host}:{port}"
-        for what, h, p in (("web server", host, port), ("local agent host", settings.LOCAL_AGENT_HOST, settings.LOCAL_AGENT_PORT)):
+        for what, h, p in (
+            ("web server", host, port),
+            ("local agent host", settings.LOCAL_AGENT_HOST, settings.LOCAL_AGENT_PORT),
+        ):
             if settings.LIVEKIT_URL and what == "local agent host":
                 continue
             if not port_free(h, p):
@@ -185,7 +192,9 @@ class Command(BaseCommand):
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         traffic: threading.Thread | None = None
         try:
-            supervisor.start("web", [py, "-m", "daphne", "-b", host, "-p", str(port), "voiceplatform.asgi:application"], env)
+            supervisor.start(
+                "web", [py, "-m", "daphne", "-b", host, "-p", str(port), "voiceplatform.asgi:application"], env
+            )
             supervisor.start(
                 "celery",
                 [py, "-m", "celery", "-A", "voiceplatform", "worker", "-B", "--concurrency", "1", "--loglevel", "INFO",
@@ -273,7 +282,17 @@ class Command(BaseCommand):
         for number, name in enumerate(itertools.cycle([n.strip() for n in scenario_names if n.strip()]), start=1):
             if stop.is_set():
                 return
-            argv = [sys.executable, "manage.py", "simulate_calls", "--scenario", name, "--calls", "1", "--base-url", base_url]
+            argv = [
+                sys.executable,
+                "manage.py",
+                "simulate_calls",
+                "--scenario",
+                name,
+                "--calls",
+                "1",
+                "--base-url",
+                base_url,
+            ]
             proc = supervisor.start(f"sim-{number % 100:02d}", argv, env)
             if proc is None:
                 return

@@ -34,8 +34,12 @@ class Command(BaseCommand):
             f"shipped one ({', '.join(scenarios.available())}). Default: basic.",
         )
         parser.add_argument("--json", action="store_true", help="Print the JSON summary as the last line of stdout.")
-        parser.add_argument("--record", metavar="DIR", help="Write a stereo WAV (caller left, agent right) and a transcript per call.")
-        parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="The platform's web server (default %(default)s).")
+        parser.add_argument(
+            "--record", metavar="DIR", help="Write a stereo WAV (caller left, agent right) and a transcript per call."
+        )
+        parser.add_argument(
+            "--base-url", default="http://127.0.0.1:8000", help="The platform's web server (default %(default)s)."
+        )
         parser.add_argument(
             "--api-key",
             default="",
@@ -91,7 +95,11 @@ class Command(BaseCommand):
             shared_db=shared_db,
             livekit=livekit,
         )
-        transport = "LiveKit rooms" if livekit else ("in-process agent jobs" if options["local_agent"] == "inprocess" else "the url the API returns")
+        transport = (
+            "LiveKit rooms"
+            if livekit
+            else ("in-process agent jobs" if options["local_agent"] == "inprocess" else "the url the API returns")
+        )
         self._line(
             f"simulating {run_options.calls} call(s), {run_options.concurrency} at a time, scenario(s) "
             f"{', '.join(s.name for s in loaded)}, against {run_options.base_url} via {transport}"
