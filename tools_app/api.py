@@ -10,6 +10,7 @@ from ninja import Field, Router, Schema
 
 from sessions_app.auth import ApiKeyAuth
 from sessions_app.models import ApiScope, VoiceSession
+from sessions_app.schemas import ErrorOut
 from tools_app.selectors import tool_by_name
 from tools_app.services import LedgerError, tool_invoke
 from voiceplatform.api_errors import ApiError
@@ -33,7 +34,16 @@ class ToolInvokeOut(Schema):
 @router.post(
     "/{name}/invoke",
     auth=agent_key_auth,
-    response={200: ToolInvokeOut, 202: ToolInvokeOut},
+    response={
+        200: ToolInvokeOut,
+        202: ToolInvokeOut,
+        400: ErrorOut,
+        401: ErrorOut,
+        403: ErrorOut,
+        404: ErrorOut,
+        409: ErrorOut,
+        422: ErrorOut,
+    },
     summary="Invoke a tool, at most once per Idempotency-Key",
     description=(
         "Send the same `Idempotency-Key` header to retry safely: the same key and body return the "
