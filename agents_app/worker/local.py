@@ -61,7 +61,7 @@ class JobKilled(Exception):
 class LocalCall:
     """One caller's audio connection to an in-process agent job."""
 
-    def __init__(self, *, input_noise_lsb: int = 0) -> None:
+    def __init__(self, *, input_noise_lsb: int = 0, impairment: Any = None) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._pending = bytearray()  # caller PCM at 16 kHz, not yet fed to the agent
@@ -72,6 +72,8 @@ class LocalCall:
         self._speaking = False
         self._speaking_changed = asyncio.Event()
         self._noise = input_noise_lsb
+        # Optional network impairment of the caller's frames (worker/impairment.py).
+        self.impairment = impairment
         self.hangup_reason = ""
         self.audio_input = LocalAudioInput(self)
         self.audio_output = LocalAudioOutput(self)
@@ -259,6 +261,8 @@ class LocalAudioInput(io.AudioInput):
         if self._noise is not None:
             pcm = np.frombuffer(data, dtype=np.int16).astype(np.int32) + self._noise
             data = np.clip(pcm, -32768, 32767).astype(np.int16).tobytes()
+        if self._call.impairment is not None:
+            data = await self._call.impairment.deliver(data, due=self._next_at - FRAME_MS / 1000)
         return rtc.AudioFrame(data, INPUT_SAMPLE_RATE, 1, _SAMPLES_PER_FRAME)
 
 
