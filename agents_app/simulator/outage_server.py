@@ -11,6 +11,9 @@ pointed at it, and answers each request according to a script:
 - ``hang``  accept the request and send nothing for ``hang_seconds`` (past any timeout)
 - ``cut``   stream the first half of the reply, then drop the connection
 
+It also serves ``/v1/audio/speech`` (the openai TTS plugin's endpoint) with the same
+modes, answering ``ok`` with Piper speech as 24 kHz PCM, for TTS outages.
+
 The ``script`` is consumed one entry per request; when it runs out, ``then`` applies
 (default ``ok``). ``down_for`` seconds makes every request fail with ``then_failure``
 for that long after start, then answer normally: "the provider is down for a while".
@@ -41,6 +44,18 @@ def _chunk(delta: dict[str, Any], finish: str | None = None, model: str = "scrip
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def _speech_pcm24k(text: str) -> bytes:
+    import numpy as np
+
+    from agents_app.providers import piper
+
+    audio, rate = piper.synthesize(text)
+    if rate != 24000 and len(audio):
+        positions = np.linspace(0, len(audio) - 1, int(len(audio) * 24000 / rate))
+        audio = np.interp(positions, np.arange(len(audio)), audio.astype(np.float32)).astype(np.int16)
+    return audio.astype(np.int16).tobytes()
 
 
 @dataclass
@@ -88,16 +103,8 @@ class ScriptedOutageServer:
         body = await request.json()
         mode = self._next_mode()
         self.log.append({"at": time.time(), "mode": mode, "model": body.get("model")})
-        if mode == "500":
-            return web.json_response(
-                {"error": {"message": "scripted outage: internal error", "type": "server_error"}}, status=500
-            )
-        if mode == "429":
-            return web.json_response(
-                {"error": {"message": "scripted outage: rate limited", "type": "rate_limit_exceeded"}},
-                status=429,
-                headers={"Retry-After": str(self.retry_after)},
-            )
+        if mode in ("500", "429"):
+            return await self._fail(mode)
         if mode == "hang":
             task = asyncio.current_task()
             if task is not None:
@@ -125,9 +132,40 @@ class ScriptedOutageServer:
         await response.write_eof()
         return response
 
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        """`/v1/audio/speech`: Piper speech as 24 kHz PCM (what the openai TTS plugin reads)."""
+        body = await request.json()
+        mode = self._next_mode()
+        self.log.append({"at": time.time(), "mode": mode, "model": body.get("model"), "input": body.get("input")})
+        if mode in ("500", "429"):
+            return await self._fail(mode)
+        if mode == "hang":
+            await asyncio.sleep(self.hang_seconds)
+        pcm = await asyncio.to_thread(_speech_pcm24k, str(body.get("input") or ""))
+        response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
+        await response.prepare(request)
+        if mode == "cut":
+            await response.write(pcm[: len(pcm) // 4 * 2])
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write(pcm)
+        await response.write_eof()
+        return response
+
+    async def _fail(self, mode: str) -> web.Response:
+        if mode == "429":
+            return web.json_response(
+                {"error": {"message": "scripted outage: rate limited", "type": "rate_limit_exceeded"}},
+                status=429,
+                headers={"Retry-After": str(self.retry_after)},
+            )
+        return web.json_response({"error": {"message": "scripted outage: internal error", "type": "server_error"}}, status=500)
+
     async def start(self) -> ScriptedOutageServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_post("/v1/audio/speech", self._speech)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)

@@ -191,3 +191,37 @@ async def test_all_providers_down_plays_the_apology_and_the_next_turn_works_afte
     types = await db(lambda: [e["type"] for e in _events(session_id, "")])
     assert "provider.stage_failed" in types and "agent.apology" in types
     assert types.count("provider.error") >= 2  # both providers of the chain failed
+
+
+async def test_a_tts_that_fails_mid_answer_hands_the_rest_to_the_next_tts(agent, settings, prewarmed):
+    """The openai TTS plugin against the scripted server: the greeting's first sentence
+    comes from it, the second fails (500) and the offline TTS speaks the rest."""
+    speech = ScriptedOutageServer(script=["ok", "500"], then="500")
+    async with speech:
+        settings.OPENAI_API_KEY = ""
+        settings.OPENAI_BASE_URL = speech.base_url
+
+        def use_openai_tts() -> None:
+            agent.tts_provider = Provider.OPENAI
+            agent.tts_model = "scripted-tts"
+            agent.tts_fallbacks = [{"provider": "offline"}]
+            agent.save()
+
+        await db(use_openai_tts)
+        session_id = await db(make_session, agent)
+        driver = await CallDriver(session_id).start()
+        await driver.wait_speaking(True, timeout=40)
+        await driver.wait_speaking(False, timeout=40)
+        turns = await wait_turns(session_id, 1)
+        await driver.hangup()
+
+    greeting = "Hello, this is Acme support. How can I help?"
+    assert turns[0]["heard_text"] == greeting and not turns[0]["error"]
+    # Both sentences were heard: ~2.5 s of speech, not just the first sentence's ~1.5 s.
+    assert driver.played_seconds > 2.2, driver.played_seconds
+    assert [entry["mode"] for entry in speech.log[:2]] == ["ok", "500"]
+    events = await db(_events, session_id)
+    failover = next(e for e in events if e["type"] == "provider.failover")
+    assert failover["stage"] == "tts" and failover["to"] == "offline:piper/en_US-joe-medium"
+    assert failover["error_class"] == "APIStatusError"
+    print(f"FAILOVER tts mid-answer: time lost {failover['time_lost_ms']} ms")
