@@ -35,8 +35,8 @@ DEFAULT_BUDGETS_MS: dict[str, int] = {
     "llm_ttft": 500,
     "tool": 1500,
     "tts_ttfb": 300,
-    "ttfa": 1200,
-    "e2e": 1500,
+    "ttfa": 900,
+    "e2e": 1000,
 }
 
 
