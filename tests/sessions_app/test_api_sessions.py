@@ -92,7 +92,7 @@ def test_it_returns_state_turns_and_latencies_in_the_detail(http, agent, owner_c
     assert first["interrupted"] is True and first["interrupt_source"] == "client"
     assert first["stages_ms"]["stt"] == 100 and first["stages_ms"]["e2e"] == 900
     assert first["tool_calls"] == [{"name": "place_order", "status": "ok"}]
-    assert detail["turns"][1]["breaches"] == ["e2e"]  # 2000 ms over the 1500 ms default budget
+    assert detail["turns"][1]["breaches"] == ["e2e"]  # 2000 ms over the 1000 ms default budget
     assert detail["stage_avg_ms"]["stt"] == 200 and detail["stage_avg_ms"]["tts_ttfb"] is None
 
 
