@@ -56,7 +56,6 @@ class CreateIn(BaseModel):
     metadata: dict[str, Any] = {}
 
 
-
 def build_peer_app() -> Any:
     import uuid
 
@@ -78,12 +77,21 @@ def build_peer_app() -> Any:
         sid = uuid.uuid4()
         room = f"vs-{sid.hex}"
         VoiceSession.objects.create(
-            id=sid, caller_id=PEER_CALLER, room_name=room, agent_id=agent.pk,
-            prompt_version_id=version_id, metadata=body.metadata,
+            id=sid,
+            caller_id=PEER_CALLER,
+            room_name=room,
+            agent_id=agent.pk,
+            prompt_version_id=version_id,
+            metadata=body.metadata,
         )
         token = caller_token_mint(room=room, caller_id=body.user_id)
-        return {"session_id": str(sid), "room": room, "url": client_url(), "token": token.token,
-                "expires_at": token.expires_at.isoformat()}
+        return {
+            "session_id": str(sid),
+            "room": room,
+            "url": client_url(),
+            "token": token.token,
+            "expires_at": token.expires_at.isoformat(),
+        }
 
     return app
 
@@ -139,8 +147,21 @@ def _start_platform(port: int, server: str, workers: int, db_pool: bool) -> list
         # opens a PostgreSQL connection (and persistent ones leak). See docs/api.md.
         env["DB_POOL"] = "1"
     if server == "uvicorn":
-        cmd = [py, "-m", "uvicorn", "voiceplatform.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
+        cmd = [
+            py,
+            "-m",
+            "uvicorn",
+            "voiceplatform.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--workers",
+            str(workers),
+        ]
         return [subprocess.Popen(cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL, env=env)]
     # daphne has no --workers; several daphne processes would need a balancer in front.
     cmd = [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", "voiceplatform.asgi:application"]
@@ -228,8 +249,12 @@ async def _open_loop(url: str, headers: dict[str, str], body: bytes, rate: float
 
         start = time.monotonic() + 0.2
         await asyncio.gather(*(one(start + i / rate) for i in range(total)))
-    return {"p50_ms": _percentile(latencies, 50), "p99_ms": _percentile(latencies, 99), "errors": errors,
-            "completed": len(latencies)}
+    return {
+        "p50_ms": _percentile(latencies, 50),
+        "p99_ms": _percentile(latencies, 99),
+        "errors": errors,
+        "completed": len(latencies),
+    }
 
 
 async def _measure(url: str, headers: dict[str, str], args: argparse.Namespace) -> dict:
@@ -261,8 +286,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients for the throughput phase")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--db-pool", action=argparse.BooleanOptionalAction, default=True,
-                        help="run the platform with DB_POOL=1 (PostgreSQL only)")
+    parser.add_argument(
+        "--db-pool",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the platform with DB_POOL=1 (PostgreSQL only)",
+    )
     parser.add_argument("--serve-peer", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_peer:
@@ -290,22 +319,26 @@ def main() -> None:
         _cleanup()
 
     platform, peer = results["platform"], results["peer"]
-    print(json.dumps({
-        "name": "token_api",
-        "platform_rps": platform["rps"],
-        "peer_rps": peer["rps"],
-        "ratio": round(platform["rps"] / peer["rps"], 3) if peer["rps"] else None,
-        "platform_p50_ms": platform["p50_ms"],
-        "platform_p99_ms": platform["p99_ms"],
-        "peer_p99_ms": peer["p99_ms"],
-        "peer_p50_ms": peer["p50_ms"],
-        "rate": args.rate,
-        "server": args.server,
-        "workers": args.workers if args.server == "uvicorn" else 1,
-        "db_pool": db_pool,
-        "errors": {"platform": platform["errors"], "peer": peer["errors"]},
-        "database": "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite",
-    }))
+    print(
+        json.dumps(
+            {
+                "name": "token_api",
+                "platform_rps": platform["rps"],
+                "peer_rps": peer["rps"],
+                "ratio": round(platform["rps"] / peer["rps"], 3) if peer["rps"] else None,
+                "platform_p50_ms": platform["p50_ms"],
+                "platform_p99_ms": platform["p99_ms"],
+                "peer_p99_ms": peer["p99_ms"],
+                "peer_p50_ms": peer["p50_ms"],
+                "rate": args.rate,
+                "server": args.server,
+                "workers": args.workers if args.server == "uvicorn" else 1,
+                "db_pool": db_pool,
+                "errors": {"platform": platform["errors"], "peer": peer["errors"]},
+                "database": "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

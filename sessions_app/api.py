@@ -199,7 +199,10 @@ def browser_create_session(request: HttpRequest, payload: BrowserSessionCreateIn
 
 
 @router.get(
-    "/browser/sessions/{session_id}", auth=browser_auth, response={200: SessionDetailOut, **OBJECT_ERRORS}, tags=["browser"]
+    "/browser/sessions/{session_id}",
+    auth=browser_auth,
+    response={200: SessionDetailOut, **OBJECT_ERRORS},
+    tags=["browser"],
 )
 def browser_get_session(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
     return selectors.session_detail(_owned(request, session_id))
@@ -252,4 +255,3 @@ def livekit_webhook(request: HttpRequest) -> dict[str, Any]:
         raise ApiError(400, "invalid_webhook", "The webhook body is not UTF-8.") from exc
     _, created = webhook_receive(body=body, authorization=request.headers.get("Authorization", ""))
     return {"received": True, "duplicate": not created}
-

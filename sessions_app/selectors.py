@@ -25,7 +25,9 @@ def sessions_owned(*, api_client: ApiClient | None = None, user: Any = None) -> 
     return qs.none()
 
 
-def session_owned_get(*, session_id: UUID, api_client: ApiClient | None = None, user: Any = None) -> VoiceSession | None:
+def session_owned_get(
+    *, session_id: UUID, api_client: ApiClient | None = None, user: Any = None
+) -> VoiceSession | None:
     return sessions_owned(api_client=api_client, user=user).filter(pk=session_id).first()
 
 
@@ -84,8 +86,4 @@ def session_detail(session: VoiceSession) -> dict[str, Any]:
 
 def agents_callable() -> QuerySet[Agent]:
     """Active agents with a published prompt: the ones a call can be started with."""
-    return (
-        Agent.objects.filter(active=True, prompt_versions__status=PromptStatus.PUBLISHED)
-        .distinct()
-        .order_by("name")
-    )
+    return Agent.objects.filter(active=True, prompt_versions__status=PromptStatus.PUBLISHED).distinct().order_by("name")

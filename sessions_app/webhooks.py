@@ -88,7 +88,9 @@ def webhook_event_process(*, event_id: str) -> bool:
     row = LiveKitWebhookEvent.objects.select_for_update().filter(event_id=event_id).first()
     if row is None or row.processed_at is not None:
         return False
-    session = VoiceSession.objects.select_for_update().filter(room_name=row.room_name).first() if row.room_name else None
+    session = (
+        VoiceSession.objects.select_for_update().filter(room_name=row.room_name).first() if row.room_name else None
+    )
     if session is not None and row.event in HANDLED_EVENTS:
         _apply(session=session, row=row)
     row.processed_at = timezone.now()
@@ -120,7 +122,9 @@ def _apply(*, session: VoiceSession, row: LiveKitWebhookEvent) -> None:
 
     if row.event == "participant_joined":
         counted = _count_rejoin(session=session)
-        session_event_append(session_id=session.pk, type="caller.joined", payload={**base, "reconnect_counted": counted})
+        session_event_append(
+            session_id=session.pk, type="caller.joined", payload={**base, "reconnect_counted": counted}
+        )
         if session.state in (SessionState.CREATED, SessionState.RECONNECTING):
             session_transition(session_id=session.pk, to_state=SessionState.ACTIVE, reason="caller_joined")
         elif counted:
@@ -142,7 +146,10 @@ def _count_rejoin(*, session: VoiceSession) -> bool:
     from sessions_app.metrics import RECONNECTS
 
     previous_join = (
-        SessionEvent.objects.filter(session=session, type="caller.joined").order_by("-seq").values_list("seq", flat=True).first()
+        SessionEvent.objects.filter(session=session, type="caller.joined")
+        .order_by("-seq")
+        .values_list("seq", flat=True)
+        .first()
     )
     if previous_join is None:
         return False

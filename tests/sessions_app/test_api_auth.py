@@ -56,8 +56,15 @@ def test_the_owner_may_use_every_endpoint(http, owned_session, owner_client, met
 
 
 @pytest.mark.parametrize(("method", "path", "ok"), ALL_ENDPOINTS)
-@pytest.mark.parametrize("headers", [{}, {"HTTP_AUTHORIZATION": "Bearer vp_wrong"}, {"HTTP_AUTHORIZATION": "Basic abc"},
-                                     {"HTTP_AUTHORIZATION": "Bearer "}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"HTTP_AUTHORIZATION": "Bearer vp_wrong"},
+        {"HTTP_AUTHORIZATION": "Basic abc"},
+        {"HTTP_AUTHORIZATION": "Bearer "},
+    ],
+)
 def test_it_rejects_missing_or_wrong_keys_with_401(http, owned_session, method, path, ok, headers):
     response = _call(http, method, path.format(id=owned_session), headers)
     assert response.status_code == 401

@@ -68,8 +68,10 @@ def test_it_requires_a_login_for_every_browser_endpoint(agent, caller, owner_cli
     _, key = owner_client
     for http, headers in ((anonymous, {}), (anonymous, {"HTTP_AUTHORIZATION": f"Bearer {key}"})):
         url = path.format(id=sid)
-        response = getattr(http, method)(url, **headers) if method == "get" else http.post(
-            url, data=json.dumps({"agent": "support"}), content_type="application/json", **headers
+        response = (
+            getattr(http, method)(url, **headers)
+            if method == "get"
+            else http.post(url, data=json.dumps({"agent": "support"}), content_type="application/json", **headers)
         )
         assert response.status_code == 401, (url, response.content)
         assert response.json()["code"] == "login_required"
@@ -92,10 +94,16 @@ def test_the_owner_controls_the_call_and_others_get_404(agent, caller, outsider_
     assert _browser(outsider_user).get(f"/api/v1/browser/sessions/{sid}").status_code == 404
     # An API client's session is never reachable through the browser endpoints, even by id.
     _, key = owner_client
-    api_sid = Client().post(
-        "/api/v1/sessions", data=json.dumps({"agent": "support", "user_id": "x"}),
-        content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}",
-    ).json()["session_id"]
+    api_sid = (
+        Client()
+        .post(
+            "/api/v1/sessions",
+            data=json.dumps({"agent": "support", "user_id": "x"}),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {key}",
+        )
+        .json()["session_id"]
+    )
     assert _browser(caller).post(f"/api/v1/browser/sessions/{api_sid}/{action}").status_code == 404
     response = _browser(caller).post(f"/api/v1/browser/sessions/{sid}/{action}")
     assert response.status_code == ok, response.content
@@ -114,7 +122,8 @@ def test_it_rejects_an_unknown_agent_from_the_browser(agent, caller):
 
 def test_it_does_not_accept_a_caller_id_from_the_browser(agent, caller):
     response = _browser(caller).post(
-        "/api/v1/browser/sessions", data=json.dumps({"agent": "support", "user_id": "someone-else"}),
+        "/api/v1/browser/sessions",
+        data=json.dumps({"agent": "support", "user_id": "someone-else"}),
         content_type="application/json",
     )
     assert response.status_code == 422

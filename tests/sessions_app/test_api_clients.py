@@ -27,8 +27,10 @@ def test_it_prints_a_working_key_alone_on_the_last_line_and_stores_only_its_hash
     assert client.scope == ApiScope.CLIENT
     assert client.key_hash == hash_api_key(key) and key not in (client.key_hash, client.key_prefix)
     response = Client().post(
-        "/api/v1/sessions", data=json.dumps({"agent": "support", "user_id": "u"}),
-        content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}",
+        "/api/v1/sessions",
+        data=json.dumps({"agent": "support", "user_id": "u"}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
     )
     assert response.status_code == 201
 

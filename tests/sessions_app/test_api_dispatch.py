@@ -60,7 +60,9 @@ class LiveKitDouble:
         if self.fail_with:
             return web.json_response({"code": "internal", "msg": "boom"}, status=self.fail_with)
         self.dispatches.append(req)
-        reply = AgentDispatch(id=f"AD_{len(self.dispatches)}", agent_name=req.agent_name, room=req.room, metadata=req.metadata)
+        reply = AgentDispatch(
+            id=f"AD_{len(self.dispatches)}", agent_name=req.agent_name, room=req.room, metadata=req.metadata
+        )
         return web.Response(body=reply.SerializeToString(), content_type="application/protobuf")
 
     async def delete_room(self, request: web.Request) -> web.Response:
@@ -109,8 +111,10 @@ def livekit_double() -> Iterator[LiveKitDouble]:
 
 def _create(key: str):
     return Client().post(
-        "/api/v1/sessions", data=json.dumps({"agent": "support", "user_id": "u1"}),
-        content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}",
+        "/api/v1/sessions",
+        data=json.dumps({"agent": "support", "user_id": "u1"}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
     )
 
 
@@ -152,7 +156,9 @@ def test_a_server_that_refuses_our_signature_is_a_dispatch_failure(livekit_doubl
 
 
 def test_an_unreachable_server_is_a_dispatch_failure(agent, owner_client):
-    with override_settings(LIVEKIT_URL="ws://127.0.0.1:9", LIVEKIT_LOCAL_MODE=False, LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET):
+    with override_settings(
+        LIVEKIT_URL="ws://127.0.0.1:9", LIVEKIT_LOCAL_MODE=False, LIVEKIT_API_KEY=KEY, LIVEKIT_API_SECRET=SECRET
+    ):
         response = _create(owner_client[1])
     assert response.status_code == 502 and response.json()["code"] == "dispatch_failed"
 

@@ -33,8 +33,10 @@ def http() -> Client:
 def session_and_key(http, agent, owner_client):
     _, key = owner_client
     body = http.post(
-        "/api/v1/sessions", data=json.dumps({"agent": "support", "user_id": "u1"}),
-        content_type="application/json", **_h(key),
+        "/api/v1/sessions",
+        data=json.dumps({"agent": "support", "user_id": "u1"}),
+        content_type="application/json",
+        **_h(key),
     ).json()
     return body, key
 

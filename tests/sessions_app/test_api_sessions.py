@@ -77,12 +77,28 @@ def test_it_returns_state_turns_and_latencies_in_the_detail(http, agent, owner_c
     turn_record(
         session_id=sid,
         data={
-            "index": 0, "user_text": "hi", "generated_text": "Hello there, how can I help?",
-            "heard_text": "Hello there", "interrupted": True, "interrupt_source": "client",
-            "stt_ms": 100, "e2e_ms": 900, "tool_calls": [{"name": "place_order", "status": "ok"}],
+            "index": 0,
+            "user_text": "hi",
+            "generated_text": "Hello there, how can I help?",
+            "heard_text": "Hello there",
+            "interrupted": True,
+            "interrupt_source": "client",
+            "stt_ms": 100,
+            "e2e_ms": 900,
+            "tool_calls": [{"name": "place_order", "status": "ok"}],
         },
     )
-    turn_record(session_id=sid, data={"index": 1, "user_text": "bye", "generated_text": "Bye", "heard_text": "Bye", "stt_ms": 300, "e2e_ms": 2000})
+    turn_record(
+        session_id=sid,
+        data={
+            "index": 1,
+            "user_text": "bye",
+            "generated_text": "Bye",
+            "heard_text": "Bye",
+            "stt_ms": 300,
+            "e2e_ms": 2000,
+        },
+    )
     detail = http.get(f"/api/v1/sessions/{sid}", **_h(key)).json()
     assert detail["state"] == "created"
     assert detail["turn_count"] == 2 and detail["interrupt_count"] == 1 and detail["reconnect_count"] == 0
@@ -199,9 +215,15 @@ def test_the_openapi_schema_and_docs_are_served(http):
     schema = http.get("/api/v1/openapi.json")
     assert schema.status_code == 200
     paths = schema.json()["paths"]
-    for path in ("/api/v1/sessions", "/api/v1/sessions/{session_id}", "/api/v1/sessions/{session_id}/reconnect",
-                 "/api/v1/sessions/{session_id}/interrupt", "/api/v1/sessions/{session_id}/end",
-                 "/api/v1/livekit/webhook", "/api/v1/browser/sessions"):
+    for path in (
+        "/api/v1/sessions",
+        "/api/v1/sessions/{session_id}",
+        "/api/v1/sessions/{session_id}/reconnect",
+        "/api/v1/sessions/{session_id}/interrupt",
+        "/api/v1/sessions/{session_id}/end",
+        "/api/v1/livekit/webhook",
+        "/api/v1/browser/sessions",
+    ):
         assert path in paths, path
     assert http.get("/api/v1/docs").status_code == 200
 

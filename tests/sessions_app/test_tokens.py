@@ -44,8 +44,17 @@ def test_it_puts_no_grants_besides_video_in_the_jwt():
     raw = jwt.decode(minted.token, options={"verify_signature": False})
     assert set(raw) <= {"sub", "iss", "nbf", "exp", "video", "name", "kind"}
     assert set(raw["video"]) == {
-        "roomJoin", "room", "canPublish", "canPublishSources", "canSubscribe", "canPublishData",
-        "canUpdateOwnMetadata", "roomAdmin", "roomCreate", "roomList", "roomRecord",
+        "roomJoin",
+        "room",
+        "canPublish",
+        "canPublishSources",
+        "canSubscribe",
+        "canPublishData",
+        "canUpdateOwnMetadata",
+        "roomAdmin",
+        "roomCreate",
+        "roomList",
+        "roomRecord",
     }
 
 

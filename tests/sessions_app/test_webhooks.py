@@ -45,9 +45,7 @@ def _event(kind: str, room: str, identity: str = "", *, agent: bool = False, eve
 def _sign(body: str, *, secret: str | None = None, key: str | None = None) -> str:
     digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
     return (
-        AccessToken(key or settings.LIVEKIT_API_KEY, secret or settings.LIVEKIT_API_SECRET)
-        .with_sha256(digest)
-        .to_jwt()
+        AccessToken(key or settings.LIVEKIT_API_KEY, secret or settings.LIVEKIT_API_SECRET).with_sha256(digest).to_jwt()
     )
 
 
@@ -64,8 +62,10 @@ def http() -> Client:
 def session(http, agent, owner_client) -> VoiceSession:
     _, key = owner_client
     body = http.post(
-        "/api/v1/sessions", data=json.dumps({"agent": "support", "user_id": "u1"}),
-        content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}",
+        "/api/v1/sessions",
+        data=json.dumps({"agent": "support", "user_id": "u1"}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
     ).json()
     return VoiceSession.objects.get(pk=body["session_id"])
 
@@ -111,7 +111,9 @@ def test_it_accepts_a_bearer_prefixed_token_too(http, session, django_capture_on
 
 
 def test_a_caller_joining_makes_the_session_active(http, session, django_capture_on_commit_callbacks):
-    ack = _deliver(http, django_capture_on_commit_callbacks, _event("participant_joined", session.room_name, "caller-u1"))
+    ack = _deliver(
+        http, django_capture_on_commit_callbacks, _event("participant_joined", session.room_name, "caller-u1")
+    )
     assert ack == {"received": True, "duplicate": False}
     session.refresh_from_db()
     assert session.state == SessionState.ACTIVE and session.started_at is not None
@@ -119,7 +121,11 @@ def test_a_caller_joining_makes_the_session_active(http, session, django_capture
 
 
 def test_the_agent_joining_does_not_make_the_session_active(http, session, django_capture_on_commit_callbacks):
-    _deliver(http, django_capture_on_commit_callbacks, _event("participant_joined", session.room_name, "agent-AJ_1", agent=True))
+    _deliver(
+        http,
+        django_capture_on_commit_callbacks,
+        _event("participant_joined", session.room_name, "agent-AJ_1", agent=True),
+    )
     session.refresh_from_db()
     assert session.state == SessionState.CREATED
     assert SessionEvent.objects.filter(session=session, type="agent.joined").exists()
@@ -142,7 +148,9 @@ def test_a_caller_leaving_and_rejoining_counts_one_reconnect(http, session, djan
     assert reconnect.payload["source"] == "webhook"
 
 
-def test_a_rejoin_after_an_api_reconnect_is_not_counted_twice(http, session, owner_client, django_capture_on_commit_callbacks):
+def test_a_rejoin_after_an_api_reconnect_is_not_counted_twice(
+    http, session, owner_client, django_capture_on_commit_callbacks
+):
     _, key = owner_client
     _deliver(http, django_capture_on_commit_callbacks, _event("participant_joined", session.room_name, "caller-u1"))
     _deliver(http, django_capture_on_commit_callbacks, _event("participant_left", session.room_name, "caller-u1"))
@@ -177,7 +185,11 @@ def test_a_replayed_event_changes_nothing(http, session, django_capture_on_commi
 
 
 def test_processing_twice_is_a_no_op(http, session, django_capture_on_commit_callbacks):
-    _deliver(http, django_capture_on_commit_callbacks, _event("participant_joined", session.room_name, "caller-u1", event_id="EV_x"))
+    _deliver(
+        http,
+        django_capture_on_commit_callbacks,
+        _event("participant_joined", session.room_name, "caller-u1", event_id="EV_x"),
+    )
     session.refresh_from_db()
     seq = session.last_seq
     assert webhook_event_process(event_id="EV_x") is False
@@ -198,7 +210,9 @@ def test_events_for_a_finished_session_do_not_revive_it(http, session, django_ca
     assert session.state == SessionState.ENDED
 
 
-def test_it_processes_inline_when_the_task_cannot_be_queued(http, session, django_capture_on_commit_callbacks, monkeypatch):
+def test_it_processes_inline_when_the_task_cannot_be_queued(
+    http, session, django_capture_on_commit_callbacks, monkeypatch
+):
     from sessions_app import tasks
 
     def broker_down(*args, **kwargs):
