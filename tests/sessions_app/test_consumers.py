@@ -30,6 +30,26 @@ ORIGIN = b"http://127.0.0.1:8000"
 TIMEOUT = 5
 
 
+@pytest.fixture(autouse=True)
+async def fresh_channel_layer() -> Any:
+    """Each test runs on its own event loop: give it its own layer, and stop its hub after.
+
+    The layer instance is cached per process and holds loop-bound locks; a receive left
+    pending by one test's loop would otherwise trip the next test's.
+    """
+    from channels.layers import channel_layers
+
+    from sessions_app.consumers import _hubs
+
+    channel_layers.backends.clear()
+    yield
+    for hub in list(_hubs.values()):
+        if hub.task is not None:
+            hub.task.cancel()
+    _hubs.clear()
+    channel_layers.backends.clear()
+
+
 def _session(agent: Agent) -> VoiceSession:
     return VoiceSession.objects.create(
         agent=agent,
@@ -148,6 +168,7 @@ async def test_it_refuses_a_logged_in_user_who_is_not_staff_with_4403(outsider_u
     communicator, connected, code = await _connect("/ws/dashboard/", outsider_user)
     assert not connected
     assert code == CLOSE_FORBIDDEN
+    await communicator.disconnect()  # lets the refused consumer finish before the loop ends
 
 
 async def test_it_refuses_an_anonymous_visitor_with_4403(agent) -> None:
@@ -155,12 +176,14 @@ async def test_it_refuses_an_anonymous_visitor_with_4403(agent) -> None:
     communicator, connected, code = await _connect(f"/ws/sessions/{session.id}/")
     assert not connected
     assert code == CLOSE_FORBIDDEN
+    await communicator.disconnect()  # lets the refused consumer finish before the loop ends
 
 
 async def test_it_rejects_a_foreign_origin_even_for_staff(staff_user) -> None:
     communicator, connected, code = await _connect("/ws/dashboard/", staff_user, origin=b"https://evil.example")
     assert not connected
     assert code != CLOSE_FORBIDDEN  # refused by the origin check, before any auth
+    await communicator.disconnect()
 
 
 async def test_it_closes_on_an_oversized_frame(staff_user) -> None:
@@ -170,6 +193,7 @@ async def test_it_closes_on_an_oversized_frame(staff_user) -> None:
     await communicator.send_to(text_data=json.dumps({"type": "ping", "pad": "x" * MAX_INBOUND_FRAME_BYTES}))
     closed = await communicator.receive_output(timeout=TIMEOUT)
     assert closed == {"type": "websocket.close", "code": CLOSE_TOO_LARGE}
+    await communicator.disconnect()  # what the server sends after the close handshake
 
 
 async def test_a_frame_just_under_the_limit_is_answered(staff_user) -> None:
@@ -255,6 +279,7 @@ async def test_an_unknown_session_is_closed_with_4404(staff_user) -> None:
         closed = await communicator.receive_output(timeout=TIMEOUT)
         code = closed.get("code")
     assert code == 4404
+    await communicator.disconnect()
 
 
 async def test_bad_frames_get_an_error_not_a_crash(staff_user) -> None:
