@@ -159,7 +159,10 @@ def session_transition(
 
 def session_publish_updated(*, session: VoiceSession) -> None:
     summary = session_summary(session)
-    _publish_after_commit(session.id, {"type": "session.updated", "session_id": str(session.id), "seq": session.last_seq, "session": summary})
+    _publish_after_commit(
+        session.id,
+        {"type": "session.updated", "session_id": str(session.id), "seq": session.last_seq, "session": summary},
+    )
 
 
 def _on_session_finished(session_id: UUID) -> None:
@@ -377,7 +380,12 @@ def session_create(
             for event in events
         ]
         messages.append(
-            {"type": "session.updated", "session_id": str(session_id), "seq": session.last_seq, "session": session_summary(session)}
+            {
+                "type": "session.updated",
+                "session_id": str(session_id),
+                "seq": session.last_seq,
+                "session": session_summary(session),
+            }
         )
         # Only the dashboard: nobody can be watching `session.<id>` of an id not yet returned.
         groups = [broadcast.DASHBOARD_GROUP]
@@ -415,7 +423,9 @@ def session_reconnect(*, session_id: UUID | str, source: str = "client") -> tupl
     session = VoiceSession.objects.select_for_update().select_related("agent", "prompt_version").get(pk=session_id)
     if session.state in FINAL_STATES:
         raise _api_error(
-            409, "session_final", f"Session {session.id} is {session.state}; start a new session instead.",
+            409,
+            "session_final",
+            f"Session {session.id} is {session.state}; start a new session instead.",
             {"state": session.state},
         )
     VoiceSession.objects.filter(pk=session.pk).update(reconnect_count=F("reconnect_count") + 1)
@@ -426,7 +436,9 @@ def session_reconnect(*, session_id: UUID | str, source: str = "client") -> tupl
         payload={"source": source, "reconnect_count": session.reconnect_count},
     )
     if session.state == SessionState.ACTIVE:
-        session = session_transition(session_id=session.pk, to_state=SessionState.RECONNECTING, reason="client_reconnect")
+        session = session_transition(
+            session_id=session.pk, to_state=SessionState.RECONNECTING, reason="client_reconnect"
+        )
     else:
         session.refresh_from_db(fields=["last_seq", "state"])
         session_publish_updated(session=session)
@@ -443,8 +455,12 @@ def session_interrupt(*, session_id: UUID | str, source: str = "client") -> Sess
     """
     session = VoiceSession.objects.select_for_update().get(pk=session_id)
     if session.state in FINAL_STATES:
-        raise _api_error(409, "session_final", f"Session {session.id} is {session.state}; nothing to interrupt.",
-                         {"state": session.state})
+        raise _api_error(
+            409,
+            "session_final",
+            f"Session {session.id} is {session.state}; nothing to interrupt.",
+            {"state": session.state},
+        )
     event = session_event_append(session_id=session.pk, type="interrupt.requested", payload={"source": source})
     message = {"type": "agent.interrupt", "session_id": str(session.pk), "source": source, "event_seq": event.seq}
     group = broadcast.agent_control_group(session.pk)
