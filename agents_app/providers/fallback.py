@@ -282,6 +282,13 @@ class ChainMonitor:
             info = _LastError(type(error).__name__, str(error)[:300], at, lost)
             self._last[id(member)] = info
             name = describe(member)
+            if _is_probe(adapter, member):
+                # The adapter's background check of a provider already marked down: the
+                # caller lost nothing, so it is neither a provider error nor counted.
+                self.record_event(
+                    "provider.probe_failed", {"stage": stage, "provider": name, "error_class": info.error_class}
+                )
+                return
             payload = {
                 "stage": stage,
                 "provider": name,
@@ -361,6 +368,17 @@ class ChainMonitor:
                 self.on_stage_failed(stage, message)
             return True
         return chained
+
+
+def _is_probe(adapter: Any, member: Any) -> bool:
+    """An error of a member already marked unavailable while another member is available
+    comes from the adapter's recovery probe, not from a caller's request."""
+    members = chain_members(adapter)
+    statuses = list(getattr(adapter, "_status", []))
+    if member not in members or len(statuses) != len(members):
+        return False
+    index = members.index(member)
+    return not statuses[index].available and any(s.available for s in statuses)
 
 
 def _count_failure(stage: str, provider: str) -> None:

@@ -113,7 +113,7 @@ class SimulatedCall:
     async def _run(self) -> None:
         caller_id = self.scenario.caller_id or f"sim-{self.scenario.name}-{uuid.uuid4().hex[:8]}"
         created = await self.api.session_create(
-            agent=self.scenario.agent, user_id=caller_id, metadata={"simulator": True, "scenario": self.scenario.name}
+            agent=self.scenario.agent, user_id=caller_id, metadata={"simulator": True, "scenario": self.scenario.name, **self._impairment_metadata()}
         )
         self.session_id = self.result.session_id = str(created["session_id"])
         self.note(f"session created (room {created['room']})")
@@ -121,6 +121,11 @@ class SimulatedCall:
         self.note(f"connected to {created['url']}")
         for step in self.scenario.steps:
             await self._step(step)
+
+    def _impairment_metadata(self) -> dict[str, Any]:
+        # The local agent host applies it to this caller's audio (worker/impairment.py).
+        impairment = getattr(self.scenario, "impairment", None)
+        return {"network_impairment": dict(impairment)} if impairment else {}
 
     async def _step(self, step: Step) -> None:
         handler = getattr(self, f"_do_{step.kind}")

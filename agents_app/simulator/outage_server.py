@@ -100,6 +100,12 @@ class ScriptedOutageServer:
 
     # -- HTTP ------------------------------------------------------------------------
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._answer(request)
+        except ConnectionResetError:  # the client gave up (its timeout): nothing to answer
+            return web.Response(status=499)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         mode = self._next_mode()
         self.log.append({"at": time.time(), "mode": mode, "model": body.get("model")})
@@ -134,6 +140,12 @@ class ScriptedOutageServer:
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         """`/v1/audio/speech`: Piper speech as 24 kHz PCM (what the openai TTS plugin reads)."""
+        try:
+            return await self._speak(request)
+        except ConnectionResetError:
+            return web.Response(status=499)
+
+    async def _speak(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         mode = self._next_mode()
         self.log.append({"at": time.time(), "mode": mode, "model": body.get("model"), "input": body.get("input")})

@@ -46,11 +46,18 @@ async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tup
 
         host = AgentHost(allow_control=True)
     make_transport = transport_factory(options, host)
+    # Scenarios with an `outage:` get a scripted outage server and their own agent.
+    from agents_app.simulator import outages
+
+    outage_run = await outages.prepare(
+        options.scenarios, inprocess=host is not None, progress=progress
+    )
+    scenarios = outage_run.scenarios
     api = PlatformClient(base_url=options.base_url, api_key=options.api_key, agent_api_key=options.agent_api_key)
     semaphore = asyncio.Semaphore(max(1, options.concurrency))
 
     async def one(number: int) -> CallResult:
-        scenario = options.scenarios[(number - 1) % len(options.scenarios)]
+        scenario = scenarios[(number - 1) % len(scenarios)]
         async with semaphore:
             call = SimulatedCall(
                 scenario=scenario,
@@ -61,6 +68,11 @@ async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tup
                 shared_db=options.shared_db,
             )
             result = await call.run()
+        if options.shared_db and result.session_id:
+            try:  # provider failovers/errors and the network impairment, for the summary
+                result.detail.update(await outages.provider_events(result.session_id))
+            except Exception as exc:
+                progress(f"call {number:>3} could not read its provider events: {exc}")
         if options.record_dir is not None and result.recording is not None:
             stem = f"{number:03d}-{scenario.name}-{result.session_id or 'nosession'}"
             wav, _ = await asyncio.to_thread(result.recording.write, options.record_dir, stem, result.detail)
@@ -74,6 +86,7 @@ async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tup
         await api.close()
         if host is not None:
             await host.shutdown()
+        await outage_run.stop()
     return summarize(results), list(results)
 
 

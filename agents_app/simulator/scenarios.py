@@ -14,6 +14,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from agents_app.simulator.outages import IMPAIRMENT_SCHEMA, OUTAGE_SCHEMA
+
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
 _EMPTY = {"type": "object", "additionalProperties": False, "properties": {}}
@@ -100,6 +102,9 @@ SCENARIO_SCHEMA: dict[str, Any] = {
             },
         },
         "expect": EXPECT_SCHEMA,
+        # Issue 11: a scripted provider outage, and network impairment of the caller's audio.
+        "outage": OUTAGE_SCHEMA,
+        "impairment": IMPAIRMENT_SCHEMA,
     },
 }
 
@@ -127,6 +132,8 @@ class Scenario:
     caller_id: str = ""
     timeout: float = 180.0
     expect: dict[str, Any] = field(default_factory=dict)
+    outage: dict[str, Any] = field(default_factory=dict)
+    impairment: dict[str, Any] = field(default_factory=dict)
 
 
 def available() -> list[str]:
@@ -171,6 +178,8 @@ def parse(data: Any, *, source: str = "<scenario>") -> Scenario:
         caller_id=data.get("caller_id", ""),
         timeout=float(data.get("timeout", 180.0)),
         expect=dict(data.get("expect") or {}),
+        outage=dict(data.get("outage") or {}),
+        impairment=dict(data.get("impairment") or {}),
     )
 
 

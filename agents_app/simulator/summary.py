@@ -26,8 +26,12 @@ def summarize(results: list[Any]) -> dict[str, Any]:
     stage_values: dict[str, list[float]] = {stage: [] for stage in SUMMARY_STAGES}
     turns = interrupted = reconnects = tool_calls = tool_replays = breaches = 0
     errors: list[str] = []
+    failovers: list[dict[str, Any]] = []
+    provider_errors: list[dict[str, Any]] = []
     for result in results:
         detail = result.detail or {}
+        failovers.extend(detail.get("failovers") or [])
+        provider_errors.extend(detail.get("provider_errors") or [])
         reconnects += int(detail.get("reconnect_count") or 0)
         for turn in detail.get("turns") or []:
             turns += 1
@@ -60,6 +64,16 @@ def summarize(results: list[Any]) -> dict[str, Any]:
             stage: {"p50": percentile(values, 50), "p95": percentile(values, 95)}
             for stage, values in stage_values.items()
         },
+        # Issue 11: provider failovers (with the time each cost) and provider errors.
+        "failovers": len(failovers),
+        "provider_errors": len(provider_errors),
+        "failover_ms": _failover_ms(failovers),
         "session_ids": [r.session_id for r in results if r.session_id],
         "errors": errors,
     }
+
+
+def _failover_ms(failovers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Time lost per failover (ms): from the request's start to the switch."""
+    values = [float(f["time_lost_ms"]) for f in failovers if f.get("time_lost_ms") is not None]
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "max": round(max(values), 1) if values else None}

@@ -31,6 +31,7 @@ from agents_app.worker.config import JobConfig, load_job_config
 from agents_app.worker.recorder import Recorder
 from agents_app.worker.turns import TurnTracker
 from sessions_app import metrics
+from voiceplatform.logging import bind_log_context
 
 logger = logging.getLogger(__name__)
 
@@ -466,8 +467,16 @@ async def _end_session_if_live(session_id: str, reason: str) -> None:
 async def entrypoint(ctx: JobContext) -> None:
     metadata = json.loads(ctx.job.metadata or "{}")
     session_id = str(metadata["session_id"])
+    bind_log_context(session_id=session_id, room=getattr(ctx.room, "name", None) or None)
     config = await load_job_config(session_id)
+    # Every log line of this job (and of the tasks it starts) carries these fields.
+    bind_log_context(agent=config.agent.slug)
     call = local.current_call()
+    if call is not None and call.impairment is None:
+        # Network impairment a scenario asked for in the session metadata (issue 11).
+        from agents_app.worker.impairment import impairment_from_session
+
+        call.impairment = await impairment_from_session(session_id)
     runtime = JobRuntime(ctx=ctx, config=config, call=call)
     if call is not None:
         call.job = runtime  # lets the local host, tests and the benchmark look inside
@@ -488,6 +497,8 @@ async def entrypoint(ctx: JobContext) -> None:
     except asyncio.CancelledError:
         runtime.abort()
         raise
+    if call.impairment is not None:
+        runtime.recorder.record_event("network.impairment", call.impairment.summary())
     await runtime.aclose()
     if runtime.ended_by_platform:
         await _end_session_if_live(session_id, runtime.end_reason)

@@ -20,11 +20,14 @@ Deterministic: the same `seed` gives the same delays and losses for the same fra
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,3 +108,21 @@ class Impairment:
             "mean_delay_ms": round(self.stats["delay_ms_total"] / frames, 2),
             "max_delay_ms": round(self.stats["delay_ms_max"], 2),
         }
+
+
+async def impairment_from_session(session_id: str) -> Impairment | None:
+    """The impairment a session asked for in its metadata (`network_impairment`), if any.
+
+    The simulator's scenarios set it; only the local transport applies it.
+    """
+    from sessions_app.models import VoiceSession
+
+    metadata = await VoiceSession.objects.filter(pk=session_id).values_list("metadata", flat=True).afirst()
+    config = metadata.get("network_impairment") if isinstance(metadata, dict) else None
+    if not isinstance(config, dict):
+        return None
+    try:
+        return Impairment.from_config(config)
+    except (TypeError, ValueError):
+        logger.warning("ignoring an invalid network_impairment in session %s: %r", session_id, config)
+        return None
