@@ -50,7 +50,7 @@ def test_kpis_count_rates_per_session_and_breaches_per_turn(agent) -> None:
     assert (overall["ttfa_p50_ms"], overall["ttfa_p95_ms"]) == (500, 1900)
     assert overall["interrupts_per_session"] == 0.5
     assert overall["reconnects_per_session"] == 1.0
-    # Only the 2000 ms turn is over the default 1500 ms e2e (and 1200 ms TTFA) budgets.
+    # Only the 2000 ms turn is over the default 1000 ms e2e (and 900 ms TTFA) budgets.
     assert (overall["breached_turns"], overall["breach_rate"]) == (1, 0.2)
 
 
