@@ -199,6 +199,13 @@ AGENT_METRICS_PORT = env_int("AGENT_METRICS_PORT", 9464, minimum=0, maximum=6553
 AGENT_METRICS_HOST = env_str("AGENT_METRICS_HOST", "127.0.0.1")
 RECORDER_QUEUE_SIZE = env_int("RECORDER_QUEUE_SIZE", 1000, minimum=10)
 TOOL_LEASE_SECONDS = env_int("TOOL_LEASE_SECONDS", 120, minimum=1)
+# Provider failures (docs/resilience.md): an attempt times out after its stage budget times
+# this factor (never under 1 s), then the next provider of the agent's chain takes over.
+PROVIDER_TIMEOUT_BUDGET_FACTOR = env_float("PROVIDER_TIMEOUT_BUDGET_FACTOR", 3.0, minimum=1.0)
+# The apology played when every provider of a stage failed: a 16-bit PCM WAV if set, else
+# the offline TTS renders APOLOGY_TEXT once per worker.
+APOLOGY_AUDIO_PATH = env_str("APOLOGY_AUDIO_PATH")
+APOLOGY_TEXT = env_str("APOLOGY_TEXT", "Sorry, I'm having a technical problem. Could you say that again?")
 
 # --- auth, i18n, static --------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -133,6 +133,21 @@ def build_entry(stage: str, entry: dict[str, Any], agent: Agent) -> Any:
     return openai.TTS(model=model or default, **kwargs)
 
 
+def _usable_entries(stage: str, agent: Agent) -> list[dict[str, Any]]:
+    """The stage's fallback entries; a malformed one is skipped (and logged), so a typo in
+    the admin costs that fallback, never the call."""
+    raw = getattr(agent, f"{stage}_fallbacks", None) or []
+    if not isinstance(raw, list):
+        raw = [raw]
+    usable: list[dict[str, Any]] = []
+    for entry in raw:
+        try:
+            usable.extend(validate_fallbacks([entry]))
+        except ValidationError as exc:
+            logger.warning("agent %s: ignoring %s fallback %r: %s", agent.slug, stage, entry, exc.messages[0])
+    return usable
+
+
 def _needs_chain(primary: Any, entries: list[dict[str, Any]]) -> bool:
     # A networked primary is wrapped even alone, so its attempt timeout applies and its
     # outage is reported like any other; a lone offline stand-in is left as it is.
@@ -175,7 +190,7 @@ class TimedSTTFallback(stt.FallbackAdapter):
 
 def build_chain(stage: str, agent: Agent, primary: Any, *, vad: Any = None) -> Any:
     """The stage's provider: `primary` alone, or a FallbackAdapter over the chain."""
-    entries = validate_fallbacks(getattr(agent, f"{stage}_fallbacks", None))
+    entries = _usable_entries(stage, agent)
     if not _needs_chain(primary, entries):
         return primary
     instances = [primary, *(build_entry(stage, entry, agent) for entry in entries)]
