@@ -26,7 +26,7 @@ from agents_app.models import Agent
 from agents_app.services import prompt_draft_create, prompt_publish
 user = User.objects.create_user({USERNAME!r}, "helpdesk@example.com", {PASSWORD!r})
 user.groups.add(Group.objects.get_or_create(name="Support staff")[0])
-agent = Agent.objects.create(slug="support", name="Support agent", budget_e2e_ms=1500, budget_stt_ms=300)
+agent = Agent.objects.create(slug="support", name="Support agent", budget_e2e_ms=1500, budget_ttfa_ms=1200, budget_stt_ms=300)
 prompt_publish(version=prompt_draft_create(agent=agent, instructions="Be brief.", greeting="Hi.", variables={{}}, change_note="first"))
 """
 
