@@ -307,8 +307,9 @@ class ChainMonitor:
             payload = {
                 "stage": stage,
                 "provider": name,
+                "from": name,  # the dashboard timeline shows stage, from, to and error
                 "error_class": info.error_class,
-                "error": info.message,
+                "error": _headline(info.error_class, lost, info.message),
                 "time_lost_ms": lost,
                 "recoverable": bool(getattr(ev, "recoverable", False)),
             }
@@ -334,12 +335,16 @@ class ChainMonitor:
                 for i, m in enumerate(members)
                 if m is not member and i < len(statuses) and statuses[i].available
             ]
+            error_class = last.error_class if last else "unknown"
+            lost = last.time_lost_ms if last else None
             payload = {
                 "stage": stage,
                 "provider": name,
+                "from": name,
                 "to": following[0] if following else None,
-                "error_class": last.error_class if last else "unknown",
-                "time_lost_ms": last.time_lost_ms if last else None,
+                "error_class": error_class,
+                "error": _headline(error_class, lost, ""),
+                "time_lost_ms": lost,
             }
             self.failovers.append(payload)
             self.record_event("provider.failover", payload)
@@ -363,6 +368,7 @@ class ChainMonitor:
                     "stage": stage,
                     "providers": [describe(m) for m in chain_members(source)] or [describe(source)],
                     "error_class": type(error).__name__,
+                    "error": _headline(type(error).__name__, lost, "every provider of the stage failed"),
                     "time_lost_ms": lost,
                 },
             )
@@ -383,6 +389,12 @@ class ChainMonitor:
                 self.on_stage_failed(stage, message)
             return True
         return chained
+
+
+def _headline(error_class: str, lost_ms: float | None, message: str) -> str:
+    """One line for the dashboard timeline: what failed, how much time it cost the caller."""
+    head = error_class + (f" after {lost_ms:.0f} ms" if lost_ms is not None else "")
+    return f"{head}: {message}" if message else head
 
 
 def _is_probe(adapter: Any, member: Any) -> bool:

@@ -11,7 +11,9 @@ import asyncio
 
 import pytest
 
+from agents_app.simulator import scenarios
 from agents_app.worker.impairment import Impairment
+from sessions_app.models import SessionEvent
 from tests.pipeline.conftest import LONG_REQUEST, CallDriver, db, make_session, wait_turns
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
@@ -59,6 +61,24 @@ def test_it_rejects_impossible_settings():
     assert Impairment.from_config({}) is None
 
 
+def test_the_jitter_scenario_asks_for_40ms_and_3_percent_and_bad_settings_are_rejected():
+    jitter = scenarios.load("jitter")
+    assert Impairment.from_config(jitter.impairment).summary()["jitter_ms"] == 40
+    assert jitter.impairment["loss"] == 0.03
+    with pytest.raises(scenarios.ScenarioError, match="impairment"):
+        scenarios.parse({"name": "x", "steps": [{"end": {}}], "impairment": {"loss": 2}})
+
+
+async def test_the_local_host_applies_the_impairment_a_session_asked_for(agent):
+    from agents_app.worker.impairment import impairment_from_session
+
+    plain = await db(make_session, agent)
+    impaired = await db(make_session, agent, network_impairment={"jitter_ms": 40, "loss": 0.03, "seed": 3})
+    assert await impairment_from_session(plain) is None
+    applied = await impairment_from_session(impaired)
+    assert applied is not None and applied.jitter_ms == 40 and applied.loss == 0.03
+
+
 async def test_a_call_completes_under_40ms_jitter_and_3_percent_loss(agent, prewarmed):
     session_id = await db(make_session, agent)
     driver = CallDriver(session_id)
@@ -87,4 +107,9 @@ async def test_a_call_completes_under_40ms_jitter_and_3_percent_loss(agent, prew
     assert turns[3]["user_text"]
     summary = driver.call.impairment.summary()
     assert summary["lost"] > 0 and summary["max_delay_ms"] > 20
+    # The job stored what the network did to the call, for the timeline and the simulator.
+    stored = await db(
+        lambda: list(SessionEvent.objects.filter(session_id=session_id, type="network.impairment").values_list("payload", flat=True))
+    )
+    assert stored and stored[0]["lost"] > 0 and stored[0]["jitter_ms"] == 40
     print("JITTER", summary, [(t["index"], t.get("eou_ms"), t.get("stt_ms"), t.get("e2e_ms")) for t in turns])

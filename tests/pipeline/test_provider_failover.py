@@ -225,3 +225,35 @@ async def test_a_tts_that_fails_mid_answer_hands_the_rest_to_the_next_tts(agent,
     assert failover["stage"] == "tts" and failover["to"] == "offline:piper/en_US-joe-medium"
     assert failover["error_class"] == "APIStatusError"
     print(f"FAILOVER tts mid-answer: time lost {failover['time_lost_ms']} ms")
+
+
+def test_the_outage_scenarios_validate_and_the_summary_counts_failovers():
+    from agents_app.simulator import scenarios
+    from agents_app.simulator.summary import summarize
+
+    outage = scenarios.load("provider-outage").outage
+    assert outage["stage"] == "llm" and "hang" in outage["script"] and "500" in outage["script"]
+    assert scenarios.load("tts-outage").outage["stage"] == "tts"
+    with pytest.raises(scenarios.ScenarioError, match="outage"):
+        scenarios.parse({"name": "x", "steps": [{"end": {}}], "outage": {"stage": "llm", "script": ["boom"]}})
+
+    result = SimpleNamespace(
+        ok=True, number=1, scenario="provider-outage", session_id="s", error="", tool_retries=[],
+        detail={"turns": [], "failovers": [{"time_lost_ms": 1534.5}, {"time_lost_ms": 6.9}],
+                "provider_errors": [{"stage": "llm"}, {"stage": "llm"}]},
+    )  # fmt: skip
+    summary = summarize([result])
+    assert summary["failovers"] == 2 and summary["provider_errors"] == 2
+    assert summary["failover_ms"] == {"p50": 6.9, "p95": 1534.5, "max": 1534.5}
+
+
+def test_it_rejects_malformed_fallback_lists():
+    from django.core.exceptions import ValidationError
+
+    from agents_app.providers.fallback import validate_fallbacks
+
+    assert validate_fallbacks([{"provider": "offline"}]) == [{"provider": "offline"}]
+    for bad in ({"provider": "openai"}, [{"provider": "acme"}], [{"provider": "openai", "base_url": "ftp://x"}],
+                [{"provider": "openai", "key": "secret"}]):  # fmt: skip
+        with pytest.raises(ValidationError):
+            validate_fallbacks(bad)
