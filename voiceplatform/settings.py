@@ -105,8 +105,8 @@ else:
         # Several processes share the file: wait for locks instead of failing fast.
         "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
     }
-if env_bool("DB_POOL", False) and "postgresql" in _db.get("ENGINE", ""):
-    # Under ASGI every request runs its sync code in a fresh thread, so per-thread persistent
+if env_bool("DB_POOL", True) and "postgresql" in _db.get("ENGINE", ""):
+    # On by default for PostgreSQL. Under ASGI every request runs its sync code in a fresh thread, so per-thread persistent
     # connections are opened per request and leak; a psycopg pool shares them across threads.
     _db["CONN_MAX_AGE"] = 0  # Django requires it with a pool
     _db.setdefault("OPTIONS", {})["pool"] = {
