@@ -20,6 +20,7 @@ No event is silently missed:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import weakref
@@ -47,6 +48,9 @@ DASHBOARD_QUEUE_SIZE = 500
 # channels-redis forgets group members after `group_expiry` (1 day): renew well before.
 GROUP_RENEW_SECONDS = 3600
 REPAIR_DELAY_SECONDS = 0.5
+
+# Where the hub's pages cache a message's encoded frame (never sent: "__" keys are private).
+_ENCODED_KEY = "__dashboard_text"
 
 # Text fields the dashboard table never shows; left out of its stream to keep frames small.
 _DASHBOARD_TURN_OMIT = ("user_text", "generated_text", "heard_text")
@@ -146,6 +150,11 @@ class WatchConsumer(AsyncJsonWebsocketConsumer):
 
     async def turn_completed(self, message: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+def _compact_turn(message: dict[str, Any]) -> dict[str, Any]:
+    turn = {k: v for k, v in (message.get("turn") or {}).items() if k not in _DASHBOARD_TURN_OMIT}
+    return {**_public(message), "turn": turn}
 
 
 def _public(message: dict[str, Any]) -> dict[str, Any]:
@@ -338,9 +347,18 @@ class DashboardConsumer(WatchConsumer):
                 }
             )
 
+    async def session_updated(self, message: dict[str, Any]) -> None:
+        await self._forward(message, _public)
+
     async def turn_completed(self, message: dict[str, Any]) -> None:
-        turn = {k: v for k, v in (message.get("turn") or {}).items() if k not in _DASHBOARD_TURN_OMIT}
-        await self.send_json({**_public(message), "turn": turn})
+        await self._forward(message, _compact_turn)
+
+    async def _forward(self, message: dict[str, Any], build: Any) -> None:
+        # The hub hands the same dict to every page: encode it once, send the text N times.
+        text = message.get(_ENCODED_KEY)
+        if text is None:
+            text = message[_ENCODED_KEY] = json.dumps(build(message))
+        await self.send(text_data=text)
 
 
 class SessionConsumer(WatchConsumer):
