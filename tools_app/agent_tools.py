@@ -26,7 +26,7 @@ from livekit.agents.voice import RunContext
 
 from tools_app.models import InvocationStatus, ToolDefinition
 from tools_app.selectors import invocation_get, tools_for_agent
-from tools_app.services import InvocationOutcome, LedgerError, tool_invoke
+from tools_app.services import InvocationOutcome, LedgerError, outcome_from_row, tool_invoke
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +73,7 @@ async def _wait_background(outcome: InvocationOutcome, *, timeout: float) -> Inv
         await asyncio.sleep(BACKGROUND_POLL_SECONDS)
         row = await read(scope=outcome.scope, key=outcome.key)
         if row is not None and row.status != InvocationStatus.RUNNING:
-            return InvocationOutcome(
-                invocation_id=row.pk,
-                tool_name=row.tool_name,
-                scope=row.scope,
-                key=row.key,
-                status=row.status,
-                result=row.result,
-                error=row.error,
-                replayed=False,
-                attempts=row.attempts,
-                latency_ms=row.latency_ms,
-                session_id=outcome.session_id,
-            )
+            return outcome_from_row(row, replayed=False)
     return outcome
 
 

@@ -90,7 +90,7 @@ class InvocationOutcome:
     session_id: str | None = None
 
 
-def _outcome(row: ToolInvocation, *, replayed: bool) -> InvocationOutcome:
+def outcome_from_row(row: ToolInvocation, *, replayed: bool) -> InvocationOutcome:
     return InvocationOutcome(
         invocation_id=row.pk,
         tool_name=row.tool_name,
@@ -176,7 +176,7 @@ def _resolve_existing(
             )
         if row.status in DONE:
             ToolInvocation.objects.filter(pk=row.pk).update(replays=F("replays") + 1)
-            return _outcome(row, replayed=True)
+            return outcome_from_row(row, replayed=True)
         if row.status == InvocationStatus.INDETERMINATE:
             raise InvocationIndeterminate(_indeterminate_message(row))
         now = timezone.now()
@@ -259,7 +259,7 @@ def _complete(
             latency_ms=latency_ms,
             session_id=str(row.session_id) if row.session_id else None,
         )
-    return _outcome(row, replayed=False)
+    return outcome_from_row(row, replayed=False)
 
 
 def _run_builtin_atomic(
@@ -291,7 +291,7 @@ def _run_builtin_atomic(
     # Lost the row before running: nothing ran here. Report what the owner did.
     row.refresh_from_db()
     if row.status in DONE:
-        return _outcome(row, replayed=True)
+        return outcome_from_row(row, replayed=True)
     raise IdempotencyKeyInUse(f"A request with the Idempotency-Key {row.key!r} is still running.")
 
 
@@ -377,7 +377,7 @@ def _invoke_in_one_transaction(
             # The effect is rolled back; the failure is stored (and replayed) like any outcome.
             with transaction.atomic():
                 row = record(InvocationStatus.FAILED, None, failed.error)
-        return _outcome(row, replayed=False)
+        return outcome_from_row(row, replayed=False)
     except IntegrityError:
         existing = ToolInvocation.objects.filter(scope=scope, key=key).first()
         if existing is None:  # not a key conflict: e.g. a session id that does not exist
@@ -521,7 +521,7 @@ def tool_invoke(
 
         invocation_id = row.pk
         transaction.on_commit(lambda: tool_invocation_run.delay(invocation_id))
-        return _outcome(row, replayed=False)
+        return outcome_from_row(row, replayed=False)
     outcome = _execute(tool=tool, row=row, token=token)
     invocation_observe(outcome=outcome, emit_event=emit_event)
     return outcome
