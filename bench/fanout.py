@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -46,6 +47,7 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
+_SENT_AT = re.compile(r'"bench_sent_at": ([0-9.]+)')
 WARMUP_S = 2.0
 DRAIN_S = 3.0
 HARD_TIMEOUT_S = 240.0
@@ -198,10 +200,13 @@ async def _run_server_side(args: argparse.Namespace, base_url: str, cookie: str)
             async for frame in ws:
                 if frame.type != aiohttp.WSMsgType.TEXT:
                     break
-                message = json.loads(frame.data)
-                if message.get("type") == "turn.completed" and message.get("bench_sent_at", 0) >= window["from"]:
-                    received["turns"] += 1
-                    latencies.append((time.time() - message["bench_sent_at"]) * 1000)
+                # A regex, not json.loads: 20 clients share the bench's one CPU with the publisher.
+                found = _SENT_AT.search(frame.data)
+                if found and frame.data.startswith('{"type": "turn.completed"'):
+                    sent_at = float(found.group(1))
+                    if sent_at >= window["from"]:
+                        received["turns"] += 1
+                        latencies.append((time.time() - sent_at) * 1000)
 
     async def publish(session_id: str, message: dict[str, Any]) -> None:
         await broadcast.apublish(broadcast.session_groups(session_id), message)
