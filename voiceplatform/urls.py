@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
@@ -16,6 +17,12 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("healthz", healthz, name="healthz"),
+    # The login for callers (any active user; /call/ needs it). Support staff use /dashboard/login/.
+    path(
+        "login/",
+        auth_views.LoginView.as_view(template_name="registration/login.html", extra_context={"for_calls": True}),
+        name="login",
+    ),
     path("", include("django_prometheus.urls")),
     path("", include("sessions_app.urls")),
 ]

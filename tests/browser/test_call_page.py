@@ -60,7 +60,7 @@ def _page_config(response) -> dict[str, Any]:
 def test_it_sends_anonymous_visitors_to_the_login_page(client, db) -> None:
     response = client.get("/call/")
     assert response.status_code == 302
-    assert response["Location"].startswith("/admin/login/?next=/call/")
+    assert response["Location"].startswith("/login/?next=/call/")
 
 
 @override_settings(LIVEKIT_URL="wss://livekit.example.com")
@@ -270,10 +270,10 @@ def _open_call_page(browser, site: ServedPlatform, request: pytest.FixtureReques
     page.on("websocket", lambda ws: run.websockets.append(ws.url))
 
     page.goto(site.base_url + "/call/")
-    assert "/admin/login/" in page.url, "the call page requires a login"
+    assert "/login/" in page.url, "the call page requires a login"
     page.fill("#id_username", USERNAME)
     page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    page.click("button[type=submit]")
     page.wait_for_url(site.base_url + "/call/")
     # Record the call page on its own (the admin login page is not under test here).
     run.errors.clear()
