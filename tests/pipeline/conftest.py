@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
+from django.db import OperationalError, connection
 
 from agents_app.models import Agent
 from sessions_app.models import SessionEvent, Turn, VoiceSession
@@ -73,7 +73,14 @@ async def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, int
     deadline = time.monotonic() + timeout
 
     async def check() -> Any:
-        return await db(predicate)
+        try:
+            return await db(predicate)
+        except OperationalError as exc:
+            # SQLite's in-memory test database is shared-cache: a read that meets the agent's
+            # writer thread gets "table is locked" at once (no busy timeout). Poll again.
+            if "locked" not in str(exc):
+                raise
+            return None
 
     while True:
         value = await check()
