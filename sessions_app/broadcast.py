@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
@@ -69,3 +70,43 @@ def publish(groups: Iterable[str], message: dict[str, Any]) -> None:
 
 def session_groups(session_id: UUID | str) -> list[str]:
     return [DASHBOARD_GROUP, session_group(session_id)]
+
+
+class _BackgroundPublisher:
+    """One daemon thread with its own event loop that publishes live events off the request.
+
+    Waiting for the channel layer inside the request halved session-creation throughput
+    (bench/token_api.py). Live events are best effort by contract (the DB is the truth and
+    each message carries `seq`, so a dashboard resyncs on a gap), so the request only hands
+    them over. Messages of one batch are published in order.
+    """
+
+    def __init__(self) -> None:
+        self._loop: Any = None
+        self._lock = threading.Lock()
+
+    def _ensure_loop(self) -> Any:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="live-event-publisher", daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    def submit(self, groups: list[str], messages: list[dict[str, Any]]) -> None:
+        async def send() -> None:
+            for message in messages:
+                await apublish(groups, message)  # never raises; drops are counted
+
+        try:
+            asyncio.run_coroutine_threadsafe(send(), self._ensure_loop())
+        except Exception:  # as publish(): the DB is the truth, a dashboard resyncs
+            logger.warning("dropped live events handed to the background publisher", exc_info=True)
+
+
+_background_publisher = _BackgroundPublisher()
+
+
+def publish_in_background(groups: list[str], messages: list[dict[str, Any]]) -> None:
+    """Hand a batch of messages (published in order) to a background thread; never waits."""
+    _background_publisher.submit(groups, messages)

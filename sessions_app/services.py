@@ -5,12 +5,10 @@ Service functions are keyword-only, atomic, and broadcast after commit.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import secrets
-import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -242,45 +240,6 @@ def session_metadata_validate(metadata: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-class _BackgroundPublisher:
-    """One daemon thread with its own event loop that publishes live events off the request.
-
-    Waiting for the channel layer inside the request halved session-creation throughput
-    (bench/token_api.py). Live events are best effort by contract (the DB is the truth and
-    each message carries `seq`, so a dashboard resyncs on a gap), so the request only hands
-    them over. Messages of one batch are published in order.
-    """
-
-    def __init__(self) -> None:
-        self._loop: Any = None
-        self._lock = threading.Lock()
-
-    def _ensure_loop(self) -> Any:
-        with self._lock:
-            if self._loop is None or self._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="live-event-publisher", daemon=True).start()
-                self._loop = loop
-            return self._loop
-
-    def submit(self, groups: list[str], messages: list[dict[str, Any]]) -> None:
-        async def send() -> None:
-            for message in messages:
-                await broadcast.apublish(groups, message)  # never raises; drops are counted
-
-        try:
-            asyncio.run_coroutine_threadsafe(send(), self._ensure_loop())
-        except Exception:  # as broadcast.publish: the DB is the truth, a dashboard resyncs
-            logging.getLogger(__name__).warning("dropped live events after session create", exc_info=True)
-
-
-_background_publisher = _BackgroundPublisher()
-
-
-def _publish_all(groups: list[str], messages: list[dict[str, Any]]) -> None:
-    _background_publisher.submit(groups, messages)
-
-
 def _room_name(session_id: UUID) -> str:
     return f"vs-{session_id.hex}"
 
@@ -389,7 +348,7 @@ def session_create(
         )
         # Only the dashboard: nobody can be watching `session.<id>` of an id not yet returned.
         groups = [broadcast.DASHBOARD_GROUP]
-        transaction.on_commit(lambda: _publish_all(groups, messages))
+        transaction.on_commit(lambda: broadcast.publish_in_background(groups, messages))
 
     if mode == "livekit":
         # Outside the transaction: no row lock is held across a network call.
