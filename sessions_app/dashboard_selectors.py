@@ -6,7 +6,6 @@ stream only tells open pages that something changed (and may drop messages under
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
@@ -21,6 +20,7 @@ from agents_app.models import STAGES
 from sessions_app.models import LIVE_STATES, SessionEvent, Turn, VoiceSession
 from sessions_app.services import session_summary
 from sessions_app.turns import turn_as_dict
+from voiceplatform.stats import nearest_rank_percentile as percentile
 
 SUPPORT_GROUP = "Support staff"
 
@@ -62,15 +62,6 @@ def dashboard_row(*, session_id: UUID | str) -> dict[str, Any] | None:
 def dashboard_rows_for(*, session_ids: Iterable[UUID | str]) -> list[dict[str, Any]]:
     """Rows of the given sessions (unknown ids are left out)."""
     return [session_summary(s) for s in _sessions_qs().filter(pk__in=list(session_ids))]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100): always a value that was actually measured."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-    return round(ordered[rank - 1], 1)
 
 
 def _kpi_block(turns: list[dict[str, Any]], sessions: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from voiceplatform.stats import nearest_rank_percentile as percentile
+
 SUMMARY_STAGES = ("eou", "stt", "llm_ttft", "tool", "tts_ttfb", "e2e")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return round(ordered[rank - 1], 1)
 
 
 def summarize(results: list[Any]) -> dict[str, Any]:
