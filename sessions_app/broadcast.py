@@ -2,11 +2,18 @@
 
 Group names come from these helpers only. Messages are dicts with a dotted `type`
 (`session.updated`, `turn.completed`, `event.added`, …); the Channels consumers turn
-the dots into handler names (`session_updated`).
+the dots into handler names (`session_updated`). Several messages for the same groups
+travel as one `live.batch` message (`{"type": "live.batch", "messages": [...]}`, in
+order), so a turn costs one publish per group, not three.
 
 Publishing never blocks a caller for long and never raises: the DB is the source of
 truth and a dashboard resyncs from it, so a failed or full publish is dropped and
 counted in `voice_dashboard_events_dropped_total`.
+
+Sync code (services, the agent's recorder thread) hands messages to one publisher
+thread per process, which sends them in the order they were handed over. Publishing
+from the caller's thread would cost a new event loop and a new Redis connection per
+call (`async_to_sync`), and a request would wait for Redis.
 """
 
 from __future__ import annotations
@@ -18,13 +25,15 @@ from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
 
 DASHBOARD_GROUP = "dashboard"
+BATCH_TYPE = "live.batch"
 PUBLISH_TIMEOUT_S = 0.5
+# Messages waiting for the publisher thread; beyond this (Redis away for long) they are dropped.
+BACKLOG_LIMIT = 10_000
 
 
 def session_group(session_id: UUID | str) -> str:
@@ -37,76 +46,149 @@ def agent_control_group(session_id: UUID | str) -> str:
     return f"agent.{session_id}"
 
 
-def _count_drop(reason: str) -> None:
-    try:
-        from sessions_app.metrics import DASHBOARD_EVENTS_DROPPED
-
-        DASHBOARD_EVENTS_DROPPED.labels(reason=reason).inc()
-    except Exception:  # metrics must never break publishing
-        logger.debug("could not count dropped event", exc_info=True)
-
-
-async def apublish(groups: Iterable[str], message: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    for group in groups:
-        try:
-            await asyncio.wait_for(layer.group_send(group, message), PUBLISH_TIMEOUT_S)
-        except Exception as exc:
-            _count_drop(type(exc).__name__)
-            logger.warning("dropped live event %s for %s: %s", message.get("type"), group, exc)
-
-
-def publish(groups: Iterable[str], message: dict[str, Any]) -> None:
-    """Sync wrapper for services; call it from `transaction.on_commit`."""
-    groups = list(groups)
-    try:
-        async_to_sync(apublish)(groups, message)
-    except Exception as exc:
-        _count_drop(type(exc).__name__)
-        logger.warning("dropped live event %s: %s", message.get("type"), exc)
-
-
 def session_groups(session_id: UUID | str) -> list[str]:
     return [DASHBOARD_GROUP, session_group(session_id)]
 
 
-class _BackgroundPublisher:
-    """One daemon thread with its own event loop that publishes live events off the request.
+def _count_drop(reason: str, count: int = 1) -> None:
+    try:
+        from sessions_app.metrics import DASHBOARD_EVENTS_DROPPED
 
-    Waiting for the channel layer inside the request halved session-creation throughput
-    (bench/token_api.py). Live events are best effort by contract (the DB is the truth and
-    each message carries `seq`, so a dashboard resyncs on a gap), so the request only hands
-    them over. Messages of one batch are published in order.
+        DASHBOARD_EVENTS_DROPPED.labels(reason=reason).inc(count)
+    except Exception:  # metrics must never break publishing
+        logger.debug("could not count dropped event", exc_info=True)
+
+
+def batch_message(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """One layer message for several: the message itself, or a `live.batch` of them."""
+    return messages[0] if len(messages) == 1 else {"type": BATCH_TYPE, "messages": messages}
+
+
+def unbatch(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages a layer message carries, in order (for listeners other than consumers)."""
+    return list(message["messages"]) if message.get("type") == BATCH_TYPE else [message]
+
+
+async def apublish_many(groups: Iterable[str], messages: list[dict[str, Any]]) -> None:
+    """Publish messages, in order, to each group: one layer message per group."""
+    if not messages:
+        return
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = batch_message(messages)
+    for group in groups:
+        try:
+            await asyncio.wait_for(layer.group_send(group, message), PUBLISH_TIMEOUT_S)
+        except Exception as exc:
+            _count_drop(type(exc).__name__, len(messages))
+            logger.warning("dropped live event %s for %s: %s", message.get("type"), group, exc)
+
+
+async def apublish(groups: Iterable[str], message: dict[str, Any]) -> None:
+    await apublish_many(groups, [message])
+
+
+class _Publisher:
+    """One daemon thread with its own event loop; sends what sync code hands it, in order.
+
+    Items waiting together for the same groups go out as one batch (order kept), so a
+    burst costs one publish per group.
     """
 
     def __init__(self) -> None:
-        self._loop: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
         self._lock = threading.Lock()
+        self._in_flight = 0  # handed over, not yet sent; touched on the loop thread only
 
-    def _ensure_loop(self) -> Any:
+    def _ensure_started(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Queue]:
         with self._lock:
             if self._loop is None or self._loop.is_closed():
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="live-event-publisher", daemon=True).start()
-                self._loop = loop
-            return self._loop
+                queue: asyncio.Queue = asyncio.Queue()
+                ready = threading.Event()
 
-    def submit(self, groups: list[str], messages: list[dict[str, Any]]) -> None:
-        async def send() -> None:
-            for message in messages:
-                await apublish(groups, message)  # never raises; drops are counted
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.create_task(self._drain(queue))
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                threading.Thread(target=run, name="live-event-publisher", daemon=True).start()
+                ready.wait(5)
+                self._loop, self._queue = loop, queue
+            assert self._queue is not None
+            return self._loop, self._queue
+
+    async def _drain(self, queue: asyncio.Queue) -> None:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            # Consecutive items for the same groups become one batch; order is kept.
+            runs: list[tuple[tuple[str, ...], list[dict[str, Any]]]] = []
+            for groups, messages in items:
+                if runs and runs[-1][0] == groups:
+                    runs[-1][1].extend(messages)
+                else:
+                    runs.append((groups, list(messages)))
+            try:
+                for groups, messages in runs:
+                    await apublish_many(groups, messages)  # never raises; drops are counted
+            finally:
+                self._in_flight -= len(items)
+
+    def submit(self, groups: Iterable[str], messages: list[dict[str, Any]]) -> None:
+        if not messages:
+            return
+        item = (tuple(groups), list(messages))
+        try:
+            loop, queue = self._ensure_started()
+
+            def put() -> None:
+                if queue.qsize() >= BACKLOG_LIMIT:
+                    _count_drop("backlog", len(item[1]))
+                    return
+                self._in_flight += 1
+                queue.put_nowait(item)
+
+            loop.call_soon_threadsafe(put)
+        except Exception:  # the DB is the truth; a dashboard resyncs
+            _count_drop("publisher_unavailable", len(messages))
+            logger.warning("dropped live events handed to the publisher", exc_info=True)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything handed over so far was sent (tests, shutdown)."""
+        if self._loop is None or self._loop.is_closed():
+            return True
+
+        async def idle() -> None:
+            while self._in_flight:
+                await asyncio.sleep(0.005)
 
         try:
-            asyncio.run_coroutine_threadsafe(send(), self._ensure_loop())
-        except Exception:  # as publish(): the DB is the truth, a dashboard resyncs
-            logger.warning("dropped live events handed to the background publisher", exc_info=True)
+            asyncio.run_coroutine_threadsafe(idle(), self._loop).result(timeout)
+        except Exception:
+            return False
+        return True
 
 
-_background_publisher = _BackgroundPublisher()
+_publisher = _Publisher()
 
 
-def publish_in_background(groups: list[str], messages: list[dict[str, Any]]) -> None:
-    """Hand a batch of messages (published in order) to a background thread; never waits."""
-    _background_publisher.submit(groups, messages)
+def publish_many(groups: Iterable[str], messages: list[dict[str, Any]]) -> None:
+    """Hand messages (sent in order, as one batch) to the publisher thread; never waits.
+
+    Call it from `transaction.on_commit`, so nobody hears of a change that rolled back.
+    """
+    _publisher.submit(groups, messages)
+
+
+def publish(groups: Iterable[str], message: dict[str, Any]) -> None:
+    publish_many(groups, [message])
+
+
+def publish_flush(timeout: float = 5.0) -> bool:
+    """Block until the messages handed over so far have been sent (tests and shutdown)."""
+    return _publisher.flush(timeout)

@@ -3,16 +3,17 @@
 `/ws/dashboard/` streams every session's row changes; `/ws/sessions/<uuid>/` streams one
 session's events, turns and row. Both send a `snapshot` first, then the live messages of
 docs/CONTRACTS.md (`session.updated`, `event.added`, `turn.completed`), each with
-`session_id` and the per-session `seq`.
+`session_id` and the per-session `seq`. Messages published together arrive as one
+`live.batch` layer message; a dashboard page may get several in one `batch` frame.
 
 No event is silently missed:
 - `/ws/dashboard/` pages share one channel-layer subscription per process
   (`DashboardHub`), each with its own bounded queue: a page that falls behind drops its
   own messages (counted, reason `slow_client`) and gets a fresh snapshot;
-- the channel layer may drop messages for a slow consumer (channels-redis discards on a
-  full channel without telling anyone). `event.added` seqs are gapless per session, so a
-  consumer that sees a jump counts the hole in `voice_dashboard_events_dropped_total`
-  and repairs it from the DB before forwarding;
+- Redis pub/sub keeps nothing: what is published while a process is not subscribed, or
+  while its Redis connection is down, never arrives. `event.added` seqs are gapless per
+  session, so a consumer that sees a jump counts the hole in
+  `voice_dashboard_events_dropped_total{reason="seq_gap"}` and repairs it from the DB;
 - a client that reconnects asks for `{"type": "resync", "after_seq": N}` (or connects
   with `?after_seq=N`) and gets the events after N from the DB.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import weakref
 from typing import Any
 from urllib.parse import parse_qs
@@ -45,8 +45,8 @@ CLOSE_TOO_LARGE = 4413  # mirrors HTTP 413; RFC 6455's 1009 is for the server's 
 # A dashboard page that falls this far behind loses its oldest-pending messages (counted)
 # and gets a fresh snapshot once it has caught up.
 DASHBOARD_QUEUE_SIZE = 500
-# channels-redis forgets group members after `group_expiry` (1 day): renew well before.
-GROUP_RENEW_SECONDS = 3600
+# At most this many live messages go out in one websocket frame (a `batch`).
+FRAME_BATCH_MAX = 200
 REPAIR_DELAY_SECONDS = 0.5
 
 # Where the hub's pages cache a message's encoded frame (never sent: "__" keys are private).
@@ -142,6 +142,11 @@ class WatchConsumer(AsyncJsonWebsocketConsumer):
         return (last if last is not None else seq - 1), True
 
     # --- live messages from the channel layer (dotted types → handlers) ----------------
+    async def live_batch(self, message: dict[str, Any]) -> None:
+        """Several messages published together (`broadcast.publish_many`), in order."""
+        for item in message.get("messages") or ():
+            await self.dispatch(item)
+
     async def session_updated(self, message: dict[str, Any]) -> None:
         await self.send_json(_public(message))
 
@@ -177,12 +182,11 @@ def _after_seq_from_scope(scope: dict[str, Any]) -> int | None:
 class DashboardHub:
     """One subscription to the `dashboard` group per server process, fanned out in memory.
 
-    Every session's every change goes to the `dashboard` group. With one channel-layer
-    channel per open dashboard, channels-redis would serialize, store and pop each message
-    once per page (20 pages: 20 times), on the agent's publishing side as well. The hub
-    joins the group once per process and hands each message to the pages' own bounded
-    queues, so publishing costs the same for 1 or 100 open dashboards, and a page that
-    cannot keep up drops its own messages without slowing the others.
+    Every session's every change goes to the `dashboard` group. The hub joins it once
+    per process, so each message is received and decoded once, encoded to JSON once, and
+    handed to the pages' own bounded queues: publishing costs the same for 1 or 100 open
+    dashboards, and a page that cannot keep up drops its own messages (and resyncs)
+    without slowing the others.
     """
 
     def __init__(self) -> None:
@@ -214,7 +218,6 @@ class DashboardHub:
             await layer.group_discard(broadcast.DASHBOARD_GROUP, channel)
 
     async def _run(self, layer: Any, channel: str) -> None:
-        renewed = time.monotonic()
         while True:
             try:
                 message = await layer.receive(channel)
@@ -226,9 +229,6 @@ class DashboardHub:
                 continue
             for member in list(self.members):
                 member.offer(message)
-            if time.monotonic() - renewed > GROUP_RENEW_SECONDS:
-                renewed = time.monotonic()
-                await layer.group_add(broadcast.DASHBOARD_GROUP, channel)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DashboardHub] = weakref.WeakKeyDictionary()
@@ -252,6 +252,7 @@ class DashboardConsumer(WatchConsumer):
     """
 
     queue: asyncio.Queue | None = None
+    outbox: list[str] | None = None  # frames being gathered by the pump
     pump: asyncio.Task | None = None
     repair: asyncio.Task | None = None
     lagging = False
@@ -278,20 +279,43 @@ class DashboardConsumer(WatchConsumer):
             _count_dropped(1, "slow_client")
 
     async def _pump(self) -> None:
+        """Forward queued messages; what is already waiting goes out in one frame.
+
+        Under load a page gets one `{"type": "batch", "messages": [...]}` frame for all
+        the messages that queued up while the last frame was being written, instead of
+        one frame each: nothing waits for a timer, and frames stay few when it is busy.
+        """
         assert self.queue is not None
         while True:
             message = await self.queue.get()
+            self.outbox = []
             try:
-                if self.lagging and self.queue.empty():
-                    # Caught up after dropping: the snapshot replaces what was lost.
-                    self.lagging = False
-                    await self.start_snapshot_only()
-                    continue
-                await self.dispatch(message)
+                await self._handle(message)
+                while not self.queue.empty() and len(self.outbox) < FRAME_BATCH_MAX:
+                    await self._handle(self.queue.get_nowait())
+                await self._flush()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("dashboard message %s failed", message.get("type"))
+            finally:
+                self.outbox = None
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        if self.lagging and self.queue is not None and self.queue.empty():
+            # Caught up after dropping: the snapshot replaces what was lost.
+            self.lagging = False
+            await self._flush()
+            await self.start_snapshot_only()
+            return
+        await self.dispatch(message)
+
+    async def _flush(self) -> None:
+        texts, self.outbox = self.outbox or [], []
+        if len(texts) == 1:
+            await self.send(text_data=texts[0])
+        elif texts:
+            await self.send(text_data='{"type": "batch", "messages": [' + ", ".join(texts) + "]}")
 
     async def disconnect(self, code: int) -> None:
         await super().disconnect(code)
@@ -325,7 +349,7 @@ class DashboardConsumer(WatchConsumer):
             return
         self.last_event_seq[session_id] = seq
         if seq > last + 1:
-            _count_dropped(seq - last - 1, "channel_full")
+            _count_dropped(seq - last - 1, "seq_gap")
             # Drops come in bursts under overload: repair rows in one query, twice a second
             # at most, instead of one query per hole.
             self.dirty.add(session_id)
@@ -358,7 +382,10 @@ class DashboardConsumer(WatchConsumer):
         text = message.get(_ENCODED_KEY)
         if text is None:
             text = message[_ENCODED_KEY] = json.dumps(build(message))
-        await self.send(text_data=text)
+        if self.outbox is not None:
+            self.outbox.append(text)
+        else:
+            await self.send(text_data=text)
 
 
 class SessionConsumer(WatchConsumer):
@@ -432,7 +459,7 @@ class SessionConsumer(WatchConsumer):
             return
         if seq > last + 1:
             # Dropped upstream: fill the hole from the DB, in order, before this one.
-            _count_dropped(seq - last - 1, "channel_full")
+            _count_dropped(seq - last - 1, "seq_gap")
             await self.send_missed(last)
             return  # send_missed included this event too
         self.last_event_seq[self.session_id] = seq

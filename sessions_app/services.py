@@ -95,27 +95,50 @@ def session_summary(session: VoiceSession) -> dict[str, Any]:
     }
 
 
-def _publish_after_commit(session_id: UUID, message: dict[str, Any]) -> None:
-    transaction.on_commit(lambda: broadcast.publish(broadcast.session_groups(session_id), message))
+def _publish_after_commit(session_id: UUID, *messages: dict[str, Any]) -> None:
+    groups = broadcast.session_groups(session_id)
+    transaction.on_commit(lambda: broadcast.publish_many(groups, list(messages)))
+
+
+def event_added_message(event: SessionEvent) -> dict[str, Any]:
+    return {
+        "type": "event.added",
+        "session_id": str(event.session_id),
+        "seq": event.seq,
+        "event": {
+            "seq": event.seq,
+            "type": event.type,
+            "payload": event.payload,
+            "created_at": event.created_at.isoformat() if event.created_at else None,
+        },
+    }
+
+
+def session_updated_message(session: VoiceSession) -> dict[str, Any]:
+    return {
+        "type": "session.updated",
+        "session_id": str(session.id),
+        "seq": session.last_seq,
+        "session": session_summary(session),
+    }
 
 
 @transaction.atomic
-def session_event_append(*, session_id: UUID | str, type: str, payload: dict[str, Any] | None = None) -> SessionEvent:
-    """Append an event with the session's next sequence number (gapless, per session)."""
+def session_event_append(
+    *, session_id: UUID | str, type: str, payload: dict[str, Any] | None = None, announce: bool = True
+) -> SessionEvent:
+    """Append an event with the session's next sequence number (gapless, per session).
+
+    `announce=False` leaves the `event.added` message to the caller, who sends it in one
+    batch with its own (see `turn_record`).
+    """
     updated = VoiceSession.objects.filter(pk=session_id).update(last_seq=F("last_seq") + 1)
     if not updated:
         raise VoiceSession.DoesNotExist(f"no session {session_id}")
     seq = VoiceSession.objects.filter(pk=session_id).values_list("last_seq", flat=True).get()
     event = SessionEvent.objects.create(session_id=session_id, seq=seq, type=type, payload=payload or {})
-    _publish_after_commit(
-        event.session_id,
-        {
-            "type": "event.added",
-            "session_id": str(session_id),
-            "seq": seq,
-            "event": {"seq": seq, "type": type, "payload": event.payload, "created_at": event.created_at.isoformat()},
-        },
-    )
+    if announce:
+        _publish_after_commit(event.session_id, event_added_message(event))
     return event
 
 
@@ -143,24 +166,21 @@ def session_transition(
         session.end_reason = reason[:200]
         fields += ["ended_at", "end_reason"]
     session.save(update_fields=fields)
-    session_event_append(
+    event = session_event_append(
         session_id=session.id,
         type="session.state_changed",
         payload={"from": from_state, "to": to_state, "reason": reason, **(payload or {})},
+        announce=False,
     )
-    session.refresh_from_db(fields=["last_seq"])
-    session_publish_updated(session=session)
+    session.last_seq = event.seq  # the row is locked: nobody appended in between
+    _publish_after_commit(session.id, event_added_message(event), session_updated_message(session))
     if to_state in (SessionState.ENDED, SessionState.FAILED):
         _on_session_finished(session.id)
     return session
 
 
 def session_publish_updated(*, session: VoiceSession) -> None:
-    summary = session_summary(session)
-    _publish_after_commit(
-        session.id,
-        {"type": "session.updated", "session_id": str(session.id), "seq": session.last_seq, "session": summary},
-    )
+    _publish_after_commit(session.id, session_updated_message(session))
 
 
 def _on_session_finished(session_id: UUID) -> None:
@@ -324,31 +344,10 @@ def session_create(
                 for seq, (kind, payload) in enumerate(first_events, start=1)
             ]
         )
-        messages: list[dict[str, Any]] = [
-            {
-                "type": "event.added",
-                "session_id": str(session_id),
-                "seq": event.seq,
-                "event": {
-                    "seq": event.seq,
-                    "type": event.type,
-                    "payload": event.payload,
-                    "created_at": event.created_at.isoformat(),
-                },
-            }
-            for event in events
-        ]
-        messages.append(
-            {
-                "type": "session.updated",
-                "session_id": str(session_id),
-                "seq": session.last_seq,
-                "session": session_summary(session),
-            }
-        )
+        messages = [event_added_message(event) for event in events]
+        messages.append(session_updated_message(session))
         # Only the dashboard: nobody can be watching `session.<id>` of an id not yet returned.
-        groups = [broadcast.DASHBOARD_GROUP]
-        transaction.on_commit(lambda: broadcast.publish_in_background(groups, messages))
+        transaction.on_commit(lambda: broadcast.publish_many([broadcast.DASHBOARD_GROUP], messages))
 
     if mode == "livekit":
         # Outside the transaction: no row lock is held across a network call.

@@ -83,7 +83,7 @@ def turn_record(*, session_id: UUID | str, data: dict[str, Any]) -> Turn:
     datetime). Recording the same index twice returns the stored turn unchanged (the
     writer may retry after a failure it could not tell from a commit).
     """
-    from sessions_app.services import session_event_append, session_publish_updated
+    from sessions_app.services import event_added_message, session_event_append, session_updated_message
 
     index = int(data["index"])
     session = VoiceSession.objects.select_for_update().select_related("agent", "prompt_version").get(pk=session_id)
@@ -131,17 +131,19 @@ def turn_record(*, session_id: UUID | str, data: dict[str, Any]) -> Turn:
             "e2e_ms": stages["e2e"],
             "breaches": breaches,
         },
+        announce=False,
     )
     session.refresh_from_db(fields=["turn_count", "interrupt_count", "last_e2e_ms", "last_seq"])
-    message = {
+    turn_message = {
         "type": "turn.completed",
         "session_id": str(session.pk),
         "seq": event.seq,
         "turn": turn_as_dict(turn),
     }
+    # One batch per turn (event, turn, row): one publish per group instead of three.
+    messages = [event_added_message(event), turn_message, session_updated_message(session)]
     groups = broadcast.session_groups(session.pk)
-    transaction.on_commit(lambda: broadcast.publish(groups, message))
-    session_publish_updated(session=session)
+    transaction.on_commit(lambda: broadcast.publish_many(groups, messages))
 
     agent_label = session.agent.slug
     transaction.on_commit(

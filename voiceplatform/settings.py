@@ -37,9 +37,7 @@ if not SECRET_KEY:
     else:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when VOICE_DEV_DEFAULTS=false")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
-CSRF_TRUSTED_ORIGINS = env_list(
-    "DJANGO_CSRF_TRUSTED_ORIGINS", ["http://127.0.0.1:8000", "http://localhost:8000"]
-)
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", ["http://127.0.0.1:8000", "http://localhost:8000"])
 
 INSTALLED_APPS = [
     "daphne",
@@ -92,9 +90,7 @@ TEMPLATES = [
 ]
 
 # --- database ---------------------------------------------------------------------
-DATABASE_URL = env_url(
-    "DATABASE_URL", schemes=("postgres", "postgresql", "sqlite", "pgsql", "postgis")
-)
+DATABASE_URL = env_url("DATABASE_URL", schemes=("postgres", "postgresql", "sqlite", "pgsql", "postgis"))
 if DATABASE_URL:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))
 else:
@@ -126,17 +122,31 @@ if EMBEDDED_REDIS:
 
     REDIS_URL = ensure_running(DATA_DIR)
 
+
+def _default_channels_prefix(url: str) -> str:
+    """`voice`, plus the database number when it is not 0: pub/sub ignores databases."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    db = (parse_qs(parts.query).get("db") or [""])[0]
+    if parts.scheme != "unix":  # redis://host:port/N; a unix:// path is the socket file
+        db = parts.path.strip("/") or db
+    return "voice" if db in ("", "0") else f"voice.db{db}"
+
+
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        # Redis pub/sub, not channels_redis.core: live events are broadcasts to groups
+        # (every dashboard page, one agent job), and core stores a copy of each message
+        # per channel and takes 4 round trips per group_send, which could not carry 100
+        # live calls to 20 dashboards on 2 cores (bench/fanout.py, docs/dashboard.md).
+        # Pub/sub publishes once per group; each server process subscribes once and fans
+        # out in memory. Nothing is stored: a message for a channel or group nobody
+        # listens to is gone, which suits events whose truth is the DB (pages resync by seq).
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
-            # redis-py 8 reads with a 5 s socket timeout by default, and channels_redis
-            # blocks 5 s in BZPOPMIN: every idle receive (each websocket) died at ~5 s with
-            # "Timeout reading". Give reads a margin over the blocking pop.
             "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
-            "prefix": env_str("CHANNELS_PREFIX", "voice"),
-            "capacity": env_int("CHANNELS_CAPACITY", 200, minimum=10),
-            "expiry": 30,
+            "prefix": env_str("CHANNELS_PREFIX", _default_channels_prefix(REDIS_URL)),
         },
     },
 }
@@ -144,7 +154,7 @@ CHANNEL_LAYERS = {
 # --- celery --------------------------------------------------------------------------
 # Kombu and Celery spell a unix socket "redis+socket://", redis-py and Channels "unix://"
 # (the embedded Redis listens on one): without this the broker fails "No such transport: unix".
-_CELERY_REDIS_URL = "redis+socket://" + REDIS_URL[len("unix://"):] if REDIS_URL.startswith("unix://") else REDIS_URL
+_CELERY_REDIS_URL = "redis+socket://" + REDIS_URL[len("unix://") :] if REDIS_URL.startswith("unix://") else REDIS_URL
 CELERY_BROKER_URL = _CELERY_REDIS_URL
 CELERY_RESULT_BACKEND = _CELERY_REDIS_URL
 CELERY_TASK_ACKS_LATE = True

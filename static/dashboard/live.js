@@ -40,7 +40,9 @@ const Live = (() => {
       this.ws.onmessage = (ev) => {
         let msg;
         try { msg = JSON.parse(ev.data); } catch (e) { return; }
-        if (msg.type !== "pong") this.onMessage(msg);
+        // Under load the server sends what queued up in one frame: {"type": "batch", "messages": [...]}.
+        const messages = msg.type === "batch" && Array.isArray(msg.messages) ? msg.messages : [msg];
+        for (const m of messages) if (m.type !== "pong") this.onMessage(m);
       };
       this.ws.onclose = (ev) => {
         if (ev.code === 4403) { setConnState("closed", "not allowed"); return; }

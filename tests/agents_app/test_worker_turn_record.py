@@ -92,7 +92,9 @@ def test_it_publishes_turn_completed_after_commit(session, django_capture_on_com
     from sessions_app import broadcast
 
     sent: list[tuple[list[str], dict]] = []
-    monkeypatch.setattr(broadcast, "publish", lambda groups, message: sent.append((list(groups), message)))
+    monkeypatch.setattr(
+        broadcast, "publish_many", lambda groups, messages: sent.extend((list(groups), m) for m in messages)
+    )
     with django_capture_on_commit_callbacks(execute=True):
         turn_record(session_id=session.id, data={"index": 0, "generated_text": "Hello", "e2e_ms": 800})
     turn_messages = [m for _, m in sent if m["type"] == "turn.completed"]
@@ -103,3 +105,5 @@ def test_it_publishes_turn_completed_after_commit(session, django_capture_on_com
     assert message["seq"] == SessionEvent.objects.get(session=session, type="turn.completed").seq
     groups = next(g for g, m in sent if m["type"] == "turn.completed")
     assert groups == broadcast.session_groups(session.id)
+    # One batch per turn, in order: the event, the turn, the row.
+    assert [m["type"] for _, m in sent] == ["event.added", "turn.completed", "session.updated"]

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.test import Client
 from livekit.api import TokenVerifier
@@ -16,6 +13,7 @@ from sessions_app import broadcast
 from sessions_app.metrics import RECONNECTS
 from sessions_app.models import SessionEvent, SessionState, VoiceSession
 from sessions_app.services import session_transition
+from tests.layer_listener import LayerListener
 
 pytestmark = pytest.mark.django_db
 
@@ -39,25 +37,6 @@ def session_and_key(http, agent, owner_client):
         **_h(key),
     ).json()
     return body, key
-
-
-class GroupListener:
-    """A channel subscribed to one group, to see what the agent job would receive."""
-
-    def __init__(self, group: str) -> None:
-        self.layer = get_channel_layer()
-        self.group = group
-        self.channel = async_to_sync(self.layer.new_channel)()
-        async_to_sync(self.layer.group_add)(group, self.channel)
-
-    def receive(self, timeout: float = 3.0) -> dict:
-        async def _get() -> dict:
-            return await asyncio.wait_for(self.layer.receive(self.channel), timeout)
-
-        return async_to_sync(_get)()
-
-    def close(self) -> None:
-        async_to_sync(self.layer.group_discard)(self.group, self.channel)
 
 
 def _verify(token: str):
@@ -111,7 +90,7 @@ def test_interrupt_records_an_event_and_reaches_the_agent_control_group(
 ):
     created, key = session_and_key
     sid = created["session_id"]
-    listener = GroupListener(broadcast.agent_control_group(sid))
+    listener = LayerListener(broadcast.agent_control_group(sid))
     try:
         with django_capture_on_commit_callbacks(execute=True):
             response = http.post(f"/api/v1/sessions/{sid}/interrupt", **_h(key))
@@ -137,7 +116,7 @@ def test_interrupt_is_refused_once_the_session_is_final(http, session_and_key):
 def test_end_ends_the_session_and_tells_the_agent(http, session_and_key, django_capture_on_commit_callbacks):
     created, key = session_and_key
     sid = created["session_id"]
-    listener = GroupListener(broadcast.agent_control_group(sid))
+    listener = LayerListener(broadcast.agent_control_group(sid))
     try:
         with django_capture_on_commit_callbacks(execute=True):
             response = http.post(f"/api/v1/sessions/{sid}/end", **_h(key))

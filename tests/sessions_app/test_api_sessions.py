@@ -229,27 +229,14 @@ def test_the_openapi_schema_and_docs_are_served(http):
 
 
 def test_creation_is_announced_to_the_dashboard_in_order(http, agent, owner_client, django_capture_on_commit_callbacks):
-    import asyncio
-
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
     from sessions_app import broadcast
+    from tests.layer_listener import LayerListener
 
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(broadcast.DASHBOARD_GROUP, channel)
-
-    async def receive() -> dict:
-        return await asyncio.wait_for(layer.receive(channel), 3)
-
-    try:
+    with LayerListener(broadcast.DASHBOARD_GROUP) as listener:
         _, key = owner_client
         with django_capture_on_commit_callbacks(execute=True):
             sid = _create(http, key, {"agent": "support", "user_id": "u1"}).json()["session_id"]
-        received = [async_to_sync(receive)() for _ in range(3)]
-    finally:
-        async_to_sync(layer.group_discard)(broadcast.DASHBOARD_GROUP, channel)
+        received = [listener.receive() for _ in range(3)]
     assert [(m["type"], m["seq"]) for m in received] == [("event.added", 1), ("event.added", 2), ("session.updated", 2)]
     assert all(m["session_id"] == sid for m in received)
     assert received[0]["event"]["type"] == "session.created"
