@@ -1,14 +1,16 @@
 """Dashboard fan-out: publish → websocket receive latency through the real server.
 
 100 live sessions each record 2 turns a second. Every turn is published exactly as
-`sessions_app.turns.turn_record` publishes it (`broadcast.apublish` to the `dashboard`
-and `session.<id>` groups: `event.added`, `turn.completed`, `session.updated`), and 20
-dashboard websocket clients, logged in as staff, receive them from daphne serving
+`sessions_app.turns.turn_record` publishes it: one `live.batch` (`event.added`,
+`turn.completed`, `session.updated`) to the `dashboard` and `session.<id>` groups
+(`broadcast.apublish_many`, as the agent's publisher thread does), and 20 dashboard
+websocket clients, logged in as staff, receive them from daphne serving
 `voiceplatform.asgi:application` over loopback. Latency is measured on `turn.completed`
-from just before `apublish` to the client's receipt (same host, same clock).
+from just before the publish to the client's receipt (same host, same clock).
 
-Peer, in the same run: a bare channels-redis `group_send` of the same messages at the
-same rate to 20 plain channel-layer receivers (no Django consumer, no websocket).
+Peer, in the same run: a bare `group_send` of the same layer messages at the same rate,
+on the configured channel layer (channels-redis), to 20 plain channel-layer receivers
+in this process (no Django consumer, no websocket).
 
 Prints one JSON object: {"name": "fanout", "sessions", "dashboards", "p50_ms", "p99_ms",
 "peer_p99_ms", "ratio", "dropped", ...}. `dropped` = turn messages that never reached a
@@ -169,11 +171,10 @@ async def _publishers(
     async def worker() -> None:
         while (item := await queue.get()) is not None:
             sid, index = item
-            for message in _turn_messages(sid, index, index):
-                if message["type"] == "turn.completed":
-                    message["bench_sent_at"] = time.time()
-                    counter["turns"] += 1
-                await publish(sid, message)
+            messages = _turn_messages(sid, index, index)
+            messages[1]["bench_sent_at"] = time.time()  # the turn.completed
+            counter["turns"] += 1
+            await publish(sid, messages)
 
     await asyncio.gather(schedule(), *(worker() for _ in range(workers)))
 
@@ -200,16 +201,17 @@ async def _run_server_side(args: argparse.Namespace, base_url: str, cookie: str)
             async for frame in ws:
                 if frame.type != aiohttp.WSMsgType.TEXT:
                     break
-                # A regex, not json.loads: 20 clients share the bench's one CPU with the publisher.
-                found = _SENT_AT.search(frame.data)
-                if found and frame.data.startswith('{"type": "turn.completed"'):
-                    sent_at = float(found.group(1))
+                # A regex, not json.loads: 20 clients share the bench's CPU with the publisher.
+                # Only turn.completed messages carry bench_sent_at; a `batch` frame may hold several.
+                now = time.time()
+                for found in _SENT_AT.findall(frame.data):
+                    sent_at = float(found)
                     if sent_at >= window["from"]:
                         received["turns"] += 1
-                        latencies.append((time.time() - sent_at) * 1000)
+                        latencies.append((now - sent_at) * 1000)
 
-    async def publish(session_id: str, message: dict[str, Any]) -> None:
-        await broadcast.apublish(broadcast.session_groups(session_id), message)
+    async def publish(session_id: str, messages: list[dict[str, Any]]) -> None:
+        await broadcast.apublish_many(broadcast.session_groups(session_id), messages)
 
     async with aiohttp.ClientSession() as http:
         clients = [asyncio.create_task(dashboard(http)) for _ in range(args.dashboards)]
@@ -253,6 +255,8 @@ async def _run_peer(args: argparse.Namespace) -> dict[str, Any]:
     """The same messages, bare `group_send` → `receive` on the channel layer."""
     from channels.layers import get_channel_layer
 
+    from sessions_app import broadcast
+
     layer = get_channel_layer()
     group = f"benchpeer.{uuid.uuid4().hex[:8]}"
     channels = [await layer.new_channel() for _ in range(args.dashboards)]
@@ -263,12 +267,14 @@ async def _run_peer(args: argparse.Namespace) -> dict[str, Any]:
 
     async def receiver(channel: str) -> None:
         while True:
-            message = await layer.receive(channel)
-            if message.get("type") == "turn.completed" and message["bench_sent_at"] >= window["from"]:
-                latencies.append((time.time() - message["bench_sent_at"]) * 1000)
+            received = await layer.receive(channel)
+            now = time.time()
+            for message in broadcast.unbatch(received):
+                if message.get("type") == "turn.completed" and message["bench_sent_at"] >= window["from"]:
+                    latencies.append((now - message["bench_sent_at"]) * 1000)
 
-    async def publish(session_id: str, message: dict[str, Any]) -> None:
-        await layer.group_send(group, message)
+    async def publish(session_id: str, messages: list[dict[str, Any]]) -> None:
+        await layer.group_send(group, broadcast.batch_message(messages))
 
     tasks = [asyncio.create_task(receiver(channel)) for channel in channels]
     await _publishers(
@@ -356,6 +362,7 @@ def main() -> None:
         "peer_dropped": max(0, peer["expected"] - len(peer["latencies"])),
         "published_turns_per_s": served["published_turns_per_s"],
         "messages_per_turn": 3,
+        "layer": settings.CHANNEL_LAYERS["default"]["BACKEND"],
         "seconds": args.seconds,
         "target_p99_ms": 50,
     }

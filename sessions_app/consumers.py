@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
@@ -145,7 +146,20 @@ class WatchConsumer(AsyncJsonWebsocketConsumer):
     async def live_batch(self, message: dict[str, Any]) -> None:
         """Several messages published together (`broadcast.publish_many`), in order."""
         for item in message.get("messages") or ():
-            await self.dispatch(item)
+            await self.deliver(item)
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        """Run a live message's handler directly.
+
+        Not `dispatch()`: Channels' dispatch first closes stale DB connections through a
+        thread hop, and these handlers never touch the DB. Twenty pages times a few
+        messages per turn made that hop most of the server's work (bench/fanout.py).
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            logger.debug("no handler for live message %s", message.get("type"))
+            return
+        await handler(message)
 
     async def session_updated(self, message: dict[str, Any]) -> None:
         await self.send_json(_public(message))
@@ -308,7 +322,7 @@ class DashboardConsumer(WatchConsumer):
             await self._flush()
             await self.start_snapshot_only()
             return
-        await self.dispatch(message)
+        await self.deliver(message)
 
     async def _flush(self) -> None:
         texts, self.outbox = self.outbox or [], []
