@@ -4,8 +4,8 @@
 `sessions_app.turns.turn_record` publishes it: one `live.batch` (`event.added`,
 `turn.completed`, `session.updated`) to the `dashboard` and `session.<id>` groups
 (`broadcast.apublish_many`, as the agent's publisher thread does), and 20 dashboard
-websocket clients, logged in as staff, receive them from daphne serving
-`voiceplatform.asgi:application` over loopback. Latency is measured on `turn.completed`
+websocket clients, logged in as staff, receive them from the web server as in production
+(voiceplatform.webserver: uvicorn, WEB_PROCESSES workers) over loopback. Latency is measured on `turn.completed`
 from just before the publish to the client's receipt (same host, same clock).
 
 Peer, in the same run: a bare `group_send` of the same layer messages at the same rate,
@@ -302,15 +302,18 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2.0, help="turns per second per session")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured publishing time per side")
     parser.add_argument("--publishers", type=int, default=4, help="concurrent publishing tasks (agent writers)")
+    parser.add_argument("--processes", type=int, default=0, help="web processes (default: WEB_PROCESSES)")
     args = parser.parse_args()
 
     cookie = _staff_cookie()
     port = _free_port()
     env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
     Path(settings.DATA_DIR).mkdir(parents=True, exist_ok=True)
-    log = open(Path(settings.DATA_DIR) / "bench-fanout-daphne.log", "w")  # kept open for the server's lifetime
+    log = open(Path(settings.DATA_DIR) / "bench-fanout-web.log", "w")  # kept open for the server's lifetime
+    from voiceplatform.webserver import web_server_command
+
     server = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voiceplatform.asgi:application"],
+        web_server_command(host="127.0.0.1", port=port, processes=args.processes or None),
         cwd=BASE_DIR,
         env=env,
         stdout=log,
@@ -321,13 +324,13 @@ def main() -> None:
         deadline = time.monotonic() + 90
         while True:
             if server.poll() is not None:
-                raise SystemExit(f"daphne exited; see {log.name}")
+                raise SystemExit(f"the web server exited; see {log.name}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise SystemExit("daphne did not listen within 90 s") from None
+                    raise SystemExit("the web server did not listen within 90 s") from None
                 time.sleep(0.2)
 
         async def both() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -363,6 +366,7 @@ def main() -> None:
         "published_turns_per_s": served["published_turns_per_s"],
         "messages_per_turn": 3,
         "layer": settings.CHANNEL_LAYERS["default"]["BACKEND"],
+        "web_processes": args.processes or settings.WEB_PROCESSES,
         "seconds": args.seconds,
         "target_p99_ms": 50,
     }

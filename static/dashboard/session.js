@@ -270,6 +270,8 @@
       msg.turns.forEach(upsertTurn);
       updateSession(msg.session);
       renderAll();
+      // A resync returns at most one page of events: ask for the next until complete.
+      if (msg.complete === false) requestResync();
     }
   }
 

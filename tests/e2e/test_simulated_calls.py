@@ -71,7 +71,9 @@ class DashboardListener:
     async def _collect(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for message in ws:
             if message.type == aiohttp.WSMsgType.TEXT:
-                self.messages.append(message.json())
+                frame = message.json()
+                # Messages that queued up together arrive as one {"type": "batch"} frame.
+                self.messages.extend(frame["messages"] if frame.get("type") == "batch" else [frame])
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.sleep(2)  # the last turn's broadcast may trail the simulator's exit
