@@ -1,15 +1,17 @@
 """Token API: POST /api/v1/sessions on the platform vs a bare FastAPI + uvicorn peer.
 
-The platform is started as in production (daphne serving voiceplatform.asgi:application
-by default; `--server uvicorn` and `--workers N` measure the alternatives). The peer is a
-bare FastAPI app under uvicorn that does the same essential work per request: parse the
+The platform is started as in production (voiceplatform.webserver: uvicorn with
+WEB_PROCESSES workers, default 2, serving voiceplatform.asgi:application; `--processes N`
+and `--server daphne` measure the alternatives). The peer is a bare FastAPI app under
+one uvicorn process that does the same essential work per request: parse the
 JSON body, mint the same LiveKit token (sessions_app.tokens.caller_token_mint) and insert
 one VoiceSession row into the same database. The platform additionally authenticates the
 API key, applies the Redis rate limit (raised out of the way here), pins the prompt
 version, appends the session events and publishes them to the channel layer.
 
 Both are driven over loopback in the same run with the same load:
-1. throughput: a closed loop of --concurrency clients for --seconds → *_rps;
+1. throughput: a closed loop of --concurrency clients for --seconds, --rounds times per
+   side, alternating platform and peer (both servers stay up) → median *_rps;
 2. latency: an open loop at --rate requests/s for --seconds → *_p50_ms / *_p99_ms.
 
 Prints one JSON object: {"name": "token_api", "platform_rps", "peer_rps", "ratio",
@@ -62,6 +64,7 @@ def build_peer_app() -> Any:
     import django
 
     django.setup()
+    from django.db import connection
     from fastapi import FastAPI
 
     from agents_app.models import Agent
@@ -76,14 +79,20 @@ def build_peer_app() -> Any:
     def create(body: CreateIn) -> dict[str, Any]:  # sync: FastAPI runs it in its threadpool
         sid = uuid.uuid4()
         room = f"vs-{sid.hex}"
-        VoiceSession.objects.create(
-            id=sid,
-            caller_id=PEER_CALLER,
-            room_name=room,
-            agent_id=agent.pk,
-            prompt_version_id=version_id,
-            metadata=body.metadata,
-        )
+        try:
+            VoiceSession.objects.create(
+                id=sid,
+                caller_id=PEER_CALLER,
+                room_name=room,
+                agent_id=agent.pk,
+                prompt_version_id=version_id,
+                metadata=body.metadata,
+            )
+        finally:
+            # Back to the pool (DB_POOL, the settings' default on PostgreSQL), as Django
+            # does at the end of each request: FastAPI's 40 threads would otherwise hold
+            # a connection each and exhaust it.
+            connection.close()
         token = caller_token_mint(room=room, caller_id=body.user_id)
         return {
             "session_id": str(sid),
@@ -139,32 +148,18 @@ def _cleanup() -> None:
     ApiClient.objects.filter(name=CLIENT_NAME).delete()
 
 
-def _start_platform(port: int, server: str, workers: int, db_pool: bool) -> list[subprocess.Popen]:
+def _start_platform(port: int, server: str, processes: int, db_pool: bool) -> list[subprocess.Popen]:
     py = sys.executable
     env = dict(os.environ)
     if db_pool:
-        # ASGI runs each request's sync code in a new thread: without a pool every request
-        # opens a PostgreSQL connection (and persistent ones leak). See docs/api.md.
+        # Each web thread would otherwise keep its own PostgreSQL connection. See docs/api.md.
         env["DB_POOL"] = "1"
-    if server == "uvicorn":
-        cmd = [
-            py,
-            "-m",
-            "uvicorn",
-            "voiceplatform.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--workers",
-            str(workers),
-        ]
-        return [subprocess.Popen(cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL, env=env)]
-    # daphne has no --workers; several daphne processes would need a balancer in front.
-    cmd = [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", "voiceplatform.asgi:application"]
+    if server == "daphne":  # the previous server, for comparison: one process, no workers
+        cmd = [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", "voiceplatform.asgi:application"]
+    else:  # as in production (manage.py demo, Procfile)
+        from voiceplatform.webserver import web_server_command
+
+        cmd = web_server_command(host="127.0.0.1", port=port, processes=processes, python=py)
     return [subprocess.Popen(cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL, env=env)]
 
 
@@ -257,15 +252,34 @@ async def _open_loop(url: str, headers: dict[str, str], body: bytes, rate: float
     }
 
 
-async def _measure(url: str, headers: dict[str, str], args: argparse.Namespace) -> dict:
+async def _measure(targets: dict[str, tuple[str, dict[str, str]]], args: argparse.Namespace) -> dict[str, dict]:
+    """Both servers are up; their phases alternate so that drift on a shared machine hits both.
+
+    Throughput: --rounds closed-loop rounds per side (platform, peer, platform, …), the
+    median reported. Latency: one open-loop phase per side at --rate.
+    """
     body = json.dumps({"agent": AGENT_SLUG, "user_id": "bench-caller", "metadata": {"plan": "gold"}}).encode()
-    headers = {**headers, "Content-Type": "application/json"}
-    await _wait_up(url, headers, body)
-    await _closed_loop(url, headers, body, args.concurrency, args.warmup)  # warm connections and caches
-    throughput = await _closed_loop(url, headers, body, args.concurrency, args.seconds)
-    await asyncio.sleep(0.5)
-    latency = await _open_loop(url, headers, body, args.rate, args.seconds)
-    return {**latency, "rps": throughput["rps"], "errors": throughput["errors"] + latency["errors"]}
+    targets = {side: (url, {**headers, "Content-Type": "application/json"}) for side, (url, headers) in targets.items()}
+    for url, headers in targets.values():
+        await _wait_up(url, headers, body)
+        await _closed_loop(url, headers, body, args.concurrency, args.warmup)  # warm connections and caches
+    rounds: dict[str, list[dict]] = {side: [] for side in targets}
+    for _ in range(args.rounds):
+        for side, (url, headers) in targets.items():
+            rounds[side].append(await _closed_loop(url, headers, body, args.concurrency, args.seconds))
+            await asyncio.sleep(0.5)
+    results = {}
+    for side, (url, headers) in targets.items():
+        latency = await _open_loop(url, headers, body, args.rate, args.seconds)
+        await asyncio.sleep(0.5)
+        rps = sorted(r["rps"] for r in rounds[side])
+        results[side] = {
+            **latency,
+            "rps": rps[len(rps) // 2],
+            "rps_rounds": [r["rps"] for r in rounds[side]],
+            "errors": sum(r["errors"] for r in rounds[side]) + latency["errors"],
+        }
+    return results
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -280,11 +294,17 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne")
-    parser.add_argument("--workers", type=int, default=1, help="platform processes (uvicorn only)")
+    parser.add_argument(
+        "--server",
+        choices=("production", "daphne"),
+        default="production",
+        help="production: voiceplatform.webserver (uvicorn, WEB_PROCESSES workers); daphne: one process",
+    )
+    parser.add_argument("--processes", type=int, default=0, help="web processes (default: WEB_PROCESSES)")
     parser.add_argument("--rate", type=float, default=150.0, help="open-loop requests/s for the latency phase")
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients for the throughput phase")
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each phase")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating throughput rounds per side (median)")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument(
         "--db-pool",
@@ -300,22 +320,28 @@ def main() -> None:
 
     db_pool = args.db_pool and os.environ.get("DATABASE_URL", "").startswith("postgres")
     key = _setup()
+    from django.conf import settings
+
+    processes = 1 if args.server == "daphne" else (args.processes or settings.WEB_PROCESSES)
     platform_port, peer_port = _free_port(), _free_port()
-    results: dict[str, dict] = {}
+    procs: list[subprocess.Popen] = []
     try:
-        procs = _start_platform(platform_port, args.server, args.workers, db_pool)
-        try:
-            results["platform"] = asyncio.run(
-                _measure(f"http://127.0.0.1:{platform_port}/api/v1/sessions", {"Authorization": f"Bearer {key}"}, args)
+        procs += _start_platform(platform_port, args.server, processes, db_pool)
+        procs += _start_peer(peer_port)
+        results = asyncio.run(
+            _measure(
+                {
+                    "platform": (
+                        f"http://127.0.0.1:{platform_port}/api/v1/sessions",
+                        {"Authorization": f"Bearer {key}"},
+                    ),
+                    "peer": (f"http://127.0.0.1:{peer_port}/sessions", {}),
+                },
+                args,
             )
-        finally:
-            _stop(procs)
-        procs = _start_peer(peer_port)
-        try:
-            results["peer"] = asyncio.run(_measure(f"http://127.0.0.1:{peer_port}/sessions", {}, args))
-        finally:
-            _stop(procs)
+        )
     finally:
+        _stop(procs)
         _cleanup()
 
     platform, peer = results["platform"], results["peer"]
@@ -330,9 +356,13 @@ def main() -> None:
                 "platform_p99_ms": platform["p99_ms"],
                 "peer_p99_ms": peer["p99_ms"],
                 "peer_p50_ms": peer["p50_ms"],
+                "platform_rps_rounds": platform["rps_rounds"],
+                "peer_rps_rounds": peer["rps_rounds"],
                 "rate": args.rate,
                 "server": args.server,
-                "workers": args.workers if args.server == "uvicorn" else 1,
+                "processes": processes,
+                "threads": settings.WEB_THREADS,
+                "peer_processes": 1,
                 "db_pool": db_pool,
                 "errors": {"platform": platform["errors"], "peer": peer["errors"]},
                 "database": "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite",

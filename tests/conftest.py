@@ -11,6 +11,16 @@ from sessions_app.models import ApiScope
 from sessions_app.services import api_client_create
 
 
+@pytest.fixture(autouse=True)
+def _fresh_hot_cache():
+    """Each test starts with an empty per-process cache of keys and prompts (hotcache.py):
+    rows of an earlier test's rolled-back transaction must not be served from it."""
+    from django.core.cache import caches
+
+    caches["hot"].clear()
+    yield
+
+
 @pytest.fixture
 def staff_user(db) -> User:
     """A support person: staff, in the "Support staff" group."""

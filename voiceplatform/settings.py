@@ -71,8 +71,14 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "voiceplatform.urls"
+# Threads per web process running HTTP requests (voiceplatform/asgi.py). Few: the requests
+# are short and CPU-bound, and more threads mostly contend for the GIL. Scale with
+# WEB_PROCESSES instead.
+WEB_THREADS = env_int("WEB_THREADS", 2, minimum=1, maximum=64)
+# uvicorn worker processes of a web server (voiceplatform/webserver.py): one per core.
+WEB_PROCESSES = env_int("WEB_PROCESSES", 2, minimum=1, maximum=64)
 ASGI_APPLICATION = "voiceplatform.asgi.application"
-WSGI_APPLICATION = None
+WSGI_APPLICATION = None  # HTTP runs through voiceplatform.asgi (a2wsgi), see there
 
 TEMPLATES = [
     {
@@ -201,6 +207,16 @@ STT_PROCESS_POOL_SIZE = env_int("STT_PROCESS_POOL_SIZE", 1, minimum=1, maximum=1
 # --- voice platform behaviour ------------------------------------------------------
 SESSION_CREATE_RATE_PER_MINUTE = env_int("SESSION_CREATE_RATE_PER_MINUTE", 120, minimum=1)
 SESSION_METADATA_MAX_BYTES = env_int("SESSION_METADATA_MAX_BYTES", 8192, minimum=256)
+# How long each process keeps API keys and published prompt versions (voiceplatform/hotcache.py).
+HOT_CACHE_SECONDS = env_float("HOT_CACHE_SECONDS", 2.0, minimum=0.0)
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "default"},
+    "hot": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "hot",
+        "OPTIONS": {"MAX_ENTRIES": 5000},
+    },
+}
 AGENT_HEARTBEAT_SECONDS = env_float("AGENT_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
 STALE_SESSION_SECONDS = env_int("STALE_SESSION_SECONDS", 60, minimum=5)
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)

@@ -1,9 +1,9 @@
-"""Shared Playwright fixtures: Debian's Chromium, the real ASGI app served by daphne.
+"""Shared Playwright fixtures: Debian's Chromium, the real ASGI app served as in production.
 
 - `chromium_path`: Debian's Chromium (never `playwright install`). Missing → the test
   fails under CI (`.ci/run` installs it) and skips only on a developer machine.
 - `launch_chromium(playwright)`: the browser with the flags every browser test uses.
-- `served_platform`: daphne serving `voiceplatform.asgi:application` on loopback, on its
+- `served_platform`: uvicorn (voiceplatform.webserver) serving `voiceplatform.asgi:application` on loopback, on its
   own freshly migrated database (a PostgreSQL database next to `DATABASE_URL`, or SQLite
   under a temporary `DATA_DIR`) and the configured Redis. Its `orm(code)` runs Python in
   a helper process on that same database, so a test records turns through the real
@@ -25,6 +25,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
+from voiceplatform.webserver import web_server_command
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 ARTIFACTS = BASE_DIR / "test-artifacts"
@@ -130,7 +132,7 @@ def _drop_postgres_database(url: str, name: str) -> None:
 def serve_platform(
     data_dir: Path, *, name: str, seed: str = "", env_extra: dict[str, str] | None = None
 ) -> ServedPlatform:
-    """Migrate a fresh database, seed it, start daphne and the ORM helper on it."""
+    """Migrate a fresh database, seed it, start the web server and the ORM helper on it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "DJANGO_SETTINGS_MODULE"))}
     env.update({"DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", "DJANGO_DEBUG": "false", "LOG_LEVEL": "WARNING"})
     env["DJANGO_SETTINGS_MODULE"] = "voiceplatform.settings"
@@ -148,10 +150,10 @@ def serve_platform(
         assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
 
     port = free_port()
-    log_path = data_dir / f"daphne-{name}.log"
+    log_path = data_dir / f"web-{name}.log"
     log = open(log_path, "w")  # kept open for the server's lifetime
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voiceplatform.asgi:application"],
+        web_server_command(host="127.0.0.1", port=port, processes=1),
         cwd=BASE_DIR,
         env=env,
         stdout=log,
@@ -163,14 +165,14 @@ def serve_platform(
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     while True:
         if process.poll() is not None:
-            pytest.fail(f"daphne ({name}) exited:\n{site.log_tail()}")
+            pytest.fail(f"the web server ({name}) exited:\n{site.log_tail()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 break
         except OSError:
             if time.monotonic() > deadline:
                 process.kill()
-                pytest.fail(f"daphne ({name}) did not listen within {SERVER_START_TIMEOUT_S} s:\n{site.log_tail()}")
+                pytest.fail(f"the web server ({name}) did not listen within {SERVER_START_TIMEOUT_S} s:\n{site.log_tail()}")
             time.sleep(0.2)
     site.driver = subprocess.Popen(
         [sys.executable, "-c", _ORM_DRIVER],

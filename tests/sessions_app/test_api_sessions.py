@@ -266,3 +266,41 @@ def test_retry_after_is_the_wait_until_one_more_request_fits():
     assert _retry_after(limit=3, prev=0, cur=3, elapsed=0.5) == 50
     # Previous window full, current empty, 15 s in: 3 * (1 - t) + 1 <= 3 → t >= 20 s → 5 s more.
     assert _retry_after(limit=3, prev=3, cur=0, elapsed=0.25) == 5
+
+
+def test_a_newly_published_prompt_is_pinned_at_once_despite_the_hot_cache(http, agent, owner_client):
+    _, key = owner_client
+    first = _create(http, key, {"agent": "support", "user_id": "u1"}).json()  # caches key and v1
+    v2 = prompt_draft_create(agent=agent, instructions="Second version.")
+    prompt_publish(version=v2)  # this process forgets its cache on save
+    second = _create(http, key, {"agent": "support", "user_id": "u1"}).json()
+    pinned = dict(VoiceSession.objects.values_list("id", "prompt_version_id"))
+    assert pinned[uuid.UUID(first["session_id"])] != v2.pk
+    assert pinned[uuid.UUID(second["session_id"])] == v2.pk
+
+
+def test_a_deactivated_key_is_refused_at_once_despite_the_hot_cache(http, agent, owner_client):
+    client, key = owner_client
+    assert _create(http, key, {"agent": "support", "user_id": "u1"}).status_code == 201  # cached
+    client.active = False
+    client.save(update_fields=["active"])
+    assert _create(http, key, {"agent": "support", "user_id": "u1"}).status_code == 401
+
+
+def test_a_warm_creation_is_one_sql_statement_on_postgresql(http, agent, owner_client, django_assert_num_queries):
+    """Key and prompt come from the hot cache; the session and its events are one INSERT."""
+    from django.db import connection
+
+    _, key = owner_client
+    assert _create(http, key, {"agent": "support", "user_id": "u1"}).status_code == 201  # warms the cache
+    expected = 1 if connection.vendor == "postgresql" else 4  # SQLite: savepoint, 2 INSERTs, release
+    with django_assert_num_queries(expected):
+        response = _create(http, key, {"agent": "support", "user_id": "u2", "metadata": {"plan": "gold"}})
+    assert response.status_code == 201
+    session = VoiceSession.objects.get(pk=response.json()["session_id"])
+    assert (session.caller_id, session.metadata, session.last_seq) == ("u2", {"plan": "gold"}, 2)
+    assert session.created_at is not None and session.updated_at is not None
+    events = list(SessionEvent.objects.filter(session=session).order_by("seq"))
+    assert [(e.seq, e.type) for e in events] == [(1, "session.created"), (2, "agent.dispatch_requested")]
+    assert events[0].payload["prompt_version"] == session.prompt_version.number
+    assert all(e.created_at is not None for e in events)

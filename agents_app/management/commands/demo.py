@@ -3,7 +3,7 @@
 It migrates, seeds the demo data, then starts and supervises, each in its own process
 group with prefixed coloured output:
 
-- web:     daphne on 127.0.0.1:8000 (admin, API, dashboard, websockets, /metrics)
+- web:     uvicorn (voiceplatform.webserver) on 127.0.0.1:8000 (admin, API, dashboard, websockets, /metrics)
 - celery:  a Celery worker with beat (post-call reports, reaper, slow tools)
 - agent:   `manage.py runagent` (the local agent host when LIVEKIT_URL is unset)
 - traffic: a steady trickle of `simulate_calls`, one call at a time across the scenarios
@@ -31,6 +31,8 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from voiceplatform.webserver import web_server_command
 
 DEFAULT_TRAFFIC = ("basic", "barge-in", "reconnect", "tool", "client-interrupt", "agent-restart")
 GRACE_SECONDS = 10.0
@@ -192,9 +194,7 @@ class Command(BaseCommand):
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         traffic: threading.Thread | None = None
         try:
-            supervisor.start(
-                "web", [py, "-m", "daphne", "-b", host, "-p", str(port), "voiceplatform.asgi:application"], env
-            )
+            supervisor.start("web", web_server_command(host=host, port=port, python=py), env)
             supervisor.start(
                 "celery",
                 [py, "-m", "celery", "-A", "voiceplatform", "worker", "-B", "--concurrency", "1", "--loglevel", "INFO",
