@@ -65,4 +65,16 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
     @api.exception_handler(HttpError)
     def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # django-ninja raises HttpError(400) from the JSON decoder's error (a ValueError;
+            # UnicodeDecodeError is one too) when the body cannot be parsed.
+            return respond(
+                request,
+                400,
+                error_body(
+                    "malformed_json",
+                    "The request body is not valid JSON (UTF-8).",
+                    {"error": str(exc.__cause__)[:200]},
+                ),
+            )
         return respond(request, exc.status_code, error_body("http_error", str(exc)))

@@ -133,7 +133,8 @@ def test_it_lists_only_own_sessions_filtered_and_paginated(http, agent, owner_cl
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
-        ("{not json", 400, "http_error"),
+        ("{not json", 400, "malformed_json"),
+        (b'{"agent": "\xff"}', 400, "malformed_json"),
         ("[]", 422, "invalid_request"),
         ({"agent": "support"}, 422, "invalid_request"),
         ({"agent": 5, "user_id": "u"}, 422, "invalid_request"),
