@@ -43,3 +43,20 @@ def test_it_answers_503_when_the_database_fails(client, monkeypatch):
 def test_it_needs_no_login_and_only_allows_get(client):
     assert client.get("/healthz").status_code in (200, 503)
     assert client.post("/healthz").status_code == 405
+
+
+def test_it_reuses_one_redis_client_across_requests(client, monkeypatch):
+    import redis
+
+    made = []
+    real = redis.Redis.from_url
+
+    def counting_from_url(*args, **kwargs):
+        made.append(args)
+        return real(*args, **kwargs)
+
+    health._redis_clients.clear()
+    monkeypatch.setattr(redis.Redis, "from_url", counting_from_url)
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/healthz").status_code == 200
+    assert len(made) == 1

@@ -19,11 +19,24 @@ def _check_db() -> str | None:
     return None
 
 
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    """One client per process (and URL): a new connection costs ~3 ms of CPU with redis-py 8.
+
+    Its pool reconnects by itself after Redis comes back; creating it does not connect.
+    """
+    url = settings.REDIS_URL
+    client = _redis_clients.get(url)
+    if client is None:
+        client = _redis_clients[url] = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    return client
+
+
 def _check_redis() -> str | None:
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-        client.ping()
-        client.close()
+        _redis().ping()
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
