@@ -25,7 +25,7 @@ from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from sessions_app import maintenance, reports
-from sessions_app.models import LiveKitWebhookEvent
+from sessions_app.models import LiveKitWebhookEvent, VoiceSession
 from voiceplatform.logging import log_context
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ def session_post_call_report(session_id: str) -> dict[str, Any]:
         except reports.ReportNotReady as exc:
             logger.warning("no report yet: %s", exc)
             return {"status": "not_ready"}
+        except VoiceSession.DoesNotExist:
+            # Deleted (retention, an operator) after the task was queued: nothing to report.
+            logger.warning("no report: the session no longer exists")
+            return {"status": "gone"}
         client = session.api_client
         queued = False
         if client is not None and client.webhook_url and session.report_delivered_at is None:
@@ -69,7 +73,11 @@ def session_post_call_report(session_id: str) -> dict[str, Any]:
 def session_report_webhook_deliver(self: Any, session_id: str) -> dict[str, Any]:
     attempt = self.request.retries + 1
     with log_context(session_id=session_id):
-        outcome = reports.session_report_deliver(session_id=session_id, attempt=attempt)
+        try:
+            outcome = reports.session_report_deliver(session_id=session_id, attempt=attempt)
+        except VoiceSession.DoesNotExist:
+            logger.warning("report not delivered: the session no longer exists")
+            return {"status": "gone", "attempts": attempt}
         if outcome.status == "failed":
             reports.session_report_delivery_failed(session_id=session_id, attempts=attempt, detail=outcome.detail)
         elif outcome.status == "retry":

@@ -176,3 +176,10 @@ def test_a_stale_signature_is_rejected():
     assert reports.report_signature_verify(secret="s3cret", header=header, body=b"{}", now=1_100)
     assert not reports.report_signature_verify(secret="s3cret", header=header, body=b"{}", now=2_000)
     assert not reports.report_signature_verify(secret="s3cret", header="garbage", body=b"{}", now=1_000)
+
+
+def test_tasks_for_a_deleted_session_end_quietly(eager_celery):
+    """Retention (or an operator) may delete a session after its tasks were queued."""
+    gone = str(uuid.uuid4())
+    assert tasks.session_post_call_report.delay(gone).get() == {"status": "gone"}
+    assert tasks.session_report_webhook_deliver.delay(gone).get() == {"status": "gone", "attempts": 1}
