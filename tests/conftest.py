@@ -15,9 +15,9 @@ from sessions_app.services import api_client_create
 def _fresh_hot_cache():
     """Each test starts with an empty per-process cache of keys and prompts (hotcache.py):
     rows of an earlier test's rolled-back transaction must not be served from it."""
-    from django.core.cache import caches
+    from voiceplatform.hotcache import hot_forget
 
-    caches["hot"].clear()
+    hot_forget()
     yield
 
 

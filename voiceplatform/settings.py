@@ -75,10 +75,10 @@ ROOT_URLCONF = "voiceplatform.urls"
 # are short and CPU-bound, and more threads mostly contend for the GIL. Scale with
 # WEB_PROCESSES instead.
 WEB_THREADS = env_int("WEB_THREADS", 2, minimum=1, maximum=64)
-# uvicorn worker processes of a web server (voiceplatform/webserver.py): one per core.
+# uvicorn processes of a web server (voiceplatform/webserver.py): one per core.
 WEB_PROCESSES = env_int("WEB_PROCESSES", 2, minimum=1, maximum=64)
 ASGI_APPLICATION = "voiceplatform.asgi.application"
-WSGI_APPLICATION = None  # HTTP runs through voiceplatform.asgi (a2wsgi), see there
+WSGI_APPLICATION = None  # HTTP runs through voiceplatform.asgi (voiceplatform.wsgibridge), see there
 
 TEMPLATES = [
     {
@@ -211,11 +211,6 @@ SESSION_METADATA_MAX_BYTES = env_int("SESSION_METADATA_MAX_BYTES", 8192, minimum
 HOT_CACHE_SECONDS = env_float("HOT_CACHE_SECONDS", 2.0, minimum=0.0)
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "default"},
-    "hot": {
-        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-        "LOCATION": "hot",
-        "OPTIONS": {"MAX_ENTRIES": 5000},
-    },
 }
 AGENT_HEARTBEAT_SECONDS = env_float("AGENT_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
 STALE_SESSION_SECONDS = env_int("STALE_SESSION_SECONDS", 60, minimum=5)
