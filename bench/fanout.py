@@ -5,7 +5,7 @@
 `turn.completed`, `session.updated`) to the `dashboard` and `session.<id>` groups
 (`broadcast.apublish_many`, as the agent's publisher thread does), and 20 dashboard
 websocket clients, logged in as staff, receive them from the web server as in production
-(voiceplatform.webserver: uvicorn, WEB_PROCESSES workers) over loopback. Latency is measured on `turn.completed`
+(voiceplatform.webserver: uvicorn, WEB_PROCESSES processes) over loopback. Latency is measured on `turn.completed`
 from just before the publish to the client's receipt (same host, same clock).
 
 Peer, in the same run: a bare `group_send` of the same layer messages at the same rate,

@@ -1,7 +1,7 @@
 """Token API: POST /api/v1/sessions on the platform vs a bare FastAPI + uvicorn peer.
 
 The platform is started as in production (voiceplatform.webserver: uvicorn with
-WEB_PROCESSES workers, default 2, serving voiceplatform.asgi:application; `--processes N`
+WEB_PROCESSES processes, default 2, serving voiceplatform.asgi:application; `--processes N`
 and `--server daphne` measure the alternatives). The peer is a bare FastAPI app under
 one uvicorn process that does the same essential work per request: parse the
 JSON body, mint the same LiveKit token (sessions_app.tokens.caller_token_mint) and insert
@@ -130,13 +130,12 @@ def _setup() -> str:
     call_command("migrate", verbosity=0)
     from agents_app.models import Agent
     from agents_app.services import prompt_draft_create, prompt_publish
-    from sessions_app.models import ApiClient
     from sessions_app.services import api_client_create
 
     agent, created = Agent.objects.get_or_create(slug=AGENT_SLUG, defaults={"name": "Token API bench"})
     if created or not agent.prompt_versions.filter(status="published").exists():
         prompt_publish(version=prompt_draft_create(agent=agent, instructions="Benchmark agent."))
-    ApiClient.objects.filter(name=CLIENT_NAME).delete()
+    _cleanup()  # rows a killed earlier run left behind
     _, key = api_client_create(name=CLIENT_NAME)
     return key
 
