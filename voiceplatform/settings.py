@@ -71,10 +71,10 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "voiceplatform.urls"
-# Threads per web process running HTTP requests (voiceplatform/asgi.py). Few: the requests
-# are short and CPU-bound, and more threads mostly contend for the GIL. Scale with
-# WEB_PROCESSES instead.
-WEB_THREADS = env_int("WEB_THREADS", 2, minimum=1, maximum=64)
+# Threads per web process running HTTP requests (voiceplatform/asgi.py). A few: enough to
+# overlap one request's database and Redis round trips with another's work; beyond that
+# they mostly contend for the GIL (docs/api.md). Scale with WEB_PROCESSES instead.
+WEB_THREADS = env_int("WEB_THREADS", 4, minimum=1, maximum=64)
 # uvicorn processes of a web server (voiceplatform/webserver.py): one per core.
 WEB_PROCESSES = env_int("WEB_PROCESSES", 2, minimum=1, maximum=64)
 ASGI_APPLICATION = "voiceplatform.asgi.application"
