@@ -116,3 +116,26 @@ def test_the_django_app_answers_through_the_bridge():
     assert sent[0]["status"] == 200
     assert (b"content-type", b"application/json") in sent[0]["headers"]
     assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["paths"]["/api/v1/sessions"]
+
+
+def test_a_body_over_the_limit_gets_413_and_never_reaches_the_app():
+    app = Recorder()
+    bridge = WSGIBridge(app, workers=1, max_body=10)
+    sent = _call(
+        bridge,
+        _scope("POST"),
+        [
+            {"type": "http.request", "body": b"123456", "more_body": True},
+            {"type": "http.request", "body": b"789012", "more_body": False},
+        ],
+    )
+    assert app.calls == []
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"]) == {
+        "code": "body_too_large",
+        "message": "The request body is over 10 bytes.",
+        "details": {"limit_bytes": 10},
+    }
+    # One piece over the limit is refused too; at the limit it passes.
+    assert _call(bridge, _scope("POST"), [{"type": "http.request", "body": b"x" * 11}])[0]["status"] == 413
+    assert _call(bridge, _scope("POST"), [{"type": "http.request", "body": b"x" * 10}])[0]["status"] == 201

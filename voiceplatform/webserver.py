@@ -25,7 +25,6 @@ taken, broken settings) stops the whole server instead, with its exit code.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import socket
@@ -38,8 +37,6 @@ from django.conf import settings
 ASGI_APP = "voiceplatform.asgi:application"
 STARTUP_GRACE_S = 5.0
 GRACEFUL_SHUTDOWN_S = 5  # dashboards keep websockets open; do not wait for them forever on Ctrl-C
-
-logger = logging.getLogger("voiceplatform.webserver")
 
 
 def web_server_command(*, host: str, port: int, processes: int | None = None, python: str | None = None) -> list[str]:
@@ -131,7 +128,10 @@ def supervise(host: str, port: int, processes: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m voiceplatform.webserver", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m voiceplatform.webserver",
+        description="Serve the platform (HTTP and websockets) with uvicorn in WEB_PROCESSES processes.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--processes", type=int, default=0, help="server processes (default: WEB_PROCESSES)")

@@ -10,7 +10,8 @@ This bridge reads the request body on the event loop first, runs the WSGI applic
 a worker thread, and collects the response there. Responses up to BUFFER_LIMIT bytes (every
 API answer, most pages) come back in one piece and are sent from the event loop. Bigger
 ones (a large static file, a long export) are streamed from the worker thread chunk by
-chunk, as a2wsgi would. The environ is built by a2wsgi's `build_environ`.
+chunk, as a2wsgi would. A request body over MAX_BODY_BYTES gets 413 `body_too_large`
+before Django sees it. The environ is built by a2wsgi's `build_environ`.
 bench/token_api.py measures the difference (docs/api.md).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import io
+import json
 import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,20 +32,37 @@ from a2wsgi.wsgi import build_environ
 BUFFER_LIMIT = 256 * 1024
 # Request bodies up to this size stay in memory; bigger ones are spooled to a temporary file.
 BODY_MEMORY_LIMIT = 2_621_440  # Django's FILE_UPLOAD_MAX_MEMORY_SIZE default
+# A bigger body is refused with 413 before it reaches Django (or the disk). Nothing the
+# platform accepts comes near it: API bodies are JSON of a few KiB.
+MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
 
 Send = Callable[[dict[str, Any]], Any]
 
 
-async def _read_body(receive: Callable[[], Any]) -> Any:
-    """The whole request body as a file object, or None when the client went away first."""
+async def _read_body(receive: Callable[[], Any], limit: int) -> Any:
+    """The whole request body as a file object, or None when the client went away first.
+
+    Raises BodyTooLarge past `limit` bytes.
+    """
     message = await receive()
     if message["type"] == "http.disconnect":
         return None
-    if not message.get("more_body", False):
+    if not message.get("more_body", False) and len(message.get("body", b"")) <= limit:
         return io.BytesIO(message.get("body", b""))
     body = tempfile.SpooledTemporaryFile(max_size=BODY_MEMORY_LIMIT)
+    size = 0
     while True:
-        body.write(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            body.close()
+            raise BodyTooLarge
+        body.write(chunk)
         if not message.get("more_body", False):
             break
         message = await receive()
@@ -52,6 +71,24 @@ async def _read_body(receive: Callable[[], Any]) -> Any:
             return None
     body.seek(0)
     return body
+
+
+async def _send_too_large(send: Send, limit: int) -> None:
+    payload = json.dumps(
+        {
+            "code": "body_too_large",
+            "message": f"The request body is over {limit} bytes.",
+            "details": {"limit_bytes": limit},
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 class _Response:
@@ -113,15 +150,22 @@ class _Response:
 class WSGIBridge:
     """An ASGI application serving HTTP through a WSGI application on `workers` threads."""
 
-    def __init__(self, app: Callable, *, workers: int, buffer_limit: int = BUFFER_LIMIT) -> None:
+    def __init__(
+        self, app: Callable, *, workers: int, buffer_limit: int = BUFFER_LIMIT, max_body: int = MAX_BODY_BYTES
+    ) -> None:
         self.app = app
         self.buffer_limit = buffer_limit
+        self.max_body = max_body
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="web")
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"WSGIBridge serves HTTP only, not {scope['type']!r}")
-        body = await _read_body(receive)
+        try:
+            body = await _read_body(receive, self.max_body)
+        except BodyTooLarge:
+            await _send_too_large(send, self.max_body)
+            return
         if body is None:
             return
         try:
