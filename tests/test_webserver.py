@@ -165,3 +165,17 @@ def test_a_bad_port_is_refused_with_a_message():
         [sys.executable, "-m", "voiceplatform.webserver", "--port", "0"], cwd=BASE_DIR, capture_output=True, text=True
     )
     assert result.returncode == 2 and "--port must be between 1 and 65535" in result.stderr
+
+
+def test_a_malformed_setting_is_one_line_not_a_traceback():
+    env = {**os.environ, "WEB_PROCESSES": "many"}
+    result = subprocess.run(
+        [sys.executable, "-m", "voiceplatform.webserver", "--port", "8999"],
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("Configuration error:") and "WEB_PROCESSES" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -159,4 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
-    sys.exit(main())
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        sys.exit(main())
+    except ImproperlyConfigured as exc:  # a malformed env variable: one line, as manage.py prints it
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
