@@ -108,8 +108,8 @@ else:
         "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
     }
 if env_bool("DB_POOL", True) and "postgresql" in _db.get("ENGINE", ""):
-    # On by default for PostgreSQL. Under ASGI every request runs its sync code in a fresh thread, so per-thread persistent
-    # connections are opened per request and leak; a psycopg pool shares them across threads.
+    # On by default for PostgreSQL. Sync code runs on several thread pools (web requests, Channels' database_sync_to_async,
+    # the agent's recorder), each thread with its own connection otherwise; a psycopg pool shares them across threads.
     _db["CONN_MAX_AGE"] = 0  # Django requires it with a pool
     _db.setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("DB_POOL_MIN", 2, minimum=0),
