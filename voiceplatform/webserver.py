@@ -37,6 +37,10 @@ from django.conf import settings
 ASGI_APP = "voiceplatform.asgi:application"
 STARTUP_GRACE_S = 5.0
 GRACEFUL_SHUTDOWN_S = 5  # dashboards keep websockets open; do not wait for them forever on Ctrl-C
+# The server closes a websocket with 1009 on a message bigger than this, before buffering it
+# (uvicorn's default is 16 MiB). Consumers refuse frames over 64 KiB themselves, with 4413
+# (sessions_app/consumers.py); this bounds the memory a client can make a process hold.
+WS_MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 def web_server_command(*, host: str, port: int, processes: int | None = None, python: str | None = None) -> list[str]:
@@ -61,6 +65,7 @@ def _uvicorn_options(host: str, port: int) -> dict:
         "lifespan": "off",  # Channels' router has no lifespan protocol
         "access_log": False,  # requests are counted in /metrics; an access line each would flood the demo
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "ws_max_size": WS_MAX_MESSAGE_BYTES,
     }
 
 
