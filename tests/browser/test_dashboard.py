@@ -209,3 +209,28 @@ def test_after_a_dropped_connection_the_page_catches_up_from_its_last_seq(page, 
     seqs = page.locator("#timeline li").evaluate_all("els => els.map(e => Number(e.dataset.seq))")
     assert sorted(seqs) == list(range(1, len(seqs) + 1)), "every event exactly once, none missed"
     assert _still_same_document(page)
+
+
+def test_a_hole_longer_than_one_resync_page_is_paged_through_until_complete(page, site) -> None:
+    """The page learns of more missed events than one resync page holds (EVENTS_PAGE_LIMIT)."""
+    from sessions_app.dashboard_selectors import EVENTS_PAGE_LIMIT
+
+    missed = EVENTS_PAGE_LIMIT + 40
+    session_id = site.orm("CALLER = 'caller-browser-4'\n" + NEW_SESSION)
+    _login(page, site, f"/dashboard/sessions/{session_id}/")
+    page.wait_for_selector("#timeline li[data-type='session.created']")
+    # Stored but never announced: the page, still connected, hears nothing of them (as if
+    # their live messages were dropped) until the next announced event shows the hole.
+    site.orm(
+        "from sessions_app.services import session_event_append\n"
+        f"for i in range({missed}): session_event_append(session_id={session_id!r}, type='caller.note',"
+        " payload={'n': i}, announce=False)\n"
+        f"session_event_append(session_id={session_id!r}, type='caller.note', payload={{'n': {missed}}})"
+    )
+    page.wait_for_function(
+        f"() => document.querySelectorAll(\"#timeline li[data-type='caller.note']\").length === {missed + 1}",
+        timeout=60_000,
+    )
+    seqs = page.locator("#timeline li").evaluate_all("els => els.map(e => Number(e.dataset.seq))")
+    assert sorted(seqs) == list(range(1, len(seqs) + 1)), "every event exactly once, none missed"
+    assert _still_same_document(page)
