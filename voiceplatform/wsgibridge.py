@@ -28,6 +28,8 @@ from typing import Any
 
 from a2wsgi.wsgi import build_environ
 
+from voiceplatform.api_errors import error_body
+
 # Responses up to this size are collected on the worker thread and sent in one piece.
 BUFFER_LIMIT = 256 * 1024
 # Request bodies up to this size stay in memory; bigger ones are spooled to a temporary file.
@@ -75,11 +77,7 @@ async def _read_body(receive: Callable[[], Any], limit: int) -> Any:
 
 async def _send_too_large(send: Send, limit: int) -> None:
     payload = json.dumps(
-        {
-            "code": "body_too_large",
-            "message": f"The request body is over {limit} bytes.",
-            "details": {"limit_bytes": limit},
-        }
+        error_body("body_too_large", f"The request body is over {limit} bytes.", {"limit_bytes": limit})
     ).encode()
     await send(
         {
