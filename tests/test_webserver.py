@@ -16,18 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.conftest import free_port
 from voiceplatform.webserver import STARTUP_GRACE_S, web_server_command
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LISTEN, ESTABLISHED = "0A", "01"
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from Linux's /proc")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(port: int, processes: int) -> subprocess.Popen:
@@ -101,7 +96,7 @@ def _get(port: int, conn: socket.socket | None = None) -> bytes:
 
 
 def test_each_process_listens_on_its_own_socket_and_connections_spread_over_them():
-    port = _free_port()
+    port = free_port()
     server = _start(port, processes=2)
     try:
         kids = _listening_children(server, port, 2)
@@ -124,7 +119,7 @@ def test_each_process_listens_on_its_own_socket_and_connections_spread_over_them
 
 
 def test_sigterm_stops_every_process():
-    port = _free_port()
+    port = free_port()
     server = _start(port, processes=2)
     kids = _listening_children(server, port, 2)
     _stop(server)
@@ -134,7 +129,7 @@ def test_sigterm_stops_every_process():
 
 
 def test_a_process_that_dies_later_is_replaced():
-    port = _free_port()
+    port = free_port()
     server = _start(port, processes=2)
     try:
         kids = _listening_children(server, port, 2)
