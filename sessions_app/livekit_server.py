@@ -70,3 +70,18 @@ async def room_delete_async(*, room: str) -> None:
 def room_delete(*, room: str) -> None:
     """Close the room so every participant (caller and agent) is disconnected."""
     async_to_sync(room_delete_async)(room=room)
+
+
+async def participant_remove_async(*, room: str, identity: str) -> None:
+    lkapi = _client()
+    try:
+        await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
+    except Exception as exc:
+        raise LiveKitServerError(f"participant remove failed: {exc}") from exc
+    finally:
+        await lkapi.aclose()
+
+
+def participant_remove(*, room: str, identity: str) -> None:
+    """Take one participant out of a room (an extra agent job for the same session)."""
+    async_to_sync(participant_remove_async)(room=room, identity=identity)

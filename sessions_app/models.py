@@ -41,6 +41,16 @@ class SessionState(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class AgentStatus(models.TextChoices):
+    """Where the session's agent is (LiveKit: the agent participant in the room)."""
+
+    NONE = "none", "Not dispatched"
+    DISPATCHED = "dispatched", "Dispatched, not joined yet"
+    JOINED = "joined", "In the call"
+    LOST = "lost", "Lost (job ended or crashed)"
+    UNAVAILABLE = "unavailable", "Never joined"
+
+
 LIVE_STATES = (SessionState.CREATED, SessionState.ACTIVE, SessionState.RECONNECTING)
 FINAL_STATES = (SessionState.ENDED, SessionState.FAILED)
 
@@ -78,6 +88,20 @@ class VoiceSession(models.Model):
     last_e2e_ms = models.FloatField(null=True, blank=True)
     last_seq = models.PositiveIntegerField(default=0, help_text="Sequence number of the latest event.")
     agent_job_id = models.CharField(max_length=64, blank=True)
+    agent_status = models.CharField(max_length=16, choices=AgentStatus.choices, default=AgentStatus.NONE)
+    agent_identity = models.CharField(
+        max_length=128, blank=True, help_text="The agent participant serving the session now (LiveKit identity)."
+    )
+    agent_dispatch_attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Dispatches since the agent last joined (reset when it joins)."
+    )
+    agent_dispatched_at = models.DateTimeField(null=True, blank=True)
+    caller_connection = models.CharField(
+        max_length=64, blank=True, help_text="The caller's current connection: LiveKit participant SID or local id."
+    )
+    caller_joined_at_ms = models.BigIntegerField(
+        null=True, blank=True, help_text="When that connection joined (ms): an older one never replaces it."
+    )
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     report = models.JSONField(null=True, blank=True, help_text="Post-call report (KPIs and summary).")
     report_delivery_id = models.UUIDField(null=True, blank=True)

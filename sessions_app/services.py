@@ -21,6 +21,7 @@ from sessions_app import broadcast
 from sessions_app.models import (
     ALLOWED_TRANSITIONS,
     FINAL_STATES,
+    LIVE_STATES,
     ApiClient,
     ApiScope,
     SessionEvent,
@@ -193,6 +194,19 @@ def session_transition(
     if to_state in (SessionState.ENDED, SessionState.FAILED):
         _on_session_finished(session.id)
     return session
+
+
+def session_finish(*, session_id: UUID | str, reason: str) -> bool:
+    """End a session that is still live (the room closed, the platform ended the job).
+
+    Idempotent: returns False when the session was already final.
+    """
+    with transaction.atomic():
+        state = VoiceSession.objects.select_for_update().filter(pk=session_id).values_list("state", flat=True).first()
+        if state not in LIVE_STATES:
+            return False
+        session_transition(session_id=session_id, to_state=SessionState.ENDED, reason=reason)
+    return True
 
 
 def session_publish_updated(*, session: VoiceSession) -> None:
@@ -369,12 +383,9 @@ def session_create(
                 "The agent could not be dispatched to the room; the session was marked failed.",
                 {"session_id": str(session_id), "error": str(exc)[:300]},
             ) from exc
-        with transaction.atomic():
-            session_event_append(
-                session_id=session_id,
-                type="agent.dispatch_requested",
-                payload={"mode": mode, "agent_name": settings.LIVEKIT_AGENT_NAME, "dispatch_id": dispatch_id},
-            )
+        from sessions_app.lifecycle import session_agent_dispatched
+
+        session_agent_dispatched(session_id=session_id, mode=mode, dispatch_id=dispatch_id)
 
     token = caller_token_mint(room=session.room_name, caller_id=caller_id)
     return session, token

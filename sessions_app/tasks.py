@@ -111,6 +111,26 @@ def livekit_webhook_process(event_id: str) -> str:
     return "processed"
 
 
+@shared_task(name="sessions_app.tasks.session_agent_dispatch", autoretry_for=(OperationalError,), max_retries=3, retry_backoff=True)
+def session_agent_dispatch_task(session_id: str, reason: str = "") -> str:
+    """Dispatch the agent again (LiveKit). A repeated delivery dispatches again: the
+    platform removes an extra agent when two join (sessions_app.lifecycle)."""
+    from sessions_app.lifecycle import session_agent_dispatch
+
+    with log_context(session_id=session_id):
+        session = session_agent_dispatch(session_id=session_id, reason=reason)
+    return "skipped" if session is None else "dispatched"
+
+
+@shared_task(name="sessions_app.tasks.session_agent_join_check", autoretry_for=(OperationalError,), max_retries=3, retry_backoff=True)
+def session_agent_join_check_task(session_id: str, attempt: int) -> str:
+    """The agent-join wait of one dispatch ran out (idempotent: keyed on the attempt)."""
+    from sessions_app.lifecycle import session_agent_join_check
+
+    with log_context(session_id=session_id):
+        return session_agent_join_check(session_id=session_id, attempt=attempt)
+
+
 @shared_task(name="sessions_app.tasks.sessions_reap_stale")
 def sessions_reap_stale() -> list[str]:
     return maintenance.sessions_reap_stale()

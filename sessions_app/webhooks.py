@@ -14,12 +14,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 from google.protobuf.json_format import MessageToDict
 from livekit.api import TokenVerifier, WebhookReceiver
 
-from sessions_app.models import LiveKitWebhookEvent, SessionEvent, SessionState, VoiceSession
+from sessions_app.models import LiveKitWebhookEvent, VoiceSession
 from sessions_app.tokens import AGENT_IDENTITY_PREFIX, caller_identity
 from voiceplatform.api_errors import ApiError
 
@@ -49,6 +48,9 @@ def webhook_receive(*, body: str, authorization: str) -> tuple[LiveKitWebhookEve
         raise ApiError(400, "invalid_webhook", "The webhook event has no id.")
 
     payload = MessageToDict(event, preserving_proto_field_name=True)
+    # The room's TURN password is a credential: it has no business in the database.
+    if isinstance(payload.get("room"), dict):
+        payload["room"].pop("turn_password", None)
     try:
         with transaction.atomic():
             row, created = LiveKitWebhookEvent.objects.get_or_create(
@@ -99,71 +101,64 @@ def webhook_event_process(*, event_id: str) -> bool:
 
 
 def _apply(*, session: VoiceSession, row: LiveKitWebhookEvent) -> None:
-    from sessions_app.services import session_event_append, session_publish_updated, session_transition
+    """Hand the event to the session lifecycle services (sessions_app.lifecycle)."""
+    from sessions_app import lifecycle
+    from sessions_app.services import session_event_append, session_finish
 
     participant = row.payload.get("participant") or {}
     identity = str(participant.get("identity", ""))
-    base = {"webhook_event_id": row.event_id, "identity": identity}
+    base = {"webhook_event_id": row.event_id}
 
     if row.event == "room_finished":
-        session_event_append(session_id=session.pk, type="room.finished", payload={"webhook_event_id": row.event_id})
-        if session.is_live:
-            session_transition(session_id=session.pk, to_state=SessionState.ENDED, reason="room_finished")
+        session_event_append(session_id=session.pk, type="room.finished", payload=base)
+        session_finish(session_id=session.pk, reason="room_finished")
         return
 
     if _is_agent(participant):
-        kind = "agent.joined" if row.event == "participant_joined" else "agent.left"
-        session_event_append(session_id=session.pk, type=kind, payload={**base, "event": row.event})
+        if row.event == "participant_joined":
+            job_id = identity[len(AGENT_IDENTITY_PREFIX) :] if identity.startswith(AGENT_IDENTITY_PREFIX) else ""
+            lifecycle.session_agent_joined(session_id=session.pk, identity=identity, job_id=job_id, source="webhook")
+        else:
+            lifecycle.session_agent_left(
+                session_id=session.pk,
+                identity=identity,
+                reason=str(participant.get("disconnect_reason") or row.event),
+                source="webhook",
+                payload=base,
+            )
         return
     if identity != caller_identity(session.caller_id):
         # Someone else in the room (a supervisor, a recorder): noted, never drives state.
-        session_event_append(session_id=session.pk, type="participant." + row.event, payload=base)
-        return
-
-    if row.event == "participant_joined":
-        counted = _count_rejoin(session=session)
         session_event_append(
-            session_id=session.pk, type="caller.joined", payload={**base, "reconnect_counted": counted}
+            session_id=session.pk, type="participant." + row.event, payload={**base, "identity": identity}
         )
-        if session.state in (SessionState.CREATED, SessionState.RECONNECTING):
-            session_transition(session_id=session.pk, to_state=SessionState.ACTIVE, reason="caller_joined")
-        elif counted:
-            session.refresh_from_db()
-            session_publish_updated(session=session)
         return
 
-    session_event_append(session_id=session.pk, type="caller.left", payload={**base, "event": row.event})
-    if session.state == SessionState.ACTIVE:
-        session_transition(session_id=session.pk, to_state=SessionState.RECONNECTING, reason=row.event)
-
-
-def _count_rejoin(*, session: VoiceSession) -> bool:
-    """Count a reconnect when a caller who had joined before joins again.
-
-    Not if the client already asked for it through POST …/reconnect since the caller's
-    previous join: that call counted it (one drop, one reconnect).
-    """
-    from sessions_app.metrics import RECONNECTS
-
-    previous_join = (
-        SessionEvent.objects.filter(session=session, type="caller.joined")
-        .order_by("-seq")
-        .values_list("seq", flat=True)
-        .first()
-    )
-    if previous_join is None:
-        return False
-    if SessionEvent.objects.filter(session=session, type="session.reconnect", seq__gt=previous_join).exists():
-        return False
-    VoiceSession.objects.filter(pk=session.pk).update(reconnect_count=F("reconnect_count") + 1)
-    from sessions_app.services import session_event_append
-
-    session.refresh_from_db(fields=["reconnect_count"])
-    session_event_append(
+    connection = str(participant.get("sid", ""))
+    if row.event == "participant_joined":
+        try:
+            lifecycle.session_caller_joined(
+                session_id=session.pk,
+                connection=connection,
+                joined_at_ms=_int_or_none(participant.get("joined_at_ms")),
+                source="webhook",
+                payload=base,
+            )
+        except lifecycle.SessionFinal:
+            session_event_append(
+                session_id=session.pk, type="caller.joined", payload={**base, "connection": connection, "final": True}
+            )
+        return
+    lifecycle.session_caller_left(
         session_id=session.pk,
-        type="session.reconnect",
-        payload={"source": "webhook", "reconnect_count": session.reconnect_count},
+        connection=connection,
+        reason=str(participant.get("disconnect_reason") or row.event),
+        payload={**base, "event": row.event},
     )
-    label = session.agent.slug
-    transaction.on_commit(lambda: RECONNECTS.labels(agent=label).inc())
-    return True
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

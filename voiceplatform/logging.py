@@ -116,6 +116,18 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class ExpectedSdkNoise(logging.Filter):
+    """Drop the livekit rtc SDK's ERROR lines for data channels closing with their room.
+
+    Every participant logs three of them when the platform deletes a room at the end of a
+    call (livekit 1.1.21): they are the normal end of a call, not errors.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("data channel '" in message and "closed unexpectedly" in message)
+
+
 class RedactFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

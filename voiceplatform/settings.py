@@ -196,6 +196,22 @@ LOCAL_AGENT_HOST = env_str("LOCAL_AGENT_HOST", "127.0.0.1")
 LOCAL_AGENT_PORT = env_int("LOCAL_AGENT_PORT", 8765, minimum=1, maximum=65535)
 # The browser call page tells the caller when no agent has joined the room after this long.
 CALL_AGENT_JOIN_TIMEOUT_SECONDS = env_int("CALL_AGENT_JOIN_TIMEOUT_SECONDS", 15, minimum=1, maximum=300)
+# LiveKit mode: a dispatched agent that has not joined the room after this long is
+# dispatched again, up to AGENT_DISPATCH_ATTEMPTS in all; then the session fails with
+# agent_unavailable (a LiveKit server accepts a dispatch even when no worker can take it).
+AGENT_JOIN_TIMEOUT_SECONDS = env_int("AGENT_JOIN_TIMEOUT_SECONDS", 20, minimum=2, maximum=600)
+AGENT_DISPATCH_ATTEMPTS = env_int("AGENT_DISPATCH_ATTEMPTS", 3, minimum=1, maximum=20)
+# The livekit-agents worker (runagent with LIVEKIT_URL): job processes kept warm, the load
+# above which it reports itself full (`start` only), its health server, and how long a
+# SIGTERM waits for running calls.
+AGENT_IDLE_PROCESSES = env_int("AGENT_IDLE_PROCESSES", 1, minimum=0, maximum=64)
+AGENT_LOAD_THRESHOLD = env_float("AGENT_LOAD_THRESHOLD", 0.7, minimum=0.05)
+AGENT_HEALTH_HOST = env_str("AGENT_HEALTH_HOST", "127.0.0.1")
+AGENT_HEALTH_PORT = env_int("AGENT_HEALTH_PORT", 8081, minimum=0, maximum=65535)
+AGENT_DRAIN_TIMEOUT_SECONDS = env_int("AGENT_DRAIN_TIMEOUT_SECONDS", 1800, minimum=1)
+# Lets the simulator's agent-restart scenario crash a LiveKit job process on purpose (an
+# `agent.crash` control message, sent over the platform's own Redis). Off in production.
+AGENT_FAULT_INJECTION = env_bool("AGENT_FAULT_INJECTION", env_bool("VOICE_DEV_DEFAULTS", True))
 
 # --- AI providers ------------------------------------------------------------------
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
@@ -256,6 +272,7 @@ LOGGING = {
     "filters": {
         "context": {"()": "voiceplatform.logging.ContextFilter"},
         "redact": {"()": "voiceplatform.logging.RedactFilter"},
+        "sdk_noise": {"()": "voiceplatform.logging.ExpectedSdkNoise"},
     },
     "formatters": {
         "text": {"()": "voiceplatform.logging.TextFormatter"},
@@ -273,7 +290,7 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
-        "livekit": {"level": "WARNING"},
+        "livekit": {"level": "WARNING", "filters": ["sdk_noise"]},
         "livekit.agents": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "celery": {"level": "INFO"},

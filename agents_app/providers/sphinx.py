@@ -102,6 +102,22 @@ def pool() -> ProcessPoolExecutor:
         return _POOL
 
 
+def shutdown_pool() -> None:
+    """Stop the decoder processes (a LiveKit job process, at the end of its one job).
+
+    livekit-agents waits for a job process's non-daemon threads before it exits, and the
+    pool's manager thread is one: without this, every job process was killed after its
+    10 s shutdown timeout instead of exiting.
+    """
+    global _POOL
+    with _POOL_LOCK:
+        executor, _POOL = _POOL, None
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in list((executor._processes or {}).values()):
+            process.terminate()
+
+
 def warm_pool(phrases: list[str] | tuple[str, ...] = ()) -> None:
     """Start the pool's processes and load the model (blocking; call from prewarm)."""
     executor = pool()

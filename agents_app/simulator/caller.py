@@ -47,6 +47,7 @@ class CallResult:
     side_effects: int | None = None
     duration_s: float = 0.0
     recording: CallRecording | None = None
+    transport: str = ""  # HostTransport (local agent host) or LiveKitTransport
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,7 +80,8 @@ class SimulatedCall:
         self.result.recording = self.recording
         self._progress = progress
         self._shared_db = shared_db
-        self.transport = make_transport(on_agent_audio=self.recording.add_agent, on_note=self.note)
+        self._make_transport = make_transport
+        self.transport: CallerTransport | None = None  # made for the url the API returns
         self.session_id = ""
 
     def note(self, text: str) -> None:
@@ -117,10 +119,21 @@ class SimulatedCall:
         )
         self.session_id = self.result.session_id = str(created["session_id"])
         self.note(f"session created (room {created['room']})")
+        self.transport = self._new_transport(str(created["url"]))
+        self.result.transport = type(self.transport).__name__
         await self.transport.connect(created["url"], created["token"])
         self.note(f"connected to {created['url']}")
         for step in self.scenario.steps:
             await self._step(step)
+
+    def _new_transport(self, url: str) -> CallerTransport:
+        transport = self._make_transport(url, on_agent_audio=self.recording.add_agent, on_note=self.note)
+        transport.session_id = self.session_id
+        if transport.applies_impairment and getattr(self.scenario, "impairment", None):
+            from agents_app.worker.impairment import Impairment
+
+            transport.impairment = Impairment.from_config(dict(self.scenario.impairment))
+        return transport
 
     def _impairment_metadata(self) -> dict[str, Any]:
         # The local agent host applies it to this caller's audio (worker/impairment.py).
@@ -216,6 +229,11 @@ class SimulatedCall:
         await self.transport.drop()
 
     async def _do_reconnect(self, step: Step) -> None:
+        if self.transport.recovered_by_itself():
+            # LiveKit: the SDK reconnected after the drop (a new participant, counted as a
+            # reconnect by the platform's webhook). A real client asks for no new token then.
+            self.note("the LiveKit SDK reconnected by itself: no POST /reconnect needed")
+            return
         answer = await self.api.session_reconnect(self.session_id)
         self.note(f"POST /reconnect → {answer.get('state')} (reconnect #{answer.get('reconnect_count')})")
         await self.transport.connect(answer["url"], answer["token"])
@@ -277,7 +295,8 @@ class SimulatedCall:
     # -- after the call ---------------------------------------------------------------
     async def _cleanup(self) -> None:
         with contextlib.suppress(Exception):
-            if not self.transport.closed.is_set():
+            # Always: a LiveKit room closed by the server still holds SDK resources.
+            if self.transport is not None:
                 await self.transport.hangup()
         if self.session_id:
             with contextlib.suppress(Exception):

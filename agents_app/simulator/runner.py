@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +26,26 @@ class RunOptions:
     local_agent: str = "url"  # "url": connect where the API says; "inprocess": host the jobs here
     record_dir: Path | None = None
     shared_db: bool = True
-    livekit: bool = False
 
 
 def transport_factory(options: RunOptions, host: Any) -> Callable[..., CallerTransport]:
-    if options.livekit:
-        return LiveKitTransport
-    if options.local_agent == "inprocess":
-        return partial(HostTransport, host=host)
-    return HostTransport
+    """A transport for the url the API returned: local:// is the local agent host (or the
+    in-process one), ws(s):// or http(s):// a LiveKit server, self-hosted or Cloud."""
+
+    def make(url: str, **kwargs: Any) -> CallerTransport:
+        if host is not None:
+            return HostTransport(host=host, **kwargs)
+        if url.startswith("local://"):
+            return HostTransport(**kwargs)
+        return LiveKitTransport(**kwargs)
+
+    return make
 
 
 async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tuple[dict[str, Any], list[CallResult]]:
     """Calls cycle through the given scenarios; returns (summary, per-call results)."""
     host = None
-    if options.local_agent == "inprocess" and not options.livekit:
+    if options.local_agent == "inprocess":
         from agents_app.worker.local_server import AgentHost
 
         host = AgentHost(allow_control=True)
@@ -71,6 +75,8 @@ async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tup
         if options.shared_db and result.session_id:
             try:  # provider failovers/errors and the network impairment, for the summary
                 result.detail.update(await outages.provider_events(result.session_id))
+                if call.transport is not None and call.transport.impairment is not None:  # LiveKit
+                    result.detail["impairment"].append(call.transport.impairment.summary())
             except Exception as exc:
                 progress(f"call {number:>3} could not read its provider events: {exc}")
         if options.record_dir is not None and result.recording is not None:

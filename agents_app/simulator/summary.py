@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from voiceplatform.stats import nearest_rank_percentile as percentile
@@ -61,6 +62,8 @@ def summarize(results: list[Any]) -> dict[str, Any]:
         "provider_errors": len(provider_errors),
         "failover_ms": _failover_ms(failovers),
         "session_ids": [r.session_id for r in results if r.session_id],
+        # Calls per transport: {"LiveKitTransport": 3} (LiveKit rooms) or {"HostTransport": 3}.
+        "transports": dict(Counter(r.transport for r in results if getattr(r, "transport", ""))),
         "errors": errors,
     }
 

@@ -20,6 +20,7 @@ class StoredTurn:
 class JobConfig:
     session_id: str
     session_state: str
+    caller_identity: str
     agent: Agent
     prompt_version: int
     instructions: str
@@ -46,6 +47,7 @@ def _template_values(metadata: Any) -> dict[str, Any]:
 async def load_job_config(session_id: str) -> JobConfig:
     """Load the pinned prompt, the agent and the stored turns (async ORM, no loop blocking)."""
     from sessions_app.models import Turn, VoiceSession
+    from sessions_app.tokens import caller_identity
 
     session = await VoiceSession.objects.select_related("agent", "prompt_version").aget(pk=session_id)
     rendered = prompt_render(version=session.prompt_version, values=_template_values(session.metadata))
@@ -62,6 +64,7 @@ async def load_job_config(session_id: str) -> JobConfig:
     return JobConfig(
         session_id=str(session.pk),
         session_state=session.state,
+        caller_identity=caller_identity(session.caller_id),
         agent=session.agent,
         prompt_version=session.prompt_version.number,
         instructions=rendered["instructions"],

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterable
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, JobContext, JobProcess, llm, stt, tts
-from livekit.agents.voice import ModelSettings
+from livekit.agents.voice import ModelSettings, room_io
 from livekit.agents.voice.transcription import TranscriptSynchronizer
 
 # livekit plugins must be registered on the main thread: import them with this module.
@@ -51,7 +53,10 @@ def load_vad() -> Any:
 
 
 def prewarm(proc: JobProcess) -> None:
-    """Runs once per worker process before jobs: load the VAD (and offline models)."""
+    """Runs once per job process before its job: log once, load the VAD (and offline models)."""
+    from agents_app.worker.livekit_worker import adopt_job_process_logging
+
+    adopt_job_process_logging()
     proc.userdata["vad"] = load_vad()
     if getattr(settings, "DEFAULT_PROVIDER", "offline") == "offline":
         try:
@@ -289,6 +294,8 @@ class JobRuntime:
                     self._ended.set()
                     if self.call is None:
                         self.ctx.shutdown(self.end_reason)
+                elif kind == "agent.crash" and self.call is None:
+                    self._crash()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -298,18 +305,37 @@ class JobRuntime:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(layer.group_discard(group, channel))
 
+    def _crash(self) -> None:
+        """Fault injection (AGENT_FAULT_INJECTION): die as an OOM-killed job process would.
+
+        SIGKILL: no goodbye to the room, no flush, no shutdown callbacks. The platform
+        must notice the agent left and dispatch a new job (sessions_app.lifecycle).
+        """
+        if not settings.AGENT_FAULT_INJECTION:
+            logger.warning("ignored agent.crash for %s: AGENT_FAULT_INJECTION is off", self.config.session_id)
+            return
+        logger.warning("agent.crash for %s: killing this job process (pid %d)", self.config.session_id, os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
+
     async def _heartbeat(self) -> None:
         while True:
             self.recorder.heartbeat()
             await asyncio.sleep(settings.AGENT_HEARTBEAT_SECONDS)
 
     # -- lifecycle ----------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self) -> bool:
+        """Start serving; False when this job must not serve the session (LiveKit mode:
+        the session has ended, or another job already serves it)."""
         from agents_app.providers.factory import build_providers
         from agents_app.providers.fallback import ChainMonitor, session_conn_options
 
         config = self.config
+        if self.call is None:
+            await self.ctx.connect()
+            if not await _claim_session(config.session_id, self.ctx):
+                return False
         self.recorder.start()
+        metrics.SESSIONS_SERVED.labels(agent=config.agent.slug).inc()
         metrics.ACTIVE_SESSIONS.inc()
         self._counted = True
         self.providers = build_providers(config.agent)
@@ -343,8 +369,7 @@ class JobRuntime:
             self.call.audio_output.start()
             await session.start(agent=agent)
         else:
-            await self.ctx.connect()
-            await session.start(agent=agent, room=self.ctx.room)
+            await session.start(agent=agent, room=self.ctx.room, room_options=self.room_options(), record=False)
             self._register_rpc()
 
         self._tasks.append(asyncio.create_task(self._listen_control(), name="agent-control"))
@@ -365,6 +390,25 @@ class JobRuntime:
             # A reconnect or restarted agent continues the call instead of greeting again.
             self.tracker.agent_turn_started(generated=config.greeting)
             session.say(config.greeting)
+        return True
+
+    def room_options(self) -> room_io.RoomOptions:
+        """How the session uses the room (LiveKit mode).
+
+        - Linked to this session's caller only: a supervisor or a second device in the
+          room is never the one the agent listens to.
+        - The session outlives a clean leave of the caller (`close_on_disconnect=False`):
+          a caller who rejoins (the call page's reconnect, a new device) within the room's
+          departure_timeout finds the same job, which links to them again and carries on.
+          When nobody comes back, the server closes the room and that ends the job.
+        - No typed input on `lk.chat`: a call is spoken, and typed text would reach the
+          LLM without being stored as the caller's turn.
+        """
+        return room_io.RoomOptions(
+            participant_identity=self.config.caller_identity,
+            close_on_disconnect=False,
+            text_input=False,
+        )
 
     async def _build_tools(self) -> list[Any]:
         self._tools_report_results = False
@@ -448,20 +492,33 @@ async def _quiet_close(session: AgentSession) -> None:
         await session.aclose()
 
 
+async def _claim_session(session_id: str, ctx: JobContext) -> bool:
+    """Report this job as the session's agent (the webhook reports the same join later).
+
+    Done by the job too, so the platform knows its agent even when webhooks are slow or
+    not configured (LiveKit Cloud without a webhook URL).
+    """
+    from asgiref.sync import sync_to_async
+
+    from sessions_app.lifecycle import session_agent_joined
+
+    identity = ctx.room.local_participant.identity
+    serving = await sync_to_async(session_agent_joined, thread_sensitive=False)(
+        session_id=session_id, identity=identity, job_id=ctx.job.id, source="job"
+    )
+    if not serving:
+        logger.warning("session %s has ended or has another agent: job %s leaves", session_id, ctx.job.id)
+        ctx.shutdown("the session has ended or another agent serves it")
+    return serving
+
+
 async def _end_session_if_live(session_id: str, reason: str) -> None:
     """The platform asked the job to end: make sure the session is final."""
     from asgiref.sync import sync_to_async
 
-    from sessions_app.models import LIVE_STATES, SessionState, VoiceSession
-    from sessions_app.services import InvalidTransition, session_transition
+    from sessions_app.services import session_finish
 
-    def _end() -> None:
-        state = VoiceSession.objects.filter(pk=session_id).values_list("state", flat=True).first()
-        if state in LIVE_STATES:
-            with contextlib.suppress(InvalidTransition):
-                session_transition(session_id=session_id, to_state=SessionState.ENDED, reason=reason)
-
-    await sync_to_async(_end, thread_sensitive=False)()
+    await sync_to_async(session_finish, thread_sensitive=False)(session_id=session_id, reason=reason)
 
 
 async def entrypoint(ctx: JobContext) -> None:
@@ -486,6 +543,10 @@ async def entrypoint(ctx: JobContext) -> None:
             await runtime.aclose()
             if runtime.ended_by_platform:
                 await _end_session_if_live(session_id, runtime.end_reason)
+            # One job per process: let the process exit (livekit waits on its threads).
+            from agents_app.providers import sphinx
+
+            sphinx.shutdown_pool()
 
         ctx.add_shutdown_callback(_shutdown)
         await runtime.start()

@@ -28,6 +28,8 @@ import json
 import logging
 import signal
 import struct
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -211,40 +213,52 @@ def verify_token(token: str) -> str:
     return str(video.room)
 
 
-@database_sync_to_async
-def _session_join(room: str) -> dict[str, Any]:
-    from sessions_app.models import FINAL_STATES, SessionState, VoiceSession
-    from sessions_app.services import InvalidTransition, session_transition
+def _session_for_room(room: str) -> str:
+    from sessions_app.models import FINAL_STATES, VoiceSession
 
     session = VoiceSession.objects.filter(room_name=room).only("id", "state").first()
     if session is None:
         raise HelloRejected("unknown_room", f"no voice session for room {room!r}")
     if session.state in FINAL_STATES:
         raise HelloRejected("session_final", f"session {session.id} is {session.state}")
-    if session.state in (SessionState.CREATED, SessionState.RECONNECTING):
-        try:
-            session = session_transition(session_id=session.id, to_state=SessionState.ACTIVE, reason="caller_joined")
-        except InvalidTransition as exc:
-            raise HelloRejected("session_final", str(exc)) from exc
-    return {"session_id": str(session.id), "state": session.state}
+    return str(session.id)
 
 
 @database_sync_to_async
-def _session_left(session_id: str, reason: str) -> None:
-    from sessions_app.models import SessionState, VoiceSession
-    from sessions_app.services import InvalidTransition, session_transition
+def _caller_joined(room: str, connection: str) -> dict[str, Any]:
+    """The session lifecycle's caller join (the same service the LiveKit webhooks call)."""
+    from sessions_app.lifecycle import SessionFinal, session_caller_joined
 
-    state = VoiceSession.objects.filter(pk=session_id).values_list("state", flat=True).first()
-    if state == SessionState.ACTIVE:
-        with contextlib.suppress(InvalidTransition):
-            session_transition(session_id=session_id, to_state=SessionState.RECONNECTING, reason=reason)
+    session_id = _session_for_room(room)
+    try:
+        joined = session_caller_joined(
+            session_id=session_id, connection=connection, joined_at_ms=int(time.time() * 1000), source="local"
+        )
+    except SessionFinal as exc:
+        raise HelloRejected("session_final", str(exc)) from exc
+    return {"session_id": session_id, "state": joined.session.state}
 
 
 @database_sync_to_async
-def _event(session_id: str, type: str, payload: dict[str, Any]) -> None:
-    from sessions_app.services import session_event_append
+def _caller_left(session_id: str, connection: str, reason: str) -> None:
+    from sessions_app.lifecycle import session_caller_left
 
-    session_event_append(session_id=session_id, type=type, payload=payload)
+    session_caller_left(session_id=session_id, connection=connection, reason=reason)
+
+
+@database_sync_to_async
+def _agent_joined(session_id: str, identity: str) -> None:
+    from sessions_app.lifecycle import session_agent_joined
+
+    session_agent_joined(session_id=session_id, identity=identity, source="local")
+
+
+@database_sync_to_async
+def _agent_left(session_id: str, identity: str, reason: str) -> bool:
+    """Returns whether a new job must take over now (the lifecycle's re-dispatch rule)."""
+    from sessions_app.lifecycle import session_agent_left
+
+    return session_agent_left(session_id=session_id, identity=identity, reason=reason, source="local").redispatch
 
 
 # --- the host ------------------------------------------------------------------------------
@@ -259,18 +273,23 @@ class CallBridge:
         self.session_id = session_id
         self.allow_control = allow_control
         self.jobs = 0
-        self.superseded = False
+        # This connection's id for the session lifecycle (a LiveKit participant SID's role).
+        self.connection = f"local-{uuid.uuid4().hex[:12]}"
+        self.agent_identity = ""
         self.room = ""
         self.call: Any = None
         self._job: asyncio.Task[Any] | None = None
         self._pump: asyncio.Task[Any] | None = None
         self._outbox: asyncio.Queue[Message | None] = asyncio.Queue()
         self._job_done = asyncio.Event()
+        self.finished = asyncio.Event()
 
-    def _start_job(self) -> None:
+    async def _start_job(self) -> None:
         from agents_app.worker.local import LocalCall, run_local_job
 
         self.jobs += 1
+        # Each job is a new agent for the lifecycle, as a new LiveKit job is a new participant.
+        self.agent_identity = f"local-job-{uuid.uuid4().hex[:10]}"
         self._job_done.clear()
         call = LocalCall(input_noise_lsb=INPUT_NOISE_LSB)
         call.on_agent_speaking(
@@ -283,6 +302,7 @@ class CallBridge:
             run_local_job(session_id=self.session_id, call=call), name=f"local-job-{self.session_id}"
         )
         self._job.add_done_callback(self._on_job_done)
+        await _agent_joined(self.session_id, self.agent_identity)
 
     def _on_job_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -303,10 +323,12 @@ class CallBridge:
                 return
             await self.channel.send(message)
 
-    async def _stop_job(self, *, kill: bool, reason: str) -> None:
+    async def _stop_job(self, *, kill: bool, reason: str) -> bool:
+        """Stop the job; returns whether the lifecycle wants a new agent now (a crash mid-call)."""
         call, job = self.call, self._job
         if call is None or job is None:
-            return
+            return False
+        self._job = None  # stopped on purpose: not "the job ended by itself" for run()
         if kill:
             call.kill()
         else:
@@ -324,18 +346,22 @@ class CallBridge:
             self._pump.cancel()
             with contextlib.suppress(BaseException):
                 await self._pump
+        try:
+            return await _agent_left(self.session_id, self.agent_identity, reason)
+        except Exception:
+            logger.exception("could not record the end of the agent job of %s", self.session_id)
+            return False
 
     async def restart(self) -> None:
-        """Kill the job abruptly and start a new one for the same session (a re-dispatch)."""
-        await self._stop_job(kill=True, reason="agent-restart")
-        await _event(self.session_id, "agent.job_lost", {"reason": "simulated crash (agent-restart)", "job": self.jobs})
-        self._start_job()
-        self._outbox.put_nowait({"type": "agent.restarted", "job": self.jobs})
+        """Kill the job abruptly (a simulated crash); the lifecycle's rule starts a new one."""
+        if await self._stop_job(kill=True, reason=f"simulated crash (agent-restart of job {self.jobs})"):
+            await self._start_job()
+            self._outbox.put_nowait({"type": "agent.restarted", "job": self.jobs})
 
     async def run(self) -> str:
         """Serve the caller until it leaves or the job ends; returns why it ended."""
         sender = asyncio.create_task(self._send_loop(), name="local-sender")
-        self._start_job()
+        await self._start_job()
         reason = "caller dropped"
         clean = False
         try:
@@ -381,6 +407,14 @@ class CallBridge:
             reason = f"protocol error: {exc}"
             self._outbox.put_nowait({"type": "error", "code": "protocol_error", "message": str(exc)})
         finally:
+            # The caller's leave first (an older connection's leave changes nothing), then the
+            # job's end: the agent is then lost with the caller gone, as in LiveKit mode.
+            try:
+                await _caller_left(
+                    self.session_id, self.connection, "caller_dropped" if reason == "caller dropped" else "caller_left"
+                )
+            except Exception:
+                logger.exception("could not record the caller leaving %s", self.session_id)
             await self._stop_job(kill=False, reason=reason)
             if clean:
                 self._outbox.put_nowait({"type": "bye", "reason": reason})
@@ -414,18 +448,20 @@ class AgentHost:
         try:
             room = verify_token(str(hello.get("token") or ""))
             previous = self._bridge_for_room(room)
-            joined = await _session_join(room)
+            if previous is not None:
+                # The same caller came back while its old connection looked alive: the
+                # old connection and its job end first, so one job serves the session.
+                await previous.channel.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(previous.finished.wait(), JOB_END_TIMEOUT_SECONDS + 5)
+            bridge = CallBridge(host=self, channel=channel, session_id="", allow_control=self.allow_control)
+            joined = await _caller_joined(room, bridge.connection)
         except HelloRejected as exc:
             await channel.send({"type": "error", "code": exc.code, "message": str(exc)})
             await channel.close()
             return
         session_id = joined["session_id"]
-        if previous is not None:
-            # The same caller came back while its old connection looked alive: the new
-            # connection wins, and the old one must not mark the session reconnecting.
-            previous.superseded = True
-            await previous.channel.close()
-        bridge = CallBridge(host=self, channel=channel, session_id=session_id, allow_control=self.allow_control)
+        bridge.session_id = session_id
         bridge.room = room
         self.bridges[session_id] = bridge
         await channel.send({"type": "welcome", "protocol": PROTOCOL_VERSION, "session_id": session_id, "room": room})
@@ -435,8 +471,7 @@ class AgentHost:
         finally:
             if self.bridges.get(session_id) is bridge:
                 del self.bridges[session_id]
-        if not bridge.superseded:
-            await _session_left(session_id, "caller_dropped" if reason == "caller dropped" else "caller_left")
+            bridge.finished.set()
         logger.info("caller left session %s (%s)", session_id, reason)
 
     def _bridge_for_room(self, room: str) -> CallBridge | None:

@@ -132,7 +132,7 @@ def test_it_dispatches_the_agent_by_name_with_the_session_id(livekit_double, age
     claims = TokenVerifier(KEY, SECRET).verify(body["token"])
     assert claims.video.room == body["room"] and not claims.video.room_admin
     event = SessionEvent.objects.get(session_id=body["session_id"], type="agent.dispatch_requested")
-    assert event.payload == {"mode": "livekit", "agent_name": AGENT_NAME, "dispatch_id": "AD_1"}
+    assert event.payload == {"mode": "livekit", "agent_name": AGENT_NAME, "dispatch_id": "AD_1", "attempt": 1}
 
 
 @pytest.mark.parametrize("status", [500, 503])

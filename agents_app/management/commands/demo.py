@@ -5,7 +5,9 @@ group with prefixed coloured output:
 
 - web:     uvicorn (voiceplatform.webserver) on 127.0.0.1:8000 (admin, API, dashboard, websockets, /metrics)
 - celery:  a Celery worker with beat (post-call reports, reaper, slow tools)
-- agent:   `manage.py runagent` (the local agent host when LIVEKIT_URL is unset)
+- livekit: a LiveKit server (deploy/livekit/livekit.yaml) when LIVEKIT_URL is unset and a
+           livekit-server binary is found (`make livekit-server`); see docs/livekit.md
+- agent:   `manage.py runagent` (a LiveKit worker, or the local agent host without a server)
 - traffic: a steady trickle of `simulate_calls`, one call at a time across the scenarios
 
 Ctrl-C or SIGTERM stops everything: SIGTERM to each process group, SIGKILL to what is
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +35,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from voiceplatform import livekit_dev
 from voiceplatform.webserver import web_server_command
 
 DEFAULT_TRAFFIC = ("basic", "barge-in", "reconnect", "tool", "client-interrupt", "agent-restart")
@@ -70,6 +74,34 @@ def wait_port(host: str, port: int, timeout: float) -> bool:
     return False
 
 
+@dataclass
+class TransportPlan:
+    """How the demo's calls travel: a LiveKit server it starts, one given by LIVEKIT_URL, or local."""
+
+    kind: str  # "embedded" | "external" | "local"
+    url: str = ""
+    server: livekit_dev.ServerConfig | None = None
+    binary: Path | None = None
+    version: str = ""
+
+
+class RestartBudget:
+    """At most `limit` restarts in any `window_s` seconds (a crash loop stops the demo)."""
+
+    def __init__(self, *, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._times: list[float] = []
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._times = [t for t in self._times if now - t < self.window_s]
+        if len(self._times) >= self.limit:
+            return False
+        self._times.append(now)
+        return True
+
+
 class Supervisor:
     """Starts child processes in their own process groups and stops whole trees."""
 
@@ -81,6 +113,7 @@ class Supervisor:
         self._lock = threading.Lock()
         self._colours = itertools.cycle(COLOURS)
         self._width = 8
+        self._watches: list[tuple[str, str, threading.Event]] = []
 
     def say(self, name: str, line: str, colour: str = "") -> None:
         prefix = f"{time.strftime('%H:%M:%S')} {name:<{self._width}}|"
@@ -119,6 +152,9 @@ class Supervisor:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.say(name, line.rstrip("\n"), colour)
+            for watched, text, event in self._watches:
+                if watched == name and text in line:
+                    event.set()
 
     def dead(self) -> list[tuple[str, int]]:
         return [(name, proc.returncode) for name, proc in self.procs.items() if proc.poll() is not None]
@@ -128,22 +164,37 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
 
-    def stop_all(self) -> None:
+    def stop_all(self, *, last: tuple[str, ...] = ()) -> None:
+        """SIGTERM every process group, then SIGKILL what outlives the grace period.
+
+        Those named in `last` are stopped after the others are gone (the LiveKit server
+        waits for its participants to leave before it exits).
+        """
         with self._lock:
             self.stopping.set()
         procs = list(self.procs.items())
-        for _, proc in procs:
-            self.kill_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + GRACE_SECONDS
-        for name, proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.say(name, "did not stop in time: killing its process group")
-            # Children of the leader (job processes, Celery's pool) may outlive it.
-            self.kill_group(proc, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+        first = [(n, p) for n, p in procs if n not in last]
+        then = [(n, p) for n, p in procs if n in last]
+        for group in (first, then):
+            for _, proc in group:
+                self.kill_group(proc, signal.SIGTERM)
+            deadline = time.monotonic() + GRACE_SECONDS
+            for name, proc in group:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.say(name, "did not stop in time: killing its process group")
+                # Children of the leader (job processes, Celery's pool) may outlive it.
+                self.kill_group(proc, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+
+    def watch(self, name: str, text: str) -> threading.Event:
+        """An event set when a line of `name`'s output contains `text`."""
+        event = threading.Event()
+        with self._lock:
+            self._watches.append((name, text, event))
+        return event
 
 
 class Command(BaseCommand):
@@ -164,18 +215,30 @@ class Command(BaseCommand):
         parser.add_argument(
             "--pause", type=float, default=3.0, help="Seconds between simulated calls (default %(default)s)."
         )
+        parser.add_argument(
+            "--transport",
+            choices=["auto", "livekit", "local"],
+            default="auto",
+            help="auto (default): a real LiveKit server when LIVEKIT_URL is set or a livekit-server binary is "
+            "found (`make livekit-server`), else the local transport; livekit: require a server; local: never.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = options["host"], options["port"]
         base_url = f"http://{host}:{port}"
-        for what, h, p in (
-            ("web server", host, port),
-            ("local agent host", settings.LOCAL_AGENT_HOST, settings.LOCAL_AGENT_PORT),
-        ):
-            if settings.LIVEKIT_URL and what == "local agent host":
-                continue
+        plan = self._transport_plan(options["transport"], webhook_url=f"{base_url}{livekit_dev.WEBHOOK_PATH}")
+        busy = [("web server", host, port)]
+        if plan.kind == "local":
+            busy.append(("local agent host", settings.LOCAL_AGENT_HOST, settings.LOCAL_AGENT_PORT))
+        if plan.kind == "embedded":
+            busy.append(("LiveKit server", "127.0.0.1", plan.server.port))
+        for what, h, p in busy:
             if not port_free(h, p):
                 raise CommandError(f"{h}:{p} (the {what}) is already in use: is another demo running? Stop it first.")
+        if plan.kind == "embedded" and not livekit_dev.udp_port_free(plan.server.udp_port):
+            raise CommandError(
+                f"UDP port {plan.server.udp_port} (LiveKit media) is already in use: is another LiveKit server running?"
+            )
 
         self.stdout.write("==> migrating the database")
         call_command("migrate", interactive=False, verbosity=0)
@@ -194,6 +257,9 @@ class Command(BaseCommand):
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         traffic: threading.Thread | None = None
         try:
+            if plan.kind == "embedded":
+                self._start_livekit(supervisor, plan, env)
+                env.update(livekit_dev.platform_env(plan.server))
             supervisor.start("web", web_server_command(host=host, port=port, python=py), env)
             supervisor.start(
                 "celery",
@@ -201,22 +267,42 @@ class Command(BaseCommand):
                  "-s", str(Path(settings.DATA_DIR) / "celerybeat-schedule")],
                 env,
             )  # fmt: skip
-            supervisor.start("agent", [py, "manage.py", "runagent"], env)
+            agent_argv = [py, "manage.py", "runagent", "dev" if plan.kind != "local" else "start"]
+            # A call dispatched before the worker registers waits for the platform's re-dispatch.
+            registered = supervisor.watch("agent", "registered with LiveKit")
+            if plan.kind == "local":
+                registered.set()  # local callers wait for the agent host's port themselves
+            supervisor.start("agent", agent_argv, env)
             if not wait_port(host, port, 60):
                 raise CommandError(f"the web server did not start listening on {host}:{port} within 60 s")
-            self._banner(base_url)
+            self._banner(base_url, plan)
             if not options["no_traffic"]:
                 traffic = threading.Thread(
                     target=self._traffic,
-                    args=(supervisor, env, base_url, options["scenarios"].split(","), options["pause"], stop),
+                    args=(
+                        supervisor,
+                        env,
+                        base_url,
+                        options["scenarios"].split(","),
+                        options["pause"],
+                        stop,
+                        registered,
+                    ),
                     daemon=True,
                 )
                 traffic.start()
             deadline = time.monotonic() + options["duration"] if options["duration"] else None
+            agent_restarts = RestartBudget(limit=5, window_s=600)
             while not stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                dead = [(n, rc) for n, rc in supervisor.dead() if n in ("web", "celery", "agent")]
+                dead = [(n, rc) for n, rc in supervisor.dead() if n in ("web", "celery", "agent", "livekit")]
+                if dead and dead[0][0] == "agent" and agent_restarts.allow():
+                    # A crashed agent worker is started again, as systemd or Kubernetes would:
+                    # its calls are dispatched anew by the platform (docs/livekit.md).
+                    supervisor.say("demo", f"agent exited with status {dead[0][1]}; starting it again")
+                    supervisor.start("agent", agent_argv, env)
+                    continue
                 if dead:
                     name, code = dead[0]
                     supervisor.say("demo", f"{name} exited with status {code}; stopping the demo")
@@ -227,7 +313,7 @@ class Command(BaseCommand):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             supervisor.say("demo", "stopping all processes…")
-            supervisor.stop_all()
+            supervisor.stop_all(last=("livekit",))
             if traffic is not None:
                 traffic.join(timeout=5)
             if redis_ours:
@@ -247,18 +333,70 @@ class Command(BaseCommand):
         except OSError:
             return False
 
-    def _banner(self, base_url: str) -> None:
+    def _transport_plan(self, choice: str, *, webhook_url: str) -> TransportPlan:
+        if settings.LIVEKIT_URL:
+            if choice == "local":
+                raise CommandError("--transport local, but LIVEKIT_URL is set: unset it for the local transport")
+            return TransportPlan(kind="external", url=settings.LIVEKIT_URL)
+        binary = livekit_dev.server_binary() if choice != "local" else None
+        if binary is None:
+            if choice == "livekit":
+                raise CommandError(
+                    "--transport livekit, but no livekit-server was found: run `make livekit-server` "
+                    "(needs Go), put livekit-server on PATH, or set LIVEKIT_SERVER_BIN"
+                )
+            return TransportPlan(kind="local")
+        data_dir = Path(settings.DATA_DIR)
+        server = livekit_dev.ServerConfig(
+            api_key=os.environ.get("LIVEKIT_API_KEY") or "devkey",
+            api_secret=os.environ.get("LIVEKIT_API_SECRET") or livekit_dev.dev_api_secret(data_dir),
+            webhook_url=webhook_url,
+            node_ip=os.environ.get("LIVEKIT_NODE_IP", ""),
+        )
+        return TransportPlan(kind="embedded", url=server.url, server=server, binary=binary)
+
+    def _start_livekit(self, supervisor: Supervisor, plan: TransportPlan, env: dict[str, str]) -> None:
+        assert plan.server is not None and plan.binary is not None
+        config_path = livekit_dev.render_config(plan.server, Path(settings.DATA_DIR))
+        proc = supervisor.start(
+            "livekit", livekit_dev.server_command(plan.binary, config_path), livekit_dev.server_env(plan.server, env)
+        )
+        if proc is None or not livekit_dev.wait_ready(plan.server.port, 30, proc):
+            raise CommandError(
+                f"the LiveKit server ({plan.binary}) did not start on 127.0.0.1:{plan.server.port} within 30 s; "
+                "its output is above. `--transport local` runs the demo without it."
+            )
+        plan.version = livekit_dev.server_version(plan.binary)
+
+    def _banner(self, base_url: str, plan: TransportPlan) -> None:
         from agents_app.management.commands.seed_demo import DEMO_PASSWORD
 
+        if plan.kind == "embedded":
+            transport = [
+                f"  Transport:  LiveKit server {plan.version} at {plan.url} (started by the demo,",
+                "              deploy/livekit/livekit.yaml); agent worker: runagent dev",
+                f"  Call it:    {base_url}/call/  (any login below; allow the microphone)",
+            ]
+        elif plan.kind == "external":
+            transport = [
+                f"  Transport:  LiveKit at {plan.url} (LIVEKIT_URL); agent worker: runagent dev",
+                f"  Call it:    {base_url}/call/  (any login below; allow the microphone)",
+            ]
+        else:
+            transport = [
+                "  Transport:  local (no LiveKit server: simulated callers only, /call/ cannot dial).",
+                "              `make livekit-server` builds the real server; the next `make demo` uses it.",
+            ]
         lines = [
             "",
-            "=" * 64,
+            "=" * 72,
+            *transport,
             f"  Dashboard:  {base_url}/dashboard/",
             f"  Login:      staff / {DEMO_PASSWORD}   (admin / {DEMO_PASSWORD} for the admin)",
             f"  Admin:      {base_url}/admin/   (edit the prompt: the next calls change)",
             f"  API docs:   {base_url}/api/v1/docs",
             "  Ctrl-C stops everything.",
-            "=" * 64,
+            "=" * 72,
             "",
         ]
         for line in lines:
@@ -273,12 +411,17 @@ class Command(BaseCommand):
         scenario_names: list[str],
         pause: float,
         stop: threading.Event,
+        agent_ready: threading.Event,
     ) -> None:
         """One simulated call at a time, cycling through the scenarios, until stopped.
 
         The first caller starts while the agent host still loads its models (it waits for
         the host to accept), so the dashboard shows a call as early as possible.
         """
+        deadline = time.monotonic() + 120
+        while not agent_ready.is_set() and time.monotonic() < deadline:
+            if stop.wait(0.5):
+                return
         for number, name in enumerate(itertools.cycle([n.strip() for n in scenario_names if n.strip()]), start=1):
             if stop.is_set():
                 return

@@ -1,7 +1,7 @@
 """`manage.py runagent [dev|start]`: the agent worker process.
 
 With LIVEKIT_URL set it runs a livekit-agents worker that LiveKit dispatches jobs to
-explicitly, by agent name (settings.LIVEKIT_AGENT_NAME). Without it (local mode) it runs
+explicitly, by agent name (settings.LIVEKIT_AGENT_NAME): agents_app.worker.livekit_worker. Without it (local mode) it runs
 the local agent host, `agents_app.worker.local_server.serve()`, which accepts callers on
 LOCAL_AGENT_HOST:LOCAL_AGENT_PORT and runs the same entrypoint in-process.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sys
 from typing import Any
 
 from django.conf import settings
@@ -52,23 +51,6 @@ class Command(BaseCommand):
             asyncio.run(result)
 
     def _run_livekit_worker(self, mode: str) -> None:
-        from livekit.agents import AgentServer, cli
+        from agents_app.worker.livekit_worker import run_worker
 
-        from agents_app.worker.entrypoint import entrypoint, prewarm
-
-        server = AgentServer(
-            ws_url=settings.LIVEKIT_URL,
-            api_key=settings.LIVEKIT_API_KEY,
-            api_secret=settings.LIVEKIT_API_SECRET,
-            setup_fnc=prewarm,
-            prometheus_port=settings.AGENT_METRICS_PORT or None,
-            # Prewarm loads the VAD, Piper and the PocketSphinx pool: slow on a busy box.
-            initialize_process_timeout=60.0,
-        )
-        # Explicit dispatch: only jobs asked for this agent name reach this worker.
-        server.rtc_session(entrypoint, agent_name=settings.LIVEKIT_AGENT_NAME)
-        self.stdout.write(
-            f"livekit worker '{settings.LIVEKIT_AGENT_NAME}' connecting to {settings.LIVEKIT_URL} ({mode})"
-        )
-        sys.argv = [sys.argv[0], mode]  # livekit's CLI reads its sub-command from argv
-        cli.run_app(server)
+        run_worker(dev=mode == "dev")

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from agents_app.simulator import scenarios
@@ -77,7 +76,6 @@ class Command(BaseCommand):
         from agents_app.simulator.runner import RunOptions, run_calls
 
         api_key, agent_key, shared_db = self._keys(options)
-        livekit = bool(settings.LIVEKIT_URL) and options["local_agent"] != "inprocess"
         if options["local_agent"] == "inprocess":
             from agents_app.worker.local import prewarm
 
@@ -93,12 +91,11 @@ class Command(BaseCommand):
             local_agent=options["local_agent"],
             record_dir=Path(options["record"]) if options["record"] else None,
             shared_db=shared_db,
-            livekit=livekit,
         )
         transport = (
-            "LiveKit rooms"
-            if livekit
-            else ("in-process agent jobs" if options["local_agent"] == "inprocess" else "the url the API returns")
+            "in-process agent jobs"
+            if options["local_agent"] == "inprocess"
+            else "the url the API returns (local:// the local agent host, ws(s):// a LiveKit room)"
         )
         self._line(
             f"simulating {run_options.calls} call(s), {run_options.concurrency} at a time, scenario(s) "
