@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint install clean-data stop-redis bench
+.PHONY: demo test test-livekit livekit-server lint install clean-data stop-redis bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) manage.py demo
 
+# Everything this machine can run: lint, the suite, then the livekit tier (a real LiveKit
+# server, built first wherever Go is installed; without Go the tier says why it skips).
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-livekit
+
+# The livekit tier alone: it runs in a network namespace of its own (needs root).
+test-livekit: $(STAMP)
+	@if command -v go >/dev/null 2>&1; then $(MAKE) --no-print-directory livekit-server; fi
+	$(PY) -m tests.livekit.run_tier $(LIVEKIT_PYTEST_ARGS)
+
+# The pinned LiveKit server, built from the Go module proxy, cached per user and version.
+livekit-server:
+	@deploy/livekit/build-server.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -49,6 +49,7 @@ def call_config(request: HttpRequest) -> dict[str, Any]:
             "reconnect": base + "sessions/{id}/reconnect",
             "interrupt": base + "sessions/{id}/interrupt",
             "end": base + "sessions/{id}/end",
+            "session": base + "sessions/{id}",
         },
         "dashboardUrl": _dashboard_url(),
         # A LiveKit agent usually joins within a second or two of dispatch; the default 15 s

@@ -41,6 +41,11 @@ from sessions_app.services import session_event_append, session_publish_updated,
 logger = logging.getLogger(__name__)
 
 
+# The agent left because the room itself is closing (its caller gone past the departure
+# window, or the platform deleted it): the end of a call, not a lost agent.
+ROOM_CLOSING_REASONS = frozenset({"ROOM_DELETED", "ROOM_CLOSED"})
+
+
 class SessionFinal(Exception):
     def __init__(self, session: VoiceSession) -> None:
         super().__init__(f"session {session.id} is {session.state}")
@@ -176,6 +181,7 @@ def session_agent_dispatched(
     VoiceSession.objects.filter(pk=session.pk).update(
         agent_status=AgentStatus.DISPATCHED,
         agent_dispatch_attempts=F("agent_dispatch_attempts") + 1,
+        agent_dispatch_count=F("agent_dispatch_count") + 1,
         agent_dispatched_at=timezone.now(),
     )
     session.refresh_from_db()
@@ -192,7 +198,7 @@ def session_agent_dispatched(
         payload["error"] = error[:300]
     session_event_append(session_id=session.pk, type="agent.dispatch_requested", payload=payload)
     if mode == "livekit":
-        _join_check_after_commit(session.pk, session.agent_dispatch_attempts)
+        _join_check_after_commit(session.pk, session.agent_dispatch_count)
     return session
 
 
@@ -245,7 +251,7 @@ def session_agent_left(
     session = _locked(session_id)
     base = {"identity": identity, "reason": reason, "source": source, **(payload or {})}
     serving = session.agent_status == AgentStatus.JOINED and session.agent_identity == identity
-    if session.state in FINAL_STATES or not serving:
+    if session.state in FINAL_STATES or not serving or reason in ROOM_CLOSING_REASONS:
         session_event_append(session_id=session.pk, type="agent.left", payload={**base, "serving": serving})
         if serving:
             VoiceSession.objects.filter(pk=session.pk).update(agent_status=AgentStatus.NONE, agent_identity="")
@@ -261,16 +267,18 @@ def session_agent_left(
 
 
 @transaction.atomic
-def session_agent_join_check(*, session_id: UUID | str, attempt: int) -> str:
-    """The agent-join wait of dispatch `attempt` ran out: dispatch again, or give up.
+def session_agent_join_check(*, session_id: UUID | str, dispatch: int) -> str:
+    """The agent-join wait of the session's `dispatch`-th dispatch ran out: dispatch again,
+    or give up after AGENT_DISPATCH_ATTEMPTS dispatches in a row that no agent answered.
 
     Returns what was done: "joined" (nothing to do), "stale", "redispatch", "unavailable".
     """
     session = _locked(session_id)
     if session.state in FINAL_STATES or session.agent_status != AgentStatus.DISPATCHED:
         return "joined" if session.agent_status == AgentStatus.JOINED else "stale"
-    if session.agent_dispatch_attempts != attempt:
-        return "stale"  # a later dispatch owns the wait
+    if session.agent_dispatch_count != dispatch:
+        return "stale"  # a later dispatch owns the wait (dispatch numbers never repeat)
+    attempt = session.agent_dispatch_attempts
     waited = settings.AGENT_JOIN_TIMEOUT_SECONDS
     if attempt < settings.AGENT_DISPATCH_ATTEMPTS:
         session_event_append(
@@ -331,13 +339,13 @@ def _dispatch_after_commit(session_id: UUID, *, reason: str) -> None:
     transaction.on_commit(enqueue)
 
 
-def _join_check_after_commit(session_id: UUID, attempt: int) -> None:
+def _join_check_after_commit(session_id: UUID, dispatch: int) -> None:
     def enqueue() -> None:
         try:
             from sessions_app.tasks import session_agent_join_check_task
 
             session_agent_join_check_task.apply_async(
-                (str(session_id), attempt), countdown=settings.AGENT_JOIN_TIMEOUT_SECONDS
+                (str(session_id), dispatch), countdown=settings.AGENT_JOIN_TIMEOUT_SECONDS
             )
         except Exception:  # the stale-session reaper still fails a session no agent joined
             logger.warning("could not schedule the agent-join check for %s", session_id, exc_info=True)

@@ -95,6 +95,9 @@ class VoiceSession(models.Model):
     agent_dispatch_attempts = models.PositiveSmallIntegerField(
         default=0, help_text="Dispatches since the agent last joined (reset when it joins)."
     )
+    agent_dispatch_count = models.PositiveIntegerField(
+        default=0, help_text="Dispatches in all; each agent-join check names the dispatch it waits for."
+    )
     agent_dispatched_at = models.DateTimeField(null=True, blank=True)
     caller_connection = models.CharField(
         max_length=64, blank=True, help_text="The caller's current connection: LiveKit participant SID or local id."

@@ -90,6 +90,9 @@ class SessionSummaryOut(Schema):
     room: str
     state: str
     end_reason: str
+    agent_status: str = Field(
+        ..., description="none, dispatched, joined, lost (its job ended or crashed) or unavailable (never joined)."
+    )
     turn_count: int
     interrupt_count: int
     reconnect_count: int

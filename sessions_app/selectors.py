@@ -55,6 +55,7 @@ def session_as_summary(session: VoiceSession) -> dict[str, Any]:
         "room": session.room_name,
         "state": session.state,
         "end_reason": session.end_reason,
+        "agent_status": session.agent_status,
         "turn_count": session.turn_count,
         "interrupt_count": session.interrupt_count,
         "reconnect_count": session.reconnect_count,

@@ -123,12 +123,12 @@ def session_agent_dispatch_task(session_id: str, reason: str = "") -> str:
 
 
 @shared_task(name="sessions_app.tasks.session_agent_join_check", autoretry_for=(OperationalError,), max_retries=3, retry_backoff=True)
-def session_agent_join_check_task(session_id: str, attempt: int) -> str:
-    """The agent-join wait of one dispatch ran out (idempotent: keyed on the attempt)."""
+def session_agent_join_check_task(session_id: str, dispatch: int) -> str:
+    """The agent-join wait of one dispatch ran out (idempotent: keyed on the dispatch number)."""
     from sessions_app.lifecycle import session_agent_join_check
 
     with log_context(session_id=session_id):
-        return session_agent_join_check(session_id=session_id, attempt=attempt)
+        return session_agent_join_check(session_id=session_id, dispatch=dispatch)
 
 
 @shared_task(name="sessions_app.tasks.sessions_reap_stale")

@@ -62,6 +62,26 @@ async def speech_for(text: str) -> tuple[np.ndarray, int]:
     return await asyncio.to_thread(_speech, text)
 
 
+async def speak(
+    transport: CallerTransport, text: str, *, on_frame: Callable[[np.ndarray, int], None] | None = None
+) -> None:
+    """Say a line in real time: 20 ms frames of Piper speech, then the trailing silence."""
+    samples, rate = await speech_for(text)
+    frame = int(rate * FRAME_SECONDS)
+    silence = np.zeros(int(rate * TRAILING_SILENCE_SECONDS), dtype=np.int16)
+    audio = np.concatenate([samples, silence])
+    clock = time.monotonic()
+    for start in range(0, len(audio), frame):
+        chunk = audio[start : start + frame]
+        if on_frame is not None:
+            on_frame(chunk, rate)
+        await transport.send_audio(chunk, rate)
+        clock += len(chunk) / rate
+        delay = clock - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
 class SimulatedCall:
     def __init__(
         self,
@@ -145,20 +165,8 @@ class SimulatedCall:
         await handler(step)
 
     async def _speak(self, text: str) -> None:
-        samples, rate = await speech_for(text)
-        frame = int(rate * FRAME_SECONDS)
-        silence = np.zeros(int(rate * TRAILING_SILENCE_SECONDS), dtype=np.int16)
-        audio = np.concatenate([samples, silence])
         self.note(f'caller says "{text}"')
-        clock = time.monotonic()
-        for start in range(0, len(audio), frame):
-            chunk = audio[start : start + frame]
-            self.recording.add_caller(chunk, rate)
-            await self.transport.send_audio(chunk, rate)
-            clock += len(chunk) / rate
-            delay = clock - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        await speak(self.transport, text, on_frame=self.recording.add_caller)
 
     async def _wait_agent_spoke_for(self, seconds: float, timeout: float) -> None:
         await self.transport.wait_speaking(True, timeout)

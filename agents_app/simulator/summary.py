@@ -21,8 +21,12 @@ def summarize(results: list[Any]) -> dict[str, Any]:
     errors: list[str] = []
     failovers: list[dict[str, Any]] = []
     provider_errors: list[dict[str, Any]] = []
+    impaired = {"frames": 0, "lost": 0}
     for result in results:
         detail = result.detail or {}
+        for impairment in detail.get("impairment") or []:
+            impaired["frames"] += int(impairment.get("frames") or 0)
+            impaired["lost"] += int(impairment.get("lost") or 0)
         failovers.extend(detail.get("failovers") or [])
         provider_errors.extend(detail.get("provider_errors") or [])
         reconnects += int(detail.get("reconnect_count") or 0)
@@ -61,6 +65,8 @@ def summarize(results: list[Any]) -> dict[str, Any]:
         "failovers": len(failovers),
         "provider_errors": len(provider_errors),
         "failover_ms": _failover_ms(failovers),
+        # Network impairment (jitter scenario): caller frames it touched and frames it lost.
+        "impaired_frames": impaired,
         "session_ids": [r.session_id for r in results if r.session_id],
         # Calls per transport: {"LiveKitTransport": 3} (LiveKit rooms) or {"HostTransport": 3}.
         "transports": dict(Counter(r.transport for r in results if getattr(r, "transport", ""))),

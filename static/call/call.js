@@ -11,6 +11,7 @@
 
   const RPC_TIMEOUT_MS = 2500; // the SDK clamps RPC timeouts to >= 8 s; we fall back sooner
   const REJOIN_DELAYS_MS = [0, 1500, 4000];
+  const AGENT_POLL_MS = 3000;
   const MAX_CAPTION_LINES = 200;
   const AGENT_STATES = {
     initializing: "joining…", idle: "idle", listening: "listening",
@@ -241,9 +242,35 @@
     call.joinTimer = setTimeout(() => {
       if (!call || call.agentIdentity || !call.room) return;
       setAgentState("missing", "has not joined");
-      notify("The agent has not joined after " + seconds + " s. The agent worker may be down or busy. " +
-        "Keep waiting, or end the call and try again later.", "warn");
+      notify("The agent has not joined after " + seconds + " s. The platform is dispatching it again; " +
+        "keep waiting, or end the call and try again later.", "warn");
+      watchForUnavailableAgent(call);
     }, seconds * 1000);
+  }
+
+  // While no agent is in the room, ask the platform now and then: after its last dispatch
+  // it fails the session (agent_unavailable), and the page says so instead of waiting on.
+  async function watchForUnavailableAgent(watched) {
+    while (call === watched && !watched.agentIdentity && !watched.ending) {
+      await sleep(AGENT_POLL_MS);
+      if (call !== watched || watched.agentIdentity) return;
+      let detail;
+      try {
+        const response = await fetch(endpoint("session", watched.sessionId), { credentials: "same-origin" });
+        if (!response.ok) continue;
+        detail = await response.json();
+      } catch (_) {
+        continue; // the platform is unreachable for a moment: ask again
+      }
+      if (detail.state === "failed" || detail.state === "ended") {
+        const why = detail.end_reason === "agent_unavailable"
+          ? "No agent could take the call: the platform dispatched one several times and none joined " +
+            "(is the agent worker running?)."
+          : "The call ended on the platform (" + (detail.end_reason || detail.state) + ").";
+        finishCall(why, "error");
+        return;
+      }
+    }
   }
 
   // ---- room events --------------------------------------------------------------------
@@ -268,7 +295,9 @@
         if (!call || p.identity !== call.agentIdentity) return;
         call.agentIdentity = null;
         setAgentState("missing", "left the call");
-        notify("The agent left the call. End the call, or wait for it to come back.", "warn");
+        notify("The agent left the call. The platform is sending another one, which carries on " +
+          "where this one stopped; or end the call.", "warn");
+        watchForUnavailableAgent(call);
       })
       .on(E.ParticipantAttributesChanged, (changed, p) => {
         if (!call || !("lk.agent.state" in changed)) return;

@@ -170,8 +170,16 @@
     const t = ev.type;
     if (t === "session.state_changed") return { kind: "state", what: `${p.from} → ${p.to}`, detail: p.reason };
     if (t === "session.created") return { kind: "state", what: "session created", detail: p.agent || "" };
-    if (t === "caller.joined" || t === "participant.participant_joined" || t.endsWith("joined")) return { kind: "join", what: "caller joined", detail: p.identity || p.participant || "" };
-    if (t === "caller.left" || t.endsWith("left")) return { kind: "leave", what: "caller left", detail: p.reason || p.identity || "" };
+    const stale = p.stale ? " · an older connection (ignored)" : "";
+    if (t === "caller.joined") return { kind: "join", what: "caller joined", detail: (p.connection || p.identity || "") + stale };
+    if (t === "caller.left") return { kind: "leave", what: "caller left", detail: (p.reason || p.connection || "") + stale };
+    if (t === "agent.joined") return { kind: "join", what: "agent joined", detail: `${p.identity || ""}${p.source ? " (" + p.source + ")" : ""}` };
+    if (t === "agent.left") return { kind: "leave", what: "agent left", detail: p.reason || p.identity || "" };
+    if (t === "agent.lost") return { kind: "error", what: "agent lost", detail: `${p.identity || ""} · ${p.reason || ""}` };
+    if (t === "agent.dispatch_requested") return { kind: "state", what: `agent dispatched${p.attempt > 1 ? " (attempt " + p.attempt + ")" : ""}`, detail: p.reason || p.error || p.mode || "" };
+    if (t === "agent.join_timeout") return { kind: "error", what: "agent did not join", detail: `after ${p.waited_s} s (attempt ${p.attempt})` };
+    if (t === "agent.unavailable") return { kind: "error", what: "no agent available", detail: `${p.attempts} dispatches, none joined` };
+    if (t.startsWith("participant.")) return { kind: t.endsWith("joined") ? "join" : "leave", what: t.replace(/^participant\.participant_/, "participant "), detail: p.identity || "" };
     if (t === "session.reconnect") return { kind: "reconnect", what: "reconnect", detail: `#${p.reconnect_count ?? "?"} from ${p.source || "?"}` };
     if (t === "interrupt.requested") return { kind: "interrupt", what: "interrupt requested", detail: p.source };
     if (t === "agent.speech_interrupted") return { kind: "interrupt", what: `agent interrupted (turn ${p.turn})`, detail: `${p.source || ""}${p.heard_text ? " · heard: " + p.heard_text : ""}` };

@@ -640,6 +640,21 @@ def test_it_says_when_the_agent_does_not_join(seamed_call: PageRun) -> None:
 
 
 @pytest.mark.browser
+def test_it_says_when_the_platform_gives_up_on_the_agent(seamed_call: PageRun) -> None:
+    page = seamed_call.page
+    created = _start_call(seamed_call)
+    page.wait_for_selector("#agent-state[data-state=missing]", timeout=20_000)
+    # What sessions_app.lifecycle does after the last dispatch no agent answered.
+    seamed_call.site.orm(
+        "from sessions_app.services import session_transition\n"
+        f"session_transition(session_id={created['session_id']!r}, to_state='failed', reason='agent_unavailable')"
+    )
+
+    page.wait_for_selector("#notice:has-text('No agent could take the call')", timeout=15_000)
+    assert page.is_enabled("#start"), "the call is over: the caller can start another"
+
+
+@pytest.mark.browser
 def test_an_expired_token_is_reported_and_rejoin_gets_a_fresh_one(seamed_call: PageRun) -> None:
     page = seamed_call.page
     page.evaluate("window.__seam.connectPlan.push('token-expired')")

@@ -21,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from django.conf import settings
 
@@ -82,7 +83,10 @@ class Platform:
         user = db.get("USER") or "postgres"
         auth = f"{user}:{db['PASSWORD']}" if db.get("PASSWORD") else user
         del psycopg
-        return f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{self.pg_db}"
+        host = db.get("HOST") or "127.0.0.1"
+        if host.startswith("/"):  # a unix socket directory (the livekit tier's network namespace)
+            return f"postgres://{auth}@{quote(host, safe='')}/{self.pg_db}"
+        return f"postgres://{auth}@{host}:{db.get('PORT') or 5432}/{self.pg_db}"
 
     def _pg_admin(self, sql: str) -> None:
         import psycopg

@@ -33,12 +33,26 @@ def eager_celery():
     celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
 
 
-def _event(kind: str, room: str, identity: str = "", *, agent: bool = False, event_id: str | None = None) -> str:
+def _event(
+    kind: str,
+    room: str,
+    identity: str = "",
+    *,
+    agent: bool = False,
+    event_id: str | None = None,
+    sid: str = "",
+    joined_at_ms: int = 0,
+    reason: int = 0,
+) -> str:
     event = WebhookEvent(event=kind, id=event_id or f"EV_{uuid.uuid4().hex[:12]}", created_at=1_700_000_000)
     event.room.name = room
+    event.room.turn_password = "turn-credential-of-the-room"
     if identity:
         event.participant.identity = identity
         event.participant.kind = ParticipantInfo.Kind.AGENT if agent else ParticipantInfo.Kind.STANDARD
+        event.participant.sid = sid
+        event.participant.joined_at_ms = joined_at_ms
+        event.participant.disconnect_reason = reason
     return MessageToJson(event)
 
 
@@ -222,3 +236,34 @@ def test_it_processes_inline_when_the_task_cannot_be_queued(
     _deliver(http, django_capture_on_commit_callbacks, _event("participant_joined", session.room_name, "caller-u1"))
     session.refresh_from_db()
     assert session.state == SessionState.ACTIVE
+
+
+def test_a_late_leave_of_the_old_connection_after_the_new_join_keeps_the_call_active(
+    http, session, django_capture_on_commit_callbacks
+):
+    """A reconnecting client's new participant can join before the server reports the old
+    one gone; the old one's participant_left must not mark the session reconnecting."""
+    deliver = lambda body: _deliver(http, django_capture_on_commit_callbacks, body)  # noqa: E731
+    deliver(_event("participant_joined", session.room_name, "caller-u1", sid="PA_old", joined_at_ms=1_000))
+    deliver(_event("participant_joined", session.room_name, "caller-u1", sid="PA_new", joined_at_ms=9_000))
+    deliver(_event("participant_left", session.room_name, "caller-u1", sid="PA_old", joined_at_ms=1_000))
+    session.refresh_from_db()
+    assert session.state == SessionState.ACTIVE and session.caller_connection == "PA_new"
+
+    deliver(_event("participant_left", session.room_name, "caller-u1", sid="PA_new", joined_at_ms=9_000))
+    session.refresh_from_db()
+    assert session.state == SessionState.RECONNECTING
+
+
+def test_an_agent_leaving_a_live_call_is_recorded_as_lost(http, session, django_capture_on_commit_callbacks):
+    deliver = lambda body: _deliver(http, django_capture_on_commit_callbacks, body)  # noqa: E731
+    deliver(_event("participant_joined", session.room_name, "agent-AJ_9", agent=True, sid="PA_a"))
+    deliver(_event("participant_left", session.room_name, "agent-AJ_9", agent=True, sid="PA_a", reason=14))
+    lost = SessionEvent.objects.get(session=session, type="agent.lost")
+    assert lost.payload["identity"] == "agent-AJ_9" and lost.payload["reason"] == "CONNECTION_TIMEOUT"
+
+
+def test_the_rooms_turn_credential_is_not_stored(http, session, django_capture_on_commit_callbacks):
+    _deliver(http, django_capture_on_commit_callbacks, _event("participant_joined", session.room_name, "caller-u1"))
+    row = LiveKitWebhookEvent.objects.get()
+    assert "turn_password" not in row.payload["room"] and row.payload["room"]["name"] == session.room_name
