@@ -16,7 +16,9 @@ Two layouts, chosen by the environment, with one call from `manage.py runagent`:
   cleaning up (SIGKILL, OOM) are pruned at each scrape, so `voice_active_sessions`
   never counts a dead job.
 
-Do not also pass `prometheus_port` to livekit's WorkerOptions: one exporter a worker.
+The LiveKit worker (agents_app/worker/livekit_worker.py) sets the directory per worker
+before its job processes start and never passes livekit its own `prometheus_port`: one
+exporter a worker.
 """
 
 from __future__ import annotations
@@ -90,13 +92,17 @@ class LiveMultiProcessCollector(Collector):
         return self._inner.collect()
 
 
-def agent_metrics_registry() -> CollectorRegistry:
-    """The registry the agent exporter serves (multiprocess files, or this process)."""
+def agent_metrics_registry(*, jobs_only: bool = False) -> CollectorRegistry:
+    """The registry the agent exporter serves (multiprocess files, or this process).
+
+    `jobs_only`: this process observes nothing itself (the LiveKit worker's main process;
+    its job processes do), so it does not matter that it is not in multiprocess mode.
+    """
     path = multiprocess_dir()
     if not path:
         return REGISTRY
     os.makedirs(path, exist_ok=True)
-    if not process_is_multiprocess_mode():
+    if not jobs_only and not process_is_multiprocess_mode():
         logger.warning(
             "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported; "
             "metrics observed in this process itself will not be exported (job processes still are)"
@@ -124,7 +130,9 @@ class AgentMetricsServer:
         self._thread.join(timeout=5)
 
 
-def start_agent_metrics_server(*, port: int | None = None, host: str | None = None) -> AgentMetricsServer | None:
+def start_agent_metrics_server(
+    *, port: int | None = None, host: str | None = None, jobs_only: bool = False
+) -> AgentMetricsServer | None:
     """Serve `/metrics` for this agent worker; None when AGENT_METRICS_PORT is 0.
 
     `port=0` here (tests) binds a free port; the setting's 0 means "disabled".
@@ -139,7 +147,7 @@ def start_agent_metrics_server(*, port: int | None = None, host: str | None = No
             logger.info("agent metrics exporter disabled (AGENT_METRICS_PORT=0)")
             return None
     host = host or getattr(settings, "AGENT_METRICS_HOST", "127.0.0.1")
-    registry = agent_metrics_registry()
+    registry = agent_metrics_registry(jobs_only=jobs_only)
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:

@@ -201,10 +201,11 @@ CALL_AGENT_JOIN_TIMEOUT_SECONDS = env_int("CALL_AGENT_JOIN_TIMEOUT_SECONDS", 15,
 # agent_unavailable (a LiveKit server accepts a dispatch even when no worker can take it).
 AGENT_JOIN_TIMEOUT_SECONDS = env_int("AGENT_JOIN_TIMEOUT_SECONDS", 20, minimum=2, maximum=600)
 AGENT_DISPATCH_ATTEMPTS = env_int("AGENT_DISPATCH_ATTEMPTS", 3, minimum=1, maximum=20)
-# The livekit-agents worker (runagent with LIVEKIT_URL): job processes kept warm, the load
-# above which it reports itself full (`start` only), its health server, and how long a
-# SIGTERM waits for running calls.
+# The livekit-agents worker (runagent with LIVEKIT_URL): job processes kept warm, the calls
+# it takes (AGENT_MAX_JOBS; 0: livekit's CPU load, full above AGENT_LOAD_THRESHOLD in
+# `start`), its health server, and how long a SIGTERM waits for running calls.
 AGENT_IDLE_PROCESSES = env_int("AGENT_IDLE_PROCESSES", 1, minimum=0, maximum=64)
+AGENT_MAX_JOBS = env_int("AGENT_MAX_JOBS", 4, minimum=0, maximum=1000)
 AGENT_LOAD_THRESHOLD = env_float("AGENT_LOAD_THRESHOLD", 0.7, minimum=0.05)
 AGENT_HEALTH_HOST = env_str("AGENT_HEALTH_HOST", "127.0.0.1")
 AGENT_HEALTH_PORT = env_int("AGENT_HEALTH_PORT", 8081, minimum=0, maximum=65535)

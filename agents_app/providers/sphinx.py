@@ -112,10 +112,13 @@ def shutdown_pool() -> None:
     global _POOL
     with _POOL_LOCK:
         executor, _POOL = _POOL, None
-    if executor is not None:
-        executor.shutdown(wait=False, cancel_futures=True)
-        for process in list((executor._processes or {}).values()):
-            process.terminate()
+    if executor is None:
+        return
+    processes = list((executor._processes or {}).values())
+    for process in processes:
+        process.terminate()
+    # The decoders are gone, so this returns at once; it joins the manager thread.
+    executor.shutdown(wait=True, cancel_futures=True)
 
 
 def warm_pool(phrases: list[str] | tuple[str, ...] = ()) -> None:

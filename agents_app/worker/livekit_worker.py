@@ -9,6 +9,8 @@ platform's logging, and sets what the CLI left to defaults on purpose:
 - explicit dispatch by agent name (settings.LIVEKIT_AGENT_NAME);
 - idle job processes kept warm (AGENT_IDLE_PROCESSES, also in `dev`, where livekit keeps
   none and every job cold-starts its models past the call page's agent-join wait);
+- a load of running calls out of AGENT_MAX_JOBS instead of the machine's CPU load
+  (`load_options`);
 - the health/worker HTTP server on AGENT_HEALTH_HOST:AGENT_HEALTH_PORT (loopback by
   default; livekit binds every interface);
 - one Prometheus exporter per worker (voiceplatform.metrics_server on AGENT_METRICS_PORT)
@@ -54,8 +56,7 @@ def build_server(*, dev: bool) -> Any:
         # Prewarm loads the VAD, Piper and the PocketSphinx pool: slow on a busy box.
         initialize_process_timeout=60.0,
         num_idle_processes=idle,
-        # `dev` never reports itself full (a laptop's CPU load says little about capacity).
-        load_threshold=math.inf if dev else settings.AGENT_LOAD_THRESHOLD,
+        **load_options(dev=dev),
         host=settings.AGENT_HEALTH_HOST,
         port=settings.AGENT_HEALTH_PORT,
         prometheus_multiproc_dir=str(multiproc_dir()),
@@ -66,13 +67,34 @@ def build_server(*, dev: bool) -> Any:
     return server
 
 
+def load_options(*, dev: bool) -> dict[str, Any]:
+    """How the worker measures its load, which the server also uses to route jobs.
+
+    AGENT_MAX_JOBS > 0 (default 4): load = running jobs / AGENT_MAX_JOBS, and the worker is
+    full at that many calls. livekit's default is the machine's CPU load, which the
+    server compares with its own target (0.7; deploy/livekit/livekit.yaml raises it to
+    1.0): on a shared or busy machine (the other processes of the demo, a test run) it
+    refused jobs while this worker had none, even in `dev`, and every call waited for
+    the platform's re-dispatch. AGENT_MAX_JOBS=0 keeps the CPU load, full above
+    AGENT_LOAD_THRESHOLD (`start`; `dev` never reports itself full).
+    """
+    max_jobs = settings.AGENT_MAX_JOBS
+    if max_jobs <= 0:
+        return {"load_threshold": math.inf if dev else settings.AGENT_LOAD_THRESHOLD}
+
+    def jobs_load(server: Any) -> float:
+        return min(1.0, len(server.active_jobs) / max_jobs)
+
+    return {"load_fnc": jobs_load, "load_threshold": 1.0}
+
+
 async def serve(*, dev: bool) -> None:
     from voiceplatform.metrics_server import start_agent_metrics_server
 
     # Set before any job process starts: they inherit it and write their samples there.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir())
     multiproc_dir().mkdir(parents=True, exist_ok=True)
-    exporter = start_agent_metrics_server()
+    exporter = start_agent_metrics_server(jobs_only=True)
     server = build_server(dev=dev)
 
     @server.on("worker_registered")

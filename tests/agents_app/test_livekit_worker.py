@@ -62,6 +62,7 @@ def test_outside_a_job_process_the_handlers_are_left_alone() -> None:
     AGENT_HEALTH_PORT=8123,
     AGENT_IDLE_PROCESSES=2,
     AGENT_LOAD_THRESHOLD=0.6,
+    AGENT_MAX_JOBS=4,
 )
 @pytest.mark.parametrize("dev", [True, False])
 def test_the_worker_is_built_with_the_platforms_settings(dev: bool) -> None:
@@ -70,7 +71,8 @@ def test_the_worker_is_built_with_the_platforms_settings(dev: bool) -> None:
     # livekit-agents 1.8.9 (pinned) keeps these as attributes; they are what it uses.
     assert (server._host, server._port) == ("127.0.0.1", 8123), "health server on loopback"
     assert server._num_idle_processes == 2, "warm job processes in dev too"
-    assert server._load_threshold == (math.inf if dev else 0.6)
+    assert server._load_threshold == 1.0, "full at AGENT_MAX_JOBS calls, in both modes"
+    assert server._load_fnc(SimpleNamespace(active_jobs=[1, 2])) == 0.5  # AGENT_MAX_JOBS=4
     assert server._prometheus_port is None, "one exporter per worker: ours"
     assert server._prometheus_multiproc_dir == str(livekit_worker.multiproc_dir())
     assert server._agent_name == "voiceplatform-agent", "explicit dispatch by agent name"
@@ -100,3 +102,9 @@ async def test_a_job_process_that_dies_mid_call_is_taken_out_of_its_room(monkeyp
     await asyncio.sleep(0.05)
 
     assert removed == [("vs-1", "agent-AJ_1")]
+
+
+@override_settings(AGENT_MAX_JOBS=0, AGENT_LOAD_THRESHOLD=0.6)
+def test_with_no_job_limit_the_worker_keeps_livekits_cpu_load() -> None:
+    assert livekit_worker.load_options(dev=False) == {"load_threshold": 0.6}
+    assert livekit_worker.load_options(dev=True) == {"load_threshold": math.inf}

@@ -143,7 +143,7 @@ class Platform:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "demo", "--no-traffic", "--port", str(self.port)],
+            [sys.executable, "manage.py", "demo", "--no-traffic", "--transport", "local", "--port", str(self.port)],
             cwd=BASE_DIR,
             env=self.env,
             stdout=log,

@@ -63,7 +63,8 @@ def test_a_crashed_agent_job_is_dispatched_again_and_resumes_without_greeting(ru
     lost = [p for _, kind, p in events if kind == "agent.lost"]
     assert len(lost) == 1 and len(set(joined)) == 2, [(k, p) for _, k, p in events if k.startswith("agent.")]
     dispatches = [p for _, kind, p in events if kind == "agent.dispatch_requested"]
-    assert len(dispatches) == 2 and "agent lost" in dispatches[1]["reason"]
+    trail = [(seq, kind, p) for seq, kind, p in events if kind.startswith(("agent.", "caller."))]
+    assert len(dispatches) == 2 and "agent lost" in dispatches[1]["reason"], trail
     started = [p for _, kind, p in events if kind == "agent.job_started"]
     assert started[-1]["resumed"] is True and started[-1]["restored_turns"] >= 2
 
@@ -82,3 +83,16 @@ def test_the_jitter_scenarios_impairment_is_applied_to_the_callers_frames(run) -
     impaired = run["summary"]["impaired_frames"]
     # 3 % of the caller's ~10 s of speech in 20 ms frames (seeded); no other call is impaired.
     assert impaired["frames"] > 300 and 0 < impaired["lost"] < impaired["frames"] * 0.1, impaired
+
+
+def test_the_workers_exporter_adds_up_its_job_processes(run, lk: LiveKitPlatform) -> None:
+    """One exporter per worker (AGENT_METRICS_PORT), summing the job processes' samples."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{lk.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    served = sum(float(v) for v in re.findall(r'^voice_sessions_served_total\{agent="[^"]+"\} (\S+)$', text, re.M))
+    turns = sum(float(v) for v in re.findall(r"^voice_turns_total\{[^}]*\} (\S+)$", text, re.M))
+    assert served >= len(SCENARIOS), text[:2000]
+    assert turns >= run["summary"]["turns"] - 2, (turns, run["summary"]["turns"])
