@@ -36,7 +36,12 @@ from django.db.models import F
 from django.utils import timezone
 
 from sessions_app.models import FINAL_STATES, AgentStatus, SessionEvent, SessionState, VoiceSession
-from sessions_app.services import session_event_append, session_publish_updated, session_transition
+from sessions_app.services import (
+    session_event_append,
+    session_publish_updated,
+    session_reconnect_count,
+    session_transition,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +149,6 @@ def _count_rejoin(*, session: VoiceSession, source: str) -> bool:
     Not if the client already asked for it through POST …/reconnect since the caller's
     previous join: that call counted it (one drop, one reconnect).
     """
-    from sessions_app.metrics import RECONNECTS
-
     previous_join = (
         SessionEvent.objects.filter(session=session, type="caller.joined")
         .exclude(payload__has_key="stale")
@@ -157,15 +160,7 @@ def _count_rejoin(*, session: VoiceSession, source: str) -> bool:
         return False
     if SessionEvent.objects.filter(session=session, type="session.reconnect", seq__gt=previous_join).exists():
         return False
-    VoiceSession.objects.filter(pk=session.pk).update(reconnect_count=F("reconnect_count") + 1)
-    session.refresh_from_db(fields=["reconnect_count"])
-    session_event_append(
-        session_id=session.pk,
-        type="session.reconnect",
-        payload={"source": source, "reconnect_count": session.reconnect_count},
-    )
-    label = session.agent.slug
-    transaction.on_commit(lambda: RECONNECTS.labels(agent=label).inc())
+    session_reconnect_count(session=session, source=source)
     return True
 
 

@@ -429,10 +429,25 @@ def _insert_values(model_obj: Any, objs: list[Any]) -> tuple[str, list[Any]]:
     return f"INSERT INTO {qn(meta.db_table)} ({columns}) VALUES {', '.join([row] * len(objs))}", params
 
 
+def session_reconnect_count(*, session: VoiceSession, source: str) -> None:
+    """+1 reconnect on a locked session: the counter, a `session.reconnect` event and,
+    after commit, `voice_reconnects_total` (POST …/reconnect and a caller's rejoin)."""
+    from sessions_app.metrics import RECONNECTS
+
+    VoiceSession.objects.filter(pk=session.pk).update(reconnect_count=F("reconnect_count") + 1)
+    session.refresh_from_db(fields=["reconnect_count"])
+    session_event_append(
+        session_id=session.pk,
+        type="session.reconnect",
+        payload={"source": source, "reconnect_count": session.reconnect_count},
+    )
+    label = session.agent.slug
+    transaction.on_commit(lambda: RECONNECTS.labels(agent=label).inc())
+
+
 @transaction.atomic
 def session_reconnect(*, session_id: UUID | str, source: str = "client") -> tuple[VoiceSession, MintedToken]:
     """A fresh token for the SAME room and session; counts the reconnect (409 once final)."""
-    from sessions_app.metrics import RECONNECTS
     from sessions_app.tokens import caller_token_mint
 
     session = VoiceSession.objects.select_for_update().select_related("agent", "prompt_version").get(pk=session_id)
@@ -443,13 +458,7 @@ def session_reconnect(*, session_id: UUID | str, source: str = "client") -> tupl
             f"Session {session.id} is {session.state}; start a new session instead.",
             {"state": session.state},
         )
-    VoiceSession.objects.filter(pk=session.pk).update(reconnect_count=F("reconnect_count") + 1)
-    session.refresh_from_db(fields=["reconnect_count"])
-    session_event_append(
-        session_id=session.pk,
-        type="session.reconnect",
-        payload={"source": source, "reconnect_count": session.reconnect_count},
-    )
+    session_reconnect_count(session=session, source=source)
     if session.state == SessionState.ACTIVE:
         session = session_transition(
             session_id=session.pk, to_state=SessionState.RECONNECTING, reason="client_reconnect"
@@ -457,8 +466,6 @@ def session_reconnect(*, session_id: UUID | str, source: str = "client") -> tupl
     else:
         session.refresh_from_db(fields=["last_seq", "state"])
         session_publish_updated(session=session)
-    agent_label = session.agent.slug
-    transaction.on_commit(lambda: RECONNECTS.labels(agent=agent_label).inc())
     return session, caller_token_mint(room=session.room_name, caller_id=session.caller_id)
 
 
