@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.core.exceptions import ValidationError
 
 from agents_app.models import STAGE_KEYS, Agent, PromptVersion, Provider
+from agents_app.provider_config import validate_fallbacks
 
 VARIABLES_HELP = (
     'Default values for the {{placeholders}}, as JSON, for example {"company": "Acme", "hours": "9 to 5"}. '
@@ -50,7 +52,8 @@ class AgentAdminForm(forms.ModelForm):
     llm_fallbacks = FriendlyJSONField(
         example='[{"provider": "offline"}]',
         help_text="Language models to try, in order, when the main one fails. JSON list of "
-        '{"provider": …, "model": …, "base_url": …}. Leave [] for none.',
+        '{"provider": …, "model": …, "endpoint": …} (an endpoint the operator configured; '
+        "a URL is never typed here). Leave [] for none.",
         widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
     )
     tts_fallbacks = FriendlyJSONField(
@@ -119,10 +122,13 @@ class AgentAdminForm(forms.ModelForm):
                 raise forms.ValidationError(
                     f"Entry {position}: unknown provider {entry['provider']!r}; use one of {allowed}."
                 )
-            for key in ("model", "base_url"):
+            for key in ("model", "endpoint"):
                 if key in entry and not isinstance(entry[key], str):
                     raise forms.ValidationError(f'Entry {position}: "{key}" must be a text.')
-        return value
+        try:
+            return validate_fallbacks(value)
+        except ValidationError as exc:
+            raise forms.ValidationError(exc.messages) from exc
 
     def clean_stt_fallbacks(self) -> list[dict[str, Any]]:
         return self._clean_fallbacks("stt_fallbacks")

@@ -18,7 +18,7 @@ SETUP = (
 VARIABLES = (
     "DATABASE_URL", "REDIS_URL", "LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET", "LIVEKIT_TOKEN_TTL_SECONDS",
     "DJANGO_DEBUG", "DJANGO_SECRET_KEY", "VOICE_DEV_DEFAULTS", "LOG_LEVEL", "LOG_FORMAT", "OPENAI_BASE_URL",
-    "LOCAL_AGENT_PORT", "AGENT_HEARTBEAT_SECONDS", "STT_PROCESS_POOL_SIZE",
+    "LOCAL_AGENT_PORT", "AGENT_HEARTBEAT_SECONDS", "STT_PROCESS_POOL_SIZE", "OPENAI_ENDPOINTS", "AGENT_MAX_JOBS",
 )  # fmt: skip
 
 
@@ -49,6 +49,10 @@ def start(tmp_path: Path, code: str = SETUP, **env: str) -> subprocess.Completed
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"LOCAL_AGENT_PORT": "70000"}, "LOCAL_AGENT_PORT"),
         ({"AGENT_HEARTBEAT_SECONDS": "0.01"}, "AGENT_HEARTBEAT_SECONDS"),
+        ({"OPENAI_ENDPOINTS": "{not json"}, "OPENAI_ENDPOINTS"),
+        ({"OPENAI_ENDPOINTS": '{"backup": "ftp://x"}'}, "OPENAI_ENDPOINTS"),
+        ({"OPENAI_ENDPOINTS": '{"Bad Name": "https://x/v1"}'}, "OPENAI_ENDPOINTS"),
+        ({"AGENT_MAX_JOBS": "-1"}, "AGENT_MAX_JOBS"),
     ],
 )
 def test_it_stops_at_start_and_names_the_bad_variable(tmp_path, env, variable):

@@ -12,7 +12,15 @@ from django.http import HttpRequest
 from django.utils.html import format_html_join
 
 from tools_app.builtins import builtin_names
-from tools_app.models import DemoCharge, DemoOrder, DemoWallet, ToolDefinition, ToolInvocation
+from tools_app.models import (
+    TOOL_SECRET_PREFIX,
+    DemoCharge,
+    DemoOrder,
+    DemoWallet,
+    ToolDefinition,
+    ToolInvocation,
+    tool_secret_name_allowed,
+)
 
 
 class PrettyJSONWidget(forms.Textarea):
@@ -80,11 +88,28 @@ class ToolDefinitionAdmin(admin.ModelAdmin):
         ("History", {"fields": ("created_at", "updated_at")}),
     )
 
+    # Where requests go and which secrets ride along: a separate permission, which the
+    # "Prompt editors" group does not have (an editor could otherwise point a tool that
+    # carries secrets at their own host).
+    ENDPOINT_FIELDS = ("kind", "http_url", "http_secret_headers")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if not request.user.has_perm("tools_app.change_tool_endpoint"):
+            fields += self.ENDPOINT_FIELDS
+        return fields
+
     @admin.display(description="Secret variables on this server")
     def secret_env_status(self, obj: ToolDefinition) -> str:
-        # Shows whether each variable is set, never its value.
+        # Whether each allowed variable is set, never its value; nothing about other names.
         items = [
-            (header, env, "set" if os.environ.get(str(env)) else "NOT SET")
+            (
+                header,
+                env,
+                ("set" if os.environ.get(str(env)) else "NOT SET")
+                if tool_secret_name_allowed(str(env))
+                else f"not allowed (only {TOOL_SECRET_PREFIX}… variables)",
+            )
             for header, env in (obj.http_secret_headers or {}).items()
         ]
         if not items:

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from tools_app.models import ToolDefinition
+from tools_app.models import TOOL_SECRET_PREFIX, ToolDefinition, tool_secret_name_allowed
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ def http_headers_build(*, tool: ToolDefinition, key: str) -> dict[str, str]:
     headers = {str(k): str(v) for k, v in (tool.http_headers or {}).items()}
     missing = []
     for header, env_name in (tool.http_secret_headers or {}).items():
+        if not tool_secret_name_allowed(str(env_name)):
+            # Also at call time: a row saved before the rule, or written around the admin.
+            raise ToolExecutionError(
+                f"The tool {tool.name!r} may not send {env_name!r}: secret headers read only "
+                f"{TOOL_SECRET_PREFIX}… variables.",
+                attempts=0,
+            )
         value = os.environ.get(str(env_name))
         if value is None:
             missing.append(str(env_name))

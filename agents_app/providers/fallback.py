@@ -2,7 +2,7 @@
 
 An Agent lists extra providers per stage in `stt_fallbacks` / `llm_fallbacks` /
 `tts_fallbacks` (each a list of {"provider": "openai"|"offline", "model": "...",
-"base_url": "..."}). The chain is the primary (Agent.<stage>_provider) followed by those
+"endpoint": "<a name from OPENAI_ENDPOINTS>"}). The chain is the primary (Agent.<stage>_provider) followed by those
 entries, in order. Failing over, marking a provider unavailable and probing it until it
 recovers is done by `llm.FallbackAdapter` / `stt.FallbackAdapter` / `tts.FallbackAdapter`;
 we write no retry loop of our own and turn the adapters' per-provider retries off
@@ -31,6 +31,7 @@ from livekit.agents import APIConnectOptions, llm, stt, tts
 from livekit.agents.voice.agent_session import SessionConnectOptions
 
 from agents_app.models import Agent, Provider
+from agents_app.provider_config import validate_fallbacks
 
 logger = logging.getLogger(__name__)
 
@@ -39,30 +40,6 @@ STAGES = ("stt", "llm", "tts")
 # a budget is what a healthy provider should take, not the point to give up on it.
 TIMEOUT_BUDGET_FACTOR = 3.0
 TIMEOUT_FLOOR_S = 1.0
-_ENTRY_KEYS = {"provider", "model", "base_url", "voice"}
-
-
-def validate_fallbacks(value: Any) -> list[dict[str, str]]:
-    """Check one stage's fallback list (admin form / services). Raises ValidationError."""
-    if value in (None, ""):
-        return []
-    if not isinstance(value, list):
-        raise ValidationError("Fallbacks must be a list of {provider, model, base_url} objects.")
-    cleaned: list[dict[str, str]] = []
-    for n, entry in enumerate(value, start=1):
-        if not isinstance(entry, dict):
-            raise ValidationError(f"Fallback {n} must be an object with a 'provider' key.")
-        unknown = set(entry) - _ENTRY_KEYS
-        if unknown:
-            raise ValidationError(f"Fallback {n} has unknown keys: {', '.join(sorted(unknown))}.")
-        provider = entry.get("provider")
-        if provider not in Provider.values:
-            raise ValidationError(f"Fallback {n}: provider must be one of {', '.join(Provider.values)}.")
-        base_url = str(entry.get("base_url") or "")
-        if base_url and not base_url.startswith(("http://", "https://")):
-            raise ValidationError(f"Fallback {n}: base_url must be an http(s) URL.")
-        cleaned.append({k: str(v) for k, v in entry.items() if v not in (None, "")})
-    return cleaned
 
 
 def stage_timeouts(agent: Agent) -> dict[str, float]:
@@ -87,19 +64,6 @@ def session_conn_options(agent: Agent) -> SessionConnectOptions:
     )
 
 
-def _openai_kwargs(entry: dict[str, Any]) -> dict[str, Any]:
-    key = getattr(settings, "OPENAI_API_KEY", "")
-    base_url = entry.get("base_url") or getattr(settings, "OPENAI_BASE_URL", "")
-    if not key and not base_url:
-        from django.core.exceptions import ImproperlyConfigured
-
-        raise ImproperlyConfigured("An openai fallback needs OPENAI_API_KEY or a base_url.")
-    kwargs: dict[str, Any] = {"api_key": key or "not-needed"}
-    if base_url:
-        kwargs["base_url"] = base_url
-    return kwargs
-
-
 def build_entry(stage: str, entry: dict[str, Any], agent: Agent) -> Any:
     """One provider of a chain from a fallback entry."""
     from agents_app.providers import factory
@@ -122,7 +86,7 @@ def build_entry(stage: str, entry: dict[str, Any], agent: Agent) -> Any:
         raise ValueError(f"unknown {stage} fallback provider {provider!r}")
     from livekit.plugins import openai
 
-    kwargs = _openai_kwargs(entry)
+    kwargs = factory.openai_kwargs(entry.get("endpoint") or "")
     default = factory.DEFAULT_OPENAI_MODELS[stage]
     if stage == "stt":
         return openai.STT(model=model or default, language=agent.language, **kwargs)

@@ -71,7 +71,10 @@ class OutageRun:
             await server.stop()
 
 
-def _sim_agent(base_slug: str, scenario: str, outage: dict[str, Any], fallback_url: str) -> str:
+SIM_BACKUP_ENDPOINT = "sim-backup"
+
+
+def _sim_agent(base_slug: str, scenario: str, outage: dict[str, Any], fallback_endpoint: str) -> str:
     """Create or refresh the scenario's own agent: a copy of `base_slug` with the chain."""
     from django.db import transaction
 
@@ -82,7 +85,7 @@ def _sim_agent(base_slug: str, scenario: str, outage: dict[str, Any], fallback_u
     slug = f"sim-{scenario}"[:64]
     stage = outage["stage"]
     fallback = (
-        {"provider": "openai", "model": "scripted-backup", "base_url": fallback_url}
+        {"provider": "openai", "model": "scripted-backup", "endpoint": fallback_endpoint}
         if outage.get("fallback") == "server"
         else {"provider": "offline"}
     )
@@ -139,13 +142,20 @@ async def prepare(scenarios: list[Scenario], *, inprocess: bool, progress: Any) 
         )
         await primary.start()
         run.servers.append(primary)
-        backup_url = ""
+        backup_endpoint = ""
         if outage.get("fallback") == "server":
             backup = await ScriptedOutageServer().start()
             run.servers.append(backup)
-            backup_url = backup.base_url
+            # Like an operator would: the backup is a configured endpoint the agent names.
+            backup_endpoint = SIM_BACKUP_ENDPOINT
+            settings.OPENAI_ENDPOINTS = {
+                **settings.OPENAI_ENDPOINTS,
+                backup_endpoint: {"base_url": backup.base_url, "api_key_env": ""},
+            }
         settings.OPENAI_BASE_URL = primary.base_url
-        slug = await sync_to_async(_sim_agent, thread_sensitive=False)(scenario.agent, scenario.name, outage, backup_url)
+        slug = await sync_to_async(_sim_agent, thread_sensitive=False)(
+            scenario.agent, scenario.name, outage, backup_endpoint
+        )
         progress(f"{scenario.name}: scripted outage server for {outage['stage']} at {primary.base_url}, agent {slug}")
         run.scenarios.append(dataclasses.replace(scenario, agent=slug))
     return run

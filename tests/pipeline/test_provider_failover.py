@@ -91,11 +91,12 @@ async def test_a_failing_primary_llm_fails_over_to_the_healthy_fallback(agent, s
     async with primary, backup:
         settings.OPENAI_API_KEY = ""
         settings.OPENAI_BASE_URL = primary.base_url
+        settings.OPENAI_ENDPOINTS = {"backup": {"base_url": backup.base_url, "api_key_env": ""}}
         await db(
             _configure,
             agent,
             primary_url=primary.base_url,
-            fallbacks=[{"provider": "openai", "model": "backup-model", "base_url": backup.base_url}],
+            fallbacks=[{"provider": "openai", "model": "backup-model", "endpoint": "backup"}],
         )
         session_id = await db(make_session, agent)
         primary_label = f"127.0.0.1:{primary.port}"
@@ -159,11 +160,12 @@ async def test_all_providers_down_plays_the_apology_and_the_next_turn_works_afte
     async with primary, backup:
         settings.OPENAI_API_KEY = ""
         settings.OPENAI_BASE_URL = primary.base_url
+        settings.OPENAI_ENDPOINTS = {"backup": {"base_url": backup.base_url, "api_key_env": ""}}
         await db(
             _configure,
             agent,
             primary_url=primary.base_url,
-            fallbacks=[{"provider": "openai", "model": "backup-model", "base_url": backup.base_url}],
+            fallbacks=[{"provider": "openai", "model": "backup-model", "endpoint": "backup"}],
         )
         session_id = await db(make_session, agent)
         driver = await CallDriver(session_id).start()
@@ -253,7 +255,7 @@ def test_it_rejects_malformed_fallback_lists():
     from agents_app.providers.fallback import validate_fallbacks
 
     assert validate_fallbacks([{"provider": "offline"}]) == [{"provider": "offline"}]
-    for bad in ({"provider": "openai"}, [{"provider": "acme"}], [{"provider": "openai", "base_url": "ftp://x"}],
-                [{"provider": "openai", "key": "secret"}]):  # fmt: skip
+    for bad in ({"provider": "openai"}, [{"provider": "acme"}], [{"provider": "openai", "base_url": "https://x/v1"}],
+                [{"provider": "openai", "key": "secret"}], [{"provider": "openai", "endpoint": "nowhere"}]):  # fmt: skip
         with pytest.raises(ValidationError):
             validate_fallbacks(bad)

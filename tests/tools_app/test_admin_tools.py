@@ -30,7 +30,7 @@ def form(**overrides) -> dict:
         "http_url": "https://crm.example.com/orders",
         "http_method": "POST",
         "http_headers": "{}",
-        "http_secret_headers": json.dumps({"Authorization": "CRM_TOKEN"}),
+        "http_secret_headers": json.dumps({"Authorization": "TOOL_SECRET_CRM_TOKEN"}),
         "timeout_seconds": "5",
         "max_retries": "2",
     }
@@ -42,7 +42,7 @@ def test_it_saves_a_valid_http_tool_with_only_the_env_var_name(admin_client_) ->
     response = admin_client_.post("/admin/tools_app/tooldefinition/add/", form())
     assert response.status_code == 302, response.content.decode()[:2000]
     tool = ToolDefinition.objects.get(name="lookup_order")
-    assert tool.http_secret_headers == {"Authorization": "CRM_TOKEN"}
+    assert tool.http_secret_headers == {"Authorization": "TOOL_SECRET_CRM_TOKEN"}
 
 
 def test_an_invalid_json_schema_is_refused_with_a_clear_message(admin_client_) -> None:
@@ -70,11 +70,11 @@ def test_a_secret_in_the_plain_headers_is_refused(admin_client_) -> None:
 
 
 def test_the_change_page_shows_whether_a_secret_is_set_but_never_its_value(admin_client_, monkeypatch) -> None:
-    monkeypatch.setenv("CRM_TOKEN", "very-secret-value")
+    monkeypatch.setenv("TOOL_SECRET_CRM_TOKEN", "very-secret-value")
     admin_client_.post("/admin/tools_app/tooldefinition/add/", form())
     tool = ToolDefinition.objects.get()
     page = admin_client_.get(f"/admin/tools_app/tooldefinition/{tool.pk}/change/").content.decode()
-    assert "CRM_TOKEN" in page and "very-secret-value" not in page
+    assert "TOOL_SECRET_CRM_TOKEN" in page and "very-secret-value" not in page
 
 
 def test_invocations_are_read_only_with_filters(admin_client_, place_order_tool) -> None:

@@ -89,9 +89,9 @@ class TestHttpTools:
     def test_secret_headers_come_from_the_environment_at_call_time(self, monkeypatch) -> None:
         with LocalToolServer([200]) as server:
             tool = http_tool(
-                server.url, http_secret_headers={"Authorization": "CRM_TOKEN"}, http_headers={"X-Team": "a"}
+                server.url, http_secret_headers={"Authorization": "TOOL_SECRET_CRM_TOKEN"}, http_headers={"X-Team": "a"}
             )
-            monkeypatch.setenv("CRM_TOKEN", "Bearer s3cret")
+            monkeypatch.setenv("TOOL_SECRET_CRM_TOKEN", "Bearer s3cret")
             assert call(tool).status == InvocationStatus.SUCCEEDED
         headers = server.requests[0]["headers"]
         assert headers["Authorization"] == "Bearer s3cret" and headers["X-Team"] == "a"
@@ -99,10 +99,10 @@ class TestHttpTools:
         assert "s3cret" not in stored
 
     def test_a_missing_secret_fails_without_sending_anything(self, monkeypatch) -> None:
-        monkeypatch.delenv("CRM_TOKEN", raising=False)
+        monkeypatch.delenv("TOOL_SECRET_CRM_TOKEN", raising=False)
         with LocalToolServer([200]) as server:
-            outcome = call(http_tool(server.url, http_secret_headers={"Authorization": "CRM_TOKEN"}))
-        assert outcome.status == InvocationStatus.FAILED and "CRM_TOKEN" in outcome.error
+            outcome = call(http_tool(server.url, http_secret_headers={"Authorization": "TOOL_SECRET_CRM_TOKEN"}))
+        assert outcome.status == InvocationStatus.FAILED and "TOOL_SECRET_CRM_TOKEN" in outcome.error
         assert server.requests == []
 
     def test_get_tools_send_arguments_as_query_parameters(self) -> None:
