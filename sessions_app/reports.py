@@ -16,19 +16,20 @@ import logging
 import math
 import re
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import aiohttp
+from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.utils import timezone
 
 from agents_app.models import STAGE_KEYS
 from sessions_app.models import FINAL_STATES, Turn, VoiceSession
+from voiceplatform import outbound
 
 logger = logging.getLogger(__name__)
 
@@ -278,13 +279,13 @@ class DeliveryOutcome:
     http_status: int | None = None
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A redirect would re-send the signed report to a URL nobody configured.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
+async def _post_report(url: str, *, body: bytes, headers: dict[str, str]) -> int:
+    """POST through voiceplatform.outbound: no internal address unless admitted, and no
+    redirects (a redirect would re-send the signed report to a URL nobody configured)."""
+    async with outbound.client_session(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S)) as http:
+        async with http.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            await outbound.read_capped(response, limit=64 * 1024)
+            return response.status
 
 
 def session_report_deliver(*, session_id: UUID | str, attempt: int = 1) -> DeliveryOutcome:
@@ -302,25 +303,20 @@ def session_report_deliver(*, session_id: UUID | str, attempt: int = 1) -> Deliv
     if not client.webhook_secret:
         return DeliveryOutcome("failed", "the API client has a webhook URL but no webhook secret; refusing to send unsigned")
     body = report_webhook_body(session=session)
-    request = urllib.request.Request(
-        client.webhook_url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "voiceplatform-webhooks/1",
-            EVENT_HEADER: WEBHOOK_EVENT,
-            DELIVERY_HEADER: str(session.report_delivery_id),
-            "X-Voice-Attempt": str(attempt),
-            SIGNATURE_HEADER: report_signature(secret=client.webhook_secret, timestamp=int(time.time()), body=body),
-        },
-    )
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "voiceplatform-webhooks/1",
+        EVENT_HEADER: WEBHOOK_EVENT,
+        DELIVERY_HEADER: str(session.report_delivery_id),
+        "X-Voice-Attempt": str(attempt),
+        SIGNATURE_HEADER: report_signature(secret=client.webhook_secret, timestamp=int(time.time()), body=body),
+    }
     try:
-        with _opener.open(request, timeout=WEBHOOK_TIMEOUT_S) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except (urllib.error.URLError, OSError) as exc:
+        status = async_to_sync(_post_report)(client.webhook_url, body=body, headers=headers)
+    except (aiohttp.ClientError, TimeoutError, OSError, outbound.ResponseTooLarge) as exc:
+        refused = outbound.refusal(exc)
+        if refused is not None:  # retrying cannot help: the address is not allowed
+            return DeliveryOutcome("failed", f"the webhook URL is refused: {refused}")
         logger.warning("report webhook attempt %d failed: %s", attempt, exc)
         return DeliveryOutcome("retry", f"{type(exc).__name__}: {exc}")
     if 200 <= status < 300:

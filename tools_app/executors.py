@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from django.conf import settings
 
 from tools_app.models import TOOL_SECRET_PREFIX, ToolDefinition, tool_secret_name_allowed
+from voiceplatform import outbound
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +102,15 @@ def _decode(body: str, content_type: str) -> dict[str, Any]:
 
 
 async def http_execute(*, tool: ToolDefinition, arguments: dict[str, Any], key: str) -> HttpResult:
+    """Send the request (with its retries) within TOOL_HTTP_TOTAL_SECONDS in all.
+
+    Through voiceplatform.outbound: no internal address unless admitted, no redirects
+    (a redirect would carry the secret headers to a host nobody configured), and a
+    response read up to 1 MiB.
+    """
     headers = http_headers_build(tool=tool, key=key)
     method = (tool.http_method or "POST").upper()
-    request_kwargs: dict[str, Any] = {}
+    request_kwargs: dict[str, Any] = {"allow_redirects": False}
     if method in ("GET", "DELETE"):
         request_kwargs["params"] = {
             k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for k, v in arguments.items()
@@ -110,15 +118,26 @@ async def http_execute(*, tool: ToolDefinition, arguments: dict[str, Any], key: 
     else:
         request_kwargs["json"] = arguments
     tries = 1 + int(tool.max_retries)
-    timeout = aiohttp.ClientTimeout(total=float(tool.timeout_seconds))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + float(settings.TOOL_HTTP_TOTAL_SECONDS)
     last_problem = ""
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    async with outbound.client_session(timeout=aiohttp.ClientTimeout(total=None)) as http:
         for attempt in range(tries):
             retry_after: str | None = None
             can_retry = attempt + 1 < tries
+            attempt_timeout = min(float(tool.timeout_seconds), max(0.1, deadline - loop.time()))
             try:
-                async with http.request(method, tool.http_url, headers=headers, **request_kwargs) as resp:
-                    body = await resp.text(errors="replace")
+                async with http.request(
+                    method, tool.http_url, headers=headers, timeout=aiohttp.ClientTimeout(total=attempt_timeout),
+                    **request_kwargs,
+                ) as resp:  # fmt: skip
+                    if 300 <= resp.status < 400:
+                        raise ToolExecutionError(
+                            f"The tool {tool.name!r} answered a redirect (HTTP {resp.status} to "
+                            f"{resp.headers.get('Location', '?')!r}), which is not followed.",
+                            attempts=attempt + 1,
+                        )
+                    body = (await outbound.read_capped(resp)).decode(resp.charset or "utf-8", errors="replace")
                     if resp.status < 400:
                         return HttpResult(result=_decode(body, resp.content_type or ""), attempts=attempt + 1)
                     last_problem = f"HTTP {resp.status} {resp.reason or ''}".strip()
@@ -129,7 +148,14 @@ async def http_execute(*, tool: ToolDefinition, arguments: dict[str, Any], key: 
                     retry_after = resp.headers.get("Retry-After")
             except ToolExecutionError:
                 raise
+            except outbound.ResponseTooLarge as exc:
+                raise ToolExecutionError(f"The tool {tool.name!r} failed: {exc}.", attempts=attempt + 1) from exc
             except aiohttp.ClientConnectorError as exc:
+                refused = outbound.refusal(exc)
+                if refused is not None:
+                    raise ToolExecutionError(
+                        f"The tool {tool.name!r} may not call {tool.http_url!r}: {refused}", attempts=attempt + 1
+                    ) from exc
                 # Could not connect: nothing was sent, so retrying is always safe.
                 last_problem = f"could not connect ({exc.os_error or exc})"
             except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -141,9 +167,12 @@ async def http_execute(*, tool: ToolDefinition, arguments: dict[str, Any], key: 
                 last_problem = f"connection failed ({type(exc).__name__}: {exc})"
                 if not tool.idempotent:
                     can_retry = False
+            delay = _backoff(attempt, retry_after)
+            if can_retry and loop.time() + delay + 0.1 >= deadline:
+                last_problem += f" (out of the {settings.TOOL_HTTP_TOTAL_SECONDS:g} s a tool call may take in all)"
+                can_retry = False
             if not can_retry:
                 break
-            delay = _backoff(attempt, retry_after)
             logger.info("retrying tool %s in %.2fs after %s", tool.name, delay, last_problem)
             await asyncio.sleep(delay)
     attempts = attempt + 1

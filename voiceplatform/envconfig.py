@@ -127,3 +127,16 @@ def env_endpoints(name: str) -> dict[str, dict[str, str]]:
             raise ImproperlyConfigured(f"{name}: endpoint {key!r} api_key_env must be a variable name")
         endpoints[str(key)] = {"base_url": url, "api_key_env": key_env}
     return endpoints
+
+
+def env_networks(name: str) -> list[str]:
+    """Comma-separated CIDR networks (an address alone is a /32 or /128)."""
+    import ipaddress
+
+    networks = []
+    for item in env_list(name, []):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not a network (e.g. 10.0.0.0/8): {exc}") from exc
+    return networks

@@ -22,6 +22,7 @@ from voiceplatform.envconfig import (
     env_float,
     env_int,
     env_list,
+    env_networks,
     env_str,
     env_url,
 )
@@ -242,6 +243,12 @@ AGENT_METRICS_PORT = env_int("AGENT_METRICS_PORT", 9464, minimum=0, maximum=6553
 AGENT_METRICS_HOST = env_str("AGENT_METRICS_HOST", "127.0.0.1")
 RECORDER_QUEUE_SIZE = env_int("RECORDER_QUEUE_SIZE", 1000, minimum=10)
 TOOL_LEASE_SECONDS = env_int("TOOL_LEASE_SECONDS", 120, minimum=1)
+# An HTTP tool call, all its retries included, ends within this many seconds.
+TOOL_HTTP_TOTAL_SECONDS = env_float("TOOL_HTTP_TOTAL_SECONDS", 30.0, minimum=1.0)
+# HTTP tools and report webhooks never reach loopback, private, link-local or other
+# internal addresses, except in these networks (CIDR, comma-separated), e.g. 10.0.0.0/8
+# for tools inside your own network. Empty: public addresses only.
+OUTBOUND_ALLOWED_NETWORKS = env_networks("OUTBOUND_ALLOWED_NETWORKS")
 # Provider failures (docs/resilience.md): an attempt times out after its stage budget times
 # this factor (never under 1 s), then the next provider of the agent's chain takes over.
 PROVIDER_TIMEOUT_BUDGET_FACTOR = env_float("PROVIDER_TIMEOUT_BUDGET_FACTOR", 3.0, minimum=1.0)

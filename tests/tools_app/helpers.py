@@ -21,7 +21,7 @@ class LocalToolServer:
     """A real aiohttp server on 127.0.0.1 in its own thread, playing a downstream HTTP tool.
 
     `script` lists what each request gets, in order (the last entry repeats): an int
-    status, or ("sleep", seconds). Every request is recorded with its headers and body.
+    status, ("sleep", seconds), ("redirect", url), ("big", bytes) or ("retry-after", s). Every request is recorded with its headers and body.
     "Effects" count the 2xx answers, i.e. the times the downstream action happened.
     """
 
@@ -45,6 +45,12 @@ class LocalToolServer:
         index = len(self.requests)
         self.requests.append({"headers": dict(request.headers), "body": body, "query": dict(request.query)})
         step = self.script[min(index, len(self.script) - 1)]
+        if isinstance(step, tuple) and step[0] == "redirect":
+            return web.Response(status=302, headers={"Location": step[1]})
+        if isinstance(step, tuple) and step[0] == "big":
+            return web.Response(body=b"x" * step[1], content_type="text/plain")
+        if isinstance(step, tuple) and step[0] == "retry-after":
+            return web.json_response({"error": "busy"}, status=503, headers={"Retry-After": str(step[1])})
         if isinstance(step, tuple) and step[0] == "sleep":
             import asyncio
 
