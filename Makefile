@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 bench: $(STAMP)
-	@for b in bench/*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do echo "==> $$b"; VOICE_DEV_DEFAULTS=true $(PY) $$b || exit 1; done
 
 stop-redis:
 	$(PY) -m voiceplatform.embedded_redis stop

@@ -9,6 +9,10 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
+    if sys.argv[1:2] == ["demo"]:
+        # The demo is a local, throwaway deployment: development defaults for it and for
+        # every process it starts (voiceplatform/settings.py, DEV_DEFAULTS).
+        os.environ.setdefault("VOICE_DEV_DEFAULTS", "true")
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 

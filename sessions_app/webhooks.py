@@ -34,6 +34,10 @@ def webhook_receive(*, body: str, authorization: str) -> tuple[LiveKitWebhookEve
     Returns the stored row and whether it is new. A bad signature or a body that does not
     match the signed hash raises a 401 ApiError.
     """
+    if settings.LIVEKIT_LOCAL_MODE:
+        # No LiveKit server sends webhooks here; in local mode nothing should drive the
+        # sessions from outside (the local agent host calls the lifecycle itself).
+        raise ApiError(404, "livekit_not_configured", "No LiveKit server is configured (LIVEKIT_URL is unset).")
     token = authorization.strip()
     if token.lower().startswith("bearer "):  # LiveKit sends the bare JWT; accept both
         token = token[7:].strip()

@@ -12,6 +12,10 @@ from agents_app.services import prompt_draft_create, prompt_publish
 from sessions_app.models import ApiScope
 from sessions_app.services import api_client_create
 
+# Processes the tests start (the demo, web servers, workers) run with development
+# defaults, as `make demo` runs them; this pytest process has them already (TESTING).
+os.environ.setdefault("VOICE_DEV_DEFAULTS", "true")
+
 # The livekit tier runs only inside its network namespace (`make test-livekit`, which
 # `make test` runs): tests/livekit/run_tier.py sets VOICE_LIVEKIT_TIER there.
 collect_ignore_glob = [] if os.environ.get("VOICE_LIVEKIT_TIER") == "1" else ["livekit/*"]

@@ -25,7 +25,7 @@ def test_it_answers_503_naming_redis_when_redis_is_unreachable(client, settings)
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
-    assert body["redis"]["ok"] is False and body["redis"]["error"]
+    assert body["redis"]["ok"] is False
     assert body["database"]["ok"] is True
 
 
@@ -37,7 +37,9 @@ def test_it_answers_503_when_the_database_fails(client, monkeypatch):
     response = client.get("/healthz")
     assert response.status_code == 503
     body = response.json()
-    assert body["database"]["ok"] is False and "connection refused" in body["database"]["error"]
+    assert body["database"]["ok"] is False
+    # Issue 17, item 12: public, so no driver error text (it can carry hosts, users, paths).
+    assert "connection refused" not in response.content.decode() and "error" not in body["database"]
 
 
 def test_it_needs_no_login_and_only_allows_get(client):

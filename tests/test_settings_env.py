@@ -27,6 +27,7 @@ def start(tmp_path: Path, code: str = SETUP, **env: str) -> subprocess.Completed
     # A Redis URL that is parsed but never contacted: settings must not start the embedded one.
     clean.update({"DJANGO_SETTINGS_MODULE": "voiceplatform.settings", "DATA_DIR": str(tmp_path)})
     clean.setdefault("REDIS_URL", "redis://127.0.0.1:1/0")
+    clean.setdefault("VOICE_DEV_DEFAULTS", "true")
     clean.update(env)
     return subprocess.run(
         [sys.executable, "-c", code], cwd=BASE_DIR, env=clean, capture_output=True, text=True, timeout=120
@@ -112,7 +113,40 @@ def test_the_values_in_env_example_start_cleanly(tmp_path):
     example = (BASE_DIR / ".env.example").read_text()
     values = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", example, flags=re.M))
     values.pop("DATA_DIR", None)
+    values["DJANGO_SECRET_KEY"] = "what-an-operator-fills-in-0123456789abcdef"  # the example leaves it empty
     values["REDIS_URL"] = values.get("REDIS_URL") or "redis://127.0.0.1:1/0"  # keep the embedded Redis off
     result = start(tmp_path, **values)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "sqlite3" in result.stdout
+
+
+def test_without_dev_defaults_a_missing_secret_key_stops_every_process(tmp_path):
+    """Production must not run with the published development key (issue 17, item 9)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VOICE_DEV_DEFAULTS", "DJANGO_SECRET_KEY", "DJANGO_DEBUG")}
+    env.update({"DJANGO_SETTINGS_MODULE": "voiceplatform.settings", "DATA_DIR": str(tmp_path)})
+    env["REDIS_URL"] = "redis://127.0.0.1:1/0"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "DJANGO_SECRET_KEY must be set" in result.stderr
+
+
+def test_seed_demo_refuses_to_create_the_published_logins_without_dev_defaults(tmp_path):
+    result = start(
+        tmp_path,
+        code="import django; django.setup(); from django.core.management import call_command; call_command('seed_demo')",
+        VOICE_DEV_DEFAULTS="false",
+        DJANGO_SECRET_KEY="a-real-secret-key-for-this-test-0123456789",
+    )
+    assert result.returncode != 0 and "published password" in result.stderr
+
+
+def test_the_local_transport_secret_is_random_per_deployment(tmp_path):
+    """Issue 17, item 13: nobody can mint local-transport tokens with a published secret."""
+    code = "import django; django.setup(); from django.conf import settings; print(settings.LIVEKIT_API_SECRET)"
+    first = start(tmp_path / "a", code=code).stdout.strip()
+    again = start(tmp_path / "a", code=code).stdout.strip()
+    other = start(tmp_path / "b", code=code).stdout.strip()
+    assert len(first) >= 32 and first == again != other
+    assert first != "local-transport-development-secret-0123456789"
+    assert oct((tmp_path / "a" / "livekit" / "api-secret").stat().st_mode & 0o777) == "0o600"

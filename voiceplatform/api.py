@@ -6,6 +6,7 @@ from ninja import NinjaAPI
 
 from sessions_app.api import router as sessions_router
 from tools_app.api import router as tools_router
+from voiceplatform.access import docs_access
 from voiceplatform.api_errors import install_error_handlers
 
 api = NinjaAPI(
@@ -13,6 +14,7 @@ api = NinjaAPI(
     version="1.0.0",
     description="Open voice sessions, get short-lived LiveKit tokens, and invoke tools idempotently.",
     urls_namespace="api-v1",
+    docs_decorator=docs_access,
 )
 install_error_handlers(api)
 api.add_router("/", sessions_router)

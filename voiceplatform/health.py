@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import redis
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
+
+logger = logging.getLogger(__name__)
 
 
 def _check_db() -> str | None:
@@ -44,10 +48,15 @@ def _check_redis() -> str | None:
 
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
+    """Public (load balancers call it without a login), so it names what failed but never
+    the driver's error text, which can carry host names, users or paths: that goes to the log."""
     db_error, redis_error = _check_db(), _check_redis()
+    for part, error in (("database", db_error), ("redis", redis_error)):
+        if error:
+            logger.warning("healthz: %s unavailable: %s", part, error)
     body = {
         "status": "ok" if not (db_error or redis_error) else "unavailable",
-        "database": {"ok": db_error is None, "engine": connection.vendor, **({"error": db_error} if db_error else {})},
-        "redis": {"ok": redis_error is None, "embedded": settings.EMBEDDED_REDIS, **({"error": redis_error} if redis_error else {})},
+        "database": {"ok": db_error is None, "engine": connection.vendor},
+        "redis": {"ok": redis_error is None, "embedded": settings.EMBEDDED_REDIS},
     }
     return JsonResponse(body, status=200 if body["status"] == "ok" else 503)

@@ -57,20 +57,27 @@ def server_version(binary: Path) -> str:
 def dev_api_secret(data_dir: Path) -> str:
     """A random secret kept in $DATA_DIR/livekit/api-secret (0600), made on first use.
 
-    The demo's server listens on loopback only, but a fixed, published secret would still
-    let any local user mint tokens for it.
+    Used by the demo's LiveKit server and by the local transport when LIVEKIT_API_SECRET
+    is not set: a fixed, published secret would let anyone mint caller tokens or sign
+    webhooks.
     """
     path = data_dir / "livekit" / "api-secret"
-    if path.exists():
-        value = path.read_text().strip()
-        if len(value) >= 32:
-            return value
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(36)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
-    return value
+    for _ in range(50):
+        try:
+            # O_EXCL: the processes of one deployment starting together agree on one secret.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            value = path.read_text().strip()
+            if len(value) >= 32:
+                return value
+            time.sleep(0.02)  # another process is writing it
+            continue
+        value = secrets.token_urlsafe(36)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
+        return value
+    raise RuntimeError(f"{path} holds no usable secret; delete it to make a new one")
 
 
 @dataclass(frozen=True)

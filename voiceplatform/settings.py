@@ -31,13 +31,20 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
+TESTING = "pytest" in sys.modules or os.environ.get("VOICE_TESTING") == "1"
+# Development defaults (a published secret key, the demo's logins, fault injection): on
+# only for DEBUG, the test suite, `manage.py demo` (which sets it for its processes) or an
+# explicit VOICE_DEV_DEFAULTS=true. A deployment that forgets DJANGO_SECRET_KEY stops.
+DEV_DEFAULTS = env_bool("VOICE_DEV_DEFAULTS", DEBUG or TESTING)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
-    if DEBUG or env_bool("VOICE_DEV_DEFAULTS", True):
+    if DEV_DEFAULTS:
         # A fixed development key keeps sessions valid across the demo's processes.
         SECRET_KEY = "dev-only-insecure-key-set-DJANGO_SECRET_KEY-in-production"
     else:
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when VOICE_DEV_DEFAULTS=false")
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set (VOICE_DEV_DEFAULTS is off; `make demo` turns it on for a local demo)"
+        )
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", ["http://127.0.0.1:8000", "http://localhost:8000"])
 
@@ -183,8 +190,12 @@ LIVEKIT_URL = env_url("LIVEKIT_URL", schemes=("ws", "wss", "http", "https"))
 LIVEKIT_LOCAL_MODE = not LIVEKIT_URL
 if LIVEKIT_LOCAL_MODE:
     # The local transport verifies tokens with these, exactly as a LiveKit server would.
+    # Unset, the secret is random per deployment (kept in $DATA_DIR/livekit/api-secret):
+    # a published default would let anyone mint caller tokens.
+    from voiceplatform.livekit_dev import dev_api_secret
+
     LIVEKIT_API_KEY = env_str("LIVEKIT_API_KEY", "devkey")
-    LIVEKIT_API_SECRET = env_str("LIVEKIT_API_SECRET", "local-transport-development-secret-0123456789")
+    LIVEKIT_API_SECRET = env_str("LIVEKIT_API_SECRET") or dev_api_secret(DATA_DIR)
 else:
     LIVEKIT_API_KEY = env_str("LIVEKIT_API_KEY")
     LIVEKIT_API_SECRET = env_str("LIVEKIT_API_SECRET")
@@ -214,7 +225,7 @@ AGENT_HEALTH_PORT = env_int("AGENT_HEALTH_PORT", 8081, minimum=0, maximum=65535)
 AGENT_DRAIN_TIMEOUT_SECONDS = env_int("AGENT_DRAIN_TIMEOUT_SECONDS", 1800, minimum=1)
 # Lets the simulator's agent-restart scenario crash a LiveKit job process on purpose (an
 # `agent.crash` control message, sent over the platform's own Redis). Off in production.
-AGENT_FAULT_INJECTION = env_bool("AGENT_FAULT_INJECTION", env_bool("VOICE_DEV_DEFAULTS", True))
+AGENT_FAULT_INJECTION = env_bool("AGENT_FAULT_INJECTION", DEV_DEFAULTS)
 
 # --- AI providers ------------------------------------------------------------------
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
@@ -261,6 +272,14 @@ APOLOGY_TEXT = env_str("APOLOGY_TEXT", "Sorry, I'm having a technical problem. C
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# /metrics: loopback and these networks (CIDR), or everyone with the bearer token when
+# METRICS_TOKEN is set (then required from everyone). The API docs: staff only unless public.
+METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS")
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", DEV_DEFAULTS)
+# Admin messages (a new API key, a webhook secret shown once) stay on the server: the
+# default storage puts them in a cookie, signed but readable by anyone who sees it.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/call/"
 LANGUAGE_CODE = "en-us"
@@ -310,4 +329,3 @@ LOGGING = {
     },
 }
 
-TESTING = "pytest" in sys.modules or os.environ.get("VOICE_TESTING") == "1"

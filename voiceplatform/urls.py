@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from voiceplatform.access import metrics_view
 from voiceplatform.api import api
 from voiceplatform.health import healthz
 
@@ -23,6 +24,6 @@ urlpatterns = [
         auth_views.LoginView.as_view(template_name="registration/login.html", extra_context={"for_calls": True}),
         name="login",
     ),
-    path("", include("django_prometheus.urls")),
+    path("metrics", metrics_view, name="prometheus-django-metrics"),
     path("", include("sessions_app.urls")),
 ]

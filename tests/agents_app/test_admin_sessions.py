@@ -87,6 +87,10 @@ def test_creating_an_api_client_shows_the_key_once_and_stores_only_its_hash(admi
     assert api_client_authenticate(key=key) == client
     assert key not in (client.key_hash, client.key_prefix)
 
+    # Issue 17, item 14: the key travels in the page, never in a cookie (the messages
+    # framework's default storage is a signed, not encrypted, cookie).
+    assert "messages" not in response.cookies, "the key must not ride in the messages cookie"
+    assert not any(key in morsel.value for morsel in response.cookies.values())
     change_url = reverse("admin:sessions_app_apiclient_change", args=[client.pk])
     first = admin_client_.get(response["Location"]).content.decode()
     assert key in first  # the one time it is shown, as a message after the redirect

@@ -6,7 +6,7 @@ import json
 import uuid
 
 import pytest
-from django.test import Client
+from django.test import Client, override_settings
 
 from sessions_app.models import VoiceSession
 
@@ -117,6 +117,7 @@ def test_a_browser_login_does_not_open_the_key_endpoints(http, owned_session, ou
     assert http.get(f"/api/v1/sessions/{owned_session}").status_code == 401
 
 
+@override_settings(LIVEKIT_LOCAL_MODE=False, LIVEKIT_URL="ws://127.0.0.1:9")
 def test_the_webhook_needs_a_livekit_signature_not_a_key(http, owner_client):
     _, key = owner_client
     response = http.post("/api/v1/livekit/webhook", data="{}", content_type="application/webhook+json", **_h(key))

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from django.conf import settings
-from django.test import Client
+from django.test import Client, override_settings
 from google.protobuf.json_format import MessageToJson
 from livekit.api import AccessToken
 from livekit.protocol.models import ParticipantInfo
@@ -64,7 +64,11 @@ def _sign(body: str, *, secret: str | None = None, key: str | None = None) -> st
 
 
 def _post(http: Client, body: str, auth: str | None = None):
-    return http.post(URL, data=body, content_type="application/webhook+json", HTTP_AUTHORIZATION=auth or _sign(body))
+    # LiveKit mode for the delivery (the sessions were created in local mode, with no server).
+    with override_settings(LIVEKIT_LOCAL_MODE=False, LIVEKIT_URL="ws://127.0.0.1:9"):
+        return http.post(
+            URL, data=body, content_type="application/webhook+json", HTTP_AUTHORIZATION=auth or _sign(body)
+        )
 
 
 @pytest.fixture
@@ -113,8 +117,18 @@ def test_it_rejects_a_body_that_does_not_match_the_signed_hash(http, session):
 
 def test_it_rejects_a_missing_authorization(http, session):
     body = _event("room_finished", session.room_name)
-    response = http.post(URL, data=body, content_type="application/webhook+json")
+    with override_settings(LIVEKIT_LOCAL_MODE=False):
+        response = http.post(URL, data=body, content_type="application/webhook+json")
     assert response.status_code == 401
+
+
+def test_in_local_mode_no_webhook_is_accepted_even_signed(http, session):
+    """Issue 17, item 13: with no LiveKit server, nothing drives sessions from outside."""
+    body = _event("room_finished", session.room_name)
+    response = http.post(URL, data=body, content_type="application/webhook+json", HTTP_AUTHORIZATION=_sign(body))
+    assert response.status_code == 404 and response.json()["code"] == "livekit_not_configured"
+    session.refresh_from_db()
+    assert session.state == SessionState.CREATED and not LiveKitWebhookEvent.objects.exists()
 
 
 def test_it_accepts_a_bearer_prefixed_token_too(http, session, django_capture_on_commit_callbacks):

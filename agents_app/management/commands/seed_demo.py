@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from agents_app.models import Agent, Provider
@@ -94,6 +94,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        from django.conf import settings
+
+        if not settings.DEV_DEFAULTS:
+            # The demo logins have a published password: never on a real deployment.
+            raise CommandError(
+                "seed_demo creates logins with the published password 'voice-demo': it runs only with "
+                "development defaults (VOICE_DEV_DEFAULTS=true, as `make demo` sets)."
+            )
         base = options["base_url"].rstrip("/")
         with transaction.atomic():
             groups = groups_ensure()
