@@ -22,6 +22,30 @@ def render_template(text: str, variables: dict[str, Any]) -> str:
     return PLACEHOLDER_RE.sub(substitute, text or "")
 
 
+# A session's metadata fills a prompt variable with at most this many characters.
+PROMPT_VALUE_MAX_CHARS = 200
+
+
+def prompt_values_from_metadata(*, version: PromptVersion, metadata: Any, trusted: bool) -> dict[str, str]:
+    """The prompt variables a session's metadata may fill (issue 17, item 7).
+
+    The rendered prompt is the system prompt: whoever fills it speaks with the operator's
+    authority. So only variables the prompt declares are filled, only from a trusted
+    source (an API client's server; a browser user at /call/ is not one), and each value
+    is one short line: no newlines to start new instructions, at most 200 characters.
+    """
+    if not trusted or not isinstance(metadata, dict):
+        return {}
+    declared = set((version.variables or {}).keys())
+    values: dict[str, str] = {}
+    for name, value in metadata.items():
+        if name not in declared or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            continue
+        text = " ".join(str(value).split())[:PROMPT_VALUE_MAX_CHARS]
+        values[name] = text
+    return values
+
+
 def prompt_render(*, version: PromptVersion, values: dict[str, Any] | None = None) -> dict[str, str]:
     """Instructions and greeting with the version's defaults, overridden by `values`."""
     merged = {**(version.variables or {}), **(values or {})}

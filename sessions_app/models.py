@@ -128,6 +128,17 @@ class VoiceSession(models.Model):
     def is_live(self) -> bool:
         return self.state in LIVE_STATES
 
+    @property
+    def caller_key(self) -> str:
+        """The caller as the platform knows them: the client's caller id is only unique
+        within that client (or browser user), so tools key customers by this."""
+        return caller_key(api_client_id=self.api_client_id, user_id=self.user_id, caller_id=self.caller_id)
+
+
+def caller_key(*, api_client_id: int | None, user_id: int | None, caller_id: str) -> str:
+    namespace = f"client-{api_client_id}" if api_client_id else f"user-{user_id}" if user_id else "anonymous"
+    return f"{namespace}:{caller_id}"
+
 
 def _stage_field() -> models.FloatField:
     return models.FloatField(null=True, blank=True)

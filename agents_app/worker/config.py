@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from agents_app.models import Agent
-from agents_app.services import prompt_render
+from agents_app.services import prompt_render, prompt_values_from_metadata
 
 
 @dataclass(frozen=True)
@@ -38,19 +37,16 @@ class JobConfig:
         return bool(self.turns)
 
 
-def _template_values(metadata: Any) -> dict[str, Any]:
-    if not isinstance(metadata, dict):
-        return {}
-    return {k: v for k, v in metadata.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
-
-
 async def load_job_config(session_id: str) -> JobConfig:
     """Load the pinned prompt, the agent and the stored turns (async ORM, no loop blocking)."""
     from sessions_app.models import Turn, VoiceSession
     from sessions_app.tokens import caller_identity
 
     session = await VoiceSession.objects.select_related("agent", "prompt_version").aget(pk=session_id)
-    rendered = prompt_render(version=session.prompt_version, values=_template_values(session.metadata))
+    values = prompt_values_from_metadata(
+        version=session.prompt_version, metadata=session.metadata, trusted=session.api_client_id is not None
+    )
+    rendered = prompt_render(version=session.prompt_version, values=values)
     turns = [
         StoredTurn(
             index=t["index"],

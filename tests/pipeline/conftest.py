@@ -44,8 +44,15 @@ def session_row(session_id: str) -> VoiceSession:
 
 
 def make_session(agent: Agent, **metadata: Any) -> str:
+    """A session opened by an API client (a trusted source of prompt variables)."""
+    from sessions_app.models import ApiClient
+
     version = agent.prompt_versions.get(status="published")
+    client, _ = ApiClient.objects.get_or_create(
+        name="pipeline-tests", defaults={"key_prefix": "vp_pipeline", "key_hash": "0" * 64}
+    )
     session = VoiceSession.objects.create(
+        api_client=client,
         caller_id="caller-1",
         room_name=f"room-{uuid.uuid4()}",
         agent=agent,

@@ -154,3 +154,40 @@ def test_a_stored_schema_with_an_outside_ref_fetches_nothing_when_a_call_is_vali
         outcome = tool_invoke(tool=tool, arguments={"note": "hi"}, key="k1", scope="test")
     assert outcome.status == InvocationStatus.FAILED and "not inside it" in outcome.error
     assert schema_host.requests == [], "the validator fetched the $ref"
+
+
+# --- item 6: a client cannot act on another client's caller ---------------------------------
+
+
+def test_one_clients_caller_alice_is_not_another_clients_alice(agent) -> None:
+    from sessions_app.services import api_client_create, session_create
+    from tests.tools_app.conftest import make_demo_tool
+    from tools_app.models import DemoWallet
+
+    charge = make_demo_tool("charge_wallet", agent)
+    client_a, _ = api_client_create(name="shop-a")
+    client_b, _ = api_client_create(name="shop-b")
+    session_a, _ = session_create(agent_slug=agent.slug, caller_id="alice", api_client=client_a)
+    session_b, _ = session_create(agent_slug=agent.slug, caller_id="alice", api_client=client_b)
+    tool_invoke(
+        tool=charge,
+        arguments={"amount": 5, "reason": "a"},
+        key="ka",
+        scope=str(session_a.pk),
+        session_id=str(session_a.pk),
+    )
+    balance_a = DemoWallet.objects.get(owner=session_a.caller_key).balance
+
+    # Client B's session for *its* "alice" charges its own customer, never client A's.
+    tool_invoke(
+        tool=charge,
+        arguments={"amount": 7, "reason": "b"},
+        key="kb",
+        scope=str(session_b.pk),
+        session_id=str(session_b.pk),
+    )
+
+    assert session_a.caller_key != session_b.caller_key
+    assert DemoWallet.objects.get(owner=session_a.caller_key).balance == balance_a
+    assert DemoWallet.objects.filter(owner=session_b.caller_key).exists()
+    assert not DemoWallet.objects.filter(owner="alice").exists()
