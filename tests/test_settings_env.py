@@ -150,3 +150,24 @@ def test_the_local_transport_secret_is_random_per_deployment(tmp_path):
     assert len(first) >= 32 and first == again != other
     assert first != "local-transport-development-secret-0123456789"
     assert oct((tmp_path / "a" / "livekit" / "api-secret").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_production_configuration_passes_check_deploy(tmp_path):
+    """Issue 17, item 11: `manage.py check --deploy` is clean without development defaults."""
+    env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "voiceplatform.settings",
+            "DATA_DIR": str(tmp_path),
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "VOICE_DEV_DEFAULTS": "false",
+            "DJANGO_SECRET_KEY": "pT1x-production-like-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
+            "DJANGO_ALLOWED_HOSTS": "voice.example.com",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout

@@ -277,6 +277,23 @@ AUTH_PASSWORD_VALIDATORS = [
 METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS")
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", DEV_DEFAULTS)
+# HTTPS (issue 17, item 11): production runs behind a TLS-terminating proxy, so cookies are
+# secure, plain HTTP is redirected (except the probes a load balancer makes over HTTP) and
+# HSTS is sent. The demo and tests (development defaults) serve plain HTTP on loopback.
+VOICE_HTTPS = env_bool("VOICE_HTTPS", not DEV_DEFAULTS)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = VOICE_HTTPS
+SESSION_COOKIE_HTTPONLY = True
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", VOICE_HTTPS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if VOICE_HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", VOICE_HTTPS)
+# Preloading is a one-way commitment of the whole domain to HTTPS: the operator's call.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+# Only when the proxy sets X-Forwarded-Proto itself (and strips a client's): otherwise a
+# client could claim HTTPS.
+if env_bool("TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Admin messages (a new API key, a webhook secret shown once) stay on the server: the
 # default storage puts them in a cookie, signed but readable by anyone who sees it.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
