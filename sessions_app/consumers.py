@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 MAX_INBOUND_FRAME_BYTES = 64 * 1024
 # Close codes (4000-4999 are for applications).
+# Event numbers are PostgreSQL integers: a larger after_seq is an error frame, not a 1011.
+MAX_SEQ = 2**31 - 1
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_LARGE = 4413  # mirrors HTTP 413; RFC 6455's 1009 is for the server's own limits
@@ -83,7 +85,24 @@ class WatchConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         await self.accept()
+        self.rights_check = asyncio.create_task(self._recheck_rights(), name="dashboard-rights")
         await self.start()
+
+    async def _recheck_rights(self) -> None:
+        """A revoked staff member (or a logged-out session) stops receiving within
+        DASHBOARD_RIGHTS_RECHECK_SECONDS: rights are read again from the database."""
+        from django.conf import settings
+
+        user = self.scope.get("user")
+        session = self.scope.get("session")
+        while True:
+            await asyncio.sleep(settings.DASHBOARD_RIGHTS_RECHECK_SECONDS)
+            allowed = await database_sync_to_async(dashboard_selectors.watcher_still_allowed)(
+                user_id=getattr(user, "pk", None), session_key=getattr(session, "session_key", None)
+            )
+            if not allowed:
+                await self.close(code=CLOSE_FORBIDDEN)
+                return
 
     async def start(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -93,6 +112,9 @@ class WatchConsumer(AsyncJsonWebsocketConsumer):
         self.joined.append(group)
 
     async def disconnect(self, code: int) -> None:
+        task = getattr(self, "rights_check", None)
+        if task is not None:
+            task.cancel()
         for group in self.joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -131,7 +153,7 @@ class WatchConsumer(AsyncJsonWebsocketConsumer):
     async def decode_json(cls, text_data: str) -> Any:
         try:
             return await super().decode_json(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than Python recurses
             return None  # answered as "frames must be JSON objects"
 
     # --- seq tracking ------------------------------------------------------------------
@@ -456,15 +478,14 @@ class SessionConsumer(WatchConsumer):
         )
 
     async def resync(self, content: dict[str, Any]) -> None:
-        try:
-            after_seq = int(content.get("after_seq", 0))
-        except (TypeError, ValueError):
-            await self.send_error("after_seq must be an integer")
+        after_seq = content.get("after_seq", 0)
+        if isinstance(after_seq, bool) or not isinstance(after_seq, int) or not 0 <= after_seq <= MAX_SEQ:
+            await self.send_error(f"after_seq must be an integer from 0 to {MAX_SEQ}")
             return
         if content.get("session_id") not in (None, self.session_id):
             await self.send_error("this socket watches another session")
             return
-        await self.send_missed(max(0, after_seq))
+        await self.send_missed(after_seq)
 
     async def event_added(self, message: dict[str, Any]) -> None:
         seq = int(message["seq"])

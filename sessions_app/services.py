@@ -29,6 +29,7 @@ from sessions_app.models import (
     VoiceSession,
 )
 from voiceplatform.hotcache import hot_get, hot_set
+from voiceplatform.jsonsafe import json_problem
 
 if TYPE_CHECKING:
     from sessions_app.tokens import MintedToken
@@ -240,38 +241,11 @@ def _api_error(status: int, code: str, message: str, details: Any = None) -> Exc
     return ApiError(status, code, message, details)
 
 
-def _json_problem(value: Any, depth: int = 0) -> str | None:
-    """Why `value` cannot be stored as JSON in every supported database (or None)."""
-    if depth > 32:
-        return "nested too deeply (more than 32 levels)"
-    if isinstance(value, str):
-        # PostgreSQL jsonb refuses NUL characters and unpaired surrogates.
-        if "\x00" in value:
-            return "contains a NUL character"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "contains an invalid unicode character"
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            problem = _json_problem(key, depth + 1) or _json_problem(item, depth + 1)
-            if problem:
-                return problem
-        return None
-    if isinstance(value, list):
-        for item in value:
-            problem = _json_problem(item, depth + 1)
-            if problem:
-                return problem
-    return None
-
-
 def session_metadata_validate(metadata: dict[str, Any]) -> dict[str, Any]:
     """Reject metadata over SESSION_METADATA_MAX_BYTES or not storable as JSON (422)."""
     from django.conf import settings
 
-    problem = _json_problem(metadata)
+    problem = json_problem(metadata)
     try:
         encoded = json.dumps(metadata, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
     except (ValueError, TypeError, RecursionError):

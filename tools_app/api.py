@@ -11,9 +11,13 @@ from ninja import Field, Router, Schema
 from sessions_app.auth import ApiKeyAuth
 from sessions_app.models import ApiScope, VoiceSession
 from sessions_app.schemas import ErrorOut
+from tools_app.models import TOOL_NAME_VALIDATOR
 from tools_app.selectors import tool_by_name
 from tools_app.services import LedgerError, tool_invoke
 from voiceplatform.api_errors import ApiError
+from voiceplatform.jsonsafe import json_problem
+
+TOOL_NAME_RE = TOOL_NAME_VALIDATOR.regex
 
 router = Router(tags=["tools"])
 agent_key_auth = ApiKeyAuth(scopes=(ApiScope.AGENT,))
@@ -54,6 +58,11 @@ class ToolInvokeOut(Schema):
     ),
 )
 def tool_invoke_op(request: HttpRequest, name: str, payload: ToolInvokeIn) -> tuple[int, dict[str, Any]]:
+    if not TOOL_NAME_RE.fullmatch(name):  # also keeps NUL bytes away from PostgreSQL
+        raise ApiError(404, "tool_not_found", "No enabled tool has that name.")
+    problem = json_problem(payload.arguments)
+    if problem:
+        raise ApiError(422, "invalid_arguments", f"arguments {problem}.")
     tool = tool_by_name(name=name)
     if tool is None:
         raise ApiError(404, "tool_not_found", f"No enabled tool is named {name!r}.")

@@ -277,6 +277,9 @@ AUTH_PASSWORD_VALIDATORS = [
 METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS")
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", DEV_DEFAULTS)
+# An open dashboard socket re-reads its user's rights this often (a revoked staff member
+# or a logged-out session stops receiving).
+DASHBOARD_RIGHTS_RECHECK_SECONDS = env_float("DASHBOARD_RIGHTS_RECHECK_SECONDS", 30.0, minimum=0.05)
 # HTTPS (issue 17, item 11): production runs behind a TLS-terminating proxy, so cookies are
 # secure, plain HTTP is redirected (except the probes a load balancer makes over HTTP) and
 # HSTS is sent. The demo and tests (development defaults) serve plain HTTP on loopback.

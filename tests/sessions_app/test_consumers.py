@@ -380,3 +380,57 @@ async def test_a_dashboard_re_reads_the_row_of_a_session_whose_messages_were_dro
     assert (repaired["session"]["turns"], repaired["seq"]) == (2, 3)
     assert DASHBOARD_EVENTS_DROPPED.labels(reason="seq_gap")._value.get() == before + 2
     await communicator.disconnect()
+
+
+# --- issue 17, item 15 ----------------------------------------------------------------------
+
+
+async def test_a_revoked_staff_member_is_disconnected_within_the_recheck(staff_user, settings) -> None:
+    settings.DASHBOARD_RIGHTS_RECHECK_SECONDS = 0.2
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected and (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "snapshot"
+
+    def revoke() -> None:
+        User.objects.filter(pk=staff_user.pk).update(is_staff=False)
+        staff_user.groups.clear()
+
+    await database_sync_to_async(revoke)()
+    output = await communicator.receive_output(timeout=TIMEOUT)
+    while output["type"] != "websocket.close":
+        output = await communicator.receive_output(timeout=TIMEOUT)
+    assert output["code"] == CLOSE_FORBIDDEN
+
+
+async def test_a_logged_out_session_stops_receiving(staff_user, settings) -> None:
+    from django.contrib.sessions.models import Session
+
+    settings.DASHBOARD_RIGHTS_RECHECK_SECONDS = 0.2
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected and (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "snapshot"
+    await database_sync_to_async(lambda: Session.objects.all().delete())()
+    output = await communicator.receive_output(timeout=TIMEOUT)
+    while output["type"] != "websocket.close":
+        output = await communicator.receive_output(timeout=TIMEOUT)
+    assert output["code"] == CLOSE_FORBIDDEN
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type": "resync", "after_seq": 1e400}',
+        '{"type": "resync", "after_seq": 100000000000000000000000000000}',
+        '{"type": "resync", "after_seq": -5}',
+        "[" * 20000 + "]" * 20000,
+    ],
+)
+async def test_a_hostile_resync_gets_an_error_frame_and_the_socket_stays_open(staff_user, agent, frame) -> None:
+    session = await database_sync_to_async(_session)(agent)
+    communicator, connected, _ = await _connect(f"/ws/sessions/{session.pk}/", staff_user)
+    assert connected
+    await communicator.receive_json_from(timeout=TIMEOUT)  # the snapshot
+    await communicator.send_to(text_data=frame)
+    error = await _receive_until(communicator, "error")
+    assert "after_seq" in error["detail"] or "JSON objects" in error["detail"]
+    await communicator.send_json_to({"type": "ping"})
+    assert (await _receive_until(communicator, "pong"))["type"] == "pong"
+    await communicator.disconnect()

@@ -109,3 +109,12 @@ def test_invalid_arguments_are_a_recorded_failure(agent_key, place_order_tool) -
     assert response.json()["status"] == "failed" and "quantity" in response.json()["error"]
     assert ToolInvocation.objects.get().status == "failed"
     assert not DemoOrder.objects.exists()
+
+
+def test_nul_bytes_in_a_tool_name_or_its_arguments_get_a_4xx_not_a_500(agent_key, place_order_tool) -> None:
+    """Issue 17, item 15: PostgreSQL refuses NUL in text and jsonb; the API answers first."""
+    named = post("k-nul-name", api_key=agent_key, url=URL.replace("place_order", "place%00order"))
+    assert named.status_code == 404 and named.json()["code"] == "tool_not_found"
+    argued = post("k-nul-args", api_key=agent_key, body={"arguments": {"item": "cof\u0000fee", "quantity": 1}})
+    assert argued.status_code == 422 and argued.json()["code"] == "invalid_arguments"
+    assert "NUL" in argued.json()["message"]
