@@ -13,10 +13,14 @@ def main() -> None:
         # The demo is a local, throwaway deployment: development defaults for it and for
         # every process it starts (voiceplatform/settings.py, DEV_DEFAULTS).
         os.environ.setdefault("VOICE_DEV_DEFAULTS", "true")
+    from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
     try:
+        # Load the settings first: Django's command runner would swallow a configuration
+        # error here and fail later with an unrelated AppRegistryNotReady traceback.
+        settings.INSTALLED_APPS  # noqa: B018
         execute_from_command_line(sys.argv)
     except ImproperlyConfigured as exc:
         # A missing or malformed env variable: one clear line, not a traceback.

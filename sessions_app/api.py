@@ -19,7 +19,7 @@ from ninja import Query, Router, Schema
 from sessions_app import selectors, services
 from sessions_app.auth import browser_auth, client_key_auth
 from sessions_app.models import ApiClient, VoiceSession
-from sessions_app.ratelimit import session_create_rate_check
+from sessions_app.ratelimit import action_rate_check
 from sessions_app.schemas import (
     AgentOut,
     BrowserSessionCreateIn,
@@ -68,13 +68,17 @@ def _owned(request: HttpRequest, session_id: UUID) -> VoiceSession:
     return session
 
 
-def _rate_limit(subject: str) -> None:
-    decision = session_create_rate_check(subject=subject)
+def _rate_limit(request: HttpRequest, action: str = "session_create") -> None:
+    """Per API client or browser user and action (sessions_app/ratelimit.py)."""
+    owner = _owner(request)
+    client = owner.get("api_client")
+    subject = f"client:{client.key_prefix}" if client is not None else f"user:{owner['user'].pk}"
+    decision = action_rate_check(action=action, subject=subject)
     if not decision.allowed:
         raise ApiError(
             429,
             "rate_limited",
-            f"Too many sessions created; retry in {decision.retry_after} s.",
+            f"Too many {action.replace('_', ' ')} requests; retry in {decision.retry_after} s.",
             {"retry_after": decision.retry_after},
             headers={"Retry-After": str(decision.retry_after)},
         )
@@ -92,24 +96,26 @@ def _token_out(session: VoiceSession, token: MintedToken) -> dict[str, Any]:
 
 def _create(request: HttpRequest, *, agent: str, caller_id: str, metadata: dict[str, Any]) -> tuple[int, dict]:
     owner = _owner(request)
-    client = owner.get("api_client")
-    _rate_limit(f"client:{client.key_prefix}" if client is not None else f"user:{owner['user'].pk}")
+    _rate_limit(request)
     session, token = services.session_create(agent_slug=agent, caller_id=caller_id, metadata=metadata, **owner)
     return 201, _token_out(session, token)
 
 
 def _reconnect(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+    _rate_limit(request, "session_reconnect")
     session, token = services.session_reconnect(session_id=_owned(request, session_id).pk)
     return {**_token_out(session, token), "reconnect_count": session.reconnect_count, "state": session.state}
 
 
 def _interrupt(request: HttpRequest, session_id: UUID) -> tuple[int, dict]:
+    _rate_limit(request, "session_interrupt")
     session = _owned(request, session_id)
     event = services.session_interrupt(session_id=session.pk)
     return 202, {"session_id": session.pk, "event_seq": event.seq, "state": session.state}
 
 
 def _end(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+    _rate_limit(request, "session_end")
     session = services.session_end(session_id=_owned(request, session_id).pk, reason="client_request")
     return selectors.session_as_summary(session)
 

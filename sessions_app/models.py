@@ -119,6 +119,8 @@ class VoiceSession(models.Model):
         indexes = [
             models.Index(fields=["state", "-created_at"]),
             models.Index(fields=["api_client", "-created_at"]),
+            # The live-session cap counts a client's live sessions at every creation.
+            models.Index(fields=["api_client", "state"]),
         ]
 
     def __str__(self) -> str:

@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -98,7 +99,60 @@ def rate_limit_hit(*, scope: str, subject: str, limit_per_minute: int) -> RateDe
     )
 
 
+# Per minute, per API client or browser user, by action (docs/security.md). All fail open:
+# a Redis outage must not stop calls; the concurrent-session cap (from the database) and
+# the login throttle still bound what a client can do.
+ACTION_LIMIT_SETTINGS = {
+    "session_create": "SESSION_CREATE_RATE_PER_MINUTE",
+    "session_reconnect": "SESSION_RECONNECT_RATE_PER_MINUTE",
+    "session_interrupt": "SESSION_INTERRUPT_RATE_PER_MINUTE",
+    "session_end": "SESSION_END_RATE_PER_MINUTE",
+    "tool_invoke": "TOOL_INVOKE_RATE_PER_MINUTE",
+}
+
+
+def action_rate_check(*, action: str, subject: str) -> RateDecision:
+    limit = int(getattr(settings, ACTION_LIMIT_SETTINGS[action]))
+    return rate_limit_hit(scope=action, subject=subject, limit_per_minute=limit)
+
+
 def session_create_rate_check(*, subject: str) -> RateDecision:
+    return action_rate_check(action="session_create", subject=subject)
+
+
+def login_rate_check(*, ip: str, username: str) -> RateDecision:
+    """Login attempts, per address and per username (guessing one password from many
+    addresses, or many passwords from one). Fails open like the rest, logged."""
+    by_ip = rate_limit_hit(scope="login_ip", subject=ip, limit_per_minute=settings.LOGIN_ATTEMPTS_PER_MINUTE * 3)
+    if not by_ip.allowed:
+        return by_ip
     return rate_limit_hit(
-        scope="session_create", subject=subject, limit_per_minute=settings.SESSION_CREATE_RATE_PER_MINUTE
+        scope="login_user", subject=username.lower()[:150], limit_per_minute=settings.LOGIN_ATTEMPTS_PER_MINUTE
     )
+
+
+LOGIN_PATHS = frozenset({"/admin/login/", "/login/", "/dashboard/login/"})
+
+
+class LoginThrottleMiddleware:
+    """429 for login POSTs over LOGIN_ATTEMPTS_PER_MINUTE (the three login pages)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        if request.method == "POST" and request.path in LOGIN_PATHS:
+            decision = login_rate_check(
+                ip=request.META.get("REMOTE_ADDR", ""), username=str(request.POST.get("username", ""))
+            )
+            if not decision.allowed:
+                from django.http import HttpResponse
+
+                response = HttpResponse(
+                    f"Too many login attempts; try again in {decision.retry_after} s.\n",
+                    status=429,
+                    content_type="text/plain",
+                )
+                response["Retry-After"] = str(decision.retry_after)
+                return response
+        return self.get_response(request)

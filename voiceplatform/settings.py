@@ -43,7 +43,7 @@ if not SECRET_KEY:
         SECRET_KEY = "dev-only-insecure-key-set-DJANGO_SECRET_KEY-in-production"
     else:
         raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY must be set (VOICE_DEV_DEFAULTS is off; `make demo` turns it on for a local demo)"
+            "DJANGO_SECRET_KEY must be set (or VOICE_DEV_DEFAULTS=true on a development machine; `make demo` sets it)"
         )
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", ["http://127.0.0.1:8000", "http://localhost:8000"])
@@ -76,6 +76,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "voiceplatform.logging.RequestContextMiddleware",
+    "sessions_app.ratelimit.LoginThrottleMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -240,6 +241,14 @@ STT_PROCESS_POOL_SIZE = env_int("STT_PROCESS_POOL_SIZE", 1, minimum=1, maximum=1
 
 # --- voice platform behaviour ------------------------------------------------------
 SESSION_CREATE_RATE_PER_MINUTE = env_int("SESSION_CREATE_RATE_PER_MINUTE", 120, minimum=1)
+SESSION_RECONNECT_RATE_PER_MINUTE = env_int("SESSION_RECONNECT_RATE_PER_MINUTE", 240, minimum=1)
+SESSION_INTERRUPT_RATE_PER_MINUTE = env_int("SESSION_INTERRUPT_RATE_PER_MINUTE", 600, minimum=1)
+SESSION_END_RATE_PER_MINUTE = env_int("SESSION_END_RATE_PER_MINUTE", 240, minimum=1)
+TOOL_INVOKE_RATE_PER_MINUTE = env_int("TOOL_INVOKE_RATE_PER_MINUTE", 600, minimum=1)
+# Live sessions one API client (or browser user) may hold at once; checked in the database.
+MAX_LIVE_SESSIONS_PER_OWNER = env_int("MAX_LIVE_SESSIONS_PER_OWNER", 100, minimum=1)
+# Login attempts per username per minute (per address: three times this).
+LOGIN_ATTEMPTS_PER_MINUTE = env_int("LOGIN_ATTEMPTS_PER_MINUTE", 10, minimum=1)
 SESSION_METADATA_MAX_BYTES = env_int("SESSION_METADATA_MAX_BYTES", 8192, minimum=256)
 # How long each process keeps API keys and published prompt versions (voiceplatform/hotcache.py).
 HOT_CACHE_SECONDS = env_float("HOT_CACHE_SECONDS", 2.0, minimum=0.0)

@@ -118,3 +118,10 @@ def test_nul_bytes_in_a_tool_name_or_its_arguments_get_a_4xx_not_a_500(agent_key
     argued = post("k-nul-args", api_key=agent_key, body={"arguments": {"item": "cof\u0000fee", "quantity": 1}})
     assert argued.status_code == 422 and argued.json()["code"] == "invalid_arguments"
     assert "NUL" in argued.json()["message"]
+
+
+def test_tool_invocations_are_limited_per_key(agent_key, place_order_tool, settings) -> None:
+    """Issue 17, item 10: a key flooding tool calls gets 429 with Retry-After."""
+    settings.TOOL_INVOKE_RATE_PER_MINUTE = 2
+    codes = [post(f"k-rate-{n}", api_key=agent_key).status_code for n in range(3)]
+    assert codes == [200, 200, 429]
