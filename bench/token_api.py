@@ -6,8 +6,10 @@ and `--server daphne` measure the alternatives). The peer is a bare FastAPI app 
 one uvicorn process that does the same essential work per request: parse the
 JSON body, mint the same LiveKit token (sessions_app.tokens.caller_token_mint) and insert
 one VoiceSession row into the same database. The platform additionally authenticates the
-API key, applies the Redis rate limit (raised out of the way here), pins the prompt
-version, appends the session events and publishes them to the channel layer.
+API key, applies the Redis rate limit (raised out of the way here), checks the owner's
+live sessions against their cap (inside its one INSERT; a sweeper ends the bench's
+sessions as a real client's calls end), pins the prompt version, appends the session
+events and publishes them to the channel layer.
 
 Both are driven over loopback in the same run with the same load:
 1. throughput: a closed loop of --concurrency clients for --seconds, --rounds times per
@@ -43,6 +45,8 @@ os.environ.setdefault("LOG_LEVEL", "ERROR")
 os.environ.setdefault("CHANNELS_PREFIX", f"bench{os.getpid()}")
 # Session creation is rate-limited per client; the benchmark measures the work, not the limiter's 429s.
 os.environ["SESSION_CREATE_RATE_PER_MINUTE"] = "100000000"
+# Development defaults for the servers it starts (no DJANGO_SECRET_KEY needed).
+os.environ.setdefault("VOICE_DEV_DEFAULTS", "true")
 
 AGENT_SLUG = "bench-token-api"
 CLIENT_NAME = "bench-token-api"
@@ -138,6 +142,40 @@ def _setup() -> str:
     _cleanup()  # rows a killed earlier run left behind
     _, key = api_client_create(name=CLIENT_NAME)
     return key
+
+
+class _Sweeper:
+    """Ends the bench client's sessions as fast as they are made (every 20 ms).
+
+    Every creation checks the owner's live sessions against MAX_LIVE_SESSIONS_PER_OWNER
+    (production default, 100) inside its INSERT. A real client's sessions end as calls
+    end; without this the bench's would pile up and be refused at the cap. The UPDATEs
+    run on the same PostgreSQL, as a real client's ends would.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        from sessions_app.models import ApiClient, VoiceSession
+
+        client_id = ApiClient.objects.get(name=CLIENT_NAME).pk
+        while not self._stop.wait(0.02):
+            VoiceSession.objects.filter(api_client_id=client_id, state="created").update(state="ended")
+        connection.close()
+
+    def __enter__(self) -> _Sweeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def _cleanup() -> None:
@@ -327,18 +365,19 @@ def main() -> None:
     try:
         procs += _start_platform(platform_port, args.server, processes, db_pool)
         procs += _start_peer(peer_port)
-        results = asyncio.run(
-            _measure(
-                {
-                    "platform": (
-                        f"http://127.0.0.1:{platform_port}/api/v1/sessions",
-                        {"Authorization": f"Bearer {key}"},
-                    ),
-                    "peer": (f"http://127.0.0.1:{peer_port}/sessions", {}),
-                },
-                args,
+        with _Sweeper():
+            results = asyncio.run(
+                _measure(
+                    {
+                        "platform": (
+                            f"http://127.0.0.1:{platform_port}/api/v1/sessions",
+                            {"Authorization": f"Bearer {key}"},
+                        ),
+                        "peer": (f"http://127.0.0.1:{peer_port}/sessions", {}),
+                    },
+                    args,
+                )
             )
-        )
     finally:
         _stop(procs)
         _cleanup()

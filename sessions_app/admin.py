@@ -47,11 +47,14 @@ class ApiClientAdmin(admin.ModelAdmin):
     search_fields = ("name", "key_prefix")
     readonly_fields = ("key_prefix_shown", "created_at", "last_used_at")
 
+    filter_horizontal = ("agents",)
+
     def get_fields(self, request: HttpRequest, obj: ApiClient | None = None) -> tuple[str, ...]:
         # key_hash and webhook_secret never appear; the secret is shown once like the key.
+        # `agents`: what an agent-scope key may act for (tools_app/api.py).
         if obj is None:
-            return ("name", "scope", "webhook_url", "active")
-        return ("name", "scope", "key_prefix_shown", "active", "webhook_url", "created_at", "last_used_at")
+            return ("name", "scope", "webhook_url", "active", "agents")
+        return ("name", "scope", "key_prefix_shown", "active", "webhook_url", "agents", "created_at", "last_used_at")
 
     @admin.display(description="Key starts with")
     def key_prefix_shown(self, obj: ApiClient) -> str:
@@ -75,7 +78,7 @@ class ApiClientAdmin(admin.ModelAdmin):
             ApiClient.objects.filter(pk=created.pk).update(active=False)
         obj.pk = created.pk
         obj._state.adding = False
-        obj._state.db = created._state.db
+        obj._state.db = created._state.db  # save_related() then stores `agents` on this row
         message = (
             f"The API key of “{created.name}” is: {key} — copy it now. It is stored only as a hash "
             "and will not be shown again; if it is lost, create a new client."

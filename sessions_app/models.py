@@ -23,6 +23,12 @@ class ApiClient(models.Model):
     active = models.BooleanField(default=True)
     webhook_url = models.URLField(blank=True, help_text="Post-call reports are POSTed here, signed.")
     webhook_secret = models.CharField(max_length=128, blank=True, help_text="HMAC secret for report webhooks.")
+    agents = models.ManyToManyField(
+        "agents_app.Agent",
+        blank=True,
+        related_name="agent_keys",
+        help_text="Agent-scope keys only: the agents whose live sessions this key may call tools for.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 

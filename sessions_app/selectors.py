@@ -88,3 +88,12 @@ def session_detail(session: VoiceSession) -> dict[str, Any]:
 def agents_callable() -> QuerySet[Agent]:
     """Active agents with a published prompt: the ones a call can be started with."""
     return Agent.objects.filter(active=True, prompt_versions__status=PromptStatus.PUBLISHED).distinct().order_by("name")
+
+
+def session_for_agent_key(*, session_id: str, api_client: Any) -> VoiceSession | None:
+    """The session, if it belongs to an agent this agent-scope key serves (else None)."""
+    return (
+        VoiceSession.objects.filter(pk=session_id, agent__agent_keys=api_client)
+        .only("id", "state", "agent_id", "caller_id", "api_client_id", "user_id")
+        .first()
+    )

@@ -8,8 +8,9 @@ from uuid import UUID
 from django.http import HttpRequest
 from ninja import Field, Router, Schema
 
+from sessions_app import selectors
 from sessions_app.auth import ApiKeyAuth
-from sessions_app.models import ApiScope, VoiceSession
+from sessions_app.models import ApiScope
 from sessions_app.ratelimit import action_rate_check
 from sessions_app.schemas import ErrorOut
 from tools_app.models import TOOL_NAME_VALIDATOR
@@ -25,7 +26,9 @@ agent_key_auth = ApiKeyAuth(scopes=(ApiScope.AGENT,))
 
 
 class ToolInvokeIn(Schema):
-    session_id: UUID | None = Field(None, description="The voice session the call belongs to (the key's scope).")
+    session_id: UUID | None = Field(
+        None, description="The live voice session the call belongs to, of an agent this key serves (required)."
+    )
     arguments: dict[str, Any] = Field(default_factory=dict, description="Validated against the tool's JSON Schema.")
 
 
@@ -56,7 +59,8 @@ class ToolInvokeOut(Schema):
         "stored outcome (`replayed: true`) without running the tool again. The same key with another "
         "body → 422 `idempotency_key_mismatch`; while the first call still runs → 409 "
         "`idempotency_key_in_use`; no key → 400 `idempotency_key_missing`. Keys are scoped to the "
-        "session, or to the API client when no session is given."
+        "API client and the session. An agent key acts only on live sessions of the agents it serves "
+        "(404 otherwise), with the tools attached to that agent."
     ),
 )
 def tool_invoke_op(request: HttpRequest, name: str, payload: ToolInvokeIn) -> tuple[int, dict[str, Any]]:
@@ -74,13 +78,24 @@ def tool_invoke_op(request: HttpRequest, name: str, payload: ToolInvokeIn) -> tu
     problem = json_problem(payload.arguments)
     if problem:
         raise ApiError(422, "invalid_arguments", f"arguments {problem}.")
+    key_client = request.auth  # type: ignore[attr-defined]
+    if payload.session_id is None:
+        raise ApiError(422, "session_required", "An agent key calls tools within a voice session: send session_id.")
+    session_id = str(payload.session_id)
+    # The key acts only for the agents it serves (ApiClient.agents), on their live sessions,
+    # and only with the tools attached to the session's agent. Anything else is "not found":
+    # a key learns nothing about other agents' sessions or tools.
+    session = selectors.session_for_agent_key(session_id=session_id, api_client=key_client)
+    if session is None:
+        raise ApiError(404, "session_not_found", f"No voice session {session_id} for this key.")
+    if not session.is_live:
+        raise ApiError(409, "session_final", f"Session {session_id} is {session.state}.", {"state": session.state})
     tool = tool_by_name(name=name)
-    if tool is None:
-        raise ApiError(404, "tool_not_found", f"No enabled tool is named {name!r}.")
-    session_id = str(payload.session_id) if payload.session_id else None
-    if session_id and not VoiceSession.objects.filter(pk=session_id).exists():
-        raise ApiError(404, "session_not_found", f"No voice session {session_id}.")
-    scope = session_id or f"client:{request.auth.pk}"  # type: ignore[attr-defined]
+    if tool is None or not tool.agents.filter(pk=session.agent_id).exists():
+        raise ApiError(404, "tool_not_found", f"No enabled tool named {name!r} serves this session's agent.")
+    # The ledger is per (client, session): one key never replays (learns) another's calls,
+    # nor the agent worker's own (scope = the session id).
+    scope = f"{session_id}:client-{key_client.pk}"
     try:
         outcome = tool_invoke(
             tool=tool,

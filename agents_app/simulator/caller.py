@@ -254,24 +254,33 @@ class SimulatedCall:
         self.note("a new agent job took the session over")
 
     async def _do_retry_tool(self, step: Step) -> None:
+        """An external agent service repeats the agent's last tool call through the public
+        API, as after a lost response: the same request twice with one Idempotency-Key.
+        The first runs the tool, the retry must be a replay (no second effect).
+
+        Its own key: the ledger is scoped per API client and session, so a client never
+        replays (and so never reads) the agent worker's calls or another client's.
+        """
         detail = await self.api.session_get(self.session_id)
         calls = [c for t in detail.get("turns") or [] for c in t.get("tool_calls") or []]
         if not calls:
             raise CallFailed("no tool call to retry")
         call = calls[-1]
-        key = str(call.get("key") or f"{self.session_id}:{call.get('call_id')}")
-        arguments = await self._tool_arguments(key)
-        answer = await self.api.tool_invoke(
-            name=str(call["name"]), session_id=self.session_id, key=key, arguments=arguments
-        )
-        record = {
-            "name": call["name"],
-            "key": key,
-            "status": answer.get("status"),
-            "replayed": bool(answer.get("replayed")),
-        }
-        self.result.tool_retries.append(record)
-        self.note(f"retried tool {call['name']} with the same key → {record['status']}, replayed={record['replayed']}")
+        agent_key = str(call.get("key") or f"{self.session_id}:{call.get('call_id')}")
+        arguments = await self._tool_arguments(agent_key)
+        key = f"{agent_key}:client-retry"
+        for attempt in ("first", "retry"):
+            answer = await self.api.tool_invoke(
+                name=str(call["name"]), session_id=self.session_id, key=key, arguments=arguments
+            )
+            record = {
+                "name": call["name"],
+                "key": key,
+                "status": answer.get("status"),
+                "replayed": bool(answer.get("replayed")),
+            }
+            self.result.tool_retries.append(record)
+            self.note(f"{attempt} API call of {call['name']} → {record['status']}, replayed={record['replayed']}")
 
     async def _tool_arguments(self, key: str) -> dict[str, Any]:
         """The stored request of that call (the ledger row), to send exactly the same one."""
@@ -345,28 +354,30 @@ class SimulatedCall:
         if expect.get("one_side_effect"):
             keys = [c.get("key") for c in tool_calls if c.get("key")]
             effects = await self._side_effects(keys)
-            self.result.side_effects = effects
-            if effects is not None and effects != 1:
-                problems.append(f"expected exactly one side effect for the tool call, found {effects}")
+            if effects is not None:
+                self.result.side_effects = sum(effects.values())
+                doubled = {key: n for key, n in effects.items() if n != 1}
+                if doubled:
+                    problems.append(f"expected exactly one side effect per idempotency key, found {doubled}")
         if problems:
             raise CallFailed("; ".join(problems) + f" (turns: {_turn_texts(turns)})")
 
-    async def _side_effects(self, keys: list[str]) -> int | None:
-        """Demo-tool rows written for these idempotency keys (shared DB only)."""
+    async def _side_effects(self, keys: list[str]) -> dict[str, int] | None:
+        """Demo-tool rows written for each idempotency key (shared DB only)."""
         if not self._shared_db or not keys:
             return None
         from asgiref.sync import sync_to_async
 
         from tools_app.models import DemoCharge, DemoOrder
 
-        def _count() -> int:
-            # The demo tools key their rows by "<ledger scope>:<ledger key>"; the ledger key
-            # is the one the agent used (and the retry repeated), so it ends the row's key.
-            total = 0
-            for key in set(keys):
-                total += DemoOrder.objects.filter(idempotency_key__endswith=key).count()
-                total += DemoCharge.objects.filter(idempotency_key__endswith=key).count()
-            return total
+        def _count() -> dict[str, int]:
+            # The demo tools key their rows by "<ledger scope>:<ledger key>", so the ledger
+            # key ends the row's key.
+            return {
+                key: DemoOrder.objects.filter(idempotency_key__endswith=key).count()
+                + DemoCharge.objects.filter(idempotency_key__endswith=key).count()
+                for key in set(keys)
+            }
 
         return await sync_to_async(_count, thread_sensitive=False)()
 

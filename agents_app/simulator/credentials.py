@@ -13,6 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from agents_app.models import Agent
 from sessions_app.models import ApiClient, ApiScope
 from sessions_app.services import api_client_authenticate, api_client_create, hash_api_key
 
@@ -68,6 +69,11 @@ def simulator_keys() -> tuple[str, str]:
             changed = True
     if changed:
         _write(keys)
+    # The simulator's agent key acts for every agent (the tool scenario's forced retry);
+    # scenario agents made since the last run are added here.
+    agent_client = api_client_authenticate(key=keys["agent"])
+    if agent_client is not None:
+        ApiClient.objects.get(pk=agent_client.pk).agents.add(*Agent.objects.all())
     return keys["client"], keys["agent"]
 
 

@@ -100,6 +100,17 @@ def test_creating_an_api_client_shows_the_key_once_and_stores_only_its_hash(admi
     assert client.key_prefix in page
 
 
+def test_an_agent_key_created_in_the_admin_serves_the_agents_picked(admin_client_, agent):
+    """Issue 17, item 5: what an agent-scope key may act for is set where it is made."""
+    response = admin_client_.post(
+        reverse("admin:sessions_app_apiclient_add"),
+        {"name": "tool-runner", "scope": "agent", "webhook_url": "", "active": "on", "agents": [agent.pk]},
+    )
+    assert response.status_code == 302
+    created = ApiClient.objects.get(name="tool-runner")
+    assert list(created.agents.all()) == [agent]
+
+
 def test_it_rejects_a_duplicate_api_client_name(admin_client_):
     admin_client_.post(reverse("admin:sessions_app_apiclient_add"), {"name": "dup", "scope": "client", "active": "on"})
     response = admin_client_.post(

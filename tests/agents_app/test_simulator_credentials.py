@@ -31,6 +31,18 @@ def test_it_creates_a_client_and_an_agent_key_and_stores_them_privately(data_dir
 
 
 @pytest.mark.django_db
+def test_its_agent_key_serves_every_agent_including_new_ones(data_dir: Path) -> None:
+    from agents_app.models import Agent
+
+    Agent.objects.create(slug="first", name="First")
+    simulator_keys()
+    Agent.objects.create(slug="second", name="Second")
+    _, agent_key = simulator_keys()
+    served = api_client_authenticate(key=agent_key).agents.values_list("slug", flat=True)
+    assert sorted(served) == ["first", "second"]
+
+
+@pytest.mark.django_db
 def test_it_reuses_its_clients_on_the_next_run(data_dir: Path) -> None:
     first = simulator_keys()
     count = ApiClient.objects.count()

@@ -42,6 +42,19 @@ def test_it_creates_agent_scope_keys_that_cannot_open_sessions(agent):
     assert response.status_code == 403
 
 
+def test_it_binds_an_agent_key_to_the_agents_named(agent):
+    _run("tool-runner", "--scope", "agent", "--agent", "support")
+    assert list(ApiClient.objects.get(name="tool-runner").agents.values_list("slug", flat=True)) == ["support"]
+
+
+def test_it_refuses_an_unknown_agent_or_agents_on_a_client_key(agent):
+    with pytest.raises(CommandError, match="No agent with slug nope"):
+        _run("tool-runner", "--scope", "agent", "--agent", "nope")
+    with pytest.raises(CommandError, match="agent-scope"):
+        _run("mobile", "--agent", "support")
+    assert not ApiClient.objects.exists()
+
+
 def test_it_refuses_a_duplicate_name_clearly():
     _run("dup")
     with pytest.raises(CommandError, match="already exists"):

@@ -52,6 +52,13 @@ def voice_session(agent: Agent) -> VoiceSession:
     return make_session(agent)
 
 
+@pytest.fixture
+def agent_key(agent_scope_client, agent: Agent) -> str:
+    """An agent-scope API key that serves `agent` (ApiClient.agents, issue 17 item 5)."""
+    agent_scope_client[0].agents.add(agent)
+    return agent_scope_client[1]
+
+
 @pytest.fixture(autouse=True)
 def _close_pool_thread_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     """The agent's tools use Django connections in pool threads, kept for CONN_MAX_AGE in

@@ -73,16 +73,15 @@ def test_a_redelivery_while_another_worker_holds_the_lease_waits(slow_tool, djan
 
 
 def test_the_api_answers_202_running_then_the_stored_outcome(
-    slow_tool, agent_scope_client, django_capture_on_commit_callbacks
+    slow_tool, agent_key, voice_session, django_capture_on_commit_callbacks
 ) -> None:
     from django.test import Client
 
-    headers = {"Authorization": f"Bearer {agent_scope_client[1]}", "Idempotency-Key": "bg-1"}
+    headers = {"Authorization": f"Bearer {agent_key}", "Idempotency-Key": "bg-1"}
+    body = {"session_id": str(voice_session.pk), "arguments": ORDER}
 
     def post():
-        return Client().post(
-            "/api/v1/tools/place_order/invoke", {"arguments": ORDER}, content_type="application/json", headers=headers
-        )
+        return Client().post("/api/v1/tools/place_order/invoke", body, content_type="application/json", headers=headers)
 
     with django_capture_on_commit_callbacks(execute=False):
         queued = post()

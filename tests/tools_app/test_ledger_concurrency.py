@@ -68,10 +68,10 @@ def _postgresql_only() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_fifty_concurrent_identical_builtin_invocations_run_it_exactly_once(
-    agent_scope_client, place_order_tool, voice_session
+    agent_key, place_order_tool, voice_session
 ) -> None:
     body = {"session_id": str(voice_session.pk), "arguments": {"item": "espresso", "quantity": 1}}
-    responses = invoke_concurrently(agent_scope_client[1], "place_order", body)
+    responses = invoke_concurrently(agent_key, "place_order", body)
     _, replays, _ = check_responses(responses)
     assert DemoOrder.objects.count() == 1
     row = ToolInvocation.objects.get()
@@ -79,12 +79,13 @@ def test_fifty_concurrent_identical_builtin_invocations_run_it_exactly_once(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_fifty_concurrent_identical_http_invocations_reach_the_server_once(agent_scope_client, voice_session) -> None:
+def test_fifty_concurrent_identical_http_invocations_reach_the_server_once(agent_key, voice_session) -> None:
     with LocalToolServer([("sleep", 0.5)]) as server:
         tool = ToolDefinition(name="crm_note", description="note", kind="http", http_url=server.url, timeout_seconds=10)
         tool.full_clean()
         tool.save()
+        tool.agents.add(voice_session.agent)
         body = {"session_id": str(voice_session.pk), "arguments": {"note": "hi"}}
-        responses = invoke_concurrently(agent_scope_client[1], "crm_note", body)
+        responses = invoke_concurrently(agent_key, "crm_note", body)
     check_responses(responses)
     assert server.effects == 1 and len(server.requests) == 1
