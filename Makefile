@@ -26,6 +26,7 @@ demo: $(STAMP)
 # server, built first wherever Go is installed; without Go the tier says why it skips).
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-livekit
 

@@ -117,7 +117,7 @@ class PromptVersion(models.Model):
     variables = models.JSONField(
         default=dict,
         blank=True,
-        help_text="Default values for {{variable}} placeholders, e.g. {\"company\": \"Acme\"}.",
+        help_text='Default values for {{variable}} placeholders, e.g. {"company": "Acme"}.',
     )
     status = models.CharField(max_length=12, choices=PromptStatus.choices, default=PromptStatus.DRAFT)
     author = models.ForeignKey(

@@ -49,5 +49,3 @@ def endpoint_choice_message() -> str:
         'a fallback names an endpoint configured by the operator ("endpoint": one of: '
         f"{names}; OPENAI_ENDPOINTS), never a base_url: a server key must not go to a typed URL."
     )
-
-

@@ -118,4 +118,3 @@ def prompt_rollback(*, to_version: PromptVersion, user: Any = None, change_note:
         based_on=to_version,
     )
     return prompt_publish(version=new, user=user)
-

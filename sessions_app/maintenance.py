@@ -123,7 +123,9 @@ def _delete_in_batches(queryset, batch_size: int) -> int:  # type: ignore[no-unt
         total += deleted
 
 
-def retention_purge(*, now: datetime | None = None, days: int | None = None, batch_size: int = RETENTION_BATCH_SIZE) -> RetentionResult:
+def retention_purge(
+    *, now: datetime | None = None, days: int | None = None, batch_size: int = RETENTION_BATCH_SIZE
+) -> RetentionResult:
     """Delete session events, turns and processed LiveKit webhooks older than RETENTION_DAYS.
 
     Sessions themselves stay, with their report. A finished session that never got a
@@ -173,14 +175,17 @@ def retention_purge(*, now: datetime | None = None, days: int | None = None, bat
 def sessions_missing_report(*, now: datetime | None = None, limit: int = 100) -> list[UUID]:
     now = now or timezone.now()
     return list(
-        VoiceSession.objects.filter(state__in=FINAL_STATES, report__isnull=True, ended_at__lt=now - REPORT_BACKFILL_AFTER)
+        VoiceSession.objects.filter(
+            state__in=FINAL_STATES, report__isnull=True, ended_at__lt=now - REPORT_BACKFILL_AFTER
+        )
         .order_by("ended_at")
         .values_list("id", flat=True)[:limit]
     )
 
 
-
-def livekit_webhooks_unprocessed(*, now: datetime | None = None, older_than: timedelta = timedelta(minutes=1), limit: int = 200) -> list[str]:
+def livekit_webhooks_unprocessed(
+    *, now: datetime | None = None, older_than: timedelta = timedelta(minutes=1), limit: int = 200
+) -> list[str]:
     """Stored LiveKit webhooks whose processing never completed (enqueue lost, task gave up)."""
     now = now or timezone.now()
     return list(

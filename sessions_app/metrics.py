@@ -33,9 +33,7 @@ ACTIVE_SESSIONS = Gauge(
 DASHBOARD_EVENTS_DROPPED = Counter(
     "voice_dashboard_events_dropped_total", "Live dashboard events dropped (the DB stays the truth).", ["reason"]
 )
-PROVIDER_FAILURES = Counter(
-    "voice_provider_failures_total", "AI provider errors and failovers.", ["stage", "provider"]
-)
+PROVIDER_FAILURES = Counter("voice_provider_failures_total", "AI provider errors and failovers.", ["stage", "provider"])
 RECORDER_QUEUE_DEPTH = Gauge("voice_recorder_queue_depth", "Records waiting for the agent's DB writer.")
 # Counted when an agent job starts serving a session, so rules can divide interrupts and
 # reconnects by sessions ("interrupt rate per session", "reconnect frequency").

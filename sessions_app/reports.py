@@ -67,7 +67,10 @@ def _distribution(values: list[float]) -> dict[str, Any]:
 
 
 def report_kpis(*, session: VoiceSession, turns: list[Turn]) -> dict[str, Any]:
-    stages = {stage: [getattr(t, f"{stage}_ms") for t in turns if getattr(t, f"{stage}_ms") is not None] for stage in STAGE_KEYS}
+    stages = {
+        stage: [getattr(t, f"{stage}_ms") for t in turns if getattr(t, f"{stage}_ms") is not None]
+        for stage in STAGE_KEYS
+    }
     interrupt_sources = Counter(t.interrupt_source or "vad" for t in turns if t.interrupted)
     breaches_by_stage: Counter[str] = Counter()
     for turn in turns:
@@ -131,7 +134,9 @@ def transcript_lines(turns: list[Turn]) -> list[tuple[str, str]]:
     for turn in turns:
         if turn.user_text.strip():
             lines.append(("Caller", turn.user_text.strip()))
-        agent_text = turn.heard_text.strip() if turn.interrupted else (turn.heard_text.strip() or turn.generated_text.strip())
+        agent_text = (
+            turn.heard_text.strip() if turn.interrupted else (turn.heard_text.strip() or turn.generated_text.strip())
+        )
         if agent_text:
             lines.append(("Agent", agent_text))
     return lines
@@ -239,7 +244,9 @@ def report_signature(*, secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def report_signature_verify(*, secret: str, header: str, body: bytes, tolerance_s: int = 300, now: float | None = None) -> bool:
+def report_signature_verify(
+    *, secret: str, header: str, body: bytes, tolerance_s: int = 300, now: float | None = None
+) -> bool:
     """What a receiver does (also used by our tests): check the HMAC and the timestamp age."""
     try:
         parts = dict(item.split("=", 1) for item in header.split(","))
@@ -301,7 +308,9 @@ def session_report_deliver(*, session_id: UUID | str, attempt: int = 1) -> Deliv
     if client is None or not client.webhook_url or session.report is None:
         return DeliveryOutcome("no_webhook")
     if not client.webhook_secret:
-        return DeliveryOutcome("failed", "the API client has a webhook URL but no webhook secret; refusing to send unsigned")
+        return DeliveryOutcome(
+            "failed", "the API client has a webhook URL but no webhook secret; refusing to send unsigned"
+        )
     body = report_webhook_body(session=session)
     headers = {
         "Content-Type": "application/json",

@@ -383,7 +383,10 @@ def _live_owned_filter(session: VoiceSession) -> tuple[str, list[Any]] | None:
     states = [str(state) for state in LIVE_STATES]
     marks = ", ".join(["%s"] * len(states))
     if session.api_client_id is not None:
-        return f"SELECT 1 FROM {table} WHERE api_client_id = %s AND state IN ({marks})", [session.api_client_id, *states]
+        return f"SELECT 1 FROM {table} WHERE api_client_id = %s AND state IN ({marks})", [
+            session.api_client_id,
+            *states,
+        ]
     if session.user_id is not None:
         return (
             f"SELECT 1 FROM {table} WHERE user_id = %s AND api_client_id IS NULL AND state IN ({marks})",

@@ -47,7 +47,12 @@ def delivery_backoff_seconds(retries: int) -> int:
     return max(1, min(cap, round(delay * random.uniform(0.8, 1.2))))
 
 
-@shared_task(name="sessions_app.tasks.session_post_call_report", autoretry_for=(OperationalError,), max_retries=5, retry_backoff=True)
+@shared_task(
+    name="sessions_app.tasks.session_post_call_report",
+    autoretry_for=(OperationalError,),
+    max_retries=5,
+    retry_backoff=True,
+)
 def session_post_call_report(session_id: str) -> dict[str, Any]:
     with log_context(session_id=session_id):
         try:
@@ -69,7 +74,9 @@ def session_post_call_report(session_id: str) -> dict[str, Any]:
         return {"status": "created" if created else "exists", "delivery_queued": queued}
 
 
-@shared_task(bind=True, name="sessions_app.tasks.session_report_webhook_deliver", max_retries=REPORT_WEBHOOK_MAX_RETRIES)
+@shared_task(
+    bind=True, name="sessions_app.tasks.session_report_webhook_deliver", max_retries=REPORT_WEBHOOK_MAX_RETRIES
+)
 def session_report_webhook_deliver(self: Any, session_id: str) -> dict[str, Any]:
     attempt = self.request.retries + 1
     with log_context(session_id=session_id):
@@ -95,7 +102,12 @@ def _webhook_event_process(*, event_id: str) -> None:
     webhook_event_process(event_id=event_id)
 
 
-@shared_task(name="sessions_app.tasks.livekit_webhook_process", autoretry_for=(OperationalError,), max_retries=5, retry_backoff=True)
+@shared_task(
+    name="sessions_app.tasks.livekit_webhook_process",
+    autoretry_for=(OperationalError,),
+    max_retries=5,
+    retry_backoff=True,
+)
 def livekit_webhook_process(event_id: str) -> str:
     """Apply a stored LiveKit webhook once, whatever the number of deliveries."""
     with transaction.atomic():
@@ -111,7 +123,12 @@ def livekit_webhook_process(event_id: str) -> str:
     return "processed"
 
 
-@shared_task(name="sessions_app.tasks.session_agent_dispatch", autoretry_for=(OperationalError,), max_retries=3, retry_backoff=True)
+@shared_task(
+    name="sessions_app.tasks.session_agent_dispatch",
+    autoretry_for=(OperationalError,),
+    max_retries=3,
+    retry_backoff=True,
+)
 def session_agent_dispatch_task(session_id: str, reason: str = "") -> str:
     """Dispatch the agent again (LiveKit). A repeated delivery dispatches again: the
     platform removes an extra agent when two join (sessions_app.lifecycle)."""
@@ -122,7 +139,12 @@ def session_agent_dispatch_task(session_id: str, reason: str = "") -> str:
     return "skipped" if session is None else "dispatched"
 
 
-@shared_task(name="sessions_app.tasks.session_agent_join_check", autoretry_for=(OperationalError,), max_retries=3, retry_backoff=True)
+@shared_task(
+    name="sessions_app.tasks.session_agent_join_check",
+    autoretry_for=(OperationalError,),
+    max_retries=3,
+    retry_backoff=True,
+)
 def session_agent_join_check_task(session_id: str, dispatch: int) -> str:
     """The agent-join wait of one dispatch ran out (idempotent: keyed on the dispatch number)."""
     from sessions_app.lifecycle import session_agent_join_check

@@ -49,9 +49,8 @@ def schema_errors(schema: Any) -> str | None:
         return 'Tool parameters must be a schema of "type": "object".'
     outside = _outside_refs(schema)
     if outside:
-        return (
-            "A $ref may only point inside this schema (#/$defs/…); nothing is fetched from elsewhere: "
-            + "; ".join(outside[:3])
+        return "A $ref may only point inside this schema (#/$defs/…); nothing is fetched from elsewhere: " + "; ".join(
+            outside[:3]
         )
     return None
 

@@ -37,7 +37,9 @@ def _client_allowed(request: HttpRequest) -> bool:
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
     if not _client_allowed(request):
-        return HttpResponseForbidden("metrics: loopback, METRICS_ALLOWED_NETWORKS or the METRICS_TOKEN bearer token only\n")
+        return HttpResponseForbidden(
+            "metrics: loopback, METRICS_ALLOWED_NETWORKS or the METRICS_TOKEN bearer token only\n"
+        )
     return exports.ExportToDjangoView(request)
 
 

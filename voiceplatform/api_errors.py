@@ -33,7 +33,9 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def install_error_handlers(api: NinjaAPI) -> None:
-    def respond(request: HttpRequest, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> HttpResponse:
+    def respond(
+        request: HttpRequest, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> HttpResponse:
         response = api.create_response(request, body, status=status)
         for name, value in (headers or {}).items():
             response[name] = value
@@ -45,9 +47,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
     @api.exception_handler(ValidationError)
     def on_validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-        details = [
-            {"loc": [str(p) for p in err.get("loc", [])], "msg": str(err.get("msg", ""))} for err in exc.errors
-        ]
+        details = [{"loc": [str(p) for p in err.get("loc", [])], "msg": str(err.get("msg", ""))} for err in exc.errors]
         return respond(request, 422, error_body("invalid_request", "The request is not valid.", details))
 
     @api.exception_handler(AuthenticationError)

@@ -58,7 +58,10 @@ def _configure_from_settings(sender: Celery, **_: Any) -> None:
     from django.conf import settings
 
     conf = sender.conf
-    conf.beat_schedule = {**beat_schedule(stale_session_seconds=settings.STALE_SESSION_SECONDS), **(conf.beat_schedule or {})}
+    conf.beat_schedule = {
+        **beat_schedule(stale_session_seconds=settings.STALE_SESSION_SECONDS),
+        **(conf.beat_schedule or {}),
+    }
     conf.beat_schedule_filename = str(settings.DATA_DIR / "celerybeat-schedule")
     # With acks_late, a task cut off by a lost broker connection is redelivered
     # anyway; cancelling it avoids running it twice at once (Celery 5.x advice).

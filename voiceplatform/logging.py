@@ -31,7 +31,9 @@ _SECRET_PATTERNS = [
     re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),
     # key=value / "key": "value" pairs whose name says secret (webhook secrets, api_secret=…).
     # Names may carry a prefix: webhook_secret, session-token, X-Api-Key.
-    re.compile(r"(?i)(\b[\w-]*?(?:secret|password|passwd|api[_-]?key|token|authorization)[\"']?\s*[:=]\s*[\"']?)(?!bearer\s)[^\s\"',&;]{6,}"),
+    re.compile(
+        r"(?i)(\b[\w-]*?(?:secret|password|passwd|api[_-]?key|token|authorization)[\"']?\s*[:=]\s*[\"']?)(?!bearer\s)[^\s\"',&;]{6,}"
+    ),
     # credentials inside URLs (DATABASE_URL, REDIS_URL with a password)
     re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]{3,}(?=@)"),
 ]
@@ -145,8 +147,7 @@ class RedactFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -357,4 +357,3 @@ LOGGING = {
         "celery": {"level": "INFO"},
     },
 }
-

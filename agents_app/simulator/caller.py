@@ -135,7 +135,9 @@ class SimulatedCall:
     async def _run(self) -> None:
         caller_id = self.scenario.caller_id or f"sim-{self.scenario.name}-{uuid.uuid4().hex[:8]}"
         created = await self.api.session_create(
-            agent=self.scenario.agent, user_id=caller_id, metadata={"simulator": True, "scenario": self.scenario.name, **self._impairment_metadata()}
+            agent=self.scenario.agent,
+            user_id=caller_id,
+            metadata={"simulator": True, "scenario": self.scenario.name, **self._impairment_metadata()},
         )
         self.session_id = self.result.session_id = str(created["session_id"])
         self.note(f"session created (room {created['room']})")

@@ -172,7 +172,9 @@ class ScriptedOutageServer:
                 status=429,
                 headers={"Retry-After": str(self.retry_after)},
             )
-        return web.json_response({"error": {"message": "scripted outage: internal error", "type": "server_error"}}, status=500)
+        return web.json_response(
+            {"error": {"message": "scripted outage: internal error", "type": "server_error"}}, status=500
+        )
 
     async def start(self) -> ScriptedOutageServer:
         app = web.Application()

@@ -168,7 +168,9 @@ def _provider_events(session_id: str) -> dict[str, list[dict[str, Any]]]:
 
     try:
         rows = list(
-            SessionEvent.objects.filter(session_id=session_id, type__in=["provider.failover", "provider.error", "network.impairment"])
+            SessionEvent.objects.filter(
+                session_id=session_id, type__in=["provider.failover", "provider.error", "network.impairment"]
+            )
             .order_by("seq")
             .values("type", "payload")
         )

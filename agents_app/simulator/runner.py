@@ -53,9 +53,7 @@ async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tup
     # Scenarios with an `outage:` get a scripted outage server and their own agent.
     from agents_app.simulator import outages
 
-    outage_run = await outages.prepare(
-        options.scenarios, inprocess=host is not None, progress=progress
-    )
+    outage_run = await outages.prepare(options.scenarios, inprocess=host is not None, progress=progress)
     scenarios = outage_run.scenarios
     api = PlatformClient(base_url=options.base_url, api_key=options.api_key, agent_api_key=options.agent_api_key)
     semaphore = asyncio.Semaphore(max(1, options.concurrency))

@@ -77,4 +77,8 @@ def summarize(results: list[Any]) -> dict[str, Any]:
 def _failover_ms(failovers: list[dict[str, Any]]) -> dict[str, Any]:
     """Time lost per failover (ms): from the request's start to the switch."""
     values = [float(f["time_lost_ms"]) for f in failovers if f.get("time_lost_ms") is not None]
-    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "max": round(max(values), 1) if values else None}
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "max": round(max(values), 1) if values else None,
+    }

@@ -172,7 +172,9 @@ def serve_platform(
         except OSError:
             if time.monotonic() > deadline:
                 process.kill()
-                pytest.fail(f"the web server ({name}) did not listen within {SERVER_START_TIMEOUT_S} s:\n{site.log_tail()}")
+                pytest.fail(
+                    f"the web server ({name}) did not listen within {SERVER_START_TIMEOUT_S} s:\n{site.log_tail()}"
+                )
             time.sleep(0.2)
     site.driver = subprocess.Popen(
         [sys.executable, "-c", _ORM_DRIVER],

@@ -109,7 +109,11 @@ async def test_a_call_completes_under_40ms_jitter_and_3_percent_loss(agent, prew
     assert summary["lost"] > 0 and summary["max_delay_ms"] > 20
     # The job stored what the network did to the call, for the timeline and the simulator.
     stored = await db(
-        lambda: list(SessionEvent.objects.filter(session_id=session_id, type="network.impairment").values_list("payload", flat=True))
+        lambda: list(
+            SessionEvent.objects.filter(session_id=session_id, type="network.impairment").values_list(
+                "payload", flat=True
+            )
+        )
     )
     assert stored and stored[0]["lost"] > 0 and stored[0]["jitter_ms"] == 40
     print("JITTER", summary, [(t["index"], t.get("eou_ms"), t.get("stt_ms"), t.get("e2e_ms")) for t in turns])

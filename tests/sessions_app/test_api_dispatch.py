@@ -18,7 +18,6 @@ from tests.sessions_app.conftest import AGENT_NAME, KEY, SECRET
 pytestmark = pytest.mark.django_db
 
 
-
 def _create(key: str):
     return Client().post(
         "/api/v1/sessions",

@@ -76,7 +76,9 @@ def test_the_backfill_requeues_only_old_unprocessed_events(eager_celery, monkeyp
     old = LiveKitWebhookEvent.objects.create(event_id="EV_old", event="room_finished")
     LiveKitWebhookEvent.objects.create(event_id="EV_new", event="room_finished")
     LiveKitWebhookEvent.objects.create(event_id="EV_done", event="room_finished", processed_at=timezone.now())
-    LiveKitWebhookEvent.objects.filter(event_id__in=["EV_old", "EV_done"]).update(received_at=timezone.now() - timedelta(minutes=5))
+    LiveKitWebhookEvent.objects.filter(event_id__in=["EV_old", "EV_done"]).update(
+        received_at=timezone.now() - timedelta(minutes=5)
+    )
     calls: list[str] = []
     monkeypatch.setattr(tasks, "_webhook_event_process", lambda *, event_id: calls.append(event_id))
 

@@ -101,7 +101,9 @@ def test_it_retries_a_failing_webhook_with_the_same_delivery_id_and_a_valid_sign
     for headers, body in hook.requests:
         assert headers["X-Voice-Event"] == "session.report"
         assert reports.report_signature_verify(secret=secret, header=headers["X-Voice-Signature"], body=body)
-        assert not reports.report_signature_verify(secret="wrong-secret", header=headers["X-Voice-Signature"], body=body)
+        assert not reports.report_signature_verify(
+            secret="wrong-secret", header=headers["X-Voice-Signature"], body=body
+        )
         assert not reports.report_signature_verify(secret=secret, header=headers["X-Voice-Signature"], body=body + b" ")
     payload = json.loads(bodies.pop())
     assert payload["delivery_id"] == str(session.report_delivery_id)
@@ -125,7 +127,9 @@ def test_a_delivered_report_is_never_sent_again(agent, eager_celery, receiver, d
     assert len(hook.requests) == 1
 
 
-def test_it_gives_up_after_the_last_retry_and_records_why(agent, eager_celery, receiver, django_capture_on_commit_callbacks):
+def test_it_gives_up_after_the_last_retry_and_records_why(
+    agent, eager_celery, receiver, django_capture_on_commit_callbacks
+):
     hook = receiver([500] * 50)
     session, _ = _ended_session(agent, hook.url, django_capture_on_commit_callbacks)
 
@@ -152,10 +156,15 @@ def test_it_refuses_to_send_an_unsigned_report(agent, eager_celery, receiver, dj
         session_transition(session_id=session.id, to_state="ended")
 
     assert hook.requests == []
-    assert "no webhook secret" in SessionEvent.objects.get(session=session, type="report.delivery_failed").payload["detail"]
+    assert (
+        "no webhook secret"
+        in SessionEvent.objects.get(session=session, type="report.delivery_failed").payload["detail"]
+    )
 
 
-def test_a_session_of_a_client_without_webhook_gets_a_report_and_no_delivery(agent, eager_celery, django_capture_on_commit_callbacks):
+def test_a_session_of_a_client_without_webhook_gets_a_report_and_no_delivery(
+    agent, eager_celery, django_capture_on_commit_callbacks
+):
     session, _ = _ended_session(agent, "", django_capture_on_commit_callbacks)
     assert session.report is not None
     assert tasks.session_report_webhook_deliver.delay(str(session.id)).get()["status"] == "no_webhook"

@@ -29,7 +29,9 @@ def _session(agent, *, state: str) -> VoiceSession:
 
 
 def _age(model, queryset, days: float) -> None:
-    queryset.update(**{"received_at" if model is LiveKitWebhookEvent else "created_at": timezone.now() - timedelta(days=days)})
+    queryset.update(
+        **{"received_at" if model is LiveKitWebhookEvent else "created_at": timezone.now() - timedelta(days=days)}
+    )
 
 
 def _with_history(session: VoiceSession, *, turns: int, days_old: float) -> None:
@@ -87,7 +89,9 @@ def test_a_live_session_keeps_its_history_whatever_its_age(agent, settings):
 
 def test_it_deletes_only_processed_old_livekit_webhooks(settings):
     settings.RETENTION_DAYS = 30
-    processed = LiveKitWebhookEvent.objects.create(event_id="old-done", event="room_finished", processed_at=timezone.now())
+    processed = LiveKitWebhookEvent.objects.create(
+        event_id="old-done", event="room_finished", processed_at=timezone.now()
+    )
     pending = LiveKitWebhookEvent.objects.create(event_id="old-pending", event="room_finished")
     fresh = LiveKitWebhookEvent.objects.create(event_id="fresh", event="room_finished", processed_at=timezone.now())
     _age(LiveKitWebhookEvent, LiveKitWebhookEvent.objects.filter(pk__in=[processed.pk, pending.pk]), 45)

@@ -106,9 +106,14 @@ def test_an_api_request_with_a_key_leaves_no_key_in_any_log_line(captured_logs, 
     wrong_key = "vp_" + secrets.token_urlsafe(32)
 
     ok = client.post(
-        "/api/v1/sessions", data={"agent": agent.slug, "caller_id": "c-1"}, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+        "/api/v1/sessions",
+        data={"agent": agent.slug, "caller_id": "c-1"},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
     )
-    invalid = client.post("/api/v1/sessions", data="{not json", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}")
+    invalid = client.post(
+        "/api/v1/sessions", data="{not json", content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
     rejected = client.get("/api/v1/sessions", HTTP_AUTHORIZATION=f"Bearer {wrong_key}")
 
     assert ok.status_code < 500 and invalid.status_code >= 400 and rejected.status_code == 401

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.django_db
 def _fresh_agent(**budgets: int) -> Agent:
     # A unique slug gives fresh label values, so counts start at zero in a shared registry.
     agent = Agent.objects.create(slug=f"m-{uuid.uuid4().hex[:10]}", name="Metrics agent", **budgets)
-    prompt_publish(version=prompt_draft_create(agent=agent, instructions="Be brief.", greeting="", variables={}, change_note=""))
+    prompt_publish(
+        version=prompt_draft_create(agent=agent, instructions="Be brief.", greeting="", variables={}, change_note="")
+    )
     return agent
 
 
@@ -59,7 +61,16 @@ def test_it_exposes_stage_histograms_with_the_right_counts_after_a_call(client, 
     session = _session(agent)
     _record(session, django_capture_on_commit_callbacks, 0, user_text="hi", e2e_ms=120, tts_ttfb_ms=80, llm_ttft_ms=200)
     _record(session, django_capture_on_commit_callbacks, 1, user_text="order", e2e_ms=900, tts_ttfb_ms=90, tool_ms=350)
-    _record(session, django_capture_on_commit_callbacks, 2, user_text="bye", e2e_ms=4000, stt_ms=150, interrupted=True, interrupt_source="client")
+    _record(
+        session,
+        django_capture_on_commit_callbacks,
+        2,
+        user_text="bye",
+        e2e_ms=4000,
+        stt_ms=150,
+        interrupted=True,
+        interrupt_source="client",
+    )
 
     samples = _scrape(client)
 

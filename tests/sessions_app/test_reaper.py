@@ -41,7 +41,9 @@ def _session(agent, *, state: str, age_s: float, heartbeat_age_s: float | None =
     return session
 
 
-def test_it_fails_an_active_session_whose_agent_went_silent(agent, settings, eager_celery, django_capture_on_commit_callbacks):
+def test_it_fails_an_active_session_whose_agent_went_silent(
+    agent, settings, eager_celery, django_capture_on_commit_callbacks
+):
     settings.STALE_SESSION_SECONDS = 60
     dead = _session(agent, state="active", age_s=600, heartbeat_age_s=90)
     alive = _session(agent, state="active", age_s=600, heartbeat_age_s=5)

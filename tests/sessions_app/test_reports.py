@@ -67,7 +67,15 @@ def _call(agent) -> VoiceSession:
         breaches=["e2e", "ttfa"],
         tool_calls=[{"name": "place_order", "status": "succeeded", "replayed": True}],
     )
-    _turn(session, 2, user_text="Thanks, bye.", generated_text="Goodbye!", e2e_ms=1200, interrupted=True, interrupt_source="client")
+    _turn(
+        session,
+        2,
+        user_text="Thanks, bye.",
+        generated_text="Goodbye!",
+        e2e_ms=1200,
+        interrupted=True,
+        interrupt_source="client",
+    )
     _turn(session, 3, user_text="", generated_text="", e2e_ms=3000, error="tts failed")
     return session
 
