@@ -109,7 +109,7 @@ class AgentAdmin(admin.ModelAdmin):
         (
             "Conversation",
             {
-                "fields": ("allow_interruptions", "tool_list"),
+                "fields": ("allow_interruptions", "text_input", "tool_list"),
                 "description": "Tools are attached to agents on each tool's own page (Tools → Tool definitions).",
             },
         ),

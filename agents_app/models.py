@@ -77,6 +77,12 @@ class Agent(models.Model):
     llm_fallbacks = models.JSONField(default=list, blank=True)
     tts_fallbacks = models.JSONField(default=list, blank=True)
     allow_interruptions = models.BooleanField(default=True)
+    text_input = models.BooleanField(
+        default=False,
+        help_text="Let the caller also type to the agent (LiveKit's lk.chat text stream). Typed messages "
+        "are answered and stored as the caller's turns, each cut to TEXT_INPUT_MAX_CHARS characters. "
+        "Off: typed text is ignored and only speech counts.",
+    )
 
     budget_eou_ms = _budget_field("eou", "End of utterance")
     budget_stt_ms = _budget_field("stt", "Speech to text")

@@ -9,8 +9,6 @@ Webhook receivers verify `X-Voice-Signature` and de-duplicate on `X-Voice-Delive
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import math
@@ -29,7 +27,7 @@ from django.utils import timezone
 
 from agents_app.models import STAGE_KEYS
 from sessions_app.models import FINAL_STATES, Turn, VoiceSession
-from voiceplatform import outbound
+from voiceplatform import outbound, signing
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +35,7 @@ REPORT_VERSION = 1
 SUMMARY_MAX_SENTENCES = 3
 SUMMARY_SENTENCE_CHARS = 240
 WEBHOOK_TIMEOUT_S = 10.0
-SIGNATURE_HEADER = "X-Voice-Signature"
+SIGNATURE_HEADER = signing.SIGNATURE_HEADER
 DELIVERY_HEADER = "X-Voice-Delivery"
 EVENT_HEADER = "X-Voice-Event"
 WEBHOOK_EVENT = "session.report"
@@ -239,25 +237,15 @@ def session_report_create(*, session_id: UUID | str) -> tuple[VoiceSession, bool
 
 
 def report_signature(*, secret: str, timestamp: int, body: bytes) -> str:
-    """`t=<ts>,v1=<hex hmac-sha256 of "<ts>." + body>` (Stripe's scheme)."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+    """`t=<ts>,v1=<hex hmac-sha256 of "<ts>." + body>` (voiceplatform/signing.py)."""
+    return signing.signature(secret=secret, timestamp=timestamp, payload=body)
 
 
 def report_signature_verify(
-    *, secret: str, header: str, body: bytes, tolerance_s: int = 300, now: float | None = None
+    *, secret: str, header: str, body: bytes, tolerance_s: int = signing.TOLERANCE_SECONDS, now: float | None = None
 ) -> bool:
     """What a receiver does (also used by our tests): check the HMAC and the timestamp age."""
-    try:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
-        received = parts["v1"]
-    except (KeyError, ValueError):
-        return False
-    if abs((now if now is not None else time.time()) - timestamp) > tolerance_s:
-        return False
-    expected = report_signature(secret=secret, timestamp=timestamp, body=body).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, received)
+    return signing.signature_verify(secret=secret, header=header, payload=body, tolerance_s=tolerance_s, now=now)
 
 
 def report_webhook_body(*, session: VoiceSession) -> bytes:

@@ -8,7 +8,7 @@ from uuid import UUID
 from django.db.models import QuerySet
 
 from agents_app.models import STAGE_KEYS, Agent, PromptStatus
-from sessions_app.models import ApiClient, Turn, VoiceSession
+from sessions_app.models import ApiClient, Turn, VoiceSession, caller_key
 from sessions_app.turns import turn_as_dict
 
 
@@ -97,3 +97,19 @@ def session_for_agent_key(*, session_id: str, api_client: Any) -> VoiceSession |
         .only("id", "state", "agent_id", "caller_id", "api_client_id", "user_id")
         .first()
     )
+
+
+def tool_call_identity(*, session_id: Any) -> dict[str, str] | None:
+    """Who a tool call is for, as the platform knows it: the session, the caller (namespaced
+    by the client or browser user that opened it) and the agent. None without a session."""
+    if not session_id:
+        return None
+    row = (
+        VoiceSession.objects.filter(pk=session_id)
+        .values("api_client_id", "user_id", "caller_id", "agent__slug")
+        .first()
+    )
+    if row is None:
+        return None
+    caller = caller_key(api_client_id=row["api_client_id"], user_id=row["user_id"], caller_id=row["caller_id"])
+    return {"session": str(session_id), "caller": caller, "agent": row["agent__slug"]}

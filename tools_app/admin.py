@@ -21,6 +21,7 @@ from tools_app.models import (
     ToolInvocation,
     tool_secret_name_allowed,
 )
+from voiceplatform.signing import SIGNATURE_HEADER
 
 
 class PrettyJSONWidget(forms.Textarea):
@@ -46,10 +47,12 @@ class ToolDefinitionForm(forms.ModelForm):
             "http_method",
             "http_headers",
             "http_secret_headers",
+            "http_signing_secret",
             "timeout_seconds",
             "max_retries",
             "idempotent",
             "run_in_background",
+            "max_calls_per_session",
         )
         widgets = {
             "parameters": PrettyJSONWidget(attrs={"rows": 14, "cols": 80, "style": "font-family: monospace"}),
@@ -79,19 +82,29 @@ class ToolDefinitionAdmin(admin.ModelAdmin):
         (
             "HTTP",
             {
-                "fields": ("http_url", "http_method", "http_headers", "http_secret_headers", "secret_env_status"),
+                "fields": (
+                    "http_url",
+                    "http_method",
+                    "http_headers",
+                    "http_secret_headers",
+                    "http_signing_secret",
+                    "secret_env_status",
+                ),
                 "description": "Secrets are never stored here: name the environment variable that holds each "
-                "secret header's value. The worker reads it at call time.",
+                "secret header's value (and the signing secret). The worker reads it at call time.",
             },
         ),
-        ("Reliability", {"fields": ("timeout_seconds", "max_retries", "idempotent", "run_in_background")}),
+        (
+            "Reliability and limits",
+            {"fields": ("timeout_seconds", "max_retries", "idempotent", "run_in_background", "max_calls_per_session")},
+        ),
         ("History", {"fields": ("created_at", "updated_at")}),
     )
 
     # Where requests go and which secrets ride along: a separate permission, which the
     # "Prompt editors" group does not have (an editor could otherwise point a tool that
     # carries secrets at their own host).
-    ENDPOINT_FIELDS = ("kind", "http_url", "http_secret_headers")
+    ENDPOINT_FIELDS = ("kind", "http_url", "http_secret_headers", "http_signing_secret")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
         fields = tuple(super().get_readonly_fields(request, obj))
@@ -110,7 +123,10 @@ class ToolDefinitionAdmin(admin.ModelAdmin):
                 if tool_secret_name_allowed(str(env))
                 else f"not allowed (only {TOOL_SECRET_PREFIX}… variables)",
             )
-            for header, env in (obj.http_secret_headers or {}).items()
+            for header, env in [
+                *(obj.http_secret_headers or {}).items(),
+                *([(SIGNATURE_HEADER, obj.http_signing_secret)] if obj.http_signing_secret else []),
+            ]
         ]
         if not items:
             return "—"

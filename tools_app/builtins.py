@@ -72,12 +72,11 @@ def builtin_names() -> list[str]:
 def _customer(ctx: BuiltinContext) -> str:
     """Whose orders and wallet: the session's caller, namespaced by the client (or browser
     user) that opened the session, since two clients may both have a caller "alice"."""
-    if ctx.session_id:
-        from sessions_app.models import VoiceSession, caller_key
+    from sessions_app.selectors import tool_call_identity
 
-        row = VoiceSession.objects.filter(pk=ctx.session_id).values("api_client_id", "user_id", "caller_id").first()
-        if row:
-            return caller_key(**row)[:120]
+    identity = tool_call_identity(session_id=ctx.session_id)
+    if identity:
+        return identity["caller"][:120]
     return f"{ctx.scope}:{DEMO_CUSTOMER}"[:120]
 
 

@@ -14,6 +14,11 @@ TOOL_NAME_VALIDATOR = RegexValidator(
 )
 # Headers whose value is a credential: refused among the plain (stored) headers.
 SECRET_HEADER_NAMES = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"})
+# Headers the platform sets on every call: the ledger key, the identity it asserts, and
+# the signature over them (tools_app/executors.py).
+RESERVED_HEADER_NAMES = frozenset(
+    {"idempotency-key", "x-voice-session", "x-voice-caller", "x-voice-agent", "x-voice-signature"}
+)
 # A secret header may only name an environment variable with this prefix: an editor who
 # could name any variable could send DJANGO_SECRET_KEY or LIVEKIT_API_SECRET to their host.
 TOOL_SECRET_PREFIX = "TOOL_SECRET_"
@@ -59,6 +64,14 @@ class ToolDefinition(models.Model):
         "Only variables named TOOL_SECRET_… may be used. The value is read from the environment at call time "
         "and never stored.",
     )
+    http_signing_secret = models.CharField(
+        max_length=120,
+        blank=True,
+        validators=[ENV_NAME_VALIDATOR],
+        help_text="A TOOL_SECRET_… environment variable whose value signs each request, with the session, "
+        "caller and agent the platform asserts (X-Voice-Signature; see docs/tools.md). Empty: the identity "
+        "headers are sent unsigned.",
+    )
     timeout_seconds = models.FloatField(default=5.0, validators=[MinValueValidator(0.1), MaxValueValidator(120)])
     max_retries = models.PositiveSmallIntegerField(default=2, validators=[MaxValueValidator(10)])
     idempotent = models.BooleanField(
@@ -67,6 +80,13 @@ class ToolDefinition(models.Model):
         "Only idempotent tools are retried after a timeout or re-run after a crash.",
     )
     run_in_background = models.BooleanField(default=False, help_text="Run as a Celery task (slow tools).")
+    max_calls_per_session = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="At most this many calls of the tool in one voice session (failed calls do not count). "
+        "Empty: no cap. For money amounts per call, set a maximum in the JSON Schema.",
+    )
     enabled = models.BooleanField(default=True)
     agents = models.ManyToManyField("agents_app.Agent", blank=True, related_name="tools")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -99,7 +119,15 @@ class ToolDefinition(models.Model):
             value = getattr(self, field)
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 errors[field] = "Must be an object of header name → text."
-        if isinstance(self.http_headers, dict):
+        for field in ("http_headers", "http_secret_headers"):
+            value = getattr(self, field)
+            reserved = [h for h in value if str(h).lower() in RESERVED_HEADER_NAMES] if isinstance(value, dict) else []
+            if reserved:
+                errors[field] = (
+                    f"{', '.join(reserved)} is set by the platform on every call (the idempotency key and the "
+                    "identity it asserts); a tool cannot send its own."
+                )
+        if isinstance(self.http_headers, dict) and "http_headers" not in errors:
             secret_like = [h for h in self.http_headers if str(h).lower() in SECRET_HEADER_NAMES]
             if secret_like:
                 errors["http_headers"] = (

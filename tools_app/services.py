@@ -33,6 +33,7 @@ from django.db.models import F
 from django.utils import timezone
 from livekit.agents.llm import ToolError
 
+from sessions_app.selectors import tool_call_identity
 from tools_app.builtins import Builtin, BuiltinContext, builtin_get
 from tools_app.executors import ToolExecutionError, http_execute
 from tools_app.models import InvocationStatus, ToolDefinition, ToolInvocation, ToolKind
@@ -143,6 +144,7 @@ def _claim(
     token = uuid.uuid4().hex
     try:
         with transaction.atomic():
+            capped = _cap_problem(tool=tool, session_id=session_id)
             row = ToolInvocation.objects.create(
                 scope=scope,
                 key=key,
@@ -151,17 +153,50 @@ def _claim(
                 tool_name=tool.name,
                 fingerprint=fingerprint,
                 arguments=arguments,
-                status=InvocationStatus.RUNNING,
-                attempts=0 if queued else 1,
-                claim_token=token,
-                lease_expires_at=_lease_until(),
+                **(
+                    # Refused by the cap: recorded (and replayed) as a failure, nothing run.
+                    {"status": InvocationStatus.FAILED, "error": capped, "completed_at": timezone.now()}
+                    if capped
+                    else {
+                        "status": InvocationStatus.RUNNING,
+                        "attempts": 0 if queued else 1,
+                        "claim_token": token,
+                        "lease_expires_at": _lease_until(),
+                    }
+                ),
             )
-        return row, token
+        return outcome_from_row(row, replayed=False) if capped else (row, token)
     except IntegrityError:
         existing = ToolInvocation.objects.filter(scope=scope, key=key).first()
         if existing is None:  # not a key conflict: e.g. a session id that does not exist
             raise
     return _resolve_existing(row=existing, tool=tool, fingerprint=fingerprint)
+
+
+def _cap_problem(*, tool: ToolDefinition, session_id: str | None) -> str:
+    """Within the claim's transaction: why this session may not call `tool` again, or "".
+
+    `max_calls_per_session` counts the session's calls of the tool that did not fail,
+    whoever made them (the agent worker, an agent key). The session row is locked first,
+    so two calls at once cannot both pass the count (PostgreSQL; SQLite runs one writer).
+    A retry of a stored call still gets its stored outcome: its INSERT conflicts on the
+    key whatever the cap says, and the conflict is resolved as a replay.
+    """
+    cap = tool.max_calls_per_session
+    if not cap or not session_id:
+        return ""
+    from sessions_app.models import VoiceSession
+
+    VoiceSession.objects.select_for_update().filter(pk=session_id).values_list("pk", flat=True).first()
+    used = (
+        ToolInvocation.objects.filter(session_id=session_id, tool_name=tool.name)
+        .exclude(status=InvocationStatus.FAILED)
+        .count()
+    )
+    if used < cap:
+        return ""
+    times = "once" if cap == 1 else f"{cap} times"
+    return f"The tool {tool.name!r} may be used at most {times} in one call, and that limit is reached."
 
 
 def _resolve_existing(
@@ -357,7 +392,7 @@ def _invoke_in_one_transaction(
     try:
         try:
             with transaction.atomic():
-                problem = arguments_errors(tool.parameters, arguments)
+                problem = arguments_errors(tool.parameters, arguments) or _cap_problem(tool=tool, session_id=session_id)
                 if problem:
                     row = record(InvocationStatus.FAILED, None, problem)  # recorded, nothing executed
                 else:
@@ -420,7 +455,8 @@ def _execute(*, tool: ToolDefinition, row: ToolInvocation, token: str) -> Invoca
         return finish(status, result, error)
     if tool.kind == ToolKind.HTTP:
         try:
-            outcome = asyncio.run(http_execute(tool=tool, arguments=row.arguments, key=row.key))
+            identity = tool_call_identity(session_id=row.session_id)
+            outcome = asyncio.run(http_execute(tool=tool, arguments=row.arguments, key=row.key, identity=identity))
         except ToolExecutionError as exc:
             return finish(InvocationStatus.FAILED, error=exc.message, extra_attempts=max(exc.attempts - 1, 0))
         return finish(

@@ -250,6 +250,8 @@ MAX_LIVE_SESSIONS_PER_OWNER = env_int("MAX_LIVE_SESSIONS_PER_OWNER", 100, minimu
 # Login attempts per username per minute (per address: three times this).
 LOGIN_ATTEMPTS_PER_MINUTE = env_int("LOGIN_ATTEMPTS_PER_MINUTE", 10, minimum=1)
 SESSION_METADATA_MAX_BYTES = env_int("SESSION_METADATA_MAX_BYTES", 8192, minimum=256)
+# Agents with text input on: a typed message is cut to this many characters.
+TEXT_INPUT_MAX_CHARS = env_int("TEXT_INPUT_MAX_CHARS", 500, minimum=1)
 # How long each process keeps API keys and published prompt versions (voiceplatform/hotcache.py).
 HOT_CACHE_SECONDS = env_float("HOT_CACHE_SECONDS", 2.0, minimum=0.0)
 CACHES = {

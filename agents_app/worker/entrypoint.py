@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterable
+from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
@@ -90,6 +91,18 @@ def restored_chat_context(config: JobConfig) -> llm.ChatContext:
         if turn.agent_text:
             chat_ctx.add_message(role="assistant", content=turn.agent_text)
     return chat_ctx
+
+
+async def typed_text_input(session: AgentSession, event: room_io.TextInputEvent) -> None:
+    """A caller's typed message (agents with text input on): trimmed, cut to
+    TEXT_INPUT_MAX_CHARS, then handled as livekit-agents does by default (interrupt the
+    agent, answer it as the caller's turn). Blank messages are dropped."""
+    text = (event.text or "").strip()[: int(settings.TEXT_INPUT_MAX_CHARS)]
+    if not text:
+        return
+    handled = room_io.TextInputOptions().text_input_cb(session, replace(event, text=text))
+    if asyncio.iscoroutine(handled):
+        await handled
 
 
 class PlatformAgent(Agent):
@@ -401,13 +414,17 @@ class JobRuntime:
           a caller who rejoins (the call page's reconnect, a new device) within the room's
           departure_timeout finds the same job, which links to them again and carries on.
           When nobody comes back, the server closes the room and that ends the job.
-        - No typed input on `lk.chat`: a call is spoken, and typed text would reach the
-          LLM without being stored as the caller's turn.
+        - Typed input on `lk.chat` only for agents that allow it (`Agent.text_input`, off
+          by default): from the linked caller only (room_io filters on the identity), cut
+          to TEXT_INPUT_MAX_CHARS, answered like speech and stored as the caller's turn
+          (the turn tracker opens turns on the user's conversation items).
         """
         return room_io.RoomOptions(
             participant_identity=self.config.caller_identity,
             close_on_disconnect=False,
-            text_input=False,
+            text_input=room_io.TextInputOptions(text_input_cb=typed_text_input)
+            if self.config.agent.text_input
+            else False,
         )
 
     async def _build_tools(self) -> list[Any]:

@@ -45,6 +45,7 @@ from voiceplatform import livekit_dev
 # deploy/livekit/livekit.yaml has 30 s, shortened here to keep the tier short).
 DEPARTURE_TIMEOUT_S = 10
 RECORDED_AGENT = "lk-recorded"
+TYPED_AGENT = "lk-typed"
 LONG_ANSWER = (
     "Let me tell you about our coffee. We roast our beans every morning in the shop. "
     "The house blend comes from Colombia and Ethiopia. It is smooth, with notes of chocolate. "
@@ -251,7 +252,8 @@ class LiveKitPlatform(Platform):
         return done.stdout
 
     def _add_recorded_agent(self) -> None:
-        """An agent whose LLM is the real OpenAI plugin talking to `recording_llm`."""
+        """An agent whose LLM is the real OpenAI plugin talking to `recording_llm`, and one
+        that takes typed input."""
         self.manage(
             "shell",
             "-c",
@@ -260,6 +262,11 @@ class LiveKitPlatform(Platform):
             f"agent = Agent.objects.create(slug={RECORDED_AGENT!r}, name='Recorded LLM', llm_provider=Provider.OPENAI,"
             " llm_model='tier-recorded')\n"
             "v = prompt_draft_create(agent=agent, instructions='You are brief.', greeting='Hello, this is the tier.',"
+            " variables={}, change_note='tier')\n"
+            "prompt_publish(version=v)\n"
+            # An offline agent that also takes typed messages (Agent.text_input).
+            f"typed = Agent.objects.create(slug={TYPED_AGENT!r}, name='Typed input', text_input=True)\n"
+            "v = prompt_draft_create(agent=typed, instructions='You are brief.', greeting='Hello, type or talk.',"
             " variables={}, change_note='tier')\n"
             "prompt_publish(version=v)\n"
             "from agents_app.simulator.credentials import simulator_keys\n"

@@ -1,6 +1,7 @@
 """A call's life over a real LiveKit server, driven by in-process callers (livekit rtc SDK).
 
-Clean leave and rejoin, a caller who never comes back, the interrupt RPC, a barge-in whose
+Clean leave and rejoin, a caller who never comes back, the interrupt RPC, typed text (only
+where the agent takes it), a barge-in whose
 next LLM request holds only the heard text, the agent worker killed mid-call, and the
 server's own signed webhooks replayed.
 """
@@ -14,7 +15,14 @@ import time
 import aiohttp
 import pytest
 
-from tests.livekit.conftest import DEPARTURE_TIMEOUT_S, RECORDED_AGENT, LiveKitPlatform, RecordingLLM, WebhookTap
+from tests.livekit.conftest import (
+    DEPARTURE_TIMEOUT_S,
+    RECORDED_AGENT,
+    TYPED_AGENT,
+    LiveKitPlatform,
+    RecordingLLM,
+    WebhookTap,
+)
 
 pytestmark = [pytest.mark.livekit, pytest.mark.timeout(300)]
 
@@ -85,6 +93,30 @@ async def test_the_interrupt_rpc_cuts_the_agent_and_the_turn_says_client(caller)
     assert cut["interrupt_source"] == "client"
     assert _norm(cut["generated_text"]).startswith(_norm(cut["heard_text"]))
     assert len(_norm(cut["heard_text"])) < len(_norm(cut["generated_text"]))
+
+
+async def test_typed_text_is_a_turn_only_for_agents_that_take_it(caller) -> None:
+    """Issue 17, item 8: lk.chat reaches the LLM only where `Agent.text_input` is on,
+    and then it is the caller's stored turn (not a side channel around STT)."""
+    typed = caller(TYPED_AGENT)
+    await typed.start()
+    await typed.agent_turn()
+    await typed.transport.room.local_participant.send_text("What are your opening hours?", topic="lk.chat")
+    await typed.agent_turn()
+    await typed.wait_detail(
+        lambda d: any(t["user_text"] == "What are your opening hours?" and t["generated_text"] for t in d["turns"]),
+        "the typed message stored as an answered turn",
+    )
+
+    spoken = caller()  # the demo agent: text input off
+    await spoken.start()
+    await spoken.agent_turn()
+    await spoken.transport.room.local_participant.send_text("Please place an order for tea.", topic="lk.chat")
+    await spoken.say("Hello, what are your opening hours?")
+    await spoken.agent_turn()
+    detail = await spoken.wait_detail(lambda d: any(t["user_text"] for t in d["turns"]), "the spoken turn")
+    assert not any(t["user_text"] == "Please place an order for tea." for t in detail["turns"]), detail["turns"]
+    assert not detail.get("tool_calls") and not any(t["tool_calls"] for t in detail["turns"])
 
 
 async def test_a_barge_in_keeps_only_the_heard_text_in_the_next_llm_request(

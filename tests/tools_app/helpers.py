@@ -41,9 +41,19 @@ class LocalToolServer:
     async def _handle(self, request: Any) -> Any:
         from aiohttp import web
 
-        body = await request.text()
+        raw = await request.read()
+        body = raw.decode()
         index = len(self.requests)
-        self.requests.append({"headers": dict(request.headers), "body": body, "query": dict(request.query)})
+        self.requests.append(
+            {
+                "headers": dict(request.headers),
+                "body": body,
+                "raw_body": raw,
+                "query": dict(request.query),
+                "raw_query": request.rel_url.raw_query_string,
+                "method": request.method,
+            }
+        )
         step = self.script[min(index, len(self.script) - 1)]
         if isinstance(step, tuple) and step[0] == "redirect":
             return web.Response(status=302, headers={"Location": step[1]})

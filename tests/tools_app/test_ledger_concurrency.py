@@ -89,3 +89,50 @@ def test_fifty_concurrent_identical_http_invocations_reach_the_server_once(agent
         responses = invoke_concurrently(agent_key, "crm_note", body)
     check_responses(responses)
     assert server.effects == 1 and len(server.requests) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cap_of_two_holds_for_twenty_different_calls_at_once(place_order_tool, voice_session, monkeypatch) -> None:
+    """Issue 17, item 8: `max_calls_per_session` under concurrency (the session row lock).
+
+    The count is slowed down (50 ms after it, inside the claim's transaction) so that
+    without the lock every caller would count before any commits, and all would pass.
+    """
+    import time
+
+    from tools_app import services
+    from tools_app.models import InvocationStatus
+    from tools_app.services import tool_invoke
+
+    counted = services._cap_problem
+
+    def slow_count(**kwargs: Any) -> str:
+        problem = counted(**kwargs)
+        time.sleep(0.05)
+        return problem
+
+    monkeypatch.setattr(services, "_cap_problem", slow_count)
+
+    place_order_tool.max_calls_per_session = 2
+    place_order_tool.save()
+    sid = str(voice_session.pk)
+    start = threading.Barrier(20)
+    statuses: list[str] = []
+
+    def caller(n: int) -> None:
+        try:
+            start.wait(30)
+            outcome = tool_invoke(
+                tool=place_order_tool, arguments={"item": "tea", "quantity": 1}, key=f"k{n}", scope=sid, session_id=sid
+            )
+            statuses.append(outcome.status)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(statuses).count(InvocationStatus.SUCCEEDED) == 2 and len(statuses) == 20
+    assert DemoOrder.objects.count() == 2

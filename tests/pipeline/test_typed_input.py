@@ -1,0 +1,68 @@
+"""Typed input (issue 17, item 8): off unless the agent allows it; cut and answered when on.
+
+The room side (lk.chat from the linked caller only, stored as a turn) runs against a real
+LiveKit server in tests/livekit/test_call_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from livekit.agents import AgentSession
+from livekit.agents.voice import room_io
+
+from agents_app.providers.offline_llm import OfflineStandInLLM
+from tests.pipeline.conftest import db, make_session, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def _options(session_id: str) -> room_io.RoomOptions:
+    from agents_app.worker.config import load_job_config
+    from agents_app.worker.entrypoint import JobRuntime
+
+    config = await load_job_config(session_id)
+    return JobRuntime.room_options(SimpleNamespace(config=config))  # type: ignore[arg-type]
+
+
+async def test_typed_input_is_off_unless_the_agent_allows_it(agent):
+    session_id = await db(make_session, agent)
+    assert (await _options(session_id)).get_text_input_options() is None
+
+    agent.text_input = True
+    await db(agent.save, update_fields=["text_input"])
+    options = (await _options(session_id)).get_text_input_options()
+    assert options is not None
+    from agents_app.worker.entrypoint import typed_text_input
+
+    assert options.text_input_cb is typed_text_input
+
+
+def _user_texts(session: AgentSession) -> list[str]:
+    return [item.text_content or "" for item in session.history.items if getattr(item, "role", "") == "user"]
+
+
+def _answered(session: AgentSession) -> bool:
+    """A user message, then an assistant message after it (not just the greeting)."""
+    roles = [getattr(item, "role", "") for item in session.history.items]
+    return "user" in roles and "assistant" in roles[len(roles) - roles[::-1].index("user") :]
+
+
+async def test_a_typed_message_is_cut_and_answered_and_a_blank_one_is_dropped(agent, settings):
+    from agents_app.worker.config import load_job_config
+    from agents_app.worker.entrypoint import PlatformAgent, typed_text_input
+    from agents_app.worker.recorder import Recorder
+    from agents_app.worker.turns import TurnTracker
+
+    settings.TEXT_INPUT_MAX_CHARS = 40
+    session_id = await db(make_session, agent)
+    config = await load_job_config(session_id)
+    tracker = TurnTracker(recorder=Recorder(session_id=session_id), next_index=config.next_turn_index)
+    async with AgentSession(llm=OfflineStandInLLM(), vad=None) as session:
+        await session.start(PlatformAgent(config=config, tracker=tracker, tools=[]))
+        await typed_text_input(session, room_io.TextInputEvent(text="   \n  "))
+        await typed_text_input(session, room_io.TextInputEvent(text="  hello from the keyboard " + "x" * 500))
+        await wait_until(lambda: _answered(session), timeout=20)
+        typed = _user_texts(session)
+    assert typed == [("hello from the keyboard " + "x" * 500)[:40]]
