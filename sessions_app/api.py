@@ -19,7 +19,7 @@ from ninja import Query, Router, Schema
 from sessions_app import selectors, services
 from sessions_app.auth import browser_auth, client_key_auth
 from sessions_app.models import ApiClient, VoiceSession
-from sessions_app.ratelimit import action_rate_check
+from sessions_app.ratelimit import action_rate_enforce
 from sessions_app.schemas import (
     AgentOut,
     BrowserSessionCreateIn,
@@ -73,15 +73,7 @@ def _rate_limit(request: HttpRequest, action: str = "session_create") -> None:
     owner = _owner(request)
     client = owner.get("api_client")
     subject = f"client:{client.key_prefix}" if client is not None else f"user:{owner['user'].pk}"
-    decision = action_rate_check(action=action, subject=subject)
-    if not decision.allowed:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"Too many {action.replace('_', ' ')} requests; retry in {decision.retry_after} s.",
-            {"retry_after": decision.retry_after},
-            headers={"Retry-After": str(decision.retry_after)},
-        )
+    action_rate_enforce(action=action, subject=subject, what=f"{action.replace('_', ' ')} requests")
 
 
 def _token_out(session: VoiceSession, token: MintedToken) -> dict[str, Any]:

@@ -116,6 +116,21 @@ def action_rate_check(*, action: str, subject: str) -> RateDecision:
     return rate_limit_hit(scope=action, subject=subject, limit_per_minute=limit)
 
 
+def action_rate_enforce(*, action: str, subject: str, what: str) -> None:
+    """For the API operations: over the limit is a 429 `rate_limited` with Retry-After."""
+    from voiceplatform.api_errors import ApiError
+
+    decision = action_rate_check(action=action, subject=subject)
+    if not decision.allowed:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"Too many {what}; retry in {decision.retry_after} s.",
+            {"retry_after": decision.retry_after},
+            headers={"Retry-After": str(decision.retry_after)},
+        )
+
+
 def session_create_rate_check(*, subject: str) -> RateDecision:
     return action_rate_check(action="session_create", subject=subject)
 

@@ -46,6 +46,18 @@ def superuser(db) -> User:
 
 
 @pytest.fixture
+def editor(db):
+    """A logged-in test client of a prompt editor: staff, in the "Prompt editors" group."""
+    from django.test import Client
+
+    user = User.objects.create_user("mallory", "m@example.com", "pw-123456", is_staff=True)
+    user.groups.add(Group.objects.get(name="Prompt editors"))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
 def outsider_user(db) -> User:
     """Logged in, but neither staff nor support."""
     return User.objects.create_user("outsider", "outsider@example.com", "outsider-pass-123")

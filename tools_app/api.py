@@ -11,7 +11,7 @@ from ninja import Field, Router, Schema
 from sessions_app import selectors
 from sessions_app.auth import ApiKeyAuth
 from sessions_app.models import ApiScope
-from sessions_app.ratelimit import action_rate_check
+from sessions_app.ratelimit import action_rate_enforce
 from sessions_app.schemas import ErrorOut
 from tools_app.models import TOOL_NAME_VALIDATOR
 from tools_app.selectors import tool_by_name
@@ -64,15 +64,8 @@ class ToolInvokeOut(Schema):
     ),
 )
 def tool_invoke_op(request: HttpRequest, name: str, payload: ToolInvokeIn) -> tuple[int, dict[str, Any]]:
-    decision = action_rate_check(action="tool_invoke", subject=f"client:{request.auth.key_prefix}")  # type: ignore[attr-defined]
-    if not decision.allowed:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"Too many tool calls; retry in {decision.retry_after} s.",
-            {"retry_after": decision.retry_after},
-            headers={"Retry-After": str(decision.retry_after)},
-        )
+    subject = f"client:{request.auth.key_prefix}"  # type: ignore[attr-defined]
+    action_rate_enforce(action="tool_invoke", subject=subject, what="tool calls")
     if not TOOL_NAME_RE.fullmatch(name):  # also keeps NUL bytes away from PostgreSQL
         raise ApiError(404, "tool_not_found", "No enabled tool has that name.")
     problem = json_problem(payload.arguments)

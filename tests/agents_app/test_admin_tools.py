@@ -5,22 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
 from django.urls import reverse
 
 from tools_app.models import ToolDefinition
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def editor() -> Client:
-    user = User.objects.create_user("tool-editor", "e@example.com", "pw-123456", is_staff=True)
-    user.groups.add(Group.objects.get(name="Prompt editors"))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def tool_form(**overrides: object) -> dict[str, object]:

@@ -9,8 +9,6 @@ sends OPENAI_API_KEY with it. Fallbacks now name an endpoint the operator config
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
 from django.urls import reverse
 
 from agents_app.models import Agent, Provider
@@ -20,15 +18,6 @@ from tests.agents_app.test_admin_agents import agent_form
 
 pytestmark = pytest.mark.django_db
 ATTACK = '[{"provider": "openai", "model": "gpt-4o", "base_url": "https://attacker.example/v1"}]'
-
-
-@pytest.fixture
-def editor() -> Client:
-    user = User.objects.create_user("mallory", "m@example.com", "pw-123456", is_staff=True)
-    user.groups.add(Group.objects.get(name="Prompt editors"))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def test_an_editor_cannot_aim_a_fallback_at_a_url(editor, settings) -> None:

@@ -12,9 +12,7 @@ import json
 import uuid
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.core.exceptions import ValidationError
-from django.test import Client
 from django.urls import reverse
 
 from agents_app.selectors import prompt_published
@@ -156,11 +154,7 @@ def test_a_tool_cannot_set_the_identity_headers_itself(client_session) -> None:
     assert "x-voice-signature" not in headers
 
 
-def test_an_editor_cannot_set_or_change_the_signing_secret(client_session) -> None:
-    user = User.objects.create_user("mallory", "m@example.com", "pw-123456", is_staff=True)
-    user.groups.add(Group.objects.get(name="Prompt editors"))
-    editor = Client()
-    editor.force_login(user)
+def test_an_editor_cannot_set_or_change_the_signing_secret(editor) -> None:
     tool = ToolDefinition.objects.create(
         name="crm_refund",
         description="x",

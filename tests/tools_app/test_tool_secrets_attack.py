@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.urls import reverse
 
@@ -20,15 +19,6 @@ from tools_app.services import tool_invoke
 
 pytestmark = pytest.mark.django_db
 SERVER_SECRETS = {"X-A": "DJANGO_SECRET_KEY", "X-B": "LIVEKIT_API_SECRET", "X-C": "OPENAI_API_KEY"}
-
-
-@pytest.fixture
-def editor() -> Client:
-    user = User.objects.create_user("mallory", "m@example.com", "pw-123456", is_staff=True)
-    user.groups.add(Group.objects.get(name="Prompt editors"))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
