@@ -52,6 +52,7 @@ class ToolDefinitionForm(forms.ModelForm):
             "max_retries",
             "idempotent",
             "run_in_background",
+            "requires_confirmation",
             "max_calls_per_session",
         )
         widgets = {
@@ -96,7 +97,16 @@ class ToolDefinitionAdmin(admin.ModelAdmin):
         ),
         (
             "Reliability and limits",
-            {"fields": ("timeout_seconds", "max_retries", "idempotent", "run_in_background", "max_calls_per_session")},
+            {
+                "fields": (
+                    "timeout_seconds",
+                    "max_retries",
+                    "idempotent",
+                    "run_in_background",
+                    "requires_confirmation",
+                    "max_calls_per_session",
+                )
+            },
         ),
         ("History", {"fields": ("created_at", "updated_at")}),
     )

@@ -24,9 +24,10 @@ from livekit.agents.llm import RawFunctionTool, ToolError, function_tool
 # type hints to inject it.
 from livekit.agents.voice import RunContext
 
+from tools_app.confirmation import CONFIRMATION_REQUIRED, ConfirmationGate, caller_messages, confirmation_request
 from tools_app.models import InvocationStatus, ToolDefinition
 from tools_app.selectors import invocation_get, tools_for_agent
-from tools_app.services import InvocationOutcome, LedgerError, outcome_from_row, tool_invoke
+from tools_app.services import InvocationOutcome, LedgerError, outcome_from_row, request_fingerprint, tool_invoke
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +87,15 @@ def _report(on_result: OnResult | None, record: dict[str, Any]) -> None:
         logger.exception("on_result callback failed for tool %s", record.get("name"))
 
 
-def agent_tool_build(*, tool: ToolDefinition, session_id: str, on_result: OnResult | None) -> RawFunctionTool:
-    """One raw function tool for `tool`, bound to the voice session `session_id`."""
+def agent_tool_build(
+    *, tool: ToolDefinition, session_id: str, on_result: OnResult | None, gate: ConfirmationGate | None = None
+) -> RawFunctionTool:
+    """One raw function tool for `tool`, bound to the voice session `session_id`.
+
+    `gate` (one per job, shared by its tools) holds back tools that need the caller's yes.
+    """
     invoke = _in_thread(tool_invoke)
+    gate = gate or ConfirmationGate()
     wait_limit = float(tool.timeout_seconds) * (1 + int(tool.max_retries)) + 1.0
 
     async def call_tool(raw_arguments: dict[str, Any], context: RunContext) -> str:
@@ -104,6 +111,14 @@ def agent_tool_build(*, tool: ToolDefinition, session_id: str, on_result: OnResu
             "latency_ms": None,
             "error": "",
         }
+        if tool.requires_confirmation and not gate.allow(
+            fingerprint=request_fingerprint(tool_name=tool.name, arguments=raw_arguments),
+            caller_said=caller_messages(context.session.history),
+        ):
+            # Nothing runs and nothing enters the ledger: the model is told to ask first.
+            record.update(status=CONFIRMATION_REQUIRED, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+            _report(on_result, record)
+            return json.dumps(confirmation_request(tool_name=tool.name, arguments=raw_arguments), ensure_ascii=False)
         try:
             outcome: InvocationOutcome = await invoke(
                 tool=tool,
@@ -144,4 +159,5 @@ async def build_agent_tools(*, agent_id: int, session_id: str, on_result: OnResu
     even if someone edits a tool in the admin meanwhile.
     """
     tools = await _in_thread(lambda: list(tools_for_agent(agent_id=agent_id)))()
-    return [agent_tool_build(tool=t, session_id=str(session_id), on_result=on_result) for t in tools]
+    gate = ConfirmationGate()
+    return [agent_tool_build(tool=t, session_id=str(session_id), on_result=on_result, gate=gate) for t in tools]

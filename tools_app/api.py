@@ -13,6 +13,7 @@ from sessions_app.auth import ApiKeyAuth
 from sessions_app.models import ApiScope
 from sessions_app.ratelimit import action_rate_enforce
 from sessions_app.schemas import ErrorOut
+from tools_app.confirmation import CONFIRMATION_REQUIRED
 from tools_app.models import TOOL_NAME_VALIDATOR
 from tools_app.selectors import tool_by_name
 from tools_app.services import LedgerError, tool_invoke
@@ -86,6 +87,12 @@ def tool_invoke_op(request: HttpRequest, name: str, payload: ToolInvokeIn) -> tu
     tool = tool_by_name(name=name)
     if tool is None or not tool.agents.filter(pk=session.agent_id).exists():
         raise ApiError(404, "tool_not_found", f"No enabled tool named {name!r} serves this session's agent.")
+    if tool.requires_confirmation:
+        raise ApiError(
+            409,
+            CONFIRMATION_REQUIRED,
+            f"The tool {name!r} runs only after the caller confirms it in a call with the platform's agent.",
+        )
     # The ledger is per (client, session): one key never replays (learns) another's calls,
     # nor the agent worker's own (scope = the session id).
     scope = f"{session_id}:client-{key_client.pk}"

@@ -80,6 +80,12 @@ class ToolDefinition(models.Model):
         "Only idempotent tools are retried after a timeout or re-run after a crash.",
     )
     run_in_background = models.BooleanField(default=False, help_text="Run as a Celery task (slow tools).")
+    requires_confirmation = models.BooleanField(
+        default=False,
+        help_text="Runs only after the caller says yes: the agent is told to ask first, and the call runs when "
+        "the caller's next message is a yes (checked by the platform, not the model). Not callable through "
+        "the tools API.",
+    )
     max_calls_per_session = models.PositiveIntegerField(
         null=True,
         blank=True,

@@ -8,7 +8,9 @@ context) runs with no hosted AI:
   published prompt edit visibly changes the next calls.
 - It calls a tool when the caller mentions its name ("place order") or two keywords of
   its description, with arguments filled from the schema and the caller's words.
-- After a tool result it reports the result.
+- After a tool result it reports the result. When a tool answers that the caller must
+  confirm first, it asks ("Shall I place order with item coffee and quantity 2?"), and a
+  yes as the caller's next message makes it call the tool again with the same arguments.
 - Asked to "explain" or "tell me everything" it gives a long answer (something to
   interrupt in barge-in tests).
 
@@ -26,6 +28,8 @@ from typing import Any
 from livekit.agents import APIConnectOptions, llm, utils
 from livekit.agents.llm import ChatContext, ChatMessage, FunctionCall, FunctionCallOutput
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+
+from tools_app.confirmation import CONFIRMATION_REQUIRED, caller_said_yes
 
 _COMPANY_RE = re.compile(r"\b(?:of|at|for|from|with)\s+((?:[A-Z][\w&'-]*)(?:\s+[A-Z][\w&'-]*)*)")
 _LONG_RE = re.compile(r"\b(explain|everything|in detail|all about|tell me more|long)\b", re.I)
@@ -110,6 +114,34 @@ def _arguments(schema: dict[str, Any], text: str) -> dict[str, Any]:
     return args
 
 
+def _confirmation_question(output: FunctionCallOutput, items: list[Any]) -> str:
+    call = next((i for i in items if isinstance(i, FunctionCall) and i.call_id == output.call_id), None)
+    try:
+        arguments = json.loads(call.arguments) if call is not None else {}
+    except ValueError:
+        arguments = {}
+    described = " and ".join(f"{key} {value}" for key, value in arguments.items())
+    return f"Shall I {output.name.replace('_', ' ')}{' with ' + described if described else ''}? Please say yes or no."
+
+
+def _confirmed_call(items: list[Any]) -> FunctionCall | None:
+    """The caller said yes right after the agent asked about a call: make that call again."""
+    if len(items) < 2 or not isinstance(items[-1], ChatMessage) or items[-1].role != "user":
+        return None
+    if not caller_said_yes(items[-1].text_content or ""):
+        return None
+    for index in range(len(items) - 2, -1, -1):
+        item = items[index]
+        if isinstance(item, ChatMessage) and item.role == "user":
+            return None  # the caller spoke in between: that yes answered something else
+        if isinstance(item, FunctionCallOutput) and CONFIRMATION_REQUIRED in str(item.output or ""):
+            asked = next((i for i in items if isinstance(i, FunctionCall) and i.call_id == item.call_id), None)
+            if asked is None:
+                return None
+            return FunctionCall(call_id=f"call_{utils.shortuuid()}", name=asked.name, arguments=asked.arguments)
+    return None
+
+
 class OfflineStandInLLM(llm.LLM):
     """Deterministic offline stand-in for an LLM (see the module docstring)."""
 
@@ -154,11 +186,16 @@ class OfflineStandInLLM(llm.LLM):
                 last_user = (item.text_content or "").strip()
                 break
         last = items[-1] if items else None
+        if isinstance(last, FunctionCallOutput) and CONFIRMATION_REQUIRED in str(last.output or ""):
+            return _confirmation_question(last, items), None
         if isinstance(last, FunctionCallOutput):
             outcome = "could not be completed" if last.is_error else "is done"
             detail = str(last.output or "").strip()
             return f"Your {last.name.replace('_', ' ')} {outcome}. {detail[:160]}".strip(), None
 
+        confirmed = _confirmed_call(items)
+        if confirmed is not None:
+            return "", confirmed
         if last_user:
             for tool in tools:
                 meta = _tool_meta(tool)
