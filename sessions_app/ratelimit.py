@@ -24,12 +24,19 @@ logger = logging.getLogger(__name__)
 WINDOW_SECONDS = 60
 KEY_PREFIX = "vp:ratelimit"
 
-# KEYS[1] = previous window, KEYS[2] = current window; ARGV = limit, elapsed fraction, ttl.
+# KEYS[1] = previous window, KEYS[2] = current window; ARGV = limit, elapsed fraction, ttl,
+# mode: "hit" (check, and count if allowed) or "refund" (give back one counted request).
 _SCRIPT = """
 local prev = tonumber(redis.call('GET', KEYS[1]) or '0')
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 local limit = tonumber(ARGV[1])
 local elapsed = tonumber(ARGV[2])
+if ARGV[4] == 'refund' then
+  if cur > 0 then
+    redis.call('DECR', KEYS[2])
+  end
+  return {1, prev, cur}
+end
 if prev * (1 - elapsed) + cur + 1 > limit then
   return {0, prev, cur}
 end
@@ -72,9 +79,11 @@ def _retry_after(*, limit: int, prev: int, cur: int, elapsed: float) -> int:
     return max(1, math.ceil(round(wait, 6)))  # round first: 5.0000001 s is 5 s, not 6
 
 
-def rate_limit_hit(*, scope: str, subject: str, limit_per_minute: int) -> RateDecision:
+def rate_limit_hit(*, scope: str, subject: str, limit_per_minute: int, mode: str = "hit") -> RateDecision:
     """Count one request of `subject` against `limit_per_minute`; say if it may proceed.
 
+    `mode="refund"` gives one counted request back (in this window): for limits on what
+    failed, known only after the request (login attempts).
     If Redis cannot be reached the request is allowed (and logged): a rate limiter must
     not turn a Redis hiccup into an outage of session creation.
     """
@@ -86,7 +95,7 @@ def rate_limit_hit(*, scope: str, subject: str, limit_per_minute: int) -> RateDe
         _, script = _redis()
         allowed, prev, cur = script(  # type: ignore[operator]
             keys=[f"{base}:{window_index - 1}", f"{base}:{window_index}"],
-            args=[limit_per_minute, f"{elapsed:.6f}", WINDOW_SECONDS * 2 + 5],
+            args=[limit_per_minute, f"{elapsed:.6f}", WINDOW_SECONDS * 2 + 5, mode],
         )
     except redis.RedisError:
         logger.warning("rate limiter unavailable; allowing %s %s", scope, subject, exc_info=True)
@@ -135,31 +144,51 @@ def session_create_rate_check(*, subject: str) -> RateDecision:
     return action_rate_check(action="session_create", subject=subject)
 
 
+def _login_limits(*, ip: str, username: str) -> list[tuple[str, str, int]]:
+    per_user = int(settings.LOGIN_ATTEMPTS_PER_MINUTE)
+    return [("login_ip", ip, per_user * 3), ("login_user", username.lower()[:150], per_user)]
+
+
 def login_rate_check(*, ip: str, username: str) -> RateDecision:
-    """Login attempts, per address and per username (guessing one password from many
-    addresses, or many passwords from one). Fails open like the rest, logged."""
-    by_ip = rate_limit_hit(scope="login_ip", subject=ip, limit_per_minute=settings.LOGIN_ATTEMPTS_PER_MINUTE * 3)
-    if not by_ip.allowed:
-        return by_ip
-    return rate_limit_hit(
-        scope="login_user", subject=username.lower()[:150], limit_per_minute=settings.LOGIN_ATTEMPTS_PER_MINUTE
-    )
+    """Count a login attempt per address and per username (guessing one password from
+    many addresses, or many passwords from one); say if it may be tried. Counted before
+    the password is checked, so attempts sent at once cannot slip past the limit. Fails
+    open like the rest, logged."""
+    counted: list[tuple[str, str, int]] = []
+    for scope, subject, limit in _login_limits(ip=ip, username=username):
+        decision = rate_limit_hit(scope=scope, subject=subject, limit_per_minute=limit)
+        if not decision.allowed:
+            _refund(counted)
+            return decision
+        counted.append((scope, subject, limit))
+    return RateDecision(allowed=True)
+
+
+def login_succeeded(*, ip: str, username: str) -> None:
+    """A login that worked gives its attempt back: a shared account signing in often is
+    not an attack, and only failed attempts use up the budget."""
+    _refund(_login_limits(ip=ip, username=username))
+
+
+def _refund(limits: list[tuple[str, str, int]]) -> None:
+    for scope, subject, limit in limits:
+        rate_limit_hit(scope=scope, subject=subject, limit_per_minute=limit, mode="refund")
 
 
 LOGIN_PATHS = frozenset({"/admin/login/", "/login/", "/dashboard/login/"})
 
 
 class LoginThrottleMiddleware:
-    """429 for login POSTs over LOGIN_ATTEMPTS_PER_MINUTE (the three login pages)."""
+    """429 for login POSTs over LOGIN_ATTEMPTS_PER_MINUTE failed attempts (the three login
+    pages). A login that succeeds answers a redirect and gives its attempt back."""
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
 
     def __call__(self, request: Any) -> Any:
         if request.method == "POST" and request.path in LOGIN_PATHS:
-            decision = login_rate_check(
-                ip=request.META.get("REMOTE_ADDR", ""), username=str(request.POST.get("username", ""))
-            )
+            who = {"ip": request.META.get("REMOTE_ADDR", ""), "username": str(request.POST.get("username", ""))}
+            decision = login_rate_check(**who)
             if not decision.allowed:
                 from django.http import HttpResponse
 
@@ -170,4 +199,8 @@ class LoginThrottleMiddleware:
                 )
                 response["Retry-After"] = str(decision.retry_after)
                 return response
+            response = self.get_response(request)
+            if response.status_code in (301, 302, 303):
+                login_succeeded(**who)
+            return response
         return self.get_response(request)

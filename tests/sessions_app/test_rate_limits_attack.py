@@ -91,3 +91,18 @@ def test_password_guessing_is_throttled(path) -> None:
     # From many addresses, one username still gets only its budget.
     other = Client(REMOTE_ADDR="203.0.113.9")
     assert other.post(path, {"username": name, "password": "guess-x"}).status_code == 429
+
+
+@override_settings(LOGIN_ATTEMPTS_PER_MINUTE=3)
+def test_successful_logins_do_not_use_up_the_budget() -> None:
+    """A shared account (the demo's, a team's) signing in often is not an attack: only
+    failed attempts count. The browser tests log in many times a minute."""
+    name = f"staff-{uuid.uuid4().hex[:6]}"
+    User.objects.create_user(name, password="the-right-password-123", is_staff=True)
+    http = Client(REMOTE_ADDR="198.51.100.251")
+    codes = [
+        http.post("/login/", {"username": name, "password": "the-right-password-123"}).status_code for _ in range(6)
+    ]
+    assert codes == [302] * 6
+    guesses = [http.post("/login/", {"username": name, "password": f"guess-{n}"}).status_code for n in range(4)]
+    assert guesses == [200, 200, 200, 429]

@@ -44,7 +44,9 @@ def place_order_tool(agent: Agent) -> ToolDefinition:
 
 @pytest.fixture
 def charge_wallet_tool(agent: Agent) -> ToolDefinition:
-    return make_demo_tool("charge_wallet", agent)
+    """The demo's charge_wallet, without its wait for the caller's yes (that step has its
+    own tests: test_tool_confirmation.py)."""
+    return make_demo_tool("charge_wallet", agent, requires_confirmation=False)
 
 
 @pytest.fixture

@@ -36,7 +36,8 @@ Our opening hours are {{opening_hours}}.
 You can use two tools:
 - place_order: when the caller wants to order something, call it with the item and the quantity.
 - charge_wallet: when the caller asks to pay or to charge their wallet, call it with the amount in euros and a short reason.
-Before charging, repeat the amount. After a tool call, tell the caller the result in one sentence.
+charge_wallet first answers that the caller must confirm: repeat the amount, ask, and call it again only after they say yes.
+After a tool call, tell the caller the result in one sentence.
 If you do not know something, say so and offer to place an order instead.
 """
 
@@ -74,6 +75,9 @@ DEMO_TOOLS: tuple[dict[str, Any], ...] = (
             "additionalProperties": False,
         },
         "idempotent": False,
+        # Money: the platform waits for the caller's yes, and a call charges at most 3 times.
+        "requires_confirmation": True,
+        "max_calls_per_session": 3,
     },
 )
 
