@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import connection
+from django.db.models import QuerySet
 
 from agents_app.models import Agent, PromptStatus, PromptVersion
 from voiceplatform.hotcache import hot_get, hot_set
@@ -44,3 +45,12 @@ def published_version_for_call(*, slug: str) -> PromptVersion | None:
         hot_set(cache_key, version)
         return version
     return None
+
+
+def agents_active() -> QuerySet[Agent]:
+    return Agent.objects.filter(active=True).order_by("slug")
+
+
+def agents_active_without_published_prompt() -> QuerySet[Agent]:
+    """Active agents that every call would refuse (`manage.py doctor`)."""
+    return agents_active().exclude(prompt_versions__status=PromptStatus.PUBLISHED)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from django.db.models import QuerySet
 
 from agents_app.models import STAGE_KEYS, Agent, PromptStatus
-from sessions_app.models import ApiClient, Turn, VoiceSession, caller_key
+from sessions_app.models import ApiClient, LiveKitWebhookEvent, Turn, VoiceSession, caller_key
 from sessions_app.turns import turn_as_dict
 
 
@@ -113,3 +114,19 @@ def tool_call_identity(*, session_id: Any) -> dict[str, str] | None:
         return None
     caller = caller_key(api_client_id=row["api_client_id"], user_id=row["user_id"], caller_id=row["caller_id"])
     return {"session": str(session_id), "caller": caller, "agent": row["agent__slug"]}
+
+
+def webhook_latest_received() -> datetime | None:
+    """When the last LiveKit webhook arrived (`manage.py doctor`), None if none ever did."""
+    return LiveKitWebhookEvent.objects.order_by("-received_at").values_list("received_at", flat=True).first()
+
+
+def webhook_received_for_room(room: str) -> list[str]:
+    """The events LiveKit delivered for one room, in arrival order."""
+    return list(
+        LiveKitWebhookEvent.objects.filter(room_name=room).order_by("received_at").values_list("event", flat=True)
+    )
+
+
+def sessions_opened_since(moment: datetime) -> bool:
+    return VoiceSession.objects.filter(created_at__gt=moment).exists()

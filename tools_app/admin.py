@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from django import forms
@@ -13,15 +12,13 @@ from django.utils.html import format_html_join
 
 from tools_app.builtins import builtin_names
 from tools_app.models import (
-    TOOL_SECRET_PREFIX,
     DemoCharge,
     DemoOrder,
     DemoWallet,
     ToolDefinition,
     ToolInvocation,
-    tool_secret_name_allowed,
+    secret_env_state,
 )
-from voiceplatform.signing import SIGNATURE_HEADER
 
 
 class PrettyJSONWidget(forms.Textarea):
@@ -125,19 +122,7 @@ class ToolDefinitionAdmin(admin.ModelAdmin):
     @admin.display(description="Secret variables on this server")
     def secret_env_status(self, obj: ToolDefinition) -> str:
         # Whether each allowed variable is set, never its value; nothing about other names.
-        items = [
-            (
-                header,
-                env,
-                ("set" if os.environ.get(str(env)) else "NOT SET")
-                if tool_secret_name_allowed(str(env))
-                else f"not allowed (only {TOOL_SECRET_PREFIX}… variables)",
-            )
-            for header, env in [
-                *(obj.http_secret_headers or {}).items(),
-                *([(SIGNATURE_HEADER, obj.http_signing_secret)] if obj.http_signing_secret else []),
-            ]
-        ]
+        items = [(header, env, secret_env_state(env)) for header, env in obj.secret_variables()]
         if not items:
             return "—"
         return format_html_join("", "<div>{} ← ${}: {}</div>", items)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
@@ -35,6 +36,14 @@ def tool_secret_name_allowed(name: str) -> bool:
     except ValidationError:
         return False
     return True
+
+
+def secret_env_state(name: str) -> str:
+    """What the admin and `manage.py doctor` may say of a variable a tool names: "set",
+    "NOT SET" or not allowed, never its value, nothing about names outside the prefix."""
+    if not tool_secret_name_allowed(name):
+        return f"not allowed (only {TOOL_SECRET_PREFIX}… variables)"
+    return "set" if os.environ.get(name) else "NOT SET"
 
 
 class ToolKind(models.TextChoices):
@@ -109,6 +118,15 @@ class ToolDefinition(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def secret_variables(self) -> list[tuple[str, str]]:
+        """(header, environment variable) for each secret this tool reads at call time."""
+        from voiceplatform.signing import SIGNATURE_HEADER
+
+        pairs = [(str(h), str(env)) for h, env in (self.http_secret_headers or {}).items()]
+        if self.http_signing_secret:
+            pairs.append((SIGNATURE_HEADER, str(self.http_signing_secret)))
+        return pairs
 
     def clean(self) -> None:
         from tools_app.schema import schema_errors

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from tools_app.models import ToolDefinition, ToolInvocation
+from tools_app.models import ToolDefinition, ToolInvocation, ToolKind
 
 
 def tools_for_agent(*, agent_id: int) -> QuerySet[ToolDefinition]:
@@ -17,3 +17,10 @@ def tool_by_name(*, name: str) -> ToolDefinition | None:
 
 def invocation_get(*, scope: str, key: str) -> ToolInvocation | None:
     return ToolInvocation.objects.filter(scope=scope, key=key).first()
+
+
+def http_tools_of_active_agents() -> QuerySet[ToolDefinition]:
+    """Enabled HTTP tools that some active agent can call (`manage.py doctor`)."""
+    return (
+        ToolDefinition.objects.filter(enabled=True, kind=ToolKind.HTTP, agents__active=True).distinct().order_by("name")
+    )

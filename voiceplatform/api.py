@@ -1,8 +1,13 @@
-"""The NinjaAPI mounted at /api/v1 (OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs)."""
+"""The NinjaAPI mounted at /api/v1 (OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs).
+
+The docs page loads Swagger UI from django-ninja's own static files (`ninja` is an
+installed app), never from a CDN, and has no validator badge (swagger.io's validator
+would get an image request carrying the spec's URL): it renders with no internet access.
+"""
 
 from __future__ import annotations
 
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Swagger
 
 from sessions_app.api import router as sessions_router
 from tools_app.api import router as tools_router
@@ -14,6 +19,7 @@ api = NinjaAPI(
     version="1.0.0",
     description="Open voice sessions, get short-lived LiveKit tokens, and invoke tools idempotently.",
     urls_namespace="api-v1",
+    docs=Swagger(settings={"validatorUrl": None}),
     docs_decorator=docs_access,
 )
 install_error_handlers(api)

@@ -38,7 +38,7 @@ def _redis() -> redis.Redis:
     return client
 
 
-def _check_redis() -> str | None:
+def redis_problem() -> str | None:
     try:
         _redis().ping()
     except Exception as exc:
@@ -50,7 +50,7 @@ def _check_redis() -> str | None:
 def healthz(request: HttpRequest) -> JsonResponse:
     """Public (load balancers call it without a login), so it names what failed but never
     the driver's error text, which can carry host names, users or paths: that goes to the log."""
-    db_error, redis_error = _check_db(), _check_redis()
+    db_error, redis_error = _check_db(), redis_problem()
     for part, error in (("database", db_error), ("redis", redis_error)):
         if error:
             logger.warning("healthz: %s unavailable: %s", part, error)

@@ -58,6 +58,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_prometheus",
     "channels",
+    # Its static files (Swagger UI) make /api/v1/docs work offline; without it the page
+    # loads them from a public CDN.
+    "ninja",
     "agents_app",
     "tools_app",
     "sessions_app",

@@ -34,6 +34,7 @@ from agents_app.worker.config import JobConfig, load_job_config
 from agents_app.worker.recorder import Recorder
 from agents_app.worker.turns import TurnTracker
 from sessions_app import metrics
+from sessions_app.livekit_server import PROBE_METADATA_KEY
 from voiceplatform.logging import bind_log_context
 
 logger = logging.getLogger(__name__)
@@ -538,8 +539,26 @@ async def _end_session_if_live(session_id: str, reason: str) -> None:
     await sync_to_async(session_finish, thread_sensitive=False)(session_id=session_id, reason=reason)
 
 
+# `manage.py doctor` dispatches a job with PROBE_METADATA_KEY into a room of its own to see
+# that a worker serves LIVEKIT_AGENT_NAME (sessions_app/livekit_server.py). Such a job
+# joins, touches no session and no database, and leaves when the doctor deletes the room.
+PROBE_STAY_SECONDS = 30.0
+
+
+async def _answer_probe(ctx: JobContext) -> None:
+    from livekit.agents import AutoSubscribe
+
+    logger.info("doctor probe %s: joining room %s", ctx.job.id, getattr(ctx.room, "name", ""))
+    await ctx.connect(auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
+    # Normally the doctor deletes the room within seconds; this bounds a doctor that died.
+    asyncio.get_running_loop().call_later(PROBE_STAY_SECONDS, ctx.shutdown, "doctor probe answered")
+
+
 async def entrypoint(ctx: JobContext) -> None:
     metadata = json.loads(ctx.job.metadata or "{}")
+    if metadata.get(PROBE_METADATA_KEY) and local.current_call() is None:
+        await _answer_probe(ctx)
+        return
     session_id = str(metadata["session_id"])
     bind_log_context(session_id=session_id, room=getattr(ctx.room, "name", None) or None)
     config = await load_job_config(session_id)

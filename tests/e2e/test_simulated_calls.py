@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.platform import Platform, pid_alive
+from tests.e2e.platform import BASE_DIR, Platform, free_port, pid_alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -167,6 +171,40 @@ async def test_tool_calls_retried_with_the_same_key_have_one_side_effect(platfor
             (f"%{key}", f"%{key}"),
         )
         assert rows[0][0] == 1, f"tool call {key} had {rows[0][0]} side effects"
+
+
+def _doctor(platform: Platform, **env: str) -> tuple[int, dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "manage.py", "doctor", "--json"],
+        cwd=BASE_DIR,
+        env={**platform.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_the_doctor_reports_the_running_demo_as_healthy_and_a_lost_redis_as_broken(platform: Platform) -> None:
+    # The demo runs the doctor itself once its agent host and Celery are up, and shows it.
+    deadline = time.monotonic() + 120
+    while "doctor: " not in platform.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert "doctor: ready for calls" in platform.log_path.read_text(), platform.log_tail()
+
+    code, report = _doctor(platform)
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert code == 0 and report["ok"] is True, report
+    for name in ("database", "redis", "celery", "agent worker", "prompts", "offline models"):
+        assert statuses[name] == "ok", (name, report)
+    assert statuses["production settings"] == "warn"  # the demo's development defaults
+
+    # Redis gone (the doctor pointed at a port where nothing listens, as after `redis-cli shutdown`).
+    code, report = _doctor(platform, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert code == 1 and report["ok"] is False
+    assert statuses["redis"] == "fail" and statuses["celery"] == "fail"
+    assert statuses["database"] == "ok" and statuses["agent worker"] == "ok"
 
 
 def test_it_stops_every_process_on_sigterm(platform: Platform) -> None:

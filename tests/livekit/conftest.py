@@ -129,6 +129,13 @@ def _start_llm() -> RecordingLLM:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"  # the body ends when the connection closes
 
+        def do_GET(self) -> None:  # the models list (what `manage.py doctor` asks)
+            body = json.dumps({"object": "list", "data": [{"id": "tier-recorded", "object": "model"}]}).encode()
+            self.send_response(200 if self.path.rstrip("/").endswith("/models") else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
             llm.requests.append(body)

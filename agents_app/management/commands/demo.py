@@ -40,6 +40,8 @@ from voiceplatform.webserver import web_server_command
 
 DEFAULT_TRAFFIC = ("basic", "barge-in", "reconnect", "tool", "client-interrupt", "agent-restart")
 GRACE_SECONDS = 10.0
+# The doctor runs once the agent worker and Celery are up, or after this long regardless.
+DOCTOR_WAIT_S = 180.0
 COLOURS = ("\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m")
 RESET = "\033[0m"
 
@@ -261,6 +263,7 @@ class Command(BaseCommand):
                 self._start_livekit(supervisor, plan, env)
                 env.update(livekit_dev.platform_env(plan.server))
             supervisor.start("web", web_server_command(host=host, port=port, python=py), env)
+            celery_ready = supervisor.watch("celery", " ready.")
             supervisor.start(
                 "celery",
                 [py, "-m", "celery", "-A", "voiceplatform", "worker", "-B", "--concurrency", "1", "--loglevel", "INFO",
@@ -276,6 +279,10 @@ class Command(BaseCommand):
             if not wait_port(host, port, 60):
                 raise CommandError(f"the web server did not start listening on {host}:{port} within 60 s")
             self._banner(base_url, plan)
+            doctor = threading.Thread(
+                target=self._doctor, args=(supervisor, env, plan, stop, registered, celery_ready), daemon=True
+            )
+            doctor.start()
             if not options["no_traffic"]:
                 traffic = threading.Thread(
                     target=self._traffic,
@@ -402,6 +409,28 @@ class Command(BaseCommand):
         for line in lines:
             self.stdout.write(line)
         self.stdout.flush()
+
+    def _doctor(
+        self,
+        supervisor: Supervisor,
+        env: dict[str, str],
+        plan: TransportPlan,
+        stop: threading.Event,
+        registered: threading.Event,
+        celery_ready: threading.Event,
+    ) -> None:
+        """`manage.py doctor` once the agent worker and Celery are up: its table shows
+        what this deployment has and lacks (it does not stop the demo either way)."""
+        deadline = time.monotonic() + DOCTOR_WAIT_S
+        agent_up = (
+            registered.is_set
+            if plan.kind != "local"
+            else lambda: wait_port(settings.LOCAL_AGENT_HOST, settings.LOCAL_AGENT_PORT, 0.1)
+        )
+        while not (agent_up() and celery_ready.is_set()) and time.monotonic() < deadline:
+            if stop.wait(0.5):
+                return
+        supervisor.start("doctor", [sys.executable, "manage.py", "doctor", "--probe-timeout", "30"], env)
 
     def _traffic(
         self,
