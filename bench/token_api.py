@@ -1,15 +1,15 @@
-"""Token API: POST /api/v1/sessions on the platform vs a bare FastAPI + uvicorn peer.
+"""Token API: POST /api/v1/sessions on the platform vs FastAPI doing the same work (issue 18).
 
-The platform is started as in production (voiceplatform.webserver: uvicorn with
-WEB_PROCESSES processes, default 2, serving voiceplatform.asgi:application; `--processes N`
-and `--server daphne` measure the alternatives). The peer is a bare FastAPI app under
-one uvicorn process that does the same essential work per request: parse the
-JSON body, mint the same LiveKit token (sessions_app.tokens.caller_token_mint) and insert
-one VoiceSession row into the same database. The platform additionally authenticates the
-API key, applies the Redis rate limit (raised out of the way here), checks the owner's
-live sessions against their cap (inside its one INSERT; a sweeper ends the bench's
-sessions as a real client's calls end), pins the prompt version, appends the session
-events and publishes them to the channel layer.
+The platform is started as in production (voiceplatform.webserver: gunicorn with
+WEB_PROCESSES uvicorn workers, default 2, serving voiceplatform.asgi:application;
+`--processes N` measures other counts). The peer is a FastAPI app on the same kind of
+server (gunicorn, the same number of uvicorn workers) that does the same work per request
+by calling the same code: the API-key lookup, the Redis rate limit (raised out of the way
+here) and `session_create` (the owner's live-session cap inside the one INSERT of the
+session and its events, the pinned prompt version, the token, the publish to the channel
+layer). So the ratio is the cost of the web framework around the work: Django's
+middleware, django-ninja and the WSGI bridge, against FastAPI. A sweeper ends the bench
+client's sessions as a real client's calls end.
 
 Both are driven over loopback in the same run with the same load:
 1. throughput: a closed loop of --concurrency clients for --seconds, --rounds times per
@@ -50,10 +50,9 @@ os.environ.setdefault("VOICE_DEV_DEFAULTS", "true")
 
 AGENT_SLUG = "bench-token-api"
 CLIENT_NAME = "bench-token-api"
-PEER_CALLER = "bench-peer"
 
 
-# --- the peer: bare FastAPI + uvicorn --------------------------------------------------------
+# --- the peer: FastAPI on the same server, doing the same work ---------------------------------
 
 
 class CreateIn(BaseModel):
@@ -63,56 +62,52 @@ class CreateIn(BaseModel):
 
 
 def build_peer_app() -> Any:
-    import uuid
+    """The same request, the same work, through FastAPI instead of Django + django-ninja.
 
+    It calls what the platform's view calls: the API-key lookup (`api_client_authenticate`,
+    with its per-process cache), the Redis rate limit, and `session_create` (the owner's
+    live-session cap inside the one INSERT of the session and its events, the token, the
+    publish to the channel layer). What differs is only the web framework around them:
+    Django's middleware, django-ninja's parsing and auth, and the WSGI bridge.
+    """
     import django
 
     django.setup()
     from django.db import connection
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Header, HTTPException
 
-    from agents_app.models import Agent
-    from sessions_app.models import VoiceSession
-    from sessions_app.tokens import caller_token_mint, client_url
+    from sessions_app.models import ApiScope
+    from sessions_app.ratelimit import session_create_rate_check
+    from sessions_app.services import api_client_authenticate, session_create
+    from sessions_app.tokens import client_url
 
-    agent = Agent.objects.get(slug=AGENT_SLUG)
-    version_id = agent.prompt_versions.get(status="published").pk
     app = FastAPI()
 
     @app.post("/sessions", status_code=201)
-    def create(body: CreateIn) -> dict[str, Any]:  # sync: FastAPI runs it in its threadpool
-        sid = uuid.uuid4()
-        room = f"vs-{sid.hex}"
+    def create(body: CreateIn, authorization: str = Header("")) -> dict[str, Any]:  # runs in FastAPI's threadpool
         try:
-            VoiceSession.objects.create(
-                id=sid,
-                caller_id=PEER_CALLER,
-                room_name=room,
-                agent_id=agent.pk,
-                prompt_version_id=version_id,
-                metadata=body.metadata,
+            client = api_client_authenticate(key=authorization.removeprefix("Bearer ").strip())
+            if client is None:
+                raise HTTPException(401, "unknown API key")
+            if client.scope != ApiScope.CLIENT:
+                raise HTTPException(403, "insufficient scope")
+            if not session_create_rate_check(subject=f"client:{client.key_prefix}").allowed:
+                raise HTTPException(429, "rate limited")
+            session, token = session_create(
+                agent_slug=body.agent, caller_id=body.user_id, metadata=body.metadata, api_client=client
             )
         finally:
-            # Back to the pool (DB_POOL, the settings' default on PostgreSQL), as Django
-            # does at the end of each request: FastAPI's 40 threads would otherwise hold
-            # a connection each and exhaust it.
+            # Back to the pool (DB_POOL), as Django does when its request finishes.
             connection.close()
-        token = caller_token_mint(room=room, caller_id=body.user_id)
         return {
-            "session_id": str(sid),
-            "room": room,
+            "session_id": str(session.id),
+            "room": session.room_name,
             "url": client_url(),
             "token": token.token,
             "expires_at": token.expires_at.isoformat(),
         }
 
     return app
-
-
-def serve_peer(port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(build_peer_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 # --- driver ------------------------------------------------------------------------------------
@@ -185,24 +180,27 @@ def _cleanup() -> None:
     ApiClient.objects.filter(name=CLIENT_NAME).delete()
 
 
-def _start_platform(port: int, server: str, processes: int, db_pool: bool) -> list[subprocess.Popen]:
+def _start_platform(port: int, processes: int, db_pool: bool) -> list[subprocess.Popen]:
     py = sys.executable
     env = dict(os.environ)
     if db_pool:
         # Each web thread would otherwise keep its own PostgreSQL connection. See docs/api.md.
         env["DB_POOL"] = "1"
-    if server == "daphne":  # the previous server, for comparison: one process, no workers
-        cmd = [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", "voiceplatform.asgi:application"]
-    else:  # as in production (manage.py demo, Procfile)
-        from voiceplatform.webserver import web_server_command
+    from voiceplatform.webserver import web_server_command  # as in production (Procfile, manage.py demo)
 
-        cmd = web_server_command(host="127.0.0.1", port=port, processes=processes, python=py)
+    cmd = web_server_command(host="127.0.0.1", port=port, processes=processes, python=py)
     return [subprocess.Popen(cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL, env=env)]
 
 
-def _start_peer(port: int) -> list[subprocess.Popen]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-peer", str(port)]
-    return [subprocess.Popen(cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL)]
+def _start_peer(port: int, processes: int, db_pool: bool) -> list[subprocess.Popen]:
+    """The peer on the same kind of server: gunicorn, the same number of uvicorn workers."""
+    env = dict(os.environ, **({"DB_POOL": "1"} if db_pool else {}))
+    cmd = [
+        sys.executable, "-m", "gunicorn", "--workers", str(processes), "--worker-class", "uvicorn_worker.UvicornWorker",
+        "--bind", f"127.0.0.1:{port}", "--no-control-socket", "--log-level", "warning",
+        "--pythonpath", str(Path(__file__).resolve().parent), "token_api:build_peer_app()",
+    ]  # fmt: skip
+    return [subprocess.Popen(cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL, env=env)]
 
 
 async def _wait_up(url: str, headers: dict[str, str], body: bytes, timeout: float = 60.0) -> None:
@@ -331,12 +329,6 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--server",
-        choices=("production", "daphne"),
-        default="production",
-        help="production: voiceplatform.webserver (uvicorn, WEB_PROCESSES workers); daphne: one process",
-    )
     parser.add_argument("--processes", type=int, default=0, help="web processes (default: WEB_PROCESSES)")
     parser.add_argument("--rate", type=float, default=150.0, help="open-loop requests/s for the latency phase")
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients for the throughput phase")
@@ -349,22 +341,17 @@ def main() -> None:
         default=True,
         help="run the platform with DB_POOL=1 (PostgreSQL only)",
     )
-    parser.add_argument("--serve-peer", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_peer:
-        serve_peer(args.serve_peer)
-        return
-
     db_pool = args.db_pool and os.environ.get("DATABASE_URL", "").startswith("postgres")
     key = _setup()
     from django.conf import settings
 
-    processes = 1 if args.server == "daphne" else (args.processes or settings.WEB_PROCESSES)
+    processes = args.processes or settings.WEB_PROCESSES
     platform_port, peer_port = _free_port(), _free_port()
     procs: list[subprocess.Popen] = []
     try:
-        procs += _start_platform(platform_port, args.server, processes, db_pool)
-        procs += _start_peer(peer_port)
+        procs += _start_platform(platform_port, processes, db_pool)
+        procs += _start_peer(peer_port, processes, db_pool)
         with _Sweeper():
             results = asyncio.run(
                 _measure(
@@ -373,7 +360,7 @@ def main() -> None:
                             f"http://127.0.0.1:{platform_port}/api/v1/sessions",
                             {"Authorization": f"Bearer {key}"},
                         ),
-                        "peer": (f"http://127.0.0.1:{peer_port}/sessions", {}),
+                        "peer": (f"http://127.0.0.1:{peer_port}/sessions", {"Authorization": f"Bearer {key}"}),
                     },
                     args,
                 )
@@ -397,10 +384,10 @@ def main() -> None:
                 "platform_rps_rounds": platform["rps_rounds"],
                 "peer_rps_rounds": peer["rps_rounds"],
                 "rate": args.rate,
-                "server": args.server,
+                "server": "gunicorn+uvicorn-worker",
                 "processes": processes,
                 "threads": settings.WEB_THREADS,
-                "peer_processes": 1,
+                "peer_processes": processes,
                 "db_pool": db_pool,
                 "errors": {"platform": platform["errors"], "peer": peer["errors"]},
                 "database": "postgresql" if os.environ.get("DATABASE_URL", "").startswith("postgres") else "sqlite",

@@ -94,8 +94,8 @@ async def run_bare(agent: Any, greeting: str, instructions: str, utterances: lis
     from livekit.agents.testing import fake_job_context
     from livekit.agents.voice.transcription import TranscriptSynchronizer
 
-    from agents_app.providers.factory import build_providers
-    from agents_app.worker.entrypoint import load_vad, session_options
+    from agents_app.providers.factory import build_providers, load_vad
+    from agents_app.worker.entrypoint import session_options
     from agents_app.worker.local import LocalCall
 
     call = LocalCall()
@@ -131,10 +131,11 @@ async def run_bare(agent: Any, greeting: str, instructions: str, utterances: lis
 
 
 async def run_platform(session_id: str, utterances: list[tuple[Any, int]]) -> tuple[list[float], list[float]]:
+    from agents_app.worker.entrypoint import entrypoint
     from agents_app.worker.local import LocalCall, run_local_job
 
     call = LocalCall()
-    job = asyncio.create_task(run_local_job(session_id=session_id, call=call))
+    job = asyncio.create_task(run_local_job(session_id=session_id, call=call, entrypoint=entrypoint))
     frames = asyncio.create_task(_drain_frames(call))
     await _converse(call, utterances)
     runtime = call.job
@@ -153,10 +154,11 @@ async def main(rounds: int, turns: int) -> dict[str, Any]:
 
     from agents_app.providers import piper
     from agents_app.worker.config import load_job_config
+    from agents_app.worker.entrypoint import prewarm as setup
     from agents_app.worker.local import prewarm
 
     await sync_to_async(call_command)("migrate", verbosity=0)
-    await asyncio.to_thread(prewarm)
+    await asyncio.to_thread(prewarm, setup)
     script = [SENTENCES[i % len(SENTENCES)] for i in range(turns)]
     utterances = [piper.synthesize(text) for text in script]  # synthesized before timing
 

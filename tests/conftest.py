@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -29,6 +31,34 @@ def _fresh_hot_cache():
 
     hot_forget()
     yield
+
+
+@contextmanager
+def _celery_eager(*, propagates: bool) -> Iterator[None]:
+    from voiceplatform.celery import app
+
+    previous = (app.conf.task_always_eager, app.conf.task_eager_propagates)
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, propagates
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+
+
+@pytest.fixture
+def eager_celery() -> Iterator[None]:
+    """Celery tasks run in-process, at once; a task's exception propagates to the caller."""
+    with _celery_eager(propagates=True):
+        yield
+
+
+@pytest.fixture
+def eager_celery_with_retries() -> Iterator[None]:
+    """Celery tasks run in-process; a task's `retry` is re-applied at once (eager retries
+    happen only when exceptions do not propagate); failures surface through
+    `EagerResult.get()`."""
+    with _celery_eager(propagates=False):
+        yield
 
 
 @pytest.fixture

@@ -1,7 +1,10 @@
-"""voiceplatform.webserver: N uvicorn processes, each on its own SO_REUSEPORT socket.
+"""The web server as the Procfile starts it: gunicorn managing uvicorn workers.
 
-The servers run as real subprocesses; which process holds which socket is read from /proc
-(Linux, where the platform is deployed).
+Real subprocesses on loopback; the worker processes are read from /proc (Linux, where the
+platform is deployed). What an operator relies on: N workers serve, a killed worker is
+replaced, SIGHUP replaces every worker without refusing a request, a worker is recycled
+after WEB_MAX_REQUESTS, SIGTERM stops everything, and a taken port or a malformed
+setting stops the server with a message.
 """
 
 from __future__ import annotations
@@ -10,51 +13,29 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.browser.conftest import free_port
-from voiceplatform.webserver import STARTUP_GRACE_S, web_server_command
+from voiceplatform.webserver import web_server_command
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-LISTEN, ESTABLISHED = "0A", "01"
 
-pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from Linux's /proc")
+pytestmark = pytest.mark.skipif(not Path("/proc").exists(), reason="reads processes from Linux's /proc")
 
 
-def _start(port: int, processes: int) -> subprocess.Popen:
+def _start(port: int, processes: int, **env: str) -> subprocess.Popen:
     cmd = web_server_command(host="127.0.0.1", port=port, processes=processes)
-    return subprocess.Popen(cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, cwd=BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
+    )
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int) -> set[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def _sockets(port: int, state: str) -> set[str]:
-    """Inodes of this machine's TCP sockets with local `port` in `state`."""
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == state:
-            inodes.add(fields[9])
-    return inodes
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
 
 
 def _wait_until(check, timeout: float = 60.0, what: str = "condition"):
@@ -67,78 +48,107 @@ def _wait_until(check, timeout: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _listening_children(server: subprocess.Popen, port: int, count: int) -> list[int]:
-    def ready() -> list[int] | None:
+def _get(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return sock.recv(64)
+
+
+def _serving(server: subprocess.Popen, port: int, workers: int) -> set[int]:
+    """The worker pids once `workers` of them run and the port answers."""
+
+    def ready() -> set[int] | None:
         if server.poll() is not None:
             raise AssertionError(f"server exited {server.returncode}: {server.stderr.read()}")
         kids = _children(server.pid)
-        listening = _sockets(port, LISTEN)
-        holders = [k for k in kids if _socket_inodes(k) & listening]
-        return holders if len(holders) == count else None
+        if len(kids) != workers:
+            return None
+        try:
+            return kids if _get(port).startswith(b"HTTP/1.1 200") else None
+        except OSError:
+            return None
 
-    return _wait_until(ready, what=f"{count} listening server processes")
+    return _wait_until(ready, what=f"{workers} serving workers")
 
 
 def _stop(server: subprocess.Popen) -> None:
     if server.poll() is None:
         server.send_signal(signal.SIGTERM)
         try:
-            server.wait(20)
+            server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
 
 
-def _get(port: int, conn: socket.socket | None = None) -> bytes:
-    sock = conn or socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    return sock.recv(64)
+def _gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
 
 
-def test_each_process_listens_on_its_own_socket_and_connections_spread_over_them():
+def test_workers_serve_and_sigterm_stops_every_process():
     port = free_port()
     server = _start(port, processes=2)
-    try:
-        kids = _listening_children(server, port, 2)
-        assert len(_sockets(port, LISTEN)) == 2  # two sockets on one port: SO_REUSEPORT
-        # 16 keep-alive connections opened at once (an API client's pool). With one shared
-        # socket the first process to wake could take them all; here each gets some.
-        conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(16)]
-        try:
-            for conn in conns:
-                assert _get(port, conn).startswith(b"HTTP/1.1 200")
-            established = _sockets(port, ESTABLISHED)
-            per_process = [len(_socket_inodes(k) & established) for k in kids]
-            assert sum(per_process) == 16 and min(per_process) > 0, per_process
-        finally:
-            for conn in conns:
-                conn.close()
-    finally:
-        _stop(server)
-    assert server.returncode == 0
-
-
-def test_sigterm_stops_every_process():
-    port = free_port()
-    server = _start(port, processes=2)
-    kids = _listening_children(server, port, 2)
+    kids = _serving(server, port, 2)
     _stop(server)
     assert server.returncode == 0
-    for kid in kids:
-        assert not Path(f"/proc/{kid}").exists() or "Z" in Path(f"/proc/{kid}/stat").read_text().split()[2]
+    assert all(_gone(kid) for kid in kids)
 
 
-def test_a_process_that_dies_later_is_replaced():
+def test_a_killed_worker_is_replaced():
     port = free_port()
     server = _start(port, processes=2)
     try:
-        kids = _listening_children(server, port, 2)
-        time.sleep(STARTUP_GRACE_S + 0.5)  # past the startup grace: a crash now is replaced
-        os.kill(kids[0], signal.SIGKILL)
-        _wait_until(lambda: set(_listening_children(server, port, 2)) - set(kids), what="a replacement process")
+        kids = _serving(server, port, 2)
+        victim = min(kids)
+        os.kill(victim, signal.SIGKILL)
+        _wait_until(lambda: victim not in _children(server.pid) and len(_children(server.pid)) == 2, what="a new one")
         assert _get(port).startswith(b"HTTP/1.1 200")
     finally:
         _stop(server)
+
+
+def test_sighup_replaces_every_worker_and_keeps_answering():
+    port = free_port()
+    server = _start(port, processes=2)
+    try:
+        before = _serving(server, port, 2)
+        server.send_signal(signal.SIGHUP)
+        refused = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if not _get(port).startswith(b"HTTP/1.1 200"):
+                    refused += 1
+            except OSError:
+                refused += 1
+            now = _children(server.pid)
+            if len(now) == 2 and not (now & before):
+                break
+            time.sleep(0.05)
+        assert not (_children(server.pid) & before), "the old workers are still running"
+        assert refused == 0
+    finally:
+        _stop(server)
+
+
+def test_a_worker_is_recycled_after_web_max_requests():
+    port = free_port()
+    server = _start(port, processes=1, WEB_MAX_REQUESTS="10")
+    try:
+        (first,) = _serving(server, port, 1)
+        for _ in range(30):  # more than 10 + 10 % jitter: the first worker must have been replaced
+            _wait_until(lambda: _try_get(port), timeout=30, what="an answer")
+        assert first not in _children(server.pid)
+    finally:
+        _stop(server)
+
+
+def _try_get(port: int) -> bool:
+    try:
+        return _get(port).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
 
 
 def test_a_taken_port_stops_the_server_with_an_error():
@@ -152,25 +162,19 @@ def test_a_taken_port_stops_the_server_with_an_error():
         finally:
             _stop(server)
         assert server.returncode != 0
-        assert f"cannot listen on 127.0.0.1:{port}" in server.stderr.read()
-
-
-def test_a_bad_port_is_refused_with_a_message():
-    result = subprocess.run(
-        [sys.executable, "-m", "voiceplatform.webserver", "--port", "0"], cwd=BASE_DIR, capture_output=True, text=True
-    )
-    assert result.returncode == 2 and "--port must be between 1 and 65535" in result.stderr
+        assert "Connection in use" in server.stderr.read()
 
 
 def test_a_malformed_setting_is_one_line_not_a_traceback():
-    env = {**os.environ, "WEB_PROCESSES": "many"}
+    port = free_port()
     result = subprocess.run(
-        [sys.executable, "-m", "voiceplatform.webserver", "--port", "8999"],
+        web_server_command(host="127.0.0.1", port=port),
         cwd=BASE_DIR,
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "WEB_PROCESSES": "many"},
+        timeout=60,
     )
-    assert result.returncode == 2
-    assert result.stderr.startswith("Configuration error:") and "WEB_PROCESSES" in result.stderr
+    assert result.returncode != 0
+    assert "Configuration error:" in result.stderr and "WEB_PROCESSES" in result.stderr
     assert "Traceback" not in result.stderr

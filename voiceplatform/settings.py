@@ -49,7 +49,6 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "tes
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", ["http://127.0.0.1:8000", "http://localhost:8000"])
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -88,8 +87,12 @@ ROOT_URLCONF = "voiceplatform.urls"
 # overlap one request's database and Redis round trips with another's work; beyond that
 # they mostly contend for the GIL (docs/api.md). Scale with WEB_PROCESSES instead.
 WEB_THREADS = env_int("WEB_THREADS", 4, minimum=1, maximum=64)
-# uvicorn processes of a web server (voiceplatform/webserver.py): one per core.
+# gunicorn's uvicorn worker processes (voiceplatform/webserver.py, gunicorn_conf.py): one per core.
 WEB_PROCESSES = env_int("WEB_PROCESSES", 2, minimum=1, maximum=64)
+# A worker that misses its heartbeat this long (a blocked event loop) is killed and replaced.
+WEB_WORKER_TIMEOUT_SECONDS = env_int("WEB_WORKER_TIMEOUT_SECONDS", 30, minimum=5, maximum=3600)
+# A worker is recycled after this many requests (±10 %), bounding slow leaks; 0: never.
+WEB_MAX_REQUESTS = env_int("WEB_MAX_REQUESTS", 50_000, minimum=0)
 ASGI_APPLICATION = "voiceplatform.asgi.application"
 WSGI_APPLICATION = None  # HTTP runs through voiceplatform.asgi (voiceplatform.wsgibridge), see there
 
@@ -355,7 +358,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
-        "daphne": {"level": "WARNING"},
         "livekit": {"level": "WARNING", "filters": ["sdk_noise"]},
         "livekit.agents": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},

@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from livekit.agents import llm, stt, tts
 
 from agents_app.models import Agent, Provider
+from agents_app.providers.fallback import STAGES, build_chain, usable_entries
 
 DEFAULT_OPENAI_MODELS = {"stt": "gpt-4o-mini-transcribe", "llm": "gpt-4.1-mini", "tts": "gpt-4o-mini-tts"}
 
@@ -62,52 +63,71 @@ def openai_kwargs(endpoint: str = "") -> dict[str, Any]:
     return kwargs
 
 
-def build_stt(agent: Agent) -> stt.STT:
-    if agent.stt_provider == Provider.OPENAI:
-        from livekit.plugins import openai
+def load_vad() -> Any:
+    """Silero VAD, loaded once per process (the session's turn detection, and the
+    segmenter of a non-streaming STT in a fallback chain)."""
+    global _VAD
+    if _VAD is None:
+        from livekit.plugins import silero
 
-        return openai.STT(
-            model=agent.stt_model or DEFAULT_OPENAI_MODELS["stt"], language=agent.language, **openai_kwargs()
-        )
-    from agents_app.providers.sphinx import PocketSphinxSTT
-
-    return PocketSphinxSTT(phrases=list(agent.stt_phrases or []), language=agent.language)
-
-
-def build_llm(agent: Agent) -> llm.LLM:
-    if agent.llm_provider == Provider.OPENAI:
-        from livekit.plugins import openai
-
-        return openai.LLM(model=agent.llm_model or DEFAULT_OPENAI_MODELS["llm"], **openai_kwargs())
-    from agents_app.providers.offline_llm import OfflineStandInLLM
-
-    return OfflineStandInLLM()
+        _VAD = silero.VAD.load()
+    return _VAD
 
 
-def build_tts(agent: Agent) -> tts.TTS:
-    if agent.tts_provider == Provider.OPENAI:
-        from livekit.plugins import openai
+_VAD: Any = None
 
-        kwargs: dict[str, Any] = {"model": agent.tts_model or DEFAULT_OPENAI_MODELS["tts"]}
-        if agent.tts_voice:
-            kwargs["voice"] = agent.tts_voice
-        return openai.TTS(**kwargs, **openai_kwargs())
-    # GPL-3.0 Piper is imported only here, for agents that use the offline TTS.
-    from agents_app.providers.piper import PiperTTS
 
-    return PiperTTS()
+def primary_spec(stage: str, agent: Agent) -> dict[str, str]:
+    """The agent's own provider for a stage, as a spec like a fallback entry's."""
+    spec = {"provider": getattr(agent, f"{stage}_provider"), "model": getattr(agent, f"{stage}_model") or ""}
+    if stage == "tts" and agent.tts_voice:
+        spec["voice"] = agent.tts_voice
+    return spec
+
+
+def build_provider(stage: str, spec: dict[str, Any], agent: Agent) -> Any:
+    """The one builder: a spec ({"provider", "model", "endpoint", "voice"}) → an STT, LLM or
+    TTS instance. The primary is the first spec of a chain; fallbacks are the others."""
+    provider = spec.get("provider")
+    model = spec.get("model") or ""
+    if provider == Provider.OFFLINE:
+        if stage == "stt":
+            from agents_app.providers.sphinx import PocketSphinxSTT
+
+            return PocketSphinxSTT(phrases=list(agent.stt_phrases or []), language=agent.language)
+        if stage == "llm":
+            from agents_app.providers.offline_llm import OfflineStandInLLM
+
+            return OfflineStandInLLM()
+        # GPL-3.0 Piper is imported only here, for agents that use the offline TTS.
+        from agents_app.providers.piper import PiperTTS
+
+        return PiperTTS()
+    if provider != Provider.OPENAI:
+        raise ValueError(f"unknown {stage} provider {provider!r}")
+    from livekit.plugins import openai
+
+    kwargs = openai_kwargs(spec.get("endpoint") or "")
+    model = model or DEFAULT_OPENAI_MODELS[stage]
+    if stage == "stt":
+        return openai.STT(model=model, language=agent.language, **kwargs)
+    if stage == "llm":
+        return openai.LLM(model=model, **kwargs)
+    if spec.get("voice"):
+        kwargs["voice"] = spec["voice"]
+    return openai.TTS(model=model, **kwargs)
 
 
 def build_providers(agent: Agent, *, vad: Any = None) -> Providers:
-    # Each stage is the primary plus the agent's fallbacks, chained by livekit-agents'
-    # FallbackAdapters with budgeted timeouts (issue 11; agents_app/providers/fallback.py).
-    from agents_app.providers.fallback import build_chain
-
-    return Providers(
-        stt=build_chain("stt", agent, build_stt(agent), vad=vad),
-        llm=build_chain("llm", agent, build_llm(agent)),
-        tts=build_chain("tts", agent, build_tts(agent)),
-    )
+    """Each stage: the primary plus the agent's fallbacks, chained by livekit-agents'
+    FallbackAdapters with budgeted timeouts (agents_app/providers/fallback.py). `vad`
+    segments a non-streaming STT in a chain (the process's Silero VAD when not given)."""
+    vad = vad if vad is not None else load_vad()
+    stages = {}
+    for stage in STAGES:
+        specs = [primary_spec(stage, agent), *usable_entries(stage, agent)]
+        stages[stage] = build_chain(stage, agent, [build_provider(stage, spec, agent) for spec in specs], vad=vad)
+    return Providers(**stages)
 
 
 def prewarm_offline() -> None:

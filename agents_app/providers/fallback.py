@@ -2,8 +2,10 @@
 
 An Agent lists extra providers per stage in `stt_fallbacks` / `llm_fallbacks` /
 `tts_fallbacks` (each a list of {"provider": "openai"|"offline", "model": "...",
-"endpoint": "<a name from OPENAI_ENDPOINTS>"}). The chain is the primary (Agent.<stage>_provider) followed by those
-entries, in order. Failing over, marking a provider unavailable and probing it until it
+"endpoint": "<a name from OPENAI_ENDPOINTS>"}). The chain is the primary
+(Agent.<stage>_provider) followed by those entries, in order, each built by the one
+builder, `factory.build_provider` (this module imports neither the factory nor the
+worker; the VAD that segments a non-streaming STT is passed in). Failing over, marking a provider unavailable and probing it until it
 recovers is done by `llm.FallbackAdapter` / `stt.FallbackAdapter` / `tts.FallbackAdapter`;
 we write no retry loop of our own and turn the adapters' per-provider retries off
 (`max_retry_per_*=0`) so a failure moves on to the next provider at once.
@@ -14,7 +16,9 @@ caller in silence.
 
 `ChainMonitor` turns what the adapters and their providers report into session events
 (`provider.error`, `provider.failover`, `provider.recovered`, `provider.stage_failed`) and
-the `voice_provider_failures_total{stage,provider}` metric.
+the `voice_provider_failures_total{stage,provider}` metric. It reads the chain's members
+and their availability from our adapter subclasses (`_Members`), never from livekit's
+private fields.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from django.core.exceptions import ValidationError
 from livekit.agents import APIConnectOptions, llm, stt, tts
 from livekit.agents.voice.agent_session import SessionConnectOptions
 
-from agents_app.models import Agent, Provider
+from agents_app.models import Agent
 from agents_app.provider_config import validate_fallbacks
 
 logger = logging.getLogger(__name__)
@@ -64,40 +68,7 @@ def session_conn_options(agent: Agent) -> SessionConnectOptions:
     )
 
 
-def build_entry(stage: str, entry: dict[str, Any], agent: Agent) -> Any:
-    """One provider of a chain from a fallback entry."""
-    from agents_app.providers import factory
-
-    provider = entry.get("provider")
-    model = entry.get("model") or ""
-    if provider == Provider.OFFLINE:
-        if stage == "stt":
-            from agents_app.providers.sphinx import PocketSphinxSTT
-
-            return PocketSphinxSTT(phrases=list(agent.stt_phrases or []), language=agent.language)
-        if stage == "llm":
-            from agents_app.providers.offline_llm import OfflineStandInLLM
-
-            return OfflineStandInLLM()
-        from agents_app.providers.piper import PiperTTS
-
-        return PiperTTS()
-    if provider != Provider.OPENAI:
-        raise ValueError(f"unknown {stage} fallback provider {provider!r}")
-    from livekit.plugins import openai
-
-    kwargs = factory.openai_kwargs(entry.get("endpoint") or "")
-    default = factory.DEFAULT_OPENAI_MODELS[stage]
-    if stage == "stt":
-        return openai.STT(model=model or default, language=agent.language, **kwargs)
-    if stage == "llm":
-        return openai.LLM(model=model or default, **kwargs)
-    if entry.get("voice"):
-        kwargs["voice"] = entry["voice"]
-    return openai.TTS(model=model or default, **kwargs)
-
-
-def _usable_entries(stage: str, agent: Agent) -> list[dict[str, Any]]:
+def usable_entries(stage: str, agent: Agent) -> list[dict[str, Any]]:
     """The stage's fallback entries; a malformed one is skipped (and logged), so a typo in
     the admin costs that fallback, never the call."""
     raw = getattr(agent, f"{stage}_fallbacks", None) or []
@@ -112,26 +83,48 @@ def _usable_entries(stage: str, agent: Agent) -> list[dict[str, Any]]:
     return usable
 
 
-def _needs_chain(primary: Any, entries: list[dict[str, Any]]) -> bool:
-    # A networked primary is wrapped even alone, so its attempt timeout applies and its
-    # outage is reported like any other; a lone offline stand-in is left as it is.
-    return bool(entries) or getattr(primary, "provider", "") != "offline"
+class _Members:
+    """What our FallbackAdapters know of their providers without reading livekit's private
+    fields: the instances in chain order (as given: a non-streaming STT arrives already
+    wrapped in a StreamAdapter) and which are available, kept from the adapter's own
+    `<stage>_availability_changed` events (this handler is registered first, so later
+    listeners see the new state)."""
+
+    members: list[Any]
+    available: list[bool]
+    request_started_at: float = 0.0
+
+    def _track(self, stage: str, members: list[Any]) -> None:
+        self.members = list(members)
+        self.available = [True] * len(self.members)
+
+        def on_changed(ev: Any) -> None:
+            member = getattr(ev, stage)
+            for index, candidate in enumerate(self.members):
+                if candidate is member:
+                    self.available[index] = bool(ev.available)
+
+        self.on(f"{stage}_availability_changed", on_changed)  # type: ignore[attr-defined]
 
 
-class TimedLLMFallback(llm.FallbackAdapter):
+class TimedLLMFallback(_Members, llm.FallbackAdapter):
     """livekit's LLM FallbackAdapter, noting when each request started (for time lost)."""
 
-    request_started_at: float = 0.0
+    def __init__(self, members: list[Any], **kwargs: Any) -> None:
+        super().__init__(members, **kwargs)
+        self._track("llm", members)
 
     def chat(self, **kwargs: Any) -> Any:
         self.request_started_at = time.time()
         return super().chat(**kwargs)
 
 
-class TimedTTSFallback(tts.FallbackAdapter):
+class TimedTTSFallback(_Members, tts.FallbackAdapter):
     """livekit's TTS FallbackAdapter, noting when each synthesis started (for time lost)."""
 
-    request_started_at: float = 0.0
+    def __init__(self, members: list[Any], **kwargs: Any) -> None:
+        super().__init__(members, **kwargs)
+        self._track("tts", members)
 
     def synthesize(self, text: str, **kwargs: Any) -> Any:
         self.request_started_at = time.time()
@@ -142,22 +135,34 @@ class TimedTTSFallback(tts.FallbackAdapter):
         return super().stream(**kwargs)
 
 
-class TimedSTTFallback(stt.FallbackAdapter):
-    """livekit's STT FallbackAdapter, noting when each recognition stream started."""
+class TimedSTTFallback(_Members, stt.FallbackAdapter):
+    """livekit's STT FallbackAdapter, noting when each recognition stream started. A
+    non-streaming member is wrapped in a StreamAdapter over `vad` here (and closed here)."""
 
-    request_started_at: float = 0.0
+    def __init__(self, members: list[Any], *, vad: Any, **kwargs: Any) -> None:
+        self._own_adapters = [stt.StreamAdapter(stt=m, vad=vad) for m in members if not m.capabilities.streaming]
+        wrapped = iter(self._own_adapters)
+        members = [m if m.capabilities.streaming else next(wrapped) for m in members]
+        super().__init__(members, vad=vad, **kwargs)
+        self._track("stt", members)
 
     def stream(self, **kwargs: Any) -> Any:
         self.request_started_at = time.time()
         return super().stream(**kwargs)
 
+    async def aclose(self) -> None:
+        await super().aclose()
+        for adapter in self._own_adapters:
+            await adapter.aclose()
 
-def build_chain(stage: str, agent: Agent, primary: Any, *, vad: Any = None) -> Any:
-    """The stage's provider: `primary` alone, or a FallbackAdapter over the chain."""
-    entries = _usable_entries(stage, agent)
-    if not _needs_chain(primary, entries):
-        return primary
-    instances = [primary, *(build_entry(stage, entry, agent) for entry in entries)]
+
+def build_chain(stage: str, agent: Agent, instances: list[Any], *, vad: Any) -> Any:
+    """The stage's provider from its instances (the primary first): a lone offline
+    stand-in as it is, else a FallbackAdapter over all of them. A networked primary is
+    wrapped even alone, so its attempt timeout applies and its outage is reported like
+    any other."""
+    if len(instances) == 1 and getattr(instances[0], "provider", "") == "offline":
+        return instances[0]
     timeouts = stage_timeouts(agent)
     if stage == "llm":
         # retry_on_chunk_sent: a stream cut off half way still fails over (the caller may
@@ -167,25 +172,17 @@ def build_chain(stage: str, agent: Agent, primary: Any, *, vad: Any = None) -> A
         )
     if stage == "tts":
         return TimedTTSFallback(instances, max_retry_per_tts=0)
-    if vad is None and any(not i.capabilities.streaming for i in instances):
-        from agents_app.worker.entrypoint import load_vad
-
-        vad = load_vad()
     return TimedSTTFallback(instances, vad=vad, attempt_timeout=timeouts["stt"], max_retry_per_stt=0)
 
 
 def chain_members(adapter: Any) -> list[Any]:
-    """The providers of a FallbackAdapter, in order ([] for a plain provider)."""
-    for attr in ("_llm_instances", "_tts_instances", "_stt_instances"):
-        members = getattr(adapter, attr, None)
-        if members is not None:
-            return list(members)
-    return []
+    """The providers of one of our FallbackAdapters, in order ([] for a plain provider)."""
+    return list(getattr(adapter, "members", None) or []) if isinstance(adapter, _Members) else []
 
 
 def describe(provider: Any) -> str:
     """`provider:model` of one provider (a StreamAdapter shows the STT it wraps)."""
-    inner = getattr(provider, "wrapped_stt", None) or getattr(provider, "_stt", None)
+    inner = getattr(provider, "wrapped_stt", None)
     if inner is not None and getattr(provider, "provider", "") in ("", "livekit"):
         provider = inner
     return f"{getattr(provider, 'provider', '') or 'unknown'}:{getattr(provider, 'model', '') or 'unknown'}"
@@ -292,12 +289,8 @@ class ChainMonitor:
                 self.record_event("provider.recovered", {"stage": stage, "provider": name})
                 return
             last = self._last.get(id(member))
-            members = chain_members(adapter)
-            statuses = getattr(adapter, "_status", [])
             following = [
-                describe(m)
-                for i, m in enumerate(members)
-                if m is not member and i < len(statuses) and statuses[i].available
+                describe(m) for m, up in zip(adapter.members, adapter.available, strict=True) if m is not member and up
             ]
             error_class = last.error_class if last else "unknown"
             lost = last.time_lost_ms if last else None
@@ -365,11 +358,9 @@ def _is_probe(adapter: Any, member: Any) -> bool:
     """An error of a member already marked unavailable while another member is available
     comes from the adapter's recovery probe, not from a caller's request."""
     members = chain_members(adapter)
-    statuses = list(getattr(adapter, "_status", []))
-    if member not in members or len(statuses) != len(members):
+    if member not in members:
         return False
-    index = members.index(member)
-    return not statuses[index].available and any(s.available for s in statuses)
+    return not adapter.available[members.index(member)] and any(adapter.available)
 
 
 def _count_failure(stage: str, provider: str) -> None:

@@ -27,8 +27,10 @@ from livekit.agents.voice.transcription import TranscriptSynchronizer
 
 # livekit plugins must be registered on the main thread: import them with this module.
 from livekit.plugins import openai as _openai_plugin  # noqa: F401
-from livekit.plugins import silero
+from livekit.plugins import silero  # noqa: F401
 
+from agents_app.providers.factory import build_providers, load_vad, prewarm_offline
+from agents_app.providers.fallback import ChainMonitor, session_conn_options
 from agents_app.worker import local
 from agents_app.worker.config import JobConfig, load_job_config
 from agents_app.worker.recorder import Recorder
@@ -43,16 +45,6 @@ logger = logging.getLogger(__name__)
 # wall-clock deltas would also count time the OS gave to other processes.
 _cpu = time.thread_time
 
-_VAD: Any = None
-
-
-def load_vad() -> Any:
-    """Silero VAD, loaded once per process."""
-    global _VAD
-    if _VAD is None:
-        _VAD = silero.VAD.load()
-    return _VAD
-
 
 def prewarm(proc: JobProcess) -> None:
     """Runs once per job process before its job: log once, load the VAD (and offline models)."""
@@ -62,8 +54,6 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["vad"] = load_vad()
     if getattr(settings, "DEFAULT_PROVIDER", "offline") == "offline":
         try:
-            from agents_app.providers.factory import prewarm_offline
-
             prewarm_offline()
         except Exception:  # a job still works, only its first turn is slower
             logger.warning("could not prewarm the offline providers", exc_info=True)
@@ -340,9 +330,6 @@ class JobRuntime:
     async def start(self) -> bool:
         """Start serving; False when this job must not serve the session (LiveKit mode:
         the session has ended, or another job already serves it)."""
-        from agents_app.providers.factory import build_providers
-        from agents_app.providers.fallback import ChainMonitor, session_conn_options
-
         config = self.config
         if self.call is None:
             await self.ctx.connect()
@@ -352,9 +339,9 @@ class JobRuntime:
         metrics.SESSIONS_SERVED.labels(agent=config.agent.slug).inc()
         metrics.ACTIVE_SESSIONS.inc()
         self._counted = True
-        self.providers = build_providers(config.agent)
-        tools = await self._build_tools()
         vad = self.ctx.proc.userdata.get("vad") or load_vad()
+        self.providers = build_providers(config.agent, vad=vad)
+        tools = await self._build_tools()
         session = AgentSession(
             stt=self.providers.stt,
             llm=self.providers.llm,

@@ -14,7 +14,7 @@ it as for a LiveKit job; only the audio I/O differs:
 
 API (stable, see docs/CONTRACTS.md "Agent job"):
     call = LocalCall()
-    task = asyncio.create_task(run_local_job(session_id=..., call=call))
+    task = asyncio.create_task(run_local_job(session_id=..., call=call, entrypoint=entrypoint))
     call.push_caller_frame(frame)            # any rate/size; thread-safe
     async for frame in call.agent_frames():  # as played, real-time paced
     call.agent_speaking / await call.wait_agent_speaking(True|False)
@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -367,15 +367,15 @@ class LocalAudioOutput(io.AudioOutput):
                 await asyncio.sleep(delay)
 
 
-async def run_local_job(*, session_id: str, call: LocalCall) -> None:
-    """Run the platform `entrypoint` for one session over `call`, in this event loop.
+async def run_local_job(*, session_id: str, call: LocalCall, entrypoint: Callable[[Any], Awaitable[None]]) -> None:
+    """Run a job `entrypoint` (the platform's: agents_app.worker.entrypoint.entrypoint) for
+    one session over `call`, in this event loop. The caller passes it in, so this module
+    never imports the entrypoint (which imports this module).
 
     Returns when the call is hung up (or killed). `call.kill()` cancels the job the way
     a crashed process would stop: no goodbye, no final flush beyond what was written.
     """
     from livekit.agents.testing import fake_job_context
-
-    from agents_app.worker.entrypoint import entrypoint
 
     call._bind(asyncio.get_running_loop())
     token = _CURRENT_CALL.set(call)
@@ -395,14 +395,13 @@ async def run_local_job(*, session_id: str, call: LocalCall) -> None:
         call._close()
 
 
-def prewarm() -> None:
-    """Load the VAD and the offline models now (blocking), as a worker's prewarm does.
+def prewarm(setup: Callable[[Any], None]) -> None:
+    """Run a worker's prewarm `setup` (agents_app.worker.entrypoint.prewarm: the VAD and
+    the offline models) now, blocking, on a thread-mode JobProcess.
 
     Call it once per process before the first local job (e.g. from a thread at server
     start), or the first turn pays for loading PocketSphinx and Piper.
     """
     from livekit.agents import JobExecutorType, JobProcess
 
-    from agents_app.worker.entrypoint import prewarm as _prewarm
-
-    _prewarm(JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None))
+    setup(JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None))

@@ -285,6 +285,7 @@ class CallBridge:
         self.finished = asyncio.Event()
 
     async def _start_job(self) -> None:
+        from agents_app.worker.entrypoint import entrypoint
         from agents_app.worker.local import LocalCall, run_local_job
 
         self.jobs += 1
@@ -299,7 +300,8 @@ class CallBridge:
         # The pump first: it must be listening before the job plays its first frame.
         self._pump = asyncio.create_task(self._pump_agent_audio(call), name=f"local-pump-{self.session_id}")
         self._job = asyncio.create_task(
-            run_local_job(session_id=self.session_id, call=call), name=f"local-job-{self.session_id}"
+            run_local_job(session_id=self.session_id, call=call, entrypoint=entrypoint),
+            name=f"local-job-{self.session_id}",
         )
         self._job.add_done_callback(self._on_job_done)
         await _agent_joined(self.session_id, self.agent_identity)
@@ -526,6 +528,7 @@ async def serve_async(*, host: str | None = None, port: int | None = None, ready
 
 def serve() -> None:
     """`manage.py runagent` in local mode: prewarm the models, then serve callers."""
+    from agents_app.worker.entrypoint import prewarm as setup
     from agents_app.worker.local import prewarm
 
     try:
@@ -534,5 +537,5 @@ def serve() -> None:
         start_agent_metrics_server()
     except Exception:  # metrics are optional here; the calls are not
         logger.warning("could not start the agent metrics server", exc_info=True)
-    prewarm()
+    prewarm(setup)
     asyncio.run(serve_async())

@@ -39,7 +39,7 @@ class FakeJobs:
         self.started: list[str] = []
         self.calls: list[Any] = []
 
-    async def __call__(self, *, session_id: str, call: Any) -> None:
+    async def __call__(self, *, session_id: str, call: Any, entrypoint: Any) -> None:
         call._bind(asyncio.get_running_loop())
         call._job_task = asyncio.current_task()
         self.started.append(session_id)

@@ -104,14 +104,14 @@ def test_the_factory_refuses_openai_without_a_key_or_base_url(settings):
     settings.OPENAI_BASE_URL = ""
     agent = Agent(slug="x", name="x", llm_provider=Provider.OPENAI)
     with pytest.raises(ImproperlyConfigured):
-        factory.build_llm(agent)
+        factory.build_provider("llm", factory.primary_spec("llm", agent), agent)
 
 
 def test_the_factory_uses_the_openai_plugin_with_the_configured_base_url(settings):
     settings.OPENAI_API_KEY = ""
     settings.OPENAI_BASE_URL = "http://127.0.0.1:11434/v1"
     agent = Agent(slug="x", name="x", llm_provider=Provider.OPENAI, llm_model="llama3.2")
-    llm = factory.build_llm(agent)
+    llm = factory.build_provider("llm", factory.primary_spec("llm", agent), agent)
     assert type(llm).__module__.startswith("livekit.plugins.openai")
     assert llm.model == "llama3.2"
     assert "127.0.0.1:11434" in str(llm._client.base_url)

@@ -3,7 +3,7 @@
 - `chromium_path`: Debian's Chromium (never `playwright install`). Missing → the test
   fails under CI (`.ci/run` installs it) and skips only on a developer machine.
 - `launch_chromium(playwright)`: the browser with the flags every browser test uses.
-- `served_platform`: uvicorn (voiceplatform.webserver) serving `voiceplatform.asgi:application` on loopback, on its
+- `served_platform`: gunicorn with a uvicorn worker (voiceplatform.webserver) serving `voiceplatform.asgi:application` on loopback, on its
   own freshly migrated database (a PostgreSQL database next to `DATABASE_URL`, or SQLite
   under a temporary `DATA_DIR`) and the configured Redis. Its `orm(code)` runs Python in
   a helper process on that same database, so a test records turns through the real

@@ -1,5 +1,5 @@
 """A prompt editor changes, diffs, previews, publishes and rolls back the demo prompt in a
-real browser, against the platform served by daphne and seeded by `seed_demo`."""
+real browser, against the platform served as in production and seeded by `seed_demo`."""
 
 from __future__ import annotations
 

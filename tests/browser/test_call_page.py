@@ -1,6 +1,6 @@
 """The browser call page (/call/): the view, and the page in Debian's Chromium.
 
-The browser tests serve the real ASGI app with daphne (a subprocess on its own database)
+The browser tests serve the real ASGI app as in production (a subprocess on its own database)
 and drive Chromium with fake media devices. There is no LiveKit server here, so
 `LIVEKIT_URL` points at a stand-in on loopback (`FakeLiveKit`) that answers only the
 server API calls the platform makes (agent dispatch, room delete) and gives no answer at

@@ -1,4 +1,4 @@
-"""The live dashboard in Debian's Chromium, served by daphne, fed by the real services.
+"""The live dashboard in Debian's Chromium, served as in production, fed by the real services.
 
 A staff member logs in and opens the dashboard; a call is played through the services the
 agent uses (`session_transition`, `turn_record`, `session_event_append`) in another

@@ -1,6 +1,6 @@
 """Start the platform as `make demo` does, in subprocesses, for end-to-end tests.
 
-`manage.py demo --no-traffic` migrates, seeds and supervises daphne, a Celery worker
+`manage.py demo --no-traffic` migrates, seeds and supervises the web server (gunicorn), a Celery worker
 with beat and the local agent host. The processes are separate, so they share a real
 database of their own: a dedicated PostgreSQL database created here when the tests run
 on PostgreSQL, else a temporary SQLite file. Redis is the configured one (REDIS_URL) or a

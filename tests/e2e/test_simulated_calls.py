@@ -1,6 +1,6 @@
 """End to end: the platform started as `make demo` starts it, driven by `simulate_calls`.
 
-One platform (daphne, Celery worker + beat, local agent host; own database and Redis)
+One platform (gunicorn + uvicorn workers, Celery worker + beat, local agent host; own database and Redis)
 serves every test of this module. Each scenario test runs `simulate_calls --calls 2
 --scenario NAME --json` in a subprocess while a staff user's dashboard websocket
 listens, then checks the JSON summary, the stored turns (through the API) and that the

@@ -23,9 +23,10 @@ LONG_REQUEST = "please tell me everything about your delivery service"
 @pytest.fixture(scope="session")
 def prewarmed() -> None:
     """VAD, Piper and the PocketSphinx pool, once per test run."""
+    from agents_app.worker.entrypoint import prewarm as setup
     from agents_app.worker.local import prewarm
 
-    prewarm()
+    prewarm(setup)
 
 
 @pytest.fixture(autouse=True)
@@ -123,9 +124,12 @@ class CallDriver:
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> CallDriver:
+        from agents_app.worker.entrypoint import entrypoint
         from agents_app.worker.local import run_local_job
 
-        self.task = asyncio.create_task(run_local_job(session_id=self.session_id, call=self.call))
+        self.task = asyncio.create_task(
+            run_local_job(session_id=self.session_id, call=self.call, entrypoint=entrypoint)
+        )
         self._listener = asyncio.create_task(self._listen())
         return self
 

@@ -38,7 +38,10 @@ def stand_in_llm(monkeypatch):
     from agents_app.providers.offline_llm import OfflineStandInLLM
 
     llm = OfflineStandInLLM()
-    monkeypatch.setattr(factory, "build_llm", lambda agent: llm)
+    build = factory.build_provider
+    monkeypatch.setattr(
+        factory, "build_provider", lambda stage, spec, agent: llm if stage == "llm" else build(stage, spec, agent)
+    )
     return llm
 
 

@@ -82,7 +82,7 @@ async def openai_server():
 
 
 async def test_the_openai_plugin_streams_a_tool_call_and_the_answer(agent, openai_server, settings):
-    from agents_app.providers.factory import build_llm
+    from agents_app.providers.factory import build_provider, primary_spec
     from agents_app.worker.config import load_job_config
     from agents_app.worker.entrypoint import PlatformAgent
     from agents_app.worker.recorder import Recorder
@@ -100,7 +100,7 @@ async def test_the_openai_plugin_streams_a_tool_call_and_the_answer(agent, opena
     await db(use_openai)
     session_id = await db(make_session, agent)
     config = await load_job_config(session_id)
-    llm = build_llm(config.agent)
+    llm = build_provider("llm", primary_spec("llm", config.agent), config.agent)
     assert type(llm).__module__.startswith("livekit.plugins.openai")  # never the stand-in
 
     PLACED.clear()

@@ -103,7 +103,10 @@ async def test_a_failing_primary_llm_fails_over_to_the_healthy_fallback(agent, s
         before = _failures("llm", primary_label)
 
         async with TextJob(session_id) as job:
-            assert type(job.runtime.providers.llm).__mro__[1].__module__ == "livekit.agents.llm.fallback_adapter"
+            # livekit's own FallbackAdapter does the failing over (ours only notes times and members).
+            from livekit.agents.llm import FallbackAdapter
+
+            assert isinstance(job.runtime.providers.llm, FallbackAdapter)
             result = await job.session.run(user_input="where is my parcel")
             message = result.expect[-1].event().item
             assert message.role == "assistant"

@@ -10,17 +10,8 @@ from django.utils import timezone
 
 from sessions_app import tasks
 from sessions_app.models import LiveKitWebhookEvent, VoiceSession
-from voiceplatform.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def eager_celery():
-    previous = (celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates)
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = True, True
-    yield
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
 
 
 def test_a_redelivered_event_is_applied_once(eager_celery, monkeypatch):

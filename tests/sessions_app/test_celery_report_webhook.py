@@ -12,19 +12,8 @@ import pytest
 from sessions_app import reports, tasks
 from sessions_app.models import SessionEvent, VoiceSession
 from sessions_app.services import api_client_create, session_transition
-from voiceplatform.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def eager_celery():
-    # Eager retries are re-applied at once only when eager exceptions are not propagated;
-    # failures still surface through EagerResult.get().
-    previous = (celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates)
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = True, False
-    yield
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
 
 
 class _Receiver:
@@ -86,7 +75,7 @@ def _ended_session(agent, webhook_url: str, capture) -> tuple[VoiceSession, str]
 
 
 def test_it_retries_a_failing_webhook_with_the_same_delivery_id_and_a_valid_signature(
-    agent, eager_celery, receiver, django_capture_on_commit_callbacks
+    agent, eager_celery_with_retries, receiver, django_capture_on_commit_callbacks
 ):
     hook = receiver([503, 500])
 
@@ -114,7 +103,9 @@ def test_it_retries_a_failing_webhook_with_the_same_delivery_id_and_a_valid_sign
     assert delivered.payload == {"attempts": 3, "http_status": 200}
 
 
-def test_a_delivered_report_is_never_sent_again(agent, eager_celery, receiver, django_capture_on_commit_callbacks):
+def test_a_delivered_report_is_never_sent_again(
+    agent, eager_celery_with_retries, receiver, django_capture_on_commit_callbacks
+):
     hook = receiver([])
     session, _ = _ended_session(agent, hook.url, django_capture_on_commit_callbacks)
     assert len(hook.requests) == 1
@@ -128,7 +119,7 @@ def test_a_delivered_report_is_never_sent_again(agent, eager_celery, receiver, d
 
 
 def test_it_gives_up_after_the_last_retry_and_records_why(
-    agent, eager_celery, receiver, django_capture_on_commit_callbacks
+    agent, eager_celery_with_retries, receiver, django_capture_on_commit_callbacks
 ):
     hook = receiver([500] * 50)
     session, _ = _ended_session(agent, hook.url, django_capture_on_commit_callbacks)
@@ -139,7 +130,9 @@ def test_it_gives_up_after_the_last_retry_and_records_why(
     assert failed.payload == {"attempts": tasks.REPORT_WEBHOOK_MAX_RETRIES + 1, "detail": "HTTP 500"}
 
 
-def test_it_refuses_to_send_an_unsigned_report(agent, eager_celery, receiver, django_capture_on_commit_callbacks):
+def test_it_refuses_to_send_an_unsigned_report(
+    agent, eager_celery_with_retries, receiver, django_capture_on_commit_callbacks
+):
     hook = receiver([])
     client, _key = api_client_create(name="no-secret", webhook_url=hook.url)
     client.webhook_secret = ""
@@ -163,7 +156,7 @@ def test_it_refuses_to_send_an_unsigned_report(agent, eager_celery, receiver, dj
 
 
 def test_a_session_of_a_client_without_webhook_gets_a_report_and_no_delivery(
-    agent, eager_celery, django_capture_on_commit_callbacks
+    agent, eager_celery_with_retries, django_capture_on_commit_callbacks
 ):
     session, _ = _ended_session(agent, "", django_capture_on_commit_callbacks)
     assert session.report is not None
@@ -187,7 +180,7 @@ def test_a_stale_signature_is_rejected():
     assert not reports.report_signature_verify(secret="s3cret", header="garbage", body=b"{}", now=1_000)
 
 
-def test_tasks_for_a_deleted_session_end_quietly(eager_celery):
+def test_tasks_for_a_deleted_session_end_quietly(eager_celery_with_retries):
     """Retention (or an operator) may delete a session after its tasks were queued."""
     gone = str(uuid.uuid4())
     assert tasks.session_post_call_report.delay(gone).get() == {"status": "gone"}

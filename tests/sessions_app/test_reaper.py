@@ -11,17 +11,8 @@ from django.utils import timezone
 from sessions_app import maintenance
 from sessions_app.models import SessionEvent, VoiceSession
 from sessions_app.tasks import sessions_reap_stale
-from voiceplatform.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def eager_celery():
-    previous = (celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates)
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = True, True
-    yield
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
 
 
 def _session(agent, *, state: str, age_s: float, heartbeat_age_s: float | None = None) -> VoiceSession:

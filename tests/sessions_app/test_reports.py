@@ -10,19 +10,8 @@ from sessions_app import reports
 from sessions_app.models import SessionEvent, Turn, VoiceSession
 from sessions_app.services import session_transition
 from sessions_app.tasks import session_post_call_report
-from voiceplatform.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def eager_celery():
-    # Eager retries are re-applied at once only when eager exceptions are not propagated;
-    # failures still surface through EagerResult.get().
-    previous = (celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates)
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = True, False
-    yield
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
 
 
 def _session(agent, **fields) -> VoiceSession:
@@ -130,7 +119,7 @@ def test_an_empty_call_gets_an_empty_summary(agent):
     assert report["kpis"]["e2e_ms"]["p95"] is None
 
 
-def test_ending_a_call_stores_its_report_once(agent, eager_celery, django_capture_on_commit_callbacks):
+def test_ending_a_call_stores_its_report_once(agent, eager_celery_with_retries, django_capture_on_commit_callbacks):
     session = _call(agent)
     with django_capture_on_commit_callbacks(execute=True):
         session_transition(session_id=session.id, to_state="ended", reason="done")
@@ -150,7 +139,7 @@ def test_ending_a_call_stores_its_report_once(agent, eager_celery, django_captur
     assert SessionEvent.objects.filter(session=session, type="session.report_ready").count() == 1
 
 
-def test_a_live_session_gets_no_report(agent, eager_celery):
+def test_a_live_session_gets_no_report(agent, eager_celery_with_retries):
     session = _session(agent, state="active")
     assert session_post_call_report.delay(str(session.id)).get() == {"status": "not_ready"}
     session.refresh_from_db()

@@ -16,23 +16,20 @@ from sessions_app import lifecycle
 from sessions_app.models import AgentStatus, SessionEvent, SessionState, VoiceSession
 from sessions_app.services import session_create, session_transition
 from sessions_app.tasks import session_agent_join_check_task
-from voiceplatform.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def eager_celery(monkeypatch):
-    """Celery tasks run in-process; the agent-join checks (countdown tasks, which eager mode
-    would run at once) are only recorded, and the tests run them when they mean to."""
-    previous = (celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates)
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = True, True
+def eager_celery(eager_celery, monkeypatch):
+    """Celery tasks run in-process (tests/conftest.py); the agent-join checks (countdown
+    tasks, which eager mode would run at once) are only recorded, and the tests run them
+    when they mean to."""
     scheduled: list[tuple[str, int]] = []
     monkeypatch.setattr(
         lifecycle, "_join_check_after_commit", lambda session_id, attempt: scheduled.append((str(session_id), attempt))
     )
-    yield scheduled
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
+    return scheduled
 
 
 @pytest.fixture

@@ -18,19 +18,15 @@ from livekit.protocol.webhook import WebhookEvent
 from sessions_app.models import LiveKitWebhookEvent, SessionEvent, SessionState, VoiceSession
 from sessions_app.services import session_transition
 from sessions_app.webhooks import webhook_event_process
-from voiceplatform.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/livekit/webhook"
 
 
 @pytest.fixture(autouse=True)
-def eager_celery():
+def _eager(eager_celery):
     """The receiver queues `livekit_webhook_process`; run it in-process here."""
-    previous = (celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates)
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = True, True
     yield
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
 
 
 def _event(

@@ -11,18 +11,9 @@ from tests.tools_app.conftest import make_demo_tool
 from tools_app.models import DemoOrder, InvocationStatus, ToolInvocation
 from tools_app.services import IdempotencyKeyInUse, invocation_run_queued, tool_invoke
 from tools_app.tasks import tool_invocation_run
-from voiceplatform.celery import app as celery_app
 
 ORDER = {"item": "cake", "quantity": 1}
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def eager_celery():
-    previous = (celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates)
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = True, True
-    yield
-    celery_app.conf.task_always_eager, celery_app.conf.task_eager_propagates = previous
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 It migrates, seeds the demo data, then starts and supervises, each in its own process
 group with prefixed coloured output:
 
-- web:     uvicorn (voiceplatform.webserver) on 127.0.0.1:8000 (admin, API, dashboard, websockets, /metrics)
+- web:     gunicorn + uvicorn workers (voiceplatform.webserver) on 127.0.0.1:8000 (admin, API, dashboard, websockets, /metrics)
 - celery:  a Celery worker with beat (post-call reports, reaper, slow tools)
 - livekit: a LiveKit server (deploy/livekit/livekit.yaml) when LIVEKIT_URL is unset and a
            livekit-server binary is found (`make livekit-server`); see docs/livekit.md

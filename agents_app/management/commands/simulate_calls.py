@@ -77,10 +77,11 @@ class Command(BaseCommand):
 
         api_key, agent_key, shared_db = self._keys(options)
         if options["local_agent"] == "inprocess":
+            from agents_app.worker.entrypoint import prewarm as setup
             from agents_app.worker.local import prewarm
 
             self._line("loading the agent's models for in-process jobs…")
-            prewarm()
+            prewarm(setup)
         run_options = RunOptions(
             scenarios=loaded,
             calls=options["calls"],

@@ -1,0 +1,45 @@
+"""The providers are built without the worker, and the local job runner without the
+entrypoint: no import cycle between agents_app/providers and agents_app/worker (issue 18).
+
+Reads every import statement (module level and inside functions), so an import written
+inside a function to dodge a cycle counts too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_providers_never_import_the_worker() -> None:
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(m for m in _imports(path) if m.startswith("agents_app.worker"))
+        for path in (ROOT / "agents_app" / "providers").glob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_fallback_chains_do_not_import_the_builder_and_the_local_runner_not_the_entrypoint() -> None:
+    fallback = _imports(ROOT / "agents_app" / "providers" / "fallback.py")
+    assert not any(m.startswith("agents_app.providers.factory") for m in fallback)
+    local = _imports(ROOT / "agents_app" / "worker" / "local.py")
+    assert not any(m.startswith("agents_app.worker.entrypoint") for m in local)
+
+
+def test_no_private_livekit_adapter_fields_are_read() -> None:
+    text = (ROOT / "agents_app" / "providers" / "fallback.py").read_text()
+    for private in ("_llm_instances", "_tts_instances", "_stt_instances", '"_status"', "._stt"):
+        assert private not in text, private

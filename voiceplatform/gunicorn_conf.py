@@ -1,0 +1,43 @@
+"""gunicorn's settings for the platform: `gunicorn -c python:voiceplatform.gunicorn_conf …`.
+
+Read from the platform's typed settings (voiceplatform/settings.py), so a malformed
+variable stops the server with one line, as manage.py prints it. voiceplatform/webserver.py
+says why gunicorn with uvicorn workers; docs/configuration.md lists the variables.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from voiceplatform.webserver import GRACEFUL_SHUTDOWN_S
+
+try:
+    workers = settings.WEB_PROCESSES
+    timeout = settings.WEB_WORKER_TIMEOUT_SECONDS
+    max_requests = settings.WEB_MAX_REQUESTS
+    loglevel = settings.LOG_LEVEL.lower()
+except ImproperlyConfigured as exc:
+    print(f"Configuration error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+bind = ["127.0.0.1:8000"]  # the command line's --bind replaces it
+worker_class = "voiceplatform.webserver.PlatformUvicornWorker"
+# Recycled workers do not all restart at once.
+max_requests_jitter = max_requests // 10
+# uvicorn lets websockets and requests finish for GRACEFUL_SHUTDOWN_S; gunicorn waits a
+# little longer before it kills the worker.
+graceful_timeout = GRACEFUL_SHUTDOWN_S + 5
+keepalive = 5
+proc_name = "voiceplatform-web"
+# Requests are counted in /metrics; an access line each would flood the demo's output.
+accesslog = None
+errorlog = "-"
+# gunicorn's control socket (gunicornc) is not used; one shared default path would make
+# several servers on a machine (tests, benchmarks) contend for it.
+control_socket_disable = True
