@@ -178,3 +178,37 @@ def test_a_malformed_setting_is_one_line_not_a_traceback():
     assert result.returncode != 0
     assert "Configuration error:" in result.stderr and "WEB_PROCESSES" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_metrics_add_up_every_worker(tmp_path: Path):
+    """A scrape lands on one worker; it must report what all of them counted."""
+    port = free_port()
+    server = _start(port, processes=2, DATA_DIR=str(tmp_path))
+    try:
+        workers = _serving(server, port, 2)
+        before = _healthz_count(port)
+        for _ in range(40):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                sock.recv(64)
+        time.sleep(0.5)  # the last responses are counted after they are sent
+        counts = [_healthz_count(port) - before for _ in range(6)]
+        assert all(count == 40 for count in counts), counts
+        # Both workers wrote samples (not just one that happened to take every request).
+        files = list((tmp_path / "prometheus").glob("web-*/counter_*.db"))
+        assert {int(f.stem.split("_")[1]) for f in files} >= workers
+    finally:
+        _stop(server)
+    assert not list((tmp_path / "prometheus").glob("web-*/*.db"))  # gone with the server
+
+
+def _healthz_count(port: int) -> float:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    for line in data.decode().splitlines():
+        if line.startswith("django_http_requests_total_by_view_transport_method_total{") and 'view="healthz"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -17,7 +17,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
-from django_prometheus import exports
 
 
 def _client_allowed(request: HttpRequest) -> bool:
@@ -40,7 +39,12 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return HttpResponseForbidden(
             "metrics: loopback, METRICS_ALLOWED_NETWORKS or the METRICS_TOKEN bearer token only\n"
         )
-    return exports.ExportToDjangoView(request)
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from voiceplatform.metrics_server import metrics_registry
+
+    # All gunicorn workers' samples (multiprocess files), not the one that took the scrape.
+    return HttpResponse(generate_latest(metrics_registry()), content_type=CONTENT_TYPE_LATEST)
 
 
 def docs_access(view: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,8 +7,10 @@ says why gunicorn with uvicorn workers; docs/configuration.md lists the variable
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
 
@@ -22,9 +24,33 @@ try:
     timeout = settings.WEB_WORKER_TIMEOUT_SECONDS
     max_requests = settings.WEB_MAX_REQUESTS
     loglevel = settings.LOG_LEVEL.lower()
+    data_dir = Path(settings.DATA_DIR)
 except ImproperlyConfigured as exc:
     print(f"Configuration error: {exc}", file=sys.stderr)
     sys.exit(2)
+
+# Metrics of every worker, not of the one a scrape lands on: each worker writes its samples
+# to files in a directory of this server's own (prometheus_client's multiprocess mode, read
+# at import, so it is set here in the master before any worker starts), and /metrics adds
+# them up (voiceplatform/metrics_server.py). A dead worker's live gauges are dropped.
+METRICS_DIR = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or data_dir / "prometheus" / f"web-{os.getpid()}")
+METRICS_DIR.mkdir(parents=True, exist_ok=True)
+if os.environ.get("VOICE_WEB_METRICS_DIR") != str(METRICS_DIR):  # not on a SIGHUP reload
+    for stale in glob.glob(str(METRICS_DIR / "*.db")):  # a previous server's samples
+        os.unlink(stale)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["VOICE_WEB_METRICS_DIR"] = str(METRICS_DIR)
+
+
+def child_exit(server: object, worker: object) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, str(METRICS_DIR))  # type: ignore[attr-defined]
+
+
+def on_exit(server: object) -> None:
+    for stale in glob.glob(str(METRICS_DIR / "*.db")):
+        os.unlink(stale)
+
 
 bind = ["127.0.0.1:8000"]  # the command line's --bind replaces it
 worker_class = "voiceplatform.webserver.PlatformUvicornWorker"

@@ -92,8 +92,10 @@ class LiveMultiProcessCollector(Collector):
         return self._inner.collect()
 
 
-def agent_metrics_registry(*, jobs_only: bool = False) -> CollectorRegistry:
-    """The registry the agent exporter serves (multiprocess files, or this process).
+def metrics_registry(*, jobs_only: bool = False) -> CollectorRegistry:
+    """The registry a `/metrics` endpoint serves: every process's files when
+    PROMETHEUS_MULTIPROC_DIR is set (the agent worker's job processes; the web server's
+    gunicorn workers, voiceplatform/gunicorn_conf.py), else this process's own.
 
     `jobs_only`: this process observes nothing itself (the LiveKit worker's main process;
     its job processes do), so it does not matter that it is not in multiprocess mode.
@@ -147,7 +149,7 @@ def start_agent_metrics_server(
             logger.info("agent metrics exporter disabled (AGENT_METRICS_PORT=0)")
             return None
     host = host or getattr(settings, "AGENT_METRICS_HOST", "127.0.0.1")
-    registry = agent_metrics_registry(jobs_only=jobs_only)
+    registry = metrics_registry(jobs_only=jobs_only)
     try:
         server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
