@@ -7,6 +7,7 @@ says why gunicorn with uvicorn workers; docs/configuration.md lists the variable
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import sys
@@ -50,6 +51,8 @@ def child_exit(server: object, worker: object) -> None:
 def on_exit(server: object) -> None:
     for stale in glob.glob(str(METRICS_DIR / "*.db")):
         os.unlink(stale)
+    with contextlib.suppress(OSError):  # only when empty: never another program's files
+        METRICS_DIR.rmdir()
 
 
 bind = ["127.0.0.1:8000"]  # the command line's --bind replaces it
