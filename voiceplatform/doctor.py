@@ -212,6 +212,15 @@ async def _livekit_checks(probe_timeout: float) -> list[Check]:
 def _check_webhooks(*, probe_room: str) -> Check:
     """Did the probe room's own events (room started, agent joined, room finished) come
     back as signed webhooks? Without a probe: when did the last webhook arrive?"""
+    try:
+        return _webhooks_seen(probe_room)
+    except Exception as exc:  # the database check above says what is wrong with it
+        return Check(
+            "livekit webhooks", FAIL, f"could not read received webhooks: {type(exc).__name__}", "fix the database"
+        )
+
+
+def _webhooks_seen(probe_room: str) -> Check:
     from sessions_app.selectors import sessions_opened_since, webhook_latest_received, webhook_received_for_room
     from voiceplatform.livekit_dev import WEBHOOK_PATH
 

@@ -65,6 +65,7 @@ class Platform:
         self.data_dir = tmp / "data"
         self.port = free_port()
         self.agent_port = free_port()
+        self.agent_metrics_port = free_port()  # the agent worker's own /metrics
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "demo.log"
         self.proc: subprocess.Popen[Any] | None = None
@@ -128,7 +129,7 @@ class Platform:
                 "DATABASE_URL": self._database_url(),
                 "DATA_DIR": str(self.data_dir),
                 "LOCAL_AGENT_PORT": str(self.agent_port),
-                "AGENT_METRICS_PORT": "0",
+                "AGENT_METRICS_PORT": str(self.agent_metrics_port),
                 "DJANGO_SETTINGS_MODULE": "voiceplatform.settings",
                 "PYTHONUNBUFFERED": "1",
                 # Our own channel-layer prefix: never mix with other runs on a shared Redis.

@@ -173,6 +173,42 @@ async def test_tool_calls_retried_with_the_same_key_have_one_side_effect(platfor
         assert rows[0][0] == 1, f"tool call {key} had {rows[0][0]} side effects"
 
 
+def _scrape(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def _families(text: str) -> set[str]:
+    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+
+
+def _sample_sum(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + "{", name + " ")))
+
+
+def test_every_alert_has_its_inputs_in_the_running_exporters(platform: Platform) -> None:
+    """deploy/alerts.yml against what the running web server and agent worker export after
+    the calls above: each metric an alert reads is exported by one of them, and the
+    per-session denominators are counted in production code, not only in tests."""
+    import yaml
+
+    web = _scrape(f"{platform.base_url}/metrics")
+    agent = _scrape(f"http://127.0.0.1:{platform.agent_metrics_port}/metrics")
+    exported = _families(web) | _families(agent)
+    rules = [r for g in yaml.safe_load((BASE_DIR / "deploy" / "alerts.yml").read_text())["groups"] for r in g["rules"]]
+    for rule in rules:
+        for name in re.findall(r"\bvoice_[a-z_]+\b", rule["expr"]):
+            family = re.sub(r"_(total|bucket|sum|count)$", "", name)
+            assert family in exported, f"{rule['alert']} reads {name}, which no running exporter has"
+    # The denominators of the per-session alerts, and the turns the latency alerts read.
+    assert _sample_sum(agent, "voice_sessions_served_total") >= 6  # 3 scenarios x 2 calls
+    assert _sample_sum(agent, "voice_turns_total") > 0
+    assert _sample_sum(agent, "voice_turn_stage_seconds_count") > 0
+    assert _sample_sum(web, "voice_reconnects_total") > 0  # the reconnect scenario, through the API
+
+
 def _doctor(platform: Platform, **env: str) -> tuple[int, dict[str, Any]]:
     done = subprocess.run(
         [sys.executable, "manage.py", "doctor", "--json"],

@@ -179,7 +179,6 @@ class LiveKitPlatform(Platform):
         self.llm = llm
         self.server_config: livekit_dev.ServerConfig | None = None
         super().__init__(tmp)
-        self.metrics_port = free_port()
         port = free_port()
         self.server_config = livekit_dev.ServerConfig(
             api_key="tierkey",
@@ -195,7 +194,6 @@ class LiveKitPlatform(Platform):
             {
                 "OPENAI_BASE_URL": llm.base_url,  # only the lk-recorded agent uses it
                 "AGENT_HEALTH_PORT": "0",
-                "AGENT_METRICS_PORT": str(self.metrics_port),
                 "AGENT_JOIN_TIMEOUT_SECONDS": "15",
                 "AGENT_FAULT_INJECTION": "true",
             }

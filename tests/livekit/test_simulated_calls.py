@@ -90,7 +90,7 @@ def test_the_workers_exporter_adds_up_its_job_processes(run, lk: LiveKitPlatform
     import re
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{lk.metrics_port}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{lk.agent_metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
     served = sum(float(v) for v in re.findall(r'^voice_sessions_served_total\{agent="[^"]+"\} (\S+)$', text, re.M))
     turns = sum(float(v) for v in re.findall(r"^voice_turns_total\{[^}]*\} (\S+)$", text, re.M))
