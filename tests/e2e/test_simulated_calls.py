@@ -180,8 +180,12 @@ def _scrape(url: str) -> str:
         return response.read().decode()
 
 
+def _family(name: str) -> str:
+    return re.sub(r"_(total|bucket|sum|count)$", "", name)
+
+
 def _families(text: str) -> set[str]:
-    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    return {_family(line.split()[2]) for line in text.splitlines() if line.startswith("# TYPE ")}
 
 
 def _sample_sum(text: str, name: str) -> float:
@@ -200,8 +204,7 @@ def test_every_alert_has_its_inputs_in_the_running_exporters(platform: Platform)
     rules = [r for g in yaml.safe_load((BASE_DIR / "deploy" / "alerts.yml").read_text())["groups"] for r in g["rules"]]
     for rule in rules:
         for name in re.findall(r"\bvoice_[a-z_]+\b", rule["expr"]):
-            family = re.sub(r"_(total|bucket|sum|count)$", "", name)
-            assert family in exported, f"{rule['alert']} reads {name}, which no running exporter has"
+            assert _family(name) in exported, f"{rule['alert']} reads {name}, which no running exporter has"
     # The denominators of the per-session alerts, and the turns the latency alerts read.
     assert _sample_sum(agent, "voice_sessions_served_total") >= 6  # 3 scenarios x 2 calls
     assert _sample_sum(agent, "voice_turns_total") > 0
