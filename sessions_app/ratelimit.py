@@ -126,17 +126,16 @@ def action_rate_check(*, action: str, subject: str) -> RateDecision:
 
 
 def action_rate_enforce(*, action: str, subject: str, what: str) -> None:
-    """For the API operations: over the limit is a 429 `rate_limited` with Retry-After."""
-    from voiceplatform.api_errors import ApiError
+    """For the API operations: over the limit is `rate_limited` (a 429 with Retry-After)."""
+    from voiceplatform.errors import LimitReached
 
     decision = action_rate_check(action=action, subject=subject)
     if not decision.allowed:
-        raise ApiError(
-            429,
+        raise LimitReached(
             "rate_limited",
             f"Too many {what}; retry in {decision.retry_after} s.",
             {"retry_after": decision.retry_after},
-            headers={"Retry-After": str(decision.retry_after)},
+            retry_after=decision.retry_after,
         )
 
 

@@ -28,6 +28,7 @@ from sessions_app.models import (
     SessionState,
     VoiceSession,
 )
+from voiceplatform.errors import Conflict, InvalidInput, LimitReached, Unavailable
 from voiceplatform.hotcache import hot_get, hot_set
 from voiceplatform.jsonsafe import json_problem
 
@@ -231,14 +232,7 @@ def _on_session_finished(session_id: UUID) -> None:
 
 
 # --- client API: create, reconnect, interrupt, end (issue 5) -----------------------------
-# Raised errors are `voiceplatform.api_errors.ApiError`s: the API turns them into
-# {"code", "message", "details"} with their status, so operations stay thin.
-
-
-def _api_error(status: int, code: str, message: str, details: Any = None) -> Exception:
-    from voiceplatform.api_errors import ApiError
-
-    return ApiError(status, code, message, details)
+# Refusals are domain errors (voiceplatform/errors.py); the API edge maps them to HTTP.
 
 
 def session_metadata_validate(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -252,11 +246,10 @@ def session_metadata_validate(metadata: dict[str, Any]) -> dict[str, Any]:
         problem = problem or "is not plain JSON (NaN and Infinity are not allowed)"
         encoded = b""
     if problem:
-        raise _api_error(422, "invalid_metadata", f"metadata {problem}.")
+        raise InvalidInput("invalid_metadata", f"metadata {problem}.")
     limit = settings.SESSION_METADATA_MAX_BYTES
     if len(encoded) > limit:
-        raise _api_error(
-            422,
+        raise InvalidInput(
             "metadata_too_large",
             f"metadata is {len(encoded)} bytes of JSON; the limit is {limit}.",
             {"max_bytes": limit, "bytes": len(encoded)},
@@ -301,9 +294,9 @@ def session_create(
     version = published_version_for_call(slug=agent_slug)
     if version is None:
         if agent_by_slug(slug=agent_slug) is None:
-            raise _api_error(422, "unknown_agent", f"No active agent with slug {agent_slug!r}.", {"agent": agent_slug})
-        raise _api_error(
-            422, "agent_not_published", f"Agent {agent_slug!r} has no published prompt yet.", {"agent": agent_slug}
+            raise InvalidInput("unknown_agent", f"No active agent with slug {agent_slug!r}.", {"agent": agent_slug})
+        raise InvalidInput(
+            "agent_not_published", f"Agent {agent_slug!r} has no published prompt yet.", {"agent": agent_slug}
         )
     agent = version.agent
 
@@ -351,8 +344,7 @@ def session_create(
             dispatch_id = livekit_server.agent_dispatch_create(room=session.room_name, session_id=str(session_id))
         except livekit_server.LiveKitServerError as exc:
             session_transition(session_id=session_id, to_state=SessionState.FAILED, reason="dispatch_failed")
-            raise _api_error(
-                502,
+            raise Unavailable(
                 "dispatch_failed",
                 "The agent could not be dispatched to the room; the session was marked failed.",
                 {"session_id": str(session_id), "error": str(exc)[:300]},
@@ -369,8 +361,7 @@ def _too_many_live_sessions() -> Exception:
     from django.conf import settings
 
     limit = settings.MAX_LIVE_SESSIONS_PER_OWNER
-    return _api_error(
-        429,
+    return LimitReached(
         "too_many_live_sessions",
         f"{limit} sessions are live already; end one (POST …/end) before opening another.",
         {"max_live_sessions": limit},
@@ -483,8 +474,7 @@ def session_reconnect(*, session_id: UUID | str, source: str = "client") -> tupl
 
     session = VoiceSession.objects.select_for_update().select_related("agent", "prompt_version").get(pk=session_id)
     if session.state in FINAL_STATES:
-        raise _api_error(
-            409,
+        raise Conflict(
             "session_final",
             f"Session {session.id} is {session.state}; start a new session instead.",
             {"state": session.state},
@@ -508,8 +498,7 @@ def session_interrupt(*, session_id: UUID | str, source: str = "client") -> Sess
     """
     session = VoiceSession.objects.select_for_update().get(pk=session_id)
     if session.state in FINAL_STATES:
-        raise _api_error(
-            409,
+        raise Conflict(
             "session_final",
             f"Session {session.id} is {session.state}; nothing to interrupt.",
             {"state": session.state},
@@ -529,7 +518,7 @@ def session_end(*, session_id: UUID | str, reason: str = "client_request") -> Vo
         try:
             session = session_transition(session_id=session_id, to_state=SessionState.ENDED, reason=reason)
         except InvalidTransition as exc:
-            raise _api_error(409, "session_final", str(exc), {"state": exc.from_state}) from exc
+            raise Conflict("session_final", str(exc), {"state": exc.from_state}) from exc
         message = {"type": "agent.end", "session_id": str(session.pk), "reason": reason}
         group = broadcast.agent_control_group(session.pk)
         transaction.on_commit(lambda: broadcast.publish([group], message))

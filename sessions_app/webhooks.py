@@ -20,7 +20,7 @@ from livekit.api import TokenVerifier, WebhookReceiver
 
 from sessions_app.models import LiveKitWebhookEvent, VoiceSession
 from sessions_app.tokens import AGENT_IDENTITY_PREFIX, caller_identity
-from voiceplatform.api_errors import ApiError
+from voiceplatform.errors import Malformed, NotFound, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
@@ -32,24 +32,24 @@ def webhook_receive(*, body: str, authorization: str) -> tuple[LiveKitWebhookEve
     """Verify a webhook (JWT signed with our key/secret + sha256 of the body) and store it once.
 
     Returns the stored row and whether it is new. A bad signature or a body that does not
-    match the signed hash raises a 401 ApiError.
+    match the signed hash raises Unauthenticated (a 401 at the API edge).
     """
     if settings.LIVEKIT_LOCAL_MODE:
         # No LiveKit server sends webhooks here; in local mode nothing should drive the
         # sessions from outside (the local agent host calls the lifecycle itself).
-        raise ApiError(404, "livekit_not_configured", "No LiveKit server is configured (LIVEKIT_URL is unset).")
+        raise NotFound("livekit_not_configured", "No LiveKit server is configured (LIVEKIT_URL is unset).")
     token = authorization.strip()
     if token.lower().startswith("bearer "):  # LiveKit sends the bare JWT; accept both
         token = token[7:].strip()
     if not token:
-        raise ApiError(401, "invalid_webhook", "The webhook has no Authorization token.")
+        raise Unauthenticated("invalid_webhook", "The webhook has no Authorization token.")
     receiver = WebhookReceiver(TokenVerifier(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET))
     try:
         event = receiver.receive(body, token)
     except Exception as exc:  # jwt errors, hash mismatch, unparsable body: all unauthenticated
-        raise ApiError(401, "invalid_webhook", "The webhook signature or body hash does not verify.") from exc
+        raise Unauthenticated("invalid_webhook", "The webhook signature or body hash does not verify.") from exc
     if not event.id:
-        raise ApiError(400, "invalid_webhook", "The webhook event has no id.")
+        raise Malformed("invalid_webhook", "The webhook event has no id.")
 
     payload = MessageToDict(event, preserving_proto_field_name=True)
     # The room's TURN password is a credential: it has no business in the database.

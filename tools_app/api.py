@@ -16,7 +16,7 @@ from sessions_app.schemas import ErrorOut
 from tools_app.confirmation import CONFIRMATION_REQUIRED
 from tools_app.models import TOOL_NAME_VALIDATOR
 from tools_app.selectors import tool_by_name
-from tools_app.services import LedgerError, tool_invoke
+from tools_app.services import tool_invoke
 from voiceplatform.api_errors import ApiError
 from voiceplatform.jsonsafe import json_problem
 
@@ -96,15 +96,13 @@ def tool_invoke_op(request: HttpRequest, name: str, payload: ToolInvokeIn) -> tu
     # The ledger is per (client, session): one key never replays (learns) another's calls,
     # nor the agent worker's own (scope = the session id).
     scope = f"{session_id}:client-{key_client.pk}"
-    try:
-        outcome = tool_invoke(
-            tool=tool,
-            arguments=payload.arguments,
-            key=request.headers.get("Idempotency-Key"),
-            scope=scope,
-            session_id=session_id,
-        )
-    except LedgerError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from exc
+    # The ledger's refusals are domain errors: the API edge answers them (400/409/422).
+    outcome = tool_invoke(
+        tool=tool,
+        arguments=payload.arguments,
+        key=request.headers.get("Idempotency-Key"),
+        scope=scope,
+        session_id=session_id,
+    )
     body = {"status": outcome.status, "result": outcome.result, "replayed": outcome.replayed, "error": outcome.error}
     return (202 if outcome.status == "running" else 200), body

@@ -38,6 +38,7 @@ from tools_app.builtins import Builtin, BuiltinContext, builtin_get
 from tools_app.executors import ToolExecutionError, http_execute
 from tools_app.models import InvocationStatus, ToolDefinition, ToolInvocation, ToolKind
 from tools_app.schema import arguments_errors
+from voiceplatform.errors import Conflict, DomainError, InvalidInput, Malformed
 
 logger = logging.getLogger(__name__)
 
@@ -45,35 +46,34 @@ MAX_KEY_LENGTH = 255
 DONE = (InvocationStatus.SUCCEEDED, InvocationStatus.FAILED)
 
 
-class LedgerError(Exception):
-    """A request the ledger refuses; `status` is the HTTP status the API answers with."""
+class LedgerError(DomainError):
+    """A request the ledger refuses. Each kind is also a domain error of its meaning (the
+    API edge answers 400, 409 or 422 from it; voiceplatform/api_errors.py)."""
 
-    status = 400
     code = "ledger_error"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(type(self).code, message)
 
 
-class IdempotencyKeyMissing(LedgerError):
-    status, code = 400, "idempotency_key_missing"
+class IdempotencyKeyMissing(LedgerError, Malformed):
+    code = "idempotency_key_missing"
 
 
-class IdempotencyKeyInvalid(LedgerError):
-    status, code = 400, "idempotency_key_invalid"
+class IdempotencyKeyInvalid(LedgerError, Malformed):
+    code = "idempotency_key_invalid"
 
 
-class IdempotencyKeyMismatch(LedgerError):
-    status, code = 422, "idempotency_key_mismatch"
+class IdempotencyKeyMismatch(LedgerError, InvalidInput):
+    code = "idempotency_key_mismatch"
 
 
-class IdempotencyKeyInUse(LedgerError):
-    status, code = 409, "idempotency_key_in_use"
+class IdempotencyKeyInUse(LedgerError, Conflict):
+    code = "idempotency_key_in_use"
 
 
-class InvocationIndeterminate(LedgerError):
-    status, code = 409, "invocation_indeterminate"
+class InvocationIndeterminate(LedgerError, Conflict):
+    code = "invocation_indeterminate"
 
 
 @dataclass(frozen=True)

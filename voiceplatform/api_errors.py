@@ -1,4 +1,8 @@
-"""One JSON error shape for the whole API: {"code", "message", "details"}."""
+"""One JSON error shape for the whole API: {"code", "message", "details"}.
+
+Services raise domain errors (voiceplatform/errors.py); this is where they become HTTP.
+`ApiError` is for the API's own operations, which speak HTTP already.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,27 @@ from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from voiceplatform import errors
+
+# Each domain error's HTTP status (the first class of its MRO found here).
+DOMAIN_STATUS: dict[type[errors.DomainError], int] = {
+    errors.Malformed: 400,
+    errors.Unauthenticated: 401,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.InvalidInput: 422,
+    errors.LimitReached: 429,
+    errors.Unavailable: 502,
+}
+
+
+def http_status(exc: errors.DomainError) -> int:
+    """The status the API answers a domain error with."""
+    return next((DOMAIN_STATUS[k] for k in type(exc).__mro__ if k in DOMAIN_STATUS), 400)
+
 
 class ApiError(Exception):
-    """Raised by services and operations for a 4xx the client should see."""
+    """Raised by API operations for a 4xx the client should see (services raise domain errors)."""
 
     def __init__(
         self,
@@ -44,6 +66,13 @@ def install_error_handlers(api: NinjaAPI) -> None:
     @api.exception_handler(ApiError)
     def on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
         return respond(request, exc.status, error_body(exc.code, exc.message, exc.details), exc.headers)
+
+    @api.exception_handler(errors.DomainError)
+    def on_domain_error(request: HttpRequest, exc: errors.DomainError) -> HttpResponse:
+        status = http_status(exc)
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        return respond(request, status, error_body(exc.code, exc.message, exc.details), headers)
 
     @api.exception_handler(ValidationError)
     def on_validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:

@@ -22,6 +22,7 @@ from tools_app.services import (
     request_fingerprint,
     tool_invoke,
 )
+from voiceplatform.api_errors import http_status
 
 ORDER = {"item": "latte", "quantity": 2}
 
@@ -63,7 +64,7 @@ class TestReplay:
         invoke(place_order_tool, "k1")
         with pytest.raises(IdempotencyKeyMismatch) as err:
             invoke(place_order_tool, "k1", {"item": "mocha", "quantity": 2})
-        assert err.value.status == 422 and err.value.code == "idempotency_key_mismatch"
+        assert http_status(err.value) == 422 and err.value.code == "idempotency_key_mismatch"
         assert DemoOrder.objects.count() == 1
 
     def test_the_same_key_for_another_tool_is_a_mismatch(self, place_order_tool, charge_wallet_tool) -> None:
@@ -76,7 +77,7 @@ class TestReplay:
     def test_a_missing_key_is_refused_before_anything_runs(self, place_order_tool, key) -> None:
         with pytest.raises(IdempotencyKeyMissing) as err:
             invoke(place_order_tool, key)
-        assert err.value.status == 400
+        assert http_status(err.value) == 400
         assert not ToolInvocation.objects.exists() and not DemoOrder.objects.exists()
 
     def test_keys_are_scoped(self, place_order_tool, agent) -> None:
@@ -117,7 +118,7 @@ class TestReplay:
         )
         with pytest.raises(IdempotencyKeyInUse) as err:
             invoke(place_order_tool, "busy")
-        assert err.value.status == 409
+        assert http_status(err.value) == 409
         assert not DemoOrder.objects.exists()
 
     def test_it_counts_the_call_and_appends_a_session_event(self, place_order_tool, voice_session) -> None:
@@ -259,6 +260,6 @@ class TestCrash:
         for _ in range(2):
             with pytest.raises(InvocationIndeterminate) as err:
                 tool_invoke(tool=tool, arguments={}, key="k", scope="test")
-            assert err.value.status == 409 and "outcome is unknown" in err.value.message
+            assert http_status(err.value) == 409 and "outcome is unknown" in err.value.message
         row = ToolInvocation.objects.get(key="k")
         assert row.status == InvocationStatus.INDETERMINATE and row.attempts == 1
