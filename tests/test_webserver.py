@@ -212,3 +212,19 @@ def _healthz_count(port: int) -> float:
         if line.startswith("django_http_requests_total_by_view_transport_method_total{") and 'view="healthz"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_its_own_lines_use_the_platforms_log_format():
+    """With LOG_FORMAT=json every line the server writes is JSON (gunicorn's own too), and
+    the stop leaves no harmless-but-alarming "Error while closing socket" line."""
+    import json
+
+    port = free_port()
+    server = _start(port, processes=2, LOG_FORMAT="json")
+    _serving(server, port, 2)
+    _stop(server)
+    lines = [line for line in server.stderr.read().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # raises on a line that is not JSON
+    assert {"gunicorn.error"} <= {r["logger"] for r in records}
+    assert any("Booting worker" in r["message"] for r in records)
+    assert not any("Error while closing socket" in r["message"] for r in records)

@@ -26,6 +26,18 @@ try:
     max_requests = settings.WEB_MAX_REQUESTS
     loglevel = settings.LOG_LEVEL.lower()
     data_dir = Path(settings.DATA_DIR)
+    # gunicorn's own lines (start, workers, signals) through the platform's handler and
+    # format (JSON with LOG_FORMAT=json), like every other line of the web server.
+    logconfig_dict = {
+        **settings.LOGGING,
+        "loggers": {
+            **settings.LOGGING["loggers"],
+            **{
+                name: {"handlers": ["console"], "filters": ["sdk_noise"], "propagate": False}
+                for name in ("gunicorn.error", "gunicorn.access")
+            },
+        },
+    }
 except ImproperlyConfigured as exc:
     print(f"Configuration error: {exc}", file=sys.stderr)
     sys.exit(2)

@@ -119,14 +119,19 @@ class ContextFilter(logging.Filter):
 
 
 class ExpectedSdkNoise(logging.Filter):
-    """Drop the livekit rtc SDK's ERROR lines for data channels closing with their room.
+    """Drop libraries' lines that report a normal event as an error.
 
-    Every participant logs three of them when the platform deletes a room at the end of a
-    call (livekit 1.1.21): they are the normal end of a call, not errors.
+    - The livekit rtc SDK's ERROR lines for data channels closing with their room: every
+      participant logs three of them when the platform deletes a room at the end of a call
+      (livekit 1.1.21).
+    - uvicorn-worker's "Error while closing socket [Errno 9]" on every stop of a web
+      worker: gunicorn closed the listening socket first (uvicorn-worker 0.4.0).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message.startswith("Error while closing socket [Errno 9]"):
+            return False
         return not ("data channel '" in message and "closed unexpectedly" in message)
 
 
