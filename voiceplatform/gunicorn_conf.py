@@ -46,7 +46,9 @@ except ImproperlyConfigured as exc:
 # to files in a directory of this server's own (prometheus_client's multiprocess mode, read
 # at import, so it is set here in the master before any worker starts), and /metrics adds
 # them up (voiceplatform/metrics_server.py). A dead worker's live gauges are dropped.
-METRICS_DIR = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or data_dir / "prometheus" / f"web-{os.getpid()}")
+# Always a directory of this server's own: one inherited from the environment may be an
+# agent worker's, whose files must not be wiped here.
+METRICS_DIR = data_dir / "prometheus" / f"web-{os.getpid()}"
 METRICS_DIR.mkdir(parents=True, exist_ok=True)
 if os.environ.get("VOICE_WEB_METRICS_DIR") != str(METRICS_DIR):  # not on a SIGHUP reload
     for stale in glob.glob(str(METRICS_DIR / "*.db")):  # a previous server's samples
