@@ -13,6 +13,17 @@ async def in_db_thread(fn: Any) -> Any:
     return await _in_thread(fn)()
 
 
+def http_tool(url: str, **fields: Any) -> Any:
+    """An HTTP tool saved through the model's own validation (`full_clean`, as the admin
+    saves it), so a test that builds a forbidden tool sees the admin's refusal."""
+    from tools_app.models import ToolDefinition
+
+    tool = ToolDefinition(kind="http", http_url=url, **fields)
+    tool.full_clean()
+    tool.save()
+    return tool
+
+
 class SimulatedCrash(BaseException):
     """Stands in for a process dying mid-call: not an Exception, so nothing records it."""
 

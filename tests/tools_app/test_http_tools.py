@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 from livekit.agents.llm import FunctionCall, ToolError
 
+from tests.tools_app import helpers
 from tests.tools_app.helpers import LocalToolServer, in_db_thread
 from tools_app import executors
 from tools_app.agent_tools import agent_tool_build
@@ -20,18 +22,12 @@ def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(executors, "BACKOFF_BASE_SECONDS", 0.01)
 
 
-def http_tool(url: str, **fields) -> ToolDefinition:
-    tool = ToolDefinition(
-        name=fields.pop("name", "crm_note"),
-        description="Add a note in the CRM.",
-        kind="http",
-        http_url=url,
-        parameters={"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]},
-        **fields,
-    )
-    tool.full_clean()
-    tool.save()
-    return tool
+http_tool = partial(
+    helpers.http_tool,
+    name="crm_note",
+    description="Add a note in the CRM.",
+    parameters={"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]},
+)
 
 
 def call(tool: ToolDefinition, key: str = "k1", note: str = "hello"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from functools import partial
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -18,6 +19,7 @@ from django.urls import reverse
 from agents_app.selectors import prompt_published
 from sessions_app.models import ApiScope, VoiceSession
 from sessions_app.services import api_client_create
+from tests.tools_app import helpers
 from tests.tools_app.conftest import make_demo_tool
 from tests.tools_app.helpers import LocalToolServer
 from tools_app.executors import tool_request_payload
@@ -43,18 +45,12 @@ def client_session(agent) -> VoiceSession:
     )
 
 
-def http_tool(url: str, **fields) -> ToolDefinition:
-    tool = ToolDefinition(
-        name=fields.pop("name", "crm_refund"),
-        description="Refund the caller.",
-        kind="http",
-        http_url=url,
-        parameters={"type": "object", "properties": {"customer": {"type": "string"}}},
-        **fields,
-    )
-    tool.full_clean()
-    tool.save()
-    return tool
+http_tool = partial(
+    helpers.http_tool,
+    name="crm_refund",
+    description="Refund the caller.",
+    parameters={"type": "object", "properties": {"customer": {"type": "string"}}},
+)
 
 
 def verify(request: dict, secret: str = SIGNING_KEY) -> bool:
