@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.utils import timezone
+
+from voiceplatform.logging import redact
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 HTTP_TIMEOUT_S = 5.0
@@ -40,17 +41,13 @@ class Check:
     detail: str
     fix: str = ""
 
+    def __post_init__(self) -> None:
+        # What a check saw can carry a credential (a Redis URL's password, a driver's error
+        # text): it goes through the same redaction as every log line.
+        self.detail = redact(self.detail)
+
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password (Redis and database URLs can carry one)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    host = f"{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 # --- database, Redis, Celery, settings ---------------------------------------------------
@@ -79,9 +76,9 @@ def check_redis() -> Check:
     from voiceplatform.health import redis_problem
 
     which = (
-        f"embedded ({_safe_url(settings.REDIS_URL)}; set REDIS_URL for production)"
+        f"embedded ({settings.REDIS_URL}; set REDIS_URL for production)"
         if settings.EMBEDDED_REDIS
-        else _safe_url(settings.REDIS_URL)
+        else settings.REDIS_URL
     )
     error = redis_problem()
     if error:
