@@ -18,6 +18,8 @@ from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 
+from voiceplatform.envconfig import parsed_networks
+
 
 def _client_allowed(request: HttpRequest) -> bool:
     token = getattr(settings, "METRICS_TOKEN", "")
@@ -30,8 +32,7 @@ def _client_allowed(request: HttpRequest) -> bool:
         return False
     if address.is_loopback:
         return True
-    networks = [ipaddress.ip_network(n, strict=False) for n in getattr(settings, "METRICS_ALLOWED_NETWORKS", [])]
-    return any(address in network for network in networks)
+    return any(address in network for network in parsed_networks(getattr(settings, "METRICS_ALLOWED_NETWORKS", [])))
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -40,14 +40,12 @@ class ApiError(Exception):
         code: str,
         message: str,
         details: Any = None,
-        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
-        self.headers = headers or {}
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -65,7 +63,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
     @api.exception_handler(ApiError)
     def on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
-        return respond(request, exc.status, error_body(exc.code, exc.message, exc.details), exc.headers)
+        return respond(request, exc.status, error_body(exc.code, exc.message, exc.details))
 
     @api.exception_handler(errors.DomainError)
     def on_domain_error(request: HttpRequest, exc: errors.DomainError) -> HttpResponse:

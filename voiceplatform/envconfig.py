@@ -6,6 +6,7 @@ instead of surfacing later as an obscure error deep in a request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from urllib.parse import urlparse
 
@@ -130,10 +131,14 @@ def env_endpoints(name: str) -> dict[str, dict[str, str]]:
     return endpoints
 
 
+def parsed_networks(networks: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The networks of a setting that `env_networks` read (OUTBOUND_ALLOWED_NETWORKS,
+    METRICS_ALLOWED_NETWORKS), as objects an address can be tested against."""
+    return [ipaddress.ip_network(n, strict=False) for n in networks]
+
+
 def env_networks(name: str) -> list[str]:
     """Comma-separated CIDR networks (an address alone is a /32 or /128)."""
-    import ipaddress
-
     networks = []
     for item in env_list(name, []):
         try:

@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 
+from voiceplatform.envconfig import parsed_networks
+
 MAX_RESPONSE_BYTES = 1 << 20
 
 
@@ -29,7 +31,7 @@ class ResponseTooLarge(Exception):
 
 
 def _allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return [ipaddress.ip_network(n, strict=False) for n in getattr(settings, "OUTBOUND_ALLOWED_NETWORKS", [])]
+    return parsed_networks(getattr(settings, "OUTBOUND_ALLOWED_NETWORKS", []))
 
 
 def address_allowed(address: str) -> bool:
