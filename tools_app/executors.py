@@ -207,12 +207,13 @@ async def http_execute(
                             f"{resp.headers.get('Location', '?')!r}), which is not followed.",
                             attempts=attempt + 1,
                         )
-                    body = (await outbound.read_capped(resp)).decode(resp.charset or "utf-8", errors="replace")
+                    # Not `body`: that is the request's, signed again by the next attempt.
+                    text = (await outbound.read_capped(resp)).decode(resp.charset or "utf-8", errors="replace")
                     if resp.status < 400:
-                        return HttpResult(result=_decode(body, resp.content_type or ""), attempts=attempt + 1)
+                        return HttpResult(result=_decode(text, resp.content_type or ""), attempts=attempt + 1)
                     last_problem = f"HTTP {resp.status} {resp.reason or ''}".strip()
-                    if body:
-                        last_problem += f": {body[:300]}"
+                    if text:
+                        last_problem += f": {text[:300]}"
                     if resp.status not in RETRY_STATUSES:
                         raise ToolExecutionError(f"The tool {tool.name!r} failed: {last_problem}", attempts=attempt + 1)
                     retry_after = resp.headers.get("Retry-After")

@@ -83,6 +83,22 @@ def test_every_http_call_says_which_session_caller_and_agent_it_is_for(client_se
     assert json.loads(request["body"]) == {"customer": "client-9:bob"}
 
 
+def test_a_retried_signed_call_sends_the_same_body_signed_again(client_session, monkeypatch) -> None:
+    """A 503 then a 200: the second attempt carries the request body and a signature over it
+    (not over the first attempt's response)."""
+    monkeypatch.setattr("tools_app.executors.BACKOFF_BASE_SECONDS", 0.01)
+    monkeypatch.setenv(SIGNING_ENV, SIGNING_KEY)
+    with LocalToolServer([503, 200]) as server:
+        tool = http_tool(server.url, http_signing_secret=SIGNING_ENV, max_retries=1)
+        outcome = tool_invoke(
+            tool=tool, arguments={"customer": "x"}, key="k1", scope="s", session_id=str(client_session.pk)
+        )
+    assert outcome.status == InvocationStatus.SUCCEEDED, outcome.error
+    assert len(server.requests) == 2
+    assert server.requests[0]["raw_body"] == server.requests[1]["raw_body"]
+    assert all(verify(request) for request in server.requests)
+
+
 def test_a_forged_or_altered_request_does_not_verify(client_session, monkeypatch) -> None:
     monkeypatch.setenv(SIGNING_ENV, SIGNING_KEY)
     with LocalToolServer([200]) as server:
