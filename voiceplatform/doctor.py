@@ -266,18 +266,18 @@ def check_prompts() -> list[Check]:
 def _providers_in_use() -> tuple[dict[str, list[str]], list[str]]:
     """(OpenAI-compatible endpoint name ("" is the default one) → slugs of the active agents
     that use it, slugs of the active agents that use an offline stand-in), over every
-    stage's primary provider and fallbacks."""
+    stage's primary provider and fallbacks, read as the worker reads them when it builds
+    a call's providers (a malformed fallback is skipped there, so here too)."""
     from agents_app.models import Provider
+    from agents_app.providers.factory import primary_spec
+    from agents_app.providers.fallback import STAGES, usable_entries
     from agents_app.selectors import agents_active
 
     endpoints: dict[str, list[str]] = {}
     offline: list[str] = []
     for agent in agents_active():
-        for stage in ("stt", "llm", "tts"):
-            for entry in [
-                {"provider": getattr(agent, f"{stage}_provider")},
-                *(getattr(agent, f"{stage}_fallbacks") or []),
-            ]:
+        for stage in STAGES:
+            for entry in [primary_spec(stage, agent), *usable_entries(stage, agent)]:
                 users = (
                     endpoints.setdefault(str(entry.get("endpoint") or ""), [])
                     if entry.get("provider") == Provider.OPENAI
@@ -319,13 +319,12 @@ def check_offline_models(agents: list[str]) -> Check:
     """Load what the offline stand-ins run on: Piper's voice, PocketSphinx, Silero VAD."""
     started = time.monotonic()
     try:
-        from livekit.plugins import silero
-
         from agents_app.providers import piper, sphinx
+        from agents_app.providers.factory import load_vad
 
         piper.load_voice()
         sphinx.decode_pcm(b"\0" * 3200)  # 100 ms of silence through the real decoder
-        silero.VAD.load()
+        load_vad()
     except Exception as exc:
         return Check(
             "offline models",
