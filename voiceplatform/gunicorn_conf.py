@@ -50,9 +50,15 @@ except ImproperlyConfigured as exc:
 # agent worker's, whose files must not be wiped here.
 METRICS_DIR = data_dir / "prometheus" / f"web-{os.getpid()}"
 METRICS_DIR.mkdir(parents=True, exist_ok=True)
-if os.environ.get("VOICE_WEB_METRICS_DIR") != str(METRICS_DIR):  # not on a SIGHUP reload
-    for stale in glob.glob(str(METRICS_DIR / "*.db")):  # a previous server's samples
+
+
+def _wipe_metrics() -> None:
+    for stale in glob.glob(str(METRICS_DIR / "*.db")):
         os.unlink(stale)
+
+
+if os.environ.get("VOICE_WEB_METRICS_DIR") != str(METRICS_DIR):  # not on a SIGHUP reload
+    _wipe_metrics()  # a previous server's samples
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["VOICE_WEB_METRICS_DIR"] = str(METRICS_DIR)
 
 
@@ -63,8 +69,7 @@ def child_exit(server: object, worker: object) -> None:
 
 
 def on_exit(server: object) -> None:
-    for stale in glob.glob(str(METRICS_DIR / "*.db")):
-        os.unlink(stale)
+    _wipe_metrics()
     with contextlib.suppress(OSError):  # only when empty: never another program's files
         METRICS_DIR.rmdir()
 

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -74,6 +75,16 @@ def wait_port(host: str, port: int, timeout: float) -> bool:
             return True
         time.sleep(0.25)
     return False
+
+
+def _wait_ready(ready: Callable[[], bool], stop: threading.Event, timeout: float) -> bool:
+    """Wait until `ready()` or `timeout` s have passed (go on either way); False if the demo
+    is stopping meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not ready() and time.monotonic() < deadline:
+        if stop.wait(0.5):
+            return False
+    return True
 
 
 @dataclass
@@ -421,15 +432,13 @@ class Command(BaseCommand):
     ) -> None:
         """`manage.py doctor` once the agent worker and Celery are up: its table shows
         what this deployment has and lacks (it does not stop the demo either way)."""
-        deadline = time.monotonic() + DOCTOR_WAIT_S
         agent_up = (
             registered.is_set
             if plan.kind != "local"
             else lambda: wait_port(settings.LOCAL_AGENT_HOST, settings.LOCAL_AGENT_PORT, 0.1)
         )
-        while not (agent_up() and celery_ready.is_set()) and time.monotonic() < deadline:
-            if stop.wait(0.5):
-                return
+        if not _wait_ready(lambda: agent_up() and celery_ready.is_set(), stop, DOCTOR_WAIT_S):
+            return
         supervisor.start("doctor", [sys.executable, "manage.py", "doctor", "--probe-timeout", "30"], env)
 
     def _traffic(
@@ -447,10 +456,8 @@ class Command(BaseCommand):
         The first caller starts while the agent host still loads its models (it waits for
         the host to accept), so the dashboard shows a call as early as possible.
         """
-        deadline = time.monotonic() + 120
-        while not agent_ready.is_set() and time.monotonic() < deadline:
-            if stop.wait(0.5):
-                return
+        if not _wait_ready(agent_ready.is_set, stop, 120):
+            return
         for number, name in enumerate(itertools.cycle([n.strip() for n in scenario_names if n.strip()]), start=1):
             if stop.is_set():
                 return
