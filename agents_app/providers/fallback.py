@@ -77,7 +77,7 @@ def usable_entries(stage: str, agent: Agent) -> list[dict[str, Any]]:
     usable: list[dict[str, Any]] = []
     for entry in raw:
         try:
-            usable.extend(validate_fallbacks([entry]))
+            usable.extend(validate_fallbacks([entry], stage=stage))
         except ValidationError as exc:
             logger.warning("agent %s: ignoring %s fallback %r: %s", agent.slug, stage, entry, exc.messages[0])
     return usable

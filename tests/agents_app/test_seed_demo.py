@@ -23,15 +23,19 @@ def seed(*args: str) -> str:
     return out.getvalue()
 
 
-def test_it_creates_the_demo_agent_prompt_tools_and_logins():
+def test_it_creates_the_demo_agents_prompts_tools_and_logins():
     output = seed()
-    agent = Agent.objects.get(slug="demo")
+    agent = Agent.objects.get(slug="demo-scripted")
     assert (agent.stt_provider, agent.llm_provider, agent.tts_provider) == ("offline", "offline", "offline")
     prompt = prompt_published(agent=agent)
     assert prompt is not None and prompt.number == 1
     assert {"company", "assistant_name"} <= set(prompt.placeholders())
     assert set(prompt.placeholders()) <= set(prompt.variables)  # every placeholder has a default
     assert "place_order" in prompt.instructions and "charge_wallet" in prompt.instructions
+
+    conversation = Agent.objects.get(slug="demo")
+    assert prompt_published(agent=conversation) is not None
+    assert not ToolDefinition.objects.filter(agents=conversation).exists()  # the small model calls none
 
     tools = {t.name: t for t in ToolDefinition.objects.filter(agents=agent)}
     assert set(tools) == {"place_order", "charge_wallet"}
@@ -48,7 +52,15 @@ def test_it_creates_the_demo_agent_prompt_tools_and_logins():
     editor = authenticate(username="editor", password="voice-demo")
     assert editor is not None and editor.groups.filter(name="Prompt editors").exists()
 
-    for text in ("http://127.0.0.1:8000/admin/", "http://127.0.0.1:8000/dashboard/", "voice-demo", "staff", "admin"):
+    for text in (
+        "'demo' (created; LLM ",
+        "'demo-scripted' (created; LLM offline)",
+        "http://127.0.0.1:8000/admin/",
+        "http://127.0.0.1:8000/dashboard/",
+        "voice-demo",
+        "staff",
+        "admin",
+    ):
         assert text in output
 
 
@@ -95,3 +107,19 @@ def test_it_publishes_a_first_prompt_when_the_agent_has_only_drafts():
     published = prompt_published(agent=agent)
     assert published is not None and published.number == 2
     assert PromptVersion.objects.get(agent=agent, number=1).status == PromptStatus.DRAFT
+
+
+def test_the_conversation_agent_runs_the_real_local_model_when_it_is_installed(settings, tmp_path):
+    from agents_app.providers import local_llm
+
+    assert local_llm.available(), "make install puts xllamacpp and the packaged SmolLM2 in the venv"
+    seed()
+    agent = Agent.objects.get(slug="demo")
+    assert (agent.llm_provider, agent.llm_fallbacks) == ("local", [{"provider": "offline"}])
+
+    Agent.objects.filter(slug__in=("demo", "demo-scripted")).delete()
+    settings.LOCAL_LLM_MODEL_PATH = str(tmp_path / "missing.gguf")  # no model: the stand-in, said so
+    seed()
+    agent = Agent.objects.get(slug="demo")
+    assert (agent.llm_provider, agent.llm_fallbacks) == ("offline", [])
+    assert "not installed" in agent.description

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
 from agents_app.simulator import transport as transport_module
 from agents_app.simulator.transport import HostTransport, TransportError
 from agents_app.worker.local_server import StreamChannel
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.ports import free_port
 
 
 def _transport(notes: list[str]) -> HostTransport:
@@ -23,7 +17,7 @@ def _transport(notes: list[str]) -> HostTransport:
 
 
 async def test_it_waits_for_an_agent_host_that_is_still_starting() -> None:
-    port = _free_port()
+    port = free_port()
     hellos: list[dict] = []
 
     async def host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -53,7 +47,7 @@ async def test_it_waits_for_an_agent_host_that_is_still_starting() -> None:
 async def test_it_gives_up_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transport_module, "AGENT_HOST_WAIT_SECONDS", 0.5)
     with pytest.raises(TransportError, match="runagent"):
-        await _transport([]).connect(f"local://127.0.0.1:{_free_port()}", "t")
+        await _transport([]).connect(f"local://127.0.0.1:{free_port()}", "t")
 
 
 async def test_it_rejects_a_url_that_is_not_the_local_host() -> None:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.ports import free_port
 from voiceplatform.webserver import web_server_command
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -58,12 +59,6 @@ for line in sys.stdin:
     sys.stdout.write(json.dumps(answer, default=str) + "\n")
     sys.stdout.flush()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

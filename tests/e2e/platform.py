@@ -25,13 +25,9 @@ from urllib.parse import quote
 
 from django.conf import settings
 
+from tests.ports import free_port
+
 BASE_DIR = Path(settings.BASE_DIR)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[Any]) -> bool:
@@ -66,6 +62,7 @@ class Platform:
         self.port = free_port()
         self.agent_port = free_port()
         self.agent_metrics_port = free_port()  # the agent worker's own /metrics
+        self.llm_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / "demo.log"
         self.proc: subprocess.Popen[Any] | None = None
@@ -130,6 +127,7 @@ class Platform:
                 "DATA_DIR": str(self.data_dir),
                 "LOCAL_AGENT_PORT": str(self.agent_port),
                 "AGENT_METRICS_PORT": str(self.agent_metrics_port),
+                "LOCAL_LLM_PORT": str(self.llm_port),  # the demo agent's real model (manage.py runllm)
                 "DJANGO_SETTINGS_MODULE": "voiceplatform.settings",
                 "PYTHONUNBUFFERED": "1",
                 # Our own channel-layer prefix: never mix with other runs on a shared Redis.

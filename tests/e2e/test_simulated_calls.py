@@ -192,6 +192,25 @@ def _sample_sum(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith((name + "{", name + " ")))
 
 
+async def test_the_demo_agent_converses_with_the_real_local_model(platform: Platform) -> None:
+    """`make demo` starts `runllm` and the `demo` agent talks through the real small model."""
+    assert "local LLM ready" in platform.log_path.read_text(errors="replace"), "the demo did not start runllm"
+    summary, details, _ = await run_scenario(platform, "conversation")
+    for detail in details:
+        assert detail["agent"] == "demo"
+        answered = [t for t in detail["turns"] if t["user_text"]]
+        assert len(answered) >= 3, detail["turns"]
+        for turn in answered:
+            assert turn["generated_text"].strip() and turn["stages_ms"]["llm_ttft"] is not None, turn
+        sid = str(detail["session_id"])
+        rows = platform.query(
+            "SELECT type, payload FROM sessions_app_sessionevent WHERE session_id = %s AND type = %s",
+            (sid if platform.pg_db else sid.replace("-", ""), "agent.job_started"),
+        )
+        payload = rows[0][1] if isinstance(rows[0][1], dict) else json.loads(rows[0][1])
+        assert "smollm2-135m-instruct" in payload["providers"]["llm"], payload
+
+
 def test_every_alert_has_its_inputs_in_the_running_exporters(platform: Platform) -> None:
     """deploy/alerts.yml against what the running web server and agent worker export after
     the calls above: each metric an alert reads is exported by one of them, and the

@@ -330,7 +330,7 @@ def lk(tmp_path_factory: pytest.TempPathFactory, webhook_tap: WebhookTap, record
 class Caller:
     """A client app plus its caller: the platform API, then a real room over WebRTC."""
 
-    def __init__(self, platform: LiveKitPlatform, *, agent: str = "demo") -> None:
+    def __init__(self, platform: LiveKitPlatform, *, agent: str = "demo-scripted") -> None:
         self.platform = platform
         self.agent = agent
         self.api = PlatformClient(base_url=platform.base_url, api_key=platform.simulator_key())
@@ -399,7 +399,7 @@ def _brief(detail: dict[str, Any]) -> dict[str, Any]:
 async def caller(lk: LiveKitPlatform):
     made: list[Caller] = []
 
-    def make(agent: str = "demo") -> Caller:
+    def make(agent: str = "demo-scripted") -> Caller:
         made.append(Caller(lk, agent=agent))
         return made[-1]
 

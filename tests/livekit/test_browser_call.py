@@ -119,7 +119,7 @@ def test_the_call_page_talks_to_the_agent_through_the_real_server(lk: LiveKitPla
             page.click("button[type=submit], input[type=submit]")
             page.wait_for_url("**/call/")
             page.uncheck("#auto-interrupt")  # this test interrupts with the button
-            page.select_option("#agent", "demo")
+            page.select_option("#agent", "demo-scripted")  # a long scripted answer to interrupt
             page.click("#start")
 
             state = lambda: page.get_attribute("#agent-state", "data-state")  # noqa: E731

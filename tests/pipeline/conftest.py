@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -163,3 +164,47 @@ def last_request_text(llm: Any) -> list[tuple[str, str]]:
 
     ctx = llm.requests[-1]
     return [(i.role, i.text_content or "") for i in ctx.items if isinstance(i, ChatMessage)]
+
+
+def provider_events(session_id: str, prefix: str = "provider.") -> list[dict[str, Any]]:
+    return [
+        {"type": e.type, **e.payload}
+        for e in SessionEvent.objects.filter(session_id=session_id, type__startswith=prefix).order_by("seq")
+    ]
+
+
+class TextJob:
+    """The job's real handlers (JobRuntime) around a text-mode AgentSession."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+
+    async def __aenter__(self) -> TextJob:
+        from livekit.agents import AgentSession
+
+        from agents_app.providers.factory import build_providers
+        from agents_app.providers.fallback import ChainMonitor, session_conn_options
+        from agents_app.worker.config import load_job_config
+        from agents_app.worker.entrypoint import JobRuntime, PlatformAgent
+
+        config = await load_job_config(self.session_id)
+        ctx = SimpleNamespace(job=SimpleNamespace(id="text-job"), proc=SimpleNamespace(userdata={}))
+        runtime = JobRuntime(ctx=ctx, config=config, call=None)  # type: ignore[arg-type]
+        runtime.recorder.start()
+        runtime.providers = build_providers(config.agent)
+        session = AgentSession(llm=runtime.providers.llm, vad=None, conn_options=session_conn_options(config.agent))
+        runtime.session = session
+        runtime.resilience = ChainMonitor(
+            record_event=runtime.recorder.record_event, on_stage_failed=runtime._on_stage_failed
+        )
+        runtime.resilience.watch("llm", runtime.providers.llm)
+        session.on("conversation_item_added", runtime._on_item)
+        session.on("error", runtime._on_error)
+        await session.start(PlatformAgent(config=config, tracker=runtime.tracker, tools=[]))
+        self.runtime, self.session = runtime, session
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.session.aclose()
+        self.runtime.tracker.close()
+        await self.runtime.recorder.aclose()

@@ -17,8 +17,7 @@ import pytest
 
 from agents_app.models import Provider
 from agents_app.simulator.outage_server import ScriptedOutageServer
-from sessions_app.models import SessionEvent
-from tests.pipeline.conftest import CallDriver, db, make_session, wait_turns
+from tests.pipeline.conftest import CallDriver, TextJob, db, make_session, provider_events, wait_turns
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,50 +37,6 @@ def _failures(stage: str, provider: str) -> float:
     from sessions_app import metrics
 
     return metrics.PROVIDER_FAILURES.labels(stage=stage, provider=provider)._value.get()
-
-
-def _events(session_id: str, prefix: str = "provider.") -> list[dict[str, Any]]:
-    return [
-        {"type": e.type, **e.payload}
-        for e in SessionEvent.objects.filter(session_id=session_id, type__startswith=prefix).order_by("seq")
-    ]
-
-
-class TextJob:
-    """The job's real handlers (JobRuntime) around a text-mode AgentSession."""
-
-    def __init__(self, session_id: str) -> None:
-        self.session_id = session_id
-
-    async def __aenter__(self) -> TextJob:
-        from livekit.agents import AgentSession
-
-        from agents_app.providers.factory import build_providers
-        from agents_app.providers.fallback import ChainMonitor, session_conn_options
-        from agents_app.worker.config import load_job_config
-        from agents_app.worker.entrypoint import JobRuntime, PlatformAgent
-
-        config = await load_job_config(self.session_id)
-        ctx = SimpleNamespace(job=SimpleNamespace(id="text-job"), proc=SimpleNamespace(userdata={}))
-        runtime = JobRuntime(ctx=ctx, config=config, call=None)  # type: ignore[arg-type]
-        runtime.recorder.start()
-        runtime.providers = build_providers(config.agent)
-        session = AgentSession(llm=runtime.providers.llm, vad=None, conn_options=session_conn_options(config.agent))
-        runtime.session = session
-        runtime.resilience = ChainMonitor(
-            record_event=runtime.recorder.record_event, on_stage_failed=runtime._on_stage_failed
-        )
-        runtime.resilience.watch("llm", runtime.providers.llm)
-        session.on("conversation_item_added", runtime._on_item)
-        session.on("error", runtime._on_error)
-        await session.start(PlatformAgent(config=config, tracker=runtime.tracker, tools=[]))
-        self.runtime, self.session = runtime, session
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.session.aclose()
-        self.runtime.tracker.close()
-        await self.runtime.recorder.aclose()
 
 
 @pytest.mark.parametrize("mode", ["500", "429", "hang", "cut"])
@@ -118,7 +73,7 @@ async def test_a_failing_primary_llm_fails_over_to_the_healthy_fallback(agent, s
         turns = await wait_turns(session_id, 1)
         assert turns[-1]["user_text"] == "where is my parcel"
         assert FALLBACK_REPLY in turns[-1]["heard_text"]
-        events = await db(_events, session_id)
+        events = await db(provider_events, session_id)
         error = next(e for e in events if e["type"] == "provider.error")
         failover = next(e for e in events if e["type"] == "provider.failover")
         expected_class = {
@@ -150,7 +105,7 @@ async def test_a_lone_hung_provider_times_out_within_the_budget_instead_of_hangi
             assert "technical problem" in first.expect[-1].event().item.text_content
             result = await job.session.run(user_input="hello again")
             assert result.expect[-1].event().item.text_content.startswith("Sure, I can help")
-        events = await db(_events, session_id, "")
+        events = await db(provider_events, session_id, "")
         types = [e["type"] for e in events]
         assert "provider.stage_failed" in types and "agent.apology" in types
         failed = next(e for e in events if e["type"] == "provider.stage_failed")
@@ -193,7 +148,7 @@ async def test_all_providers_down_plays_the_apology_and_the_next_turn_works_afte
         assert turns[2]["heard_text"] in ("Primary is back, how can I help?", FALLBACK_REPLY)
         await driver.hangup()
 
-    types = await db(lambda: [e["type"] for e in _events(session_id, "")])
+    types = await db(lambda: [e["type"] for e in provider_events(session_id, "")])
     assert "provider.stage_failed" in types and "agent.apology" in types
     assert types.count("provider.error") >= 2  # both providers of the chain failed
 
@@ -225,7 +180,7 @@ async def test_a_tts_that_fails_mid_answer_hands_the_rest_to_the_next_tts(agent,
     # Both sentences were heard: ~2.5 s of speech, not just the first sentence's ~1.5 s.
     assert driver.played_seconds > 2.2, driver.played_seconds
     assert [entry["mode"] for entry in speech.log[:2]] == ["ok", "500"]
-    events = await db(_events, session_id)
+    events = await db(provider_events, session_id)
     failover = next(e for e in events if e["type"] == "provider.failover")
     assert failover["stage"] == "tts" and failover["to"] == "offline:piper/en_US-joe-medium"
     assert failover["error_class"] == "APIStatusError"
@@ -257,8 +212,12 @@ def test_it_rejects_malformed_fallback_lists():
 
     from agents_app.providers.fallback import validate_fallbacks
 
-    assert validate_fallbacks([{"provider": "offline"}]) == [{"provider": "offline"}]
+    assert validate_fallbacks([{"provider": "offline"}], stage="tts") == [{"provider": "offline"}]
+    assert validate_fallbacks([{"provider": "local"}], stage="llm") == [{"provider": "local"}]
     for bad in ({"provider": "openai"}, [{"provider": "acme"}], [{"provider": "openai", "base_url": "https://x/v1"}],
                 [{"provider": "openai", "key": "secret"}], [{"provider": "openai", "endpoint": "nowhere"}]):  # fmt: skip
         with pytest.raises(ValidationError):
-            validate_fallbacks(bad)
+            validate_fallbacks(bad, stage="llm")
+    for stage in ("stt", "tts"):  # the local llama.cpp server answers chat only
+        with pytest.raises(ValidationError, match="only the LLM stage"):
+            validate_fallbacks([{"provider": "local"}], stage=stage)

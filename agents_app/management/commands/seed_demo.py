@@ -1,4 +1,12 @@
-"""`manage.py seed_demo`: the demo agent, its first published prompt, two demo tools and logins.
+"""`manage.py seed_demo`: the two demo agents, their first published prompts, two demo tools and logins.
+
+- `demo`: conversation with a real small language model (the `local` provider: SmolLM2
+  through this machine's llama.cpp server, the stand-in as its fallback) when the model
+  is installed; otherwise the stand-in. No tools: the small model does not call them
+  (docs/providers.md).
+- `demo-scripted`: the offline stand-in LLM, deterministic, with the demo tools: the
+  simulated scenarios that need known replies (barge-in on a long answer, tool retries)
+  call this one, explicitly.
 
 Safe to run any number of times: it only creates what is missing. It never rewrites a
 prompt, a tool or a user that already exists, so edits made in the admin survive.
@@ -12,7 +20,7 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from agents_app.models import Agent, Provider
+from agents_app.models import DEFAULT_BUDGETS_MS, Agent, Provider
 from agents_app.selectors import prompt_published
 from agents_app.services import prompt_draft_create, prompt_publish
 from agents_app.signals import PROMPT_EDITORS, SUPPORT_STAFF, groups_ensure
@@ -20,6 +28,7 @@ from tools_app.models import ToolDefinition, ToolKind
 
 DEMO_PASSWORD = "voice-demo"
 DEMO_AGENT_SLUG = "demo"
+DEMO_SCRIPTED_SLUG = "demo-scripted"
 
 # (username, superuser?, group, what it is for)
 DEMO_USERS: tuple[tuple[str, bool, str | None, str], ...] = (
@@ -44,6 +53,15 @@ If you do not know something, say so and offer to place an order instead.
 DEMO_GREETING = (
     "Hi, this is {{assistant_name}} from {{company}}. I can place an order or charge your wallet. How can I help?"
 )
+
+DEMO_CONVERSATION_INSTRUCTIONS = """\
+You are {{assistant_name}}, the voice assistant of {{company}}, a coffee shop.
+Answer in one or two short, friendly sentences: callers hear you, they do not read you.
+Our opening hours are {{opening_hours}}. We serve coffee, tea, cappuccino, latte and croissants.
+You cannot take orders or payments on this line.
+"""
+
+DEMO_CONVERSATION_GREETING = "Hi, this is {{assistant_name}} from {{company}}. Ask me about our menu or our hours."
 
 DEMO_VARIABLES = {"company": "Acme Coffee", "assistant_name": "Robin", "opening_hours": "8 am to 6 pm"}
 
@@ -109,29 +127,9 @@ class Command(BaseCommand):
         base = options["base_url"].rstrip("/")
         with transaction.atomic():
             groups = groups_ensure()
-            agent, agent_created = Agent.objects.get_or_create(
-                slug=DEMO_AGENT_SLUG,
-                defaults={
-                    "name": "Demo agent",
-                    "description": "Demo voice agent of a coffee shop, with offline stand-in providers.",
-                    "stt_provider": Provider.OFFLINE,
-                    "llm_provider": Provider.OFFLINE,
-                    "tts_provider": Provider.OFFLINE,
-                },
-            )
-            published = prompt_published(agent=agent)
-            prompt_created = published is None
-            if prompt_created:
-                # Only when the agent has no live prompt: an edited prompt is never reset.
-                draft = prompt_draft_create(
-                    agent=agent,
-                    instructions=DEMO_INSTRUCTIONS,
-                    greeting=DEMO_GREETING,
-                    variables=dict(DEMO_VARIABLES),
-                    change_note="Demo prompt created by seed_demo",
-                )
-                published = prompt_publish(version=draft)
-            tool_lines = [self._ensure_tool(spec, agent) for spec in DEMO_TOOLS]
+            agent_lines = [self._ensure_agent(**spec) for spec in demo_agent_specs()]
+            scripted = Agent.objects.get(slug=DEMO_SCRIPTED_SLUG)
+            tool_lines = [self._ensure_tool(spec, scripted) for spec in DEMO_TOOLS]
             user_lines = [
                 self._ensure_user(name, is_super, groups.get(group or ""), options)
                 for name, is_super, group, _ in DEMO_USERS
@@ -139,20 +137,40 @@ class Command(BaseCommand):
 
         out = self.stdout.write
         out(self.style.SUCCESS("Demo data ready."))
-        out(f"  agent   {agent.slug!r} ({'created' if agent_created else 'already there'}), "
-            f"live prompt v{published.number} ({'created' if prompt_created else 'kept as it is'})")  # fmt: skip
+        for line in agent_lines:
+            out(f"  agent   {line}")
         for line in tool_lines:
             out(f"  tool    {line}")
         for line in user_lines:
             out(f"  user    {line}")
         out("")
         out(f"  Admin:        {base}/admin/")
-        out(f"  Edit prompt:  {base}/admin/agents_app/promptversion/{published.pk}/change/")
+        out(f"  Prompts:      {base}/admin/agents_app/promptversion/")
         out(f"  Dashboard:    {base}/dashboard/")
         out(f"  Health:       {base}/healthz")
         out("  Logins (password for all: " + DEMO_PASSWORD + "):")
         for name, _, _, purpose in DEMO_USERS:
             out(f"    {name:<7} {purpose}")
+
+    def _ensure_agent(self, slug: str, instructions: str, greeting: str, **fields: Any) -> str:
+        agent, created = Agent.objects.get_or_create(slug=slug, defaults=fields)
+        published = prompt_published(agent=agent)
+        prompt_created = published is None
+        if prompt_created:
+            # Only when the agent has no live prompt: an edited prompt is never reset.
+            draft = prompt_draft_create(
+                agent=agent,
+                instructions=instructions,
+                greeting=greeting,
+                variables=dict(DEMO_VARIABLES),
+                change_note="Demo prompt created by seed_demo",
+            )
+            published = prompt_publish(version=draft)
+        return (
+            f"{slug!r} ({'created' if created else 'already there'}; LLM {agent.llm_provider}"
+            f"{' ' + agent.llm_model if agent.llm_model else ''}), live prompt v{published.number} "
+            f"({'created' if prompt_created else 'kept as it is'})"
+        )
 
     def _ensure_tool(self, spec: dict[str, Any], agent: Agent) -> str:
         tool = ToolDefinition.objects.filter(name=spec["name"]).first()
@@ -181,3 +199,39 @@ class Command(BaseCommand):
         if group is not None:
             user.groups.add(group)
         return f"{username} ({state})"
+
+
+def demo_agent_specs() -> list[dict[str, Any]]:
+    """The demo agents as seed_demo creates them (an agent that exists is left as it is)."""
+    from agents_app.providers import local_llm
+
+    real_model = local_llm.available()
+    offline = {"stt_provider": Provider.OFFLINE, "tts_provider": Provider.OFFLINE}
+    return [
+        {
+            "slug": DEMO_AGENT_SLUG,
+            "name": "Demo agent (SmolLM2, a real small model)" if real_model else "Demo agent",
+            "description": "Coffee-shop conversation answered by a real language model served on this machine "
+            "(llama.cpp), with the offline stand-in as its fallback."
+            if real_model
+            else "Coffee-shop conversation with the offline stand-in LLM (the local model is not installed).",
+            "llm_provider": Provider.LOCAL if real_model else Provider.OFFLINE,
+            "llm_fallbacks": [{"provider": Provider.OFFLINE.value}] if real_model else [],
+            # A CPU model's first token: ~0.1-0.5 s warm, more on a cold prompt or a busy
+            # machine; the chain gives up on it (for the stand-in) after 3 x this budget.
+            "budget_llm_ttft_ms": 1500 if real_model else DEFAULT_BUDGETS_MS["llm_ttft"],
+            "instructions": DEMO_CONVERSATION_INSTRUCTIONS,
+            "greeting": DEMO_CONVERSATION_GREETING,
+            **offline,
+        },
+        {
+            "slug": DEMO_SCRIPTED_SLUG,
+            "name": "Demo agent, scripted (stand-in LLM, tools)",
+            "description": "The demo coffee shop with the deterministic offline stand-in LLM and the demo tools: "
+            "the scenarios that need known replies call it.",
+            "llm_provider": Provider.OFFLINE,
+            "instructions": DEMO_INSTRUCTIONS,
+            "greeting": DEMO_GREETING,
+            **offline,
+        },
+    ]
