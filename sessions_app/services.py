@@ -18,6 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from sessions_app import broadcast
+from sessions_app.live import messages as live
 from sessions_app.models import (
     ALLOWED_TRANSITIONS,
     FINAL_STATES,
@@ -92,54 +93,13 @@ def api_client_authenticate(*, key: str) -> ApiClient | None:
     return client
 
 
-def session_summary(session: VoiceSession) -> dict[str, Any]:
-    """The live-row shape used by `session.updated` messages and dashboard snapshots."""
-    return {
-        "id": str(session.id),
-        "agent": session.agent.slug if session.agent_id else None,
-        "agent_name": session.agent.name if session.agent_id else None,
-        "prompt_version": session.prompt_version.number if session.prompt_version_id else None,
-        "caller_id": session.caller_id,
-        "room": session.room_name,
-        "state": session.state,
-        "end_reason": session.end_reason,
-        "turns": session.turn_count,
-        "interrupts": session.interrupt_count,
-        "reconnects": session.reconnect_count,
-        "last_e2e_ms": session.last_e2e_ms,
-        "created_at": session.created_at.isoformat() if session.created_at else None,
-        "started_at": session.started_at.isoformat() if session.started_at else None,
-        "ended_at": session.ended_at.isoformat() if session.ended_at else None,
-        "seq": session.last_seq,
-    }
-
-
 def _publish_after_commit(session_id: UUID, *messages: dict[str, Any]) -> None:
     groups = broadcast.session_groups(session_id)
     transaction.on_commit(lambda: broadcast.publish_many(groups, list(messages)))
 
 
-def event_added_message(event: SessionEvent) -> dict[str, Any]:
-    return {
-        "type": "event.added",
-        "session_id": str(event.session_id),
-        "seq": event.seq,
-        "event": {
-            "seq": event.seq,
-            "type": event.type,
-            "payload": event.payload,
-            "created_at": event.created_at.isoformat() if event.created_at else None,
-        },
-    }
-
-
-def session_updated_message(session: VoiceSession) -> dict[str, Any]:
-    return {
-        "type": "session.updated",
-        "session_id": str(session.id),
-        "seq": session.last_seq,
-        "session": session_summary(session),
-    }
+def _session_updated(session: VoiceSession) -> dict[str, Any]:
+    return live.session_updated(live.session_row(session))
 
 
 @transaction.atomic
@@ -149,7 +109,7 @@ def session_event_append(
     """Append an event with the session's next sequence number (gapless, per session).
 
     `announce=False` leaves the `event.added` message to the caller, who sends it in one
-    batch with its own (see `turn_record`).
+    batch with its own (see `turn_record`). Messages are built by `sessions_app.live.messages`.
     """
     updated = VoiceSession.objects.filter(pk=session_id).update(last_seq=F("last_seq") + 1)
     if not updated:
@@ -157,7 +117,7 @@ def session_event_append(
     seq = VoiceSession.objects.filter(pk=session_id).values_list("last_seq", flat=True).get()
     event = SessionEvent.objects.create(session_id=session_id, seq=seq, type=type, payload=payload or {})
     if announce:
-        _publish_after_commit(event.session_id, event_added_message(event))
+        _publish_after_commit(event.session_id, live.event_added(event))
     return event
 
 
@@ -192,7 +152,7 @@ def session_transition(
         announce=False,
     )
     session.last_seq = event.seq  # the row is locked: nobody appended in between
-    _publish_after_commit(session.id, event_added_message(event), session_updated_message(session))
+    _publish_after_commit(session.id, live.event_added(event), _session_updated(session))
     if to_state in (SessionState.ENDED, SessionState.FAILED):
         _on_session_finished(session.id)
     return session
@@ -212,7 +172,7 @@ def session_finish(*, session_id: UUID | str, reason: str) -> bool:
 
 
 def session_publish_updated(*, session: VoiceSession) -> None:
-    _publish_after_commit(session.id, session_updated_message(session))
+    _publish_after_commit(session.id, _session_updated(session))
 
 
 def _on_session_finished(session_id: UUID) -> None:
@@ -333,8 +293,8 @@ def session_create(
         for seq, (kind, payload) in enumerate(first_events, start=1)
     ]
     _insert_session_with_events(session, events)
-    messages = [event_added_message(event) for event in events]
-    messages.append(session_updated_message(session))
+    messages = [live.event_added(event) for event in events]
+    messages.append(_session_updated(session))
     # Only the dashboard: nobody can be watching `session.<id>` of an id not yet returned.
     transaction.on_commit(lambda: broadcast.publish_many([broadcast.DASHBOARD_GROUP], messages))
 
@@ -504,7 +464,7 @@ def session_interrupt(*, session_id: UUID | str, source: str = "client") -> Sess
             {"state": session.state},
         )
     event = session_event_append(session_id=session.pk, type="interrupt.requested", payload={"source": source})
-    message = {"type": "agent.interrupt", "session_id": str(session.pk), "source": source, "event_seq": event.seq}
+    message = live.agent_interrupt(session.pk, source=source, event_seq=event.seq)
     group = broadcast.agent_control_group(session.pk)
     transaction.on_commit(lambda: broadcast.publish([group], message))
     return event
@@ -519,7 +479,7 @@ def session_end(*, session_id: UUID | str, reason: str = "client_request") -> Vo
             session = session_transition(session_id=session_id, to_state=SessionState.ENDED, reason=reason)
         except InvalidTransition as exc:
             raise Conflict("session_final", str(exc), {"state": exc.from_state}) from exc
-        message = {"type": "agent.end", "session_id": str(session.pk), "reason": reason}
+        message = live.agent_end(session.pk, reason=reason)
         group = broadcast.agent_control_group(session.pk)
         transaction.on_commit(lambda: broadcast.publish([group], message))
     if not settings.LIVEKIT_LOCAL_MODE:
