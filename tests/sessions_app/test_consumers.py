@@ -419,3 +419,42 @@ async def test_a_hostile_resync_gets_an_error_frame_and_the_socket_stays_open(st
     assert (await _receive_until(communicator, "pong"))["type"] == "pong"
     await communicator.disconnect()
 
+
+# --- issue 18: every live message fits its schema (tests/live_schema.py checks them all) ----
+
+
+async def test_the_schema_check_sees_every_layer_message_and_frame(staff_user, agent, live_messages) -> None:
+    session = await database_sync_to_async(_session)(agent)
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected
+    await communicator.receive_json_from(timeout=TIMEOUT)
+    await database_sync_to_async(session_transition)(session_id=session.id, to_state=SessionState.ACTIVE)
+    await database_sync_to_async(turn_record)(session_id=session.id, data=_turn(1))
+    await _receive_until(communicator, "turn.completed")
+    await communicator.disconnect()
+    assert {"snapshot", "live.batch", "session.updated", "turn.completed"} <= set(live_messages.checked)
+    assert not live_messages.problems
+
+
+async def test_a_malformed_message_fails_the_schema_check(staff_user, agent, live_messages) -> None:
+    from sessions_app.live.schemas import LiveMessageError
+
+    session = await database_sync_to_async(_session)(agent)
+    with pytest.raises(LiveMessageError, match="session.updated"):
+        await get_channel_layer().group_send(
+            broadcast.DASHBOARD_GROUP, {"type": "session.updated", "session_id": str(session.id), "seq": 1}
+        )
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected
+    (row,) = (await communicator.receive_json_from(timeout=TIMEOUT))["sessions"]
+    from sessions_app.live import hub
+
+    (page,) = hub.dashboard_hub().members
+    page.offer(messages.session_updated({**row, "turns": "two"}))  # a frame the page would send
+    await asyncio.sleep(0.2)
+    await communicator.disconnect()
+    assert [p.split(":")[0] for p in live_messages.problems] == [
+        "group_send to 'dashboard'",
+        "websocket frame of DashboardConsumer",
+    ]
+    live_messages.problems.clear()  # expected here: the check works
