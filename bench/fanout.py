@@ -255,7 +255,7 @@ async def _run_peer(args: argparse.Namespace) -> dict[str, Any]:
     """The same messages, bare `group_send` → `receive` on the channel layer."""
     from channels.layers import get_channel_layer
 
-    from sessions_app import broadcast
+    from sessions_app.live.messages import live_batch, unbatch
 
     layer = get_channel_layer()
     group = f"benchpeer.{uuid.uuid4().hex[:8]}"
@@ -269,12 +269,12 @@ async def _run_peer(args: argparse.Namespace) -> dict[str, Any]:
         while True:
             received = await layer.receive(channel)
             now = time.time()
-            for message in broadcast.unbatch(received):
+            for message in unbatch(received):
                 if message.get("type") == "turn.completed" and message["bench_sent_at"] >= window["from"]:
                     latencies.append((now - message["bench_sent_at"]) * 1000)
 
     async def publish(session_id: str, messages: list[dict[str, Any]]) -> None:
-        await layer.group_send(group, broadcast.batch_message(messages))
+        await layer.group_send(group, live_batch(messages))
 
     tasks = [asyncio.create_task(receiver(channel)) for channel in channels]
     await _publishers(

@@ -106,10 +106,9 @@ def _interrupt(request: HttpRequest, session_id: UUID) -> tuple[int, dict]:
     return 202, {"session_id": session.pk, "event_seq": event.seq, "state": session.state}
 
 
-def _end(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
+def _end(request: HttpRequest, session_id: UUID) -> VoiceSession:
     _rate_limit(request, "session_end")
-    session = services.session_end(session_id=_owned(request, session_id).pk, reason="client_request")
-    return selectors.session_as_summary(session)
+    return services.session_end(session_id=_owned(request, session_id).pk, reason="client_request")
 
 
 # --- apps (API key) ------------------------------------------------------------------------
@@ -132,7 +131,7 @@ def list_sessions(request: HttpRequest, filters: Query[ListQuery]) -> dict[str, 
         state=filters.state, limit=filters.limit, offset=filters.offset, **_owner(request)
     )
     return {
-        "items": [selectors.session_as_summary(s) for s in items],
+        "items": items,
         "count": total,
         "limit": filters.limit,
         "offset": filters.offset,

@@ -1,10 +1,11 @@
 """Channel-layer group names and non-blocking publishing of live events.
 
 Group names come from these helpers only. Messages are dicts with a dotted `type`
-(`session.updated`, `turn.completed`, `event.added`, …); the Channels consumers turn
-the dots into handler names (`session_updated`). Several messages for the same groups
-travel as one `live.batch` message (`{"type": "live.batch", "messages": [...]}`, in
-order), so a turn costs one publish per group, not three.
+(`session.updated`, `turn.completed`, `event.added`, …), built by
+`sessions_app.live.messages`; the Channels consumers turn the dots into handler names
+(`session_updated`). Several messages for the same groups travel as one `live.batch`
+message (`{"type": "live.batch", "messages": [...]}`, in order; `messages.unbatch`
+unpacks it), so a turn costs one publish per group, not three.
 
 Publishing never blocks a caller for long and never raises: the DB is the source of
 truth and a dashboard resyncs from it, so a failed or full publish is dropped and
@@ -27,10 +28,11 @@ from uuid import UUID
 
 from channels.layers import get_channel_layer
 
+from sessions_app.live.messages import live_batch
+
 logger = logging.getLogger(__name__)
 
 DASHBOARD_GROUP = "dashboard"
-BATCH_TYPE = "live.batch"
 PUBLISH_TIMEOUT_S = 0.5
 # Messages waiting for the publisher thread; beyond this (Redis away for long) they are dropped.
 BACKLOG_LIMIT = 10_000
@@ -59,16 +61,6 @@ def _count_drop(reason: str, count: int = 1) -> None:
         logger.debug("could not count dropped event", exc_info=True)
 
 
-def batch_message(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """One layer message for several: the message itself, or a `live.batch` of them."""
-    return messages[0] if len(messages) == 1 else {"type": BATCH_TYPE, "messages": messages}
-
-
-def unbatch(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The messages a layer message carries, in order (for listeners other than consumers)."""
-    return list(message["messages"]) if message.get("type") == BATCH_TYPE else [message]
-
-
 async def apublish_many(groups: Iterable[str], messages: list[dict[str, Any]]) -> None:
     """Publish messages, in order, to each group: one layer message per group."""
     if not messages:
@@ -76,7 +68,7 @@ async def apublish_many(groups: Iterable[str], messages: list[dict[str, Any]]) -
     layer = get_channel_layer()
     if layer is None:
         return
-    message = batch_message(messages)
+    message = live_batch(messages)
     for group in groups:
         try:
             await asyncio.wait_for(layer.group_send(group, message), PUBLISH_TIMEOUT_S)

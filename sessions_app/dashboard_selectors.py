@@ -17,9 +17,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agents_app.models import STAGES
+from sessions_app.live.messages import event_as_dict, session_row, turn_as_dict
 from sessions_app.models import LIVE_STATES, SessionEvent, Turn, VoiceSession
-from sessions_app.services import session_summary
-from sessions_app.turns import turn_as_dict
+from sessions_app.selectors import session_turns
 from voiceplatform.stats import nearest_rank_percentile as percentile
 
 SUPPORT_GROUP = "Support staff"
@@ -65,17 +65,17 @@ def dashboard_rows(*, recent_limit: int = RECENT_SESSIONS_LIMIT) -> list[dict[st
     """Live sessions (all of them) followed by the most recent finished ones."""
     live = list(_sessions_qs().filter(state__in=LIVE_STATES).order_by("-created_at"))
     recent = list(_sessions_qs().exclude(state__in=LIVE_STATES).order_by("-created_at")[:recent_limit])
-    return [session_summary(s) for s in live + recent]
+    return [session_row(s) for s in live + recent]
 
 
 def dashboard_row(*, session_id: UUID | str) -> dict[str, Any] | None:
     session = _sessions_qs().filter(pk=session_id).first()
-    return session_summary(session) if session else None
+    return session_row(session) if session else None
 
 
 def dashboard_rows_for(*, session_ids: Iterable[UUID | str]) -> list[dict[str, Any]]:
     """Rows of the given sessions (unknown ids are left out)."""
-    return [session_summary(s) for s in _sessions_qs().filter(pk__in=list(session_ids))]
+    return [session_row(s) for s in _sessions_qs().filter(pk__in=list(session_ids))]
 
 
 def _kpi_block(turns: list[dict[str, Any]], sessions: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -160,9 +160,8 @@ def dashboard_kpis(*, window: str = DEFAULT_KPI_WINDOW) -> dict[str, Any]:
     }
 
 
-def event_as_dict(event: SessionEvent) -> dict[str, Any]:
-    """The event shape of `event.added` messages (docs/CONTRACTS.md)."""
-    return {"seq": event.seq, "type": event.type, "payload": event.payload, "created_at": event.created_at.isoformat()}
+def session_exists(*, session_id: UUID | str) -> bool:
+    return VoiceSession.objects.filter(pk=session_id).exists()
 
 
 def session_events_after(
@@ -173,22 +172,29 @@ def session_events_after(
     return [event_as_dict(e) for e in events]
 
 
-def session_turns(*, session_id: UUID | str) -> list[dict[str, Any]]:
-    return [turn_as_dict(t) for t in Turn.objects.filter(session_id=session_id).order_by("index")]
+def session_missed(*, session_id: UUID | str, after_seq: int) -> dict[str, Any]:
+    """What a socket missed after `after_seq`: the events (one page), the turns they
+    completed, the row, and whether that page was the last one (`live.messages.resync`)."""
+    events = session_events_after(session_id=session_id, after_seq=after_seq)
+    indexes = [e["payload"].get("index") for e in events if e["type"] == "turn.completed"]
+    turns = Turn.objects.filter(session_id=session_id, index__in=[i for i in indexes if isinstance(i, int)])
+    by_index = {turn.index: turn_as_dict(turn) for turn in turns}
+    return {
+        "events": events,
+        "turns": [by_index[i] for i in indexes if isinstance(i, int) and i in by_index],
+        "row": dashboard_row(session_id=session_id),
+        "complete": len(events) < EVENTS_PAGE_LIMIT,
+    }
 
 
-def session_turn(*, session_id: UUID | str, index: int) -> dict[str, Any] | None:
-    turn = Turn.objects.filter(session_id=session_id, index=index).first()
-    return turn_as_dict(turn) if turn else None
-
-
-def session_detail(*, session_id: UUID | str) -> dict[str, Any] | None:
-    """Everything the session page shows: the row, budgets, turns, events, report."""
+def session_snapshot(*, session_id: UUID | str) -> dict[str, Any] | None:
+    """Everything the session page shows (embedded in the page, and the body of its
+    socket's `snapshot`): the row, budgets, turns, events, report."""
     session = _sessions_qs().filter(pk=session_id).first()
     if session is None:
         return None
     return {
-        "session": session_summary(session),
+        "session": session_row(session),
         "budgets_ms": session.agent.budgets_ms(),
         "stages": [{"key": key, "label": label} for key, label in STAGES],
         "turns": session_turns(session_id=session.pk),

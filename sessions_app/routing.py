@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from sessions_app import consumers
+from sessions_app.live import consumers
 
 websocket_urlpatterns: list = [
     path("ws/dashboard/", consumers.DashboardConsumer.as_asgi()),

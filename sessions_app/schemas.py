@@ -83,11 +83,15 @@ class TurnOut(Schema):
 
 
 class SessionSummaryOut(Schema):
-    session_id: UUID
-    agent: str
-    prompt_version: int
+    # Read straight from a VoiceSession: the aliases are its attribute paths (the API's
+    # only builder of a session summary; `selectors.session_detail` extends it).
+    model_config = ConfigDict(populate_by_name=True)
+
+    session_id: UUID = Field(..., alias="id")
+    agent: str = Field(..., alias="agent.slug")
+    prompt_version: int = Field(..., alias="prompt_version.number")
     caller_id: str
-    room: str
+    room: str = Field(..., alias="room_name")
     state: str
     end_reason: str
     agent_status: str = Field(

@@ -9,8 +9,9 @@ from uuid import UUID
 from django.db.models import QuerySet
 
 from agents_app.models import STAGE_KEYS, Agent, PromptStatus
+from sessions_app.live.messages import turn_as_dict
 from sessions_app.models import ApiClient, LiveKitWebhookEvent, Turn, VoiceSession, caller_key
-from sessions_app.turns import turn_as_dict
+from sessions_app.schemas import SessionSummaryOut
 
 
 def sessions_owned(*, api_client: ApiClient | None = None, user: Any = None) -> QuerySet[VoiceSession]:
@@ -47,42 +48,28 @@ def session_list(
     return list(qs.order_by("-created_at", "-pk")[offset : offset + limit]), total
 
 
-def session_as_summary(session: VoiceSession) -> dict[str, Any]:
-    return {
-        "session_id": session.id,
-        "agent": session.agent.slug,
-        "prompt_version": session.prompt_version.number,
-        "caller_id": session.caller_id,
-        "room": session.room_name,
-        "state": session.state,
-        "end_reason": session.end_reason,
-        "agent_status": session.agent_status,
-        "turn_count": session.turn_count,
-        "interrupt_count": session.interrupt_count,
-        "reconnect_count": session.reconnect_count,
-        "last_e2e_ms": session.last_e2e_ms,
-        "created_at": session.created_at,
-        "started_at": session.started_at,
-        "ended_at": session.ended_at,
-    }
+def session_turns(*, session_id: UUID | str) -> list[dict[str, Any]]:
+    """Every turn of a session, in order (`live.messages.turn_as_dict`)."""
+    return [turn_as_dict(t) for t in Turn.objects.filter(session_id=session_id).order_by("index")]
 
 
-def _stage_averages(turns: list[Turn]) -> dict[str, float | None]:
+def _stage_averages(turns: list[dict[str, Any]]) -> dict[str, float | None]:
     averages: dict[str, float | None] = {}
     for stage in STAGE_KEYS:
-        values = [v for v in (getattr(t, f"{stage}_ms") for t in turns) if v is not None]
+        values = [v for v in (t["stages_ms"].get(stage) for t in turns) if v is not None]
         averages[stage] = round(sum(values) / len(values), 3) if values else None
     return averages
 
 
 def session_detail(session: VoiceSession) -> dict[str, Any]:
-    """State, counts, every turn (generated and heard text, stages, breaches, tools)."""
-    turns = list(Turn.objects.filter(session=session).order_by("index"))
+    """The client API's session: its summary (`SessionSummaryOut`, read from the row),
+    metadata, the mean of each stage, and every turn (texts, stages, breaches, tools)."""
+    turns = session_turns(session_id=session.pk)
     return {
-        **session_as_summary(session),
+        **SessionSummaryOut.from_orm(session).model_dump(),
         "metadata": session.metadata or {},
         "stage_avg_ms": _stage_averages(turns),
-        "turns": [turn_as_dict(t) for t in turns],
+        "turns": turns,
     }
 
 

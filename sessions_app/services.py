@@ -18,6 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from sessions_app import broadcast
+from sessions_app.live import messages as live
 from sessions_app.models import (
     ALLOWED_TRANSITIONS,
     FINAL_STATES,
@@ -28,7 +29,8 @@ from sessions_app.models import (
     SessionState,
     VoiceSession,
 )
-from voiceplatform.errors import Conflict, InvalidInput, LimitReached, Unavailable
+from sessions_app.session_insert import insert_session_with_events
+from voiceplatform.errors import Conflict, InvalidInput, Unavailable
 from voiceplatform.hotcache import hot_get, hot_set
 from voiceplatform.jsonsafe import json_problem
 
@@ -92,54 +94,13 @@ def api_client_authenticate(*, key: str) -> ApiClient | None:
     return client
 
 
-def session_summary(session: VoiceSession) -> dict[str, Any]:
-    """The live-row shape used by `session.updated` messages and dashboard snapshots."""
-    return {
-        "id": str(session.id),
-        "agent": session.agent.slug if session.agent_id else None,
-        "agent_name": session.agent.name if session.agent_id else None,
-        "prompt_version": session.prompt_version.number if session.prompt_version_id else None,
-        "caller_id": session.caller_id,
-        "room": session.room_name,
-        "state": session.state,
-        "end_reason": session.end_reason,
-        "turns": session.turn_count,
-        "interrupts": session.interrupt_count,
-        "reconnects": session.reconnect_count,
-        "last_e2e_ms": session.last_e2e_ms,
-        "created_at": session.created_at.isoformat() if session.created_at else None,
-        "started_at": session.started_at.isoformat() if session.started_at else None,
-        "ended_at": session.ended_at.isoformat() if session.ended_at else None,
-        "seq": session.last_seq,
-    }
-
-
 def _publish_after_commit(session_id: UUID, *messages: dict[str, Any]) -> None:
     groups = broadcast.session_groups(session_id)
     transaction.on_commit(lambda: broadcast.publish_many(groups, list(messages)))
 
 
-def event_added_message(event: SessionEvent) -> dict[str, Any]:
-    return {
-        "type": "event.added",
-        "session_id": str(event.session_id),
-        "seq": event.seq,
-        "event": {
-            "seq": event.seq,
-            "type": event.type,
-            "payload": event.payload,
-            "created_at": event.created_at.isoformat() if event.created_at else None,
-        },
-    }
-
-
-def session_updated_message(session: VoiceSession) -> dict[str, Any]:
-    return {
-        "type": "session.updated",
-        "session_id": str(session.id),
-        "seq": session.last_seq,
-        "session": session_summary(session),
-    }
+def _session_updated(session: VoiceSession) -> dict[str, Any]:
+    return live.session_updated(live.session_row(session))
 
 
 @transaction.atomic
@@ -149,7 +110,7 @@ def session_event_append(
     """Append an event with the session's next sequence number (gapless, per session).
 
     `announce=False` leaves the `event.added` message to the caller, who sends it in one
-    batch with its own (see `turn_record`).
+    batch with its own (see `turn_record`). Messages are built by `sessions_app.live.messages`.
     """
     updated = VoiceSession.objects.filter(pk=session_id).update(last_seq=F("last_seq") + 1)
     if not updated:
@@ -157,7 +118,7 @@ def session_event_append(
     seq = VoiceSession.objects.filter(pk=session_id).values_list("last_seq", flat=True).get()
     event = SessionEvent.objects.create(session_id=session_id, seq=seq, type=type, payload=payload or {})
     if announce:
-        _publish_after_commit(event.session_id, event_added_message(event))
+        _publish_after_commit(event.session_id, live.event_added(event))
     return event
 
 
@@ -192,7 +153,7 @@ def session_transition(
         announce=False,
     )
     session.last_seq = event.seq  # the row is locked: nobody appended in between
-    _publish_after_commit(session.id, event_added_message(event), session_updated_message(session))
+    _publish_after_commit(session.id, live.event_added(event), _session_updated(session))
     if to_state in (SessionState.ENDED, SessionState.FAILED):
         _on_session_finished(session.id)
     return session
@@ -212,7 +173,7 @@ def session_finish(*, session_id: UUID | str, reason: str) -> bool:
 
 
 def session_publish_updated(*, session: VoiceSession) -> None:
-    _publish_after_commit(session.id, session_updated_message(session))
+    _publish_after_commit(session.id, _session_updated(session))
 
 
 def _on_session_finished(session_id: UUID) -> None:
@@ -332,9 +293,9 @@ def session_create(
         SessionEvent(session_id=session_id, seq=seq, type=kind, payload=payload)
         for seq, (kind, payload) in enumerate(first_events, start=1)
     ]
-    _insert_session_with_events(session, events)
-    messages = [event_added_message(event) for event in events]
-    messages.append(session_updated_message(session))
+    insert_session_with_events(session, events)
+    messages = [live.event_added(event) for event in events]
+    messages.append(_session_updated(session))
     # Only the dashboard: nobody can be watching `session.<id>` of an id not yet returned.
     transaction.on_commit(lambda: broadcast.publish_many([broadcast.DASHBOARD_GROUP], messages))
 
@@ -355,100 +316,6 @@ def session_create(
 
     token = caller_token_mint(room=session.room_name, caller_id=caller_id)
     return session, token
-
-
-def _too_many_live_sessions() -> Exception:
-    from django.conf import settings
-
-    limit = settings.MAX_LIVE_SESSIONS_PER_OWNER
-    return LimitReached(
-        "too_many_live_sessions",
-        f"{limit} sessions are live already; end one (POST …/end) before opening another.",
-        {"max_live_sessions": limit},
-    )
-
-
-def _live_owned_filter(session: VoiceSession) -> tuple[str, list[Any]] | None:
-    """SQL (and params) selecting the live sessions of the new session's owner, if any."""
-    table = connection.ops.quote_name(VoiceSession._meta.db_table)
-    states = [str(state) for state in LIVE_STATES]
-    marks = ", ".join(["%s"] * len(states))
-    if session.api_client_id is not None:
-        return f"SELECT 1 FROM {table} WHERE api_client_id = %s AND state IN ({marks})", [
-            session.api_client_id,
-            *states,
-        ]
-    if session.user_id is not None:
-        return (
-            f"SELECT 1 FROM {table} WHERE user_id = %s AND api_client_id IS NULL AND state IN ({marks})",
-            [session.user_id, *states],
-        )
-    return None
-
-
-def _insert_session_with_events(session: VoiceSession, events: list[SessionEvent]) -> None:
-    """INSERT a new session and its first events, both or neither.
-
-    On PostgreSQL this is one statement (`WITH s AS (INSERT …) INSERT …`), the cap on
-    live sessions per owner included: one round
-    trip instead of a BEGIN, two INSERTs and a COMMIT through the ORM's insert compiler,
-    which was a third of a session creation's time (bench/token_api.py, docs/api.md).
-    The SQL and the values come from the models' fields (`pre_save` fills auto_now_add,
-    `get_db_prep_save` adapts each value), as Django's own INSERT does; the event's
-    foreign key to the session is checked at commit (Django's FKs are deferrable).
-    Other databases use the ORM in a transaction.
-    """
-    from django.conf import settings
-
-    limit = settings.MAX_LIVE_SESSIONS_PER_OWNER
-    owned = _live_owned_filter(session)
-    if connection.vendor != "postgresql":
-        with transaction.atomic():
-            if owned is not None:
-                with connection.cursor() as cursor:
-                    cursor.execute(f"SELECT count(*) FROM ({owned[0]} LIMIT %s) AS live", [*owned[1], limit])
-                    if cursor.fetchone()[0] >= limit:
-                        raise _too_many_live_sessions()
-            session.save(force_insert=True)
-            SessionEvent.objects.bulk_create(events)
-        return
-    # The live-session cap (issue 17) rides in the same statement: a guard row, and both
-    # INSERTs select their rows only when it says the owner is under the cap.
-    if owned is None:
-        guard_sql, guard_params = "SELECT true AS ok", []
-    else:
-        guard_sql = f"SELECT count(*) < %s AS ok FROM ({owned[0]} LIMIT %s) AS live"
-        guard_params = [limit, *owned[1], limit]
-    when = "(SELECT ok FROM guard)"
-    session_sql, params = _insert_select(session, [session], when)
-    events_sql, event_params = _insert_select(events[0], events, when)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH guard AS ({guard_sql}), new_session AS ({session_sql}) {events_sql}",
-            guard_params + params + event_params,
-        )
-        if cursor.rowcount == 0:
-            raise _too_many_live_sessions()
-    for obj in (session, *events):
-        obj._state.adding = False
-        obj._state.db = connection.alias
-
-
-def _insert_select(model_obj: Any, objs: list[Any], when: str) -> tuple[str, list[Any]]:
-    """`INSERT INTO t (cols) SELECT …, … WHERE when UNION ALL …` and its parameters.
-
-    Each value is cast to its column's type, as VALUES would infer it from the target.
-    """
-    meta = model_obj._meta
-    fields = [f for f in meta.concrete_fields if not getattr(f, "db_returning", False)]
-    qn = connection.ops.quote_name
-    casts = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields)
-    params: list[Any] = []
-    for obj in objs:
-        params += [f.get_db_prep_save(f.pre_save(obj, add=True), connection=connection) for f in fields]
-    columns = ", ".join(qn(f.column) for f in fields)
-    rows = " UNION ALL ".join([f"SELECT {casts} WHERE {when}"] * len(objs))
-    return f"INSERT INTO {qn(meta.db_table)} ({columns}) {rows}", params
 
 
 def session_reconnect_count(*, session: VoiceSession, source: str) -> None:
@@ -504,7 +371,7 @@ def session_interrupt(*, session_id: UUID | str, source: str = "client") -> Sess
             {"state": session.state},
         )
     event = session_event_append(session_id=session.pk, type="interrupt.requested", payload={"source": source})
-    message = {"type": "agent.interrupt", "session_id": str(session.pk), "source": source, "event_seq": event.seq}
+    message = live.agent_interrupt(session.pk, source=source, event_seq=event.seq)
     group = broadcast.agent_control_group(session.pk)
     transaction.on_commit(lambda: broadcast.publish([group], message))
     return event
@@ -519,7 +386,7 @@ def session_end(*, session_id: UUID | str, reason: str = "client_request") -> Vo
             session = session_transition(session_id=session_id, to_state=SessionState.ENDED, reason=reason)
         except InvalidTransition as exc:
             raise Conflict("session_final", str(exc), {"state": exc.from_state}) from exc
-        message = {"type": "agent.end", "session_id": str(session.pk), "reason": reason}
+        message = live.agent_end(session.pk, reason=reason)
         group = broadcast.agent_control_group(session.pk)
         transaction.on_commit(lambda: broadcast.publish([group], message))
     if not settings.LIVEKIT_LOCAL_MODE:

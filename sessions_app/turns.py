@@ -17,30 +17,13 @@ from django.db.models import F
 
 from agents_app.models import STAGE_KEYS
 from sessions_app import broadcast
+from sessions_app.live import messages as live
 from sessions_app.models import Turn, VoiceSession
 
 logger = logging.getLogger(__name__)
 
 INTERRUPT_SOURCES = ("vad", "client")
 _TEXT_LIMIT = 20_000
-
-
-def turn_as_dict(turn: Turn) -> dict[str, Any]:
-    """The turn shape of `turn.completed` messages and dashboard snapshots."""
-    return {
-        "index": turn.index,
-        "user_text": turn.user_text,
-        "generated_text": turn.generated_text,
-        "heard_text": turn.heard_text,
-        "interrupted": turn.interrupted,
-        "interrupt_source": turn.interrupt_source,
-        "stages_ms": turn.stage_ms(),
-        "breaches": list(turn.breaches),
-        "tool_calls": list(turn.tool_calls),
-        "error": turn.error,
-        "started_at": turn.started_at.isoformat() if turn.started_at else None,
-        "created_at": turn.created_at.isoformat() if turn.created_at else None,
-    }
 
 
 def turn_breaches(*, stages_ms: dict[str, float | None], budgets_ms: dict[str, int]) -> list[str]:
@@ -83,7 +66,7 @@ def turn_record(*, session_id: UUID | str, data: dict[str, Any]) -> Turn:
     datetime). Recording the same index twice returns the stored turn unchanged (the
     writer may retry after a failure it could not tell from a commit).
     """
-    from sessions_app.services import event_added_message, session_event_append, session_updated_message
+    from sessions_app.services import session_event_append
 
     index = int(data["index"])
     session = VoiceSession.objects.select_for_update().select_related("agent", "prompt_version").get(pk=session_id)
@@ -134,14 +117,12 @@ def turn_record(*, session_id: UUID | str, data: dict[str, Any]) -> Turn:
         announce=False,
     )
     session.refresh_from_db(fields=["turn_count", "interrupt_count", "last_e2e_ms", "last_seq"])
-    turn_message = {
-        "type": "turn.completed",
-        "session_id": str(session.pk),
-        "seq": event.seq,
-        "turn": turn_as_dict(turn),
-    }
     # One batch per turn (event, turn, row): one publish per group instead of three.
-    messages = [event_added_message(event), turn_message, session_updated_message(session)]
+    messages = [
+        live.event_added(event),
+        live.turn_completed(turn, seq=event.seq),
+        live.session_updated(live.session_row(session)),
+    ]
     groups = broadcast.session_groups(session.pk)
     transaction.on_commit(lambda: broadcast.publish_many(groups, messages))
 

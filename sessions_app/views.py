@@ -85,7 +85,7 @@ def dashboard_page(request: HttpRequest) -> HttpResponse:
 @never_cache
 @support_staff_required()
 def session_page(request: HttpRequest, session_id: UUID) -> HttpResponse:
-    detail = dashboard_selectors.session_detail(session_id=session_id)
+    detail = dashboard_selectors.session_snapshot(session_id=session_id)
     if detail is None:
         raise Http404("No such session.")
     config = _page_config(request, sessionId=str(session_id), wsSession=f"/ws/sessions/{session_id}/")
@@ -107,7 +107,7 @@ def kpis_json(request: HttpRequest) -> JsonResponse:
 @never_cache
 @support_staff_required(api=True)
 def session_json(request: HttpRequest, session_id: UUID) -> JsonResponse:
-    detail = dashboard_selectors.session_detail(session_id=session_id)
+    detail = dashboard_selectors.session_snapshot(session_id=session_id)
     if detail is None:
         return JsonResponse({"error": "not_found", "detail": "No such session."}, status=404)
     return JsonResponse(detail)

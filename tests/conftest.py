@@ -33,6 +33,18 @@ def _fresh_hot_cache():
     yield
 
 
+@pytest.fixture(autouse=True)
+def live_messages(monkeypatch):
+    """Every channel-layer message and dashboard websocket frame of a test fits its schema
+    (sessions_app/live/schemas.py), checked by its `type` as it is sent (tests/live_schema.py)."""
+    from tests.live_schema import LiveMessageCheck
+
+    checker = LiveMessageCheck()
+    checker.install(monkeypatch)
+    yield checker
+    checker.verify()
+
+
 @contextmanager
 def _celery_eager(*, propagates: bool) -> Iterator[None]:
     from voiceplatform.celery import app

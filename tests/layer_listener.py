@@ -15,7 +15,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from sessions_app import broadcast
+from sessions_app.live.messages import unbatch
 
 
 class LayerListener:
@@ -38,7 +38,7 @@ class LayerListener:
     async def _listen(self) -> None:
         layer = get_channel_layer()
         while True:
-            for message in broadcast.unbatch(await layer.receive(self.channel)):
+            for message in unbatch(await layer.receive(self.channel)):
                 self.messages.put(message)
 
     def receive(self, timeout: float = 3.0) -> dict[str, Any]:

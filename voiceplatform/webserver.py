@@ -31,7 +31,7 @@ ASGI_APP = "voiceplatform.asgi:application"
 GRACEFUL_SHUTDOWN_S = 5  # dashboards keep websockets open; do not wait for them forever on Ctrl-C
 # The server closes a websocket with 1009 on a message bigger than this, before buffering it
 # (uvicorn's default is 16 MiB). Consumers refuse frames over 64 KiB themselves, with 4413
-# (sessions_app/consumers.py); this bounds the memory a client can make a process hold.
+# (sessions_app/live/consumers.py); this bounds the memory a client can make a process hold.
 WS_MAX_MESSAGE_BYTES = 1024 * 1024
 
 

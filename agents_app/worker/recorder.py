@@ -3,9 +3,9 @@
 The agent's event loop only ever calls the non-blocking `record_*` methods. The writer
 task takes records in batches and runs the DB writes (and the broadcasts they trigger)
 on its own thread. Turns and timeline events are never dropped: when the queue is full
-they go to an overflow list that the writer drains next (memory grows instead). Records
-that only feed live dashboards (heartbeats, speaking indicators) are dropped when the
-queue is full and counted in `voice_dashboard_events_dropped_total{reason="recorder_full"}`.
+they go to an overflow list that the writer drains next (memory grows instead).
+Heartbeats are dropped when the queue is full and counted in
+`voice_dashboard_events_dropped_total{reason="recorder_full"}`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ TURN_RETRIES = 3
 
 @dataclass
 class Record:
-    kind: str  # "turn" | "event" | "heartbeat" | "live"
+    kind: str  # "turn" | "event" | "heartbeat"
     data: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -68,10 +68,6 @@ class Recorder:
 
     def heartbeat(self) -> None:
         self._put(Record("heartbeat"))
-
-    def publish_live(self, message: dict[str, Any]) -> None:
-        """A dashboard-only message (not stored); dropped under overload."""
-        self._put(Record("live", message))
 
     def _put(self, record: Record) -> None:
         self._idle.clear()
@@ -172,10 +168,6 @@ class Recorder:
                     written.append(record.data)
                 elif record.kind == "event":
                     self._write_event(record.data)
-                elif record.kind == "live":
-                    from sessions_app import broadcast
-
-                    broadcast.publish(broadcast.session_groups(self.session_id), record.data)
             except Exception as exc:
                 self.errors.append(f"{record.kind}: {exc}")
                 logger.exception("could not write %s record for session %s", record.kind, self.session_id)

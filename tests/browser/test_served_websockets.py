@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sessions_app.consumers import CLOSE_TOO_LARGE, MAX_INBOUND_FRAME_BYTES
+from sessions_app.live.consumers import CLOSE_TOO_LARGE, MAX_INBOUND_FRAME_BYTES
 from tests.browser.conftest import ServedPlatform, serve_platform, stop_platform
 from voiceplatform.webserver import WS_MAX_MESSAGE_BYTES
 

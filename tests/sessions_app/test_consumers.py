@@ -17,9 +17,10 @@ from django.test import Client
 
 from agents_app.models import Agent
 from sessions_app import broadcast
-from sessions_app.consumers import CLOSE_FORBIDDEN, CLOSE_TOO_LARGE, MAX_INBOUND_FRAME_BYTES
+from sessions_app.live import messages
+from sessions_app.live.consumers import CLOSE_FORBIDDEN, CLOSE_TOO_LARGE, MAX_INBOUND_FRAME_BYTES
 from sessions_app.metrics import DASHBOARD_EVENTS_DROPPED
-from sessions_app.models import SessionState, VoiceSession
+from sessions_app.models import SessionEvent, SessionState, VoiceSession
 from sessions_app.services import session_event_append, session_transition
 from sessions_app.turns import turn_record
 from voiceplatform.asgi import application
@@ -39,7 +40,7 @@ async def fresh_channel_layer() -> Any:
     """
     from channels.layers import channel_layers
 
-    from sessions_app.consumers import _hubs
+    from sessions_app.live.hub import _hubs
 
     channel_layers.backends.clear()
     yield
@@ -264,21 +265,11 @@ async def test_a_gap_left_by_a_dropped_message_is_counted_and_filled_from_the_db
     # Two events reach the DB, but only the second one's message reaches the layer,
     # as when a message is published while nobody is subscribed.
     await database_sync_to_async(VoiceSession.objects.filter(pk=session.pk).update)(last_seq=1)
-    from sessions_app.models import SessionEvent
-
     await database_sync_to_async(SessionEvent.objects.create)(session=session, seq=1, type="caller.joined", payload={})
     event = await database_sync_to_async(SessionEvent.objects.create)(
         session=session, seq=2, type="caller.left", payload={}
     )
-    await get_channel_layer().group_send(
-        broadcast.session_group(session.id),
-        {
-            "type": "event.added",
-            "session_id": str(session.id),
-            "seq": 2,
-            "event": {"seq": 2, "type": "caller.left", "payload": {}, "created_at": event.created_at.isoformat()},
-        },
-    )
+    await get_channel_layer().group_send(broadcast.session_group(session.id), messages.event_added(event))
     repaired = await _receive_until(communicator, "resync")
     assert [e["type"] for e in repaired["events"]] == ["caller.joined", "caller.left"]
     assert DASHBOARD_EVENTS_DROPPED.labels(reason="seq_gap")._value.get() == before + 1
@@ -310,7 +301,7 @@ async def test_bad_frames_get_an_error_not_a_crash(staff_user) -> None:
 
 
 async def test_many_dashboards_share_one_layer_subscription_per_process(staff_user, agent) -> None:
-    from sessions_app.consumers import dashboard_hub
+    from sessions_app.live.hub import dashboard_hub
 
     layer = get_channel_layer()._get_layer()  # this event loop's pub/sub layer
     group_key = layer._get_group_channel_name(broadcast.DASHBOARD_GROUP)
@@ -339,19 +330,19 @@ async def test_many_dashboards_share_one_layer_subscription_per_process(staff_us
 async def test_a_dashboard_that_falls_behind_drops_counts_and_gets_a_fresh_snapshot(
     staff_user, agent, monkeypatch
 ) -> None:
-    from sessions_app import consumers
+    from sessions_app.live import hub
 
-    monkeypatch.setattr(consumers, "DASHBOARD_QUEUE_SIZE", 2)
+    monkeypatch.setattr(hub, "DASHBOARD_QUEUE_SIZE", 2)
     session = await database_sync_to_async(_session)(agent)
     communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
     assert connected
-    assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "snapshot"
-    (page,) = consumers.dashboard_hub().members
+    (row,) = (await communicator.receive_json_from(timeout=TIMEOUT))["sessions"]
+    (page,) = hub.dashboard_hub().members
     before = DASHBOARD_EVENTS_DROPPED.labels(reason="slow_client")._value.get()
 
     # Five messages offered at once to a queue of two: three are dropped and counted.
     for seq in range(1, 6):
-        page.offer({"type": "session.updated", "session_id": str(session.id), "seq": seq, "session": {"seq": seq}})
+        page.offer(messages.session_updated({**row, "seq": seq}))
     assert DASHBOARD_EVENTS_DROPPED.labels(reason="slow_client")._value.get() == before + 3
     # Once caught up, the page gets the whole truth again from the DB.
     snapshot = await _receive_until(communicator, "snapshot")
@@ -367,15 +358,8 @@ async def test_a_dashboard_re_reads_the_row_of_a_session_whose_messages_were_dro
     before = DASHBOARD_EVENTS_DROPPED.labels(reason="seq_gap")._value.get()
     # The DB moved to seq 3 (two turns' worth), but only the last message made it through.
     await database_sync_to_async(VoiceSession.objects.filter(pk=session.pk).update)(last_seq=3, turn_count=2)
-    await get_channel_layer().group_send(
-        broadcast.DASHBOARD_GROUP,
-        {
-            "type": "event.added",
-            "session_id": str(session.id),
-            "seq": 3,
-            "event": {"seq": 3, "type": "x", "payload": {}},
-        },
-    )
+    lost = SessionEvent(session=session, seq=3, type="x", payload={})  # never stored: only its message
+    await get_channel_layer().group_send(broadcast.DASHBOARD_GROUP, messages.event_added(lost))
     repaired = await _receive_until(communicator, "session.updated", repaired=True)
     assert (repaired["session"]["turns"], repaired["seq"]) == (2, 3)
     assert DASHBOARD_EVENTS_DROPPED.labels(reason="seq_gap")._value.get() == before + 2
@@ -434,3 +418,43 @@ async def test_a_hostile_resync_gets_an_error_frame_and_the_socket_stays_open(st
     await communicator.send_json_to({"type": "ping"})
     assert (await _receive_until(communicator, "pong"))["type"] == "pong"
     await communicator.disconnect()
+
+
+# --- issue 18: every live message fits its schema (tests/live_schema.py checks them all) ----
+
+
+async def test_the_schema_check_sees_every_layer_message_and_frame(staff_user, agent, live_messages) -> None:
+    session = await database_sync_to_async(_session)(agent)
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected
+    await communicator.receive_json_from(timeout=TIMEOUT)
+    await database_sync_to_async(session_transition)(session_id=session.id, to_state=SessionState.ACTIVE)
+    await database_sync_to_async(turn_record)(session_id=session.id, data=_turn(1))
+    await _receive_until(communicator, "turn.completed")
+    await communicator.disconnect()
+    assert {"snapshot", "live.batch", "session.updated", "turn.completed"} <= set(live_messages.checked)
+    assert not live_messages.problems
+
+
+async def test_a_malformed_message_fails_the_schema_check(staff_user, agent, live_messages) -> None:
+    from sessions_app.live.schemas import LiveMessageError
+
+    session = await database_sync_to_async(_session)(agent)
+    with pytest.raises(LiveMessageError, match="session.updated"):
+        await get_channel_layer().group_send(
+            broadcast.DASHBOARD_GROUP, {"type": "session.updated", "session_id": str(session.id), "seq": 1}
+        )
+    communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
+    assert connected
+    (row,) = (await communicator.receive_json_from(timeout=TIMEOUT))["sessions"]
+    from sessions_app.live import hub
+
+    (page,) = hub.dashboard_hub().members
+    page.offer(messages.session_updated({**row, "turns": "two"}))  # a frame the page would send
+    await asyncio.sleep(0.2)
+    await communicator.disconnect()
+    assert [p.split(":")[0] for p in live_messages.problems] == [
+        "group_send to 'dashboard'",
+        "websocket frame of DashboardConsumer",
+    ]
+    live_messages.problems.clear()  # expected here: the check works
