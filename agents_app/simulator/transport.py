@@ -17,7 +17,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from agents_app.worker.local_server import AgentHost, AudioChunk, StreamChannel, memory_channel_pair
+from agents_app.worker.local_server import AgentHost
+from agents_app.worker.local_wire import AudioChunk, StreamChannel, memory_channel_pair
 
 AudioSink = Callable[[np.ndarray, int], None]
 CONNECT_TIMEOUT_SECONDS = 15.0
