@@ -89,7 +89,7 @@ def participant_remove(*, room: str, identity: str) -> None:
     async_to_sync(participant_remove_async)(room=room, identity=identity)
 
 
-# --- what `manage.py doctor` asks the server (voiceplatform/doctor.py) ----------------------
+# --- what `manage.py doctor` asks the server (voiceplatform/doctor/transport.py) ----------
 
 # A dispatch with this metadata key is a probe: the worker joins and leaves at once
 # (agents_app/worker/entrypoint.py), touching no session.

@@ -1,4 +1,4 @@
-"""`manage.py doctor` (voiceplatform/doctor.py): each check names a broken piece and what to do.
+"""`manage.py doctor` (voiceplatform/doctor/): each check names a broken piece and what to do.
 
 The whole command against a running platform, healthy and with Redis gone, is in
 tests/e2e/test_simulated_calls.py; against a real LiveKit server (probe, webhooks, a
@@ -22,30 +22,31 @@ from agents_app.services import prompt_draft_create, prompt_publish
 from sessions_app.models import LiveKitWebhookEvent
 from tests.ports import free_port
 from tools_app.models import ToolDefinition, ToolKind
-from voiceplatform import doctor
+from voiceplatform.doctor import agents, infrastructure, transport
+from voiceplatform.doctor.base import Check
 
 pytestmark = pytest.mark.django_db
 
 
-def _named(checks: list[doctor.Check], name: str) -> doctor.Check:
+def _named(checks: list[Check], name: str) -> Check:
     matches = [c for c in checks if c.name == name]
     assert matches, f"no check named {name!r} in {[c.name for c in checks]}"
     return matches[0]
 
 
 def test_an_active_agent_without_a_published_prompt_fails_with_what_to_do(agent: Agent) -> None:
-    assert [c.status for c in doctor.check_prompts()] == ["ok"]
+    assert [c.status for c in agents.check_prompts()] == ["ok"]
 
     draft_only = Agent.objects.create(slug="drafty", name="Only a draft")
     draft = prompt_draft_create(agent=draft_only, instructions="Be brief.", greeting="", variables={}, change_note="")
     Agent.objects.create(slug="retired", name="Inactive, no prompt", active=False)  # not callable: not reported
 
-    checks = doctor.check_prompts()
+    checks = agents.check_prompts()
     assert [(c.name, c.status) for c in checks] == [("prompt: drafty", "fail")]
     assert "publish a version" in checks[0].fix
 
     prompt_publish(version=draft)
-    assert [c.status for c in doctor.check_prompts()] == ["ok"]
+    assert [c.status for c in agents.check_prompts()] == ["ok"]
 
 
 def test_an_unset_tool_secret_fails_and_its_value_is_never_shown(agent: Agent, monkeypatch) -> None:
@@ -61,36 +62,36 @@ def test_an_unset_tool_secret_fails_and_its_value_is_never_shown(agent: Agent, m
     monkeypatch.delenv("TOOL_SECRET_DOCTOR_CRM", raising=False)
     monkeypatch.setenv("TOOL_SECRET_DOCTOR_SIGNING", "signing-value-123")
 
-    check = _named(doctor.check_tool_secrets(), "tool secrets: crm_lookup")
+    check = _named(agents.check_tool_secrets(), "tool secrets: crm_lookup")
     assert check.status == "fail"
     assert "TOOL_SECRET_DOCTOR_CRM: NOT SET" in check.detail
     assert "TOOL_SECRET_DOCTOR_SIGNING" not in check.detail  # set: not a problem
 
     monkeypatch.setenv("TOOL_SECRET_DOCTOR_CRM", "crm-value-456")
-    check = _named(doctor.check_tool_secrets(), "tool secrets: crm_lookup")
+    check = _named(agents.check_tool_secrets(), "tool secrets: crm_lookup")
     assert check.status == "ok" and check.detail == "2 variable(s) set"
     assert "crm-value-456" not in json.dumps(check.as_dict())
 
     # A row written around the admin's check, naming a server secret: reported, not read.
     ToolDefinition.objects.filter(pk=tool.pk).update(http_secret_headers={"X-Key": "DJANGO_SECRET_KEY"})
-    check = _named(doctor.check_tool_secrets(), "tool secrets: crm_lookup")
+    check = _named(agents.check_tool_secrets(), "tool secrets: crm_lookup")
     assert check.status == "fail" and "DJANGO_SECRET_KEY: not allowed" in check.detail
 
     # A tool only an inactive agent has is not needed by any call.
     agent.active = False
     agent.save()
-    assert [c.status for c in doctor.check_tool_secrets()] == ["ok"]
+    assert [c.status for c in agents.check_tool_secrets()] == ["ok"]
 
 
 def test_redis_that_does_not_answer_fails_and_celery_is_not_asked(settings) -> None:
     settings.REDIS_URL = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     settings.EMBEDDED_REDIS = False
-    check = doctor.check_redis()
+    check = infrastructure.check_redis()
     assert check.status == "fail" and "ConnectionError" in check.detail
     assert "hunter2" not in check.detail and ":[REDACTED]@127.0.0.1" in check.detail
     settings.REDIS_URL = "unix:///srv/redis.sock"
-    assert "unix:///srv/redis.sock" in doctor.check_redis().detail  # no password: as it is
-    celery = doctor.check_celery(redis_ok=False)
+    assert "unix:///srv/redis.sock" in infrastructure.check_redis().detail  # no password: as it is
+    celery = infrastructure.check_celery(redis_ok=False)
     assert celery.status == "fail" and "Redis" in celery.detail
 
 
@@ -99,9 +100,9 @@ def test_the_local_agent_host_must_accept_connections(settings) -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         settings.LOCAL_AGENT_HOST, settings.LOCAL_AGENT_PORT = listener.getsockname()
-        assert doctor.check_livekit(probe_timeout=1)[0].status == "ok"
+        assert transport.check_livekit(probe_timeout=1)[0].status == "ok"
     settings.LOCAL_AGENT_PORT = free_port()
-    check = doctor.check_livekit(probe_timeout=1)[0]
+    check = transport.check_livekit(probe_timeout=1)[0]
     assert check.status == "fail" and "runagent start" in check.fix
 
 
@@ -140,45 +141,45 @@ def test_each_openai_endpoint_in_use_must_answer_its_models_list_with_its_key(ag
         agent.llm_provider = Provider.OPENAI
         agent.save()
         settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY = endpoint.url, "right-key"
-        endpoints, offline = doctor._providers_in_use()
+        endpoints, offline = agents.providers_in_use()
         assert endpoints == {"": ["support"]} and offline == ["support"]  # STT and TTS stay offline
 
-        check = doctor.check_openai_endpoint("", ["support"])
+        check = agents.check_openai_endpoint("", ["support"])
         assert check.status == "ok" and "1 model(s)" in check.detail
         assert endpoint.seen == ["/v1/models"]
 
         settings.OPENAI_API_KEY = "wrong-key"
-        check = doctor.check_openai_endpoint("", ["support"])
+        check = agents.check_openai_endpoint("", ["support"])
         assert check.status == "fail" and "HTTP 401" in check.detail and "refused the key" in check.fix
 
         settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY = "", ""
-        check = doctor.check_openai_endpoint("", ["support"])
+        check = agents.check_openai_endpoint("", ["support"])
         assert check.status == "fail" and "neither OPENAI_API_KEY nor OPENAI_BASE_URL" in check.detail
     finally:
         endpoint.server.shutdown()
 
 
 def test_webhooks_without_a_probe_report_the_last_one(settings) -> None:
-    check = doctor._check_webhooks(probe_room="")
+    check = transport._check_webhooks(probe_room="")
     assert check.status == "warn" and "none ever received" in check.detail
     assert "/api/v1/livekit/webhook" in check.fix
     LiveKitWebhookEvent.objects.create(event_id="EV_1", event="room_started", room_name="call-1")
-    check = doctor._check_webhooks(probe_room="")
+    check = transport._check_webhooks(probe_room="")
     assert check.status == "ok" and "under a minute ago" in check.detail
 
 
 def test_the_probe_rooms_own_webhooks_prove_they_arrive(settings, monkeypatch) -> None:
-    monkeypatch.setattr(doctor, "WEBHOOK_WAIT_S", 0.3)
-    check = doctor._check_webhooks(probe_room="doctor-probe-1")
+    monkeypatch.setattr(transport, "WEBHOOK_WAIT_S", 0.3)
+    check = transport._check_webhooks(probe_room="doctor-probe-1")
     assert check.status == "warn" and "did not arrive within" in check.detail
     LiveKitWebhookEvent.objects.create(event_id="EV_2", event="room_started", room_name="doctor-probe-1")
     LiveKitWebhookEvent.objects.create(event_id="EV_3", event="participant_joined", room_name="doctor-probe-1")
-    check = doctor._check_webhooks(probe_room="doctor-probe-1")
+    check = transport._check_webhooks(probe_room="doctor-probe-1")
     assert check.status == "ok" and "(room_started, participant_joined)" in check.detail
 
 
 def test_production_settings_warn_on_development_defaults_and_pass_when_hardened(settings) -> None:
-    check = doctor.check_production_settings()
+    check = infrastructure.check_production_settings()
     assert check.status == "warn" and "VOICE_DEV_DEFAULTS is on" in check.detail
     settings.DEBUG = settings.DEV_DEFAULTS = settings.AGENT_FAULT_INJECTION = settings.API_DOCS_PUBLIC = False
     settings.SECRET_KEY = "k" * 20 + "a-long-random-production-key-0123456789"
@@ -187,7 +188,7 @@ def test_production_settings_warn_on_development_defaults_and_pass_when_hardened
     settings.SECURE_HSTS_SECONDS, settings.SECURE_HSTS_INCLUDE_SUBDOMAINS = 31_536_000, True
     settings.METRICS_TOKEN = "metrics-token"
     settings.ALLOWED_HOSTS = ["voice.example.com"]
-    check = doctor.check_production_settings()
+    check = infrastructure.check_production_settings()
     assert check.status == "ok", check.detail
 
 

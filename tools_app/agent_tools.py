@@ -25,9 +25,10 @@ from livekit.agents.llm import RawFunctionTool, ToolError, function_tool
 from livekit.agents.voice import RunContext
 
 from tools_app.confirmation import CONFIRMATION_REQUIRED, ConfirmationGate, caller_messages, confirmation_request
+from tools_app.ledger import InvocationOutcome, LedgerError, outcome_from_row, request_fingerprint
 from tools_app.models import InvocationStatus, ToolDefinition
 from tools_app.selectors import invocation_get, tools_for_agent
-from tools_app.services import InvocationOutcome, LedgerError, outcome_from_row, request_fingerprint, tool_invoke
+from tools_app.services import tool_invoke
 
 logger = logging.getLogger(__name__)
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from tools_app.services import IdempotencyKeyInUse, invocation_run_queued
+from tools_app.ledger import IdempotencyKeyInUse
+from tools_app.services import invocation_run_queued
 
 
 @shared_task(bind=True, acks_late=True, name="tools_app.tasks.tool_invocation_run", max_retries=10)
 def tool_invocation_run(self, invocation_id: int) -> str:  # type: ignore[no-untyped-def]
     """acks_late: a worker crash redelivers the task; the ledger makes the redelivery harmless
     (done → nothing to do; running with a live lease → retried after the lease; expired →
-    the lease rule of services._resolve_existing)."""
+    the lease rule of claims.resolve_existing)."""
     try:
         return invocation_run_queued(invocation_id=invocation_id)
     except IdempotencyKeyInUse as exc:

@@ -10,9 +10,10 @@ from typing import Any
 
 from agents_app.simulator.api import PlatformClient
 from agents_app.simulator.caller import CallResult, SimulatedCall
+from agents_app.simulator.livekit_transport import LiveKitTransport
 from agents_app.simulator.scenarios import Scenario
 from agents_app.simulator.summary import summarize
-from agents_app.simulator.transport import CallerTransport, HostTransport, LiveKitTransport
+from agents_app.simulator.transport import CallerTransport, HostTransport
 
 
 @dataclass

@@ -14,7 +14,8 @@ When the caller drops, the job ends and the session goes active → reconnecting
 that comes back with a fresh token (`POST …/reconnect`) gets a new job whose context is
 rebuilt from the stored turns. An `agent-restart` control message kills the running job
 abruptly (a simulated crash) and starts a new one for the same session, as a re-dispatch
-would. Wire protocol: docs/simulator.md.
+would. Wire protocol: agents_app/worker/local_wire.py, docs/simulator.md; the session
+lifecycle calls: agents_app/worker/local_lifecycle.py.
 
 The same `AgentHost` also serves in-process callers (`simulate_calls --local-agent
 inprocess`) through `memory_channel_pair()`, so both paths share one implementation.
@@ -24,244 +25,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
-import struct
-import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-from channels.db import database_sync_to_async
 from django.conf import settings
-from livekit import rtc
+
+from agents_app.worker.local_lifecycle import (
+    HelloRejected,
+    agent_joined,
+    agent_left,
+    caller_joined,
+    caller_left,
+    verify_token,
+)
+from agents_app.worker.local_wire import PROTOCOL_VERSION, AudioChunk, Channel, Message, ProtocolError, StreamChannel
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
-KIND_JSON = 1
-KIND_AUDIO = 2
-_HEADER = struct.Struct(">BI")  # kind, payload length
-_RATE = struct.Struct(">I")
-MAX_PAYLOAD = 1 << 20
 HELLO_TIMEOUT_SECONDS = 10.0
 JOB_END_TIMEOUT_SECONDS = 15.0
 # PocketSphinx can return nothing on exact-zero silence; a few LSB of noise fixes that.
 INPUT_NOISE_LSB = 3
-
-
-class ProtocolError(Exception):
-    pass
-
-
-@dataclass
-class AudioChunk:
-    """Mono int16 little-endian PCM at `sample_rate`."""
-
-    pcm: bytes
-    sample_rate: int
-
-    @classmethod
-    def from_frame(cls, frame: rtc.AudioFrame) -> AudioChunk:
-        data = bytes(frame.data)
-        if frame.num_channels > 1:
-            mono = np.frombuffer(data, dtype=np.int16).reshape(-1, frame.num_channels).mean(axis=1)
-            data = mono.astype(np.int16).tobytes()
-        return cls(pcm=data, sample_rate=frame.sample_rate)
-
-    def to_frame(self) -> rtc.AudioFrame:
-        return rtc.AudioFrame(self.pcm, self.sample_rate, 1, len(self.pcm) // 2)
-
-    @property
-    def samples(self) -> np.ndarray:
-        return np.frombuffer(self.pcm, dtype=np.int16)
-
-
-Message = dict[str, Any] | AudioChunk
-
-
-class Channel(Protocol):
-    """One duplex message connection between a caller and the host."""
-
-    async def send(self, message: Message) -> None: ...
-
-    async def recv(self) -> Message | None:  # None: the other side is gone
-        ...
-
-    async def close(self) -> None: ...
-
-
-def encode(message: Message) -> bytes:
-    if isinstance(message, AudioChunk):
-        payload = _RATE.pack(message.sample_rate) + message.pcm
-        return _HEADER.pack(KIND_AUDIO, len(payload)) + payload
-    payload = json.dumps(message, separators=(",", ":")).encode()
-    return _HEADER.pack(KIND_JSON, len(payload)) + payload
-
-
-def decode(kind: int, payload: bytes) -> Message:
-    if kind == KIND_JSON:
-        try:
-            message = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ProtocolError(f"invalid JSON message: {exc}") from exc
-        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            raise ProtocolError("a JSON message must be an object with a string 'type'")
-        return message
-    if kind == KIND_AUDIO:
-        if len(payload) < _RATE.size or (len(payload) - _RATE.size) % 2:
-            raise ProtocolError("an audio message is a 4-byte sample rate and int16 samples")
-        (rate,) = _RATE.unpack_from(payload)
-        if not 8000 <= rate <= 48000:
-            raise ProtocolError(f"unsupported sample rate {rate}")
-        return AudioChunk(pcm=payload[_RATE.size :], sample_rate=rate)
-    raise ProtocolError(f"unknown message kind {kind}")
-
-
-class StreamChannel:
-    """The TCP framing: [kind:u8][length:u32 big-endian][payload]."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._lock = asyncio.Lock()
-
-    async def send(self, message: Message) -> None:
-        async with self._lock:
-            if self._writer.is_closing():
-                return
-            self._writer.write(encode(message))
-            with contextlib.suppress(ConnectionError):
-                await self._writer.drain()
-
-    async def recv(self) -> Message | None:
-        try:
-            header = await self._reader.readexactly(_HEADER.size)
-            kind, length = _HEADER.unpack(header)
-            if length > MAX_PAYLOAD:
-                raise ProtocolError(f"message of {length} bytes is over the {MAX_PAYLOAD} byte limit")
-            payload = await self._reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-        return decode(kind, payload)
-
-    async def close(self) -> None:
-        if not self._writer.is_closing():
-            self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
-
-
-class MemoryChannel:
-    """An in-process channel end (the `inprocess` simulator transport)."""
-
-    def __init__(self, inbox: asyncio.Queue[Message | None], peer_inbox: asyncio.Queue[Message | None]) -> None:
-        self._inbox = inbox
-        self._peer = peer_inbox
-        self._closed = False
-
-    async def send(self, message: Message) -> None:
-        if not self._closed:
-            self._peer.put_nowait(message)
-
-    async def recv(self) -> Message | None:
-        if self._closed:
-            return None
-        message = await self._inbox.get()
-        if message is None:
-            self._closed = True
-        return message
-
-    async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._peer.put_nowait(None)
-            self._inbox.put_nowait(None)
-
-
-def memory_channel_pair() -> tuple[MemoryChannel, MemoryChannel]:
-    """(caller end, host end) of an in-process connection."""
-    a: asyncio.Queue[Message | None] = asyncio.Queue()
-    b: asyncio.Queue[Message | None] = asyncio.Queue()
-    return MemoryChannel(a, b), MemoryChannel(b, a)
-
-
-# --- session bookkeeping (sync ORM, run in a thread) -------------------------------------
-
-
-class HelloRejected(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def verify_token(token: str) -> str:
-    """The room the token grants, or HelloRejected (bad signature, expired, no join)."""
-    from livekit.api import TokenVerifier
-
-    if not token:
-        raise HelloRejected("invalid_token", "hello carries no token")
-    try:
-        claims = TokenVerifier(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET).verify(token)
-    except Exception as exc:  # jwt raises several types; all mean "not a valid token here"
-        raise HelloRejected("invalid_token", f"token rejected: {exc}") from exc
-    video = claims.video
-    if video is None or not video.room_join or not video.room:
-        raise HelloRejected("forbidden", "the token does not grant joining a room")
-    return str(video.room)
-
-
-def _session_for_room(room: str) -> str:
-    from sessions_app.models import FINAL_STATES, VoiceSession
-
-    session = VoiceSession.objects.filter(room_name=room).only("id", "state").first()
-    if session is None:
-        raise HelloRejected("unknown_room", f"no voice session for room {room!r}")
-    if session.state in FINAL_STATES:
-        raise HelloRejected("session_final", f"session {session.id} is {session.state}")
-    return str(session.id)
-
-
-@database_sync_to_async
-def _caller_joined(room: str, connection: str) -> dict[str, Any]:
-    """The session lifecycle's caller join (the same service the LiveKit webhooks call)."""
-    from sessions_app.lifecycle import SessionFinal, session_caller_joined
-
-    session_id = _session_for_room(room)
-    try:
-        joined = session_caller_joined(
-            session_id=session_id, connection=connection, joined_at_ms=int(time.time() * 1000), source="local"
-        )
-    except SessionFinal as exc:
-        raise HelloRejected("session_final", str(exc)) from exc
-    return {"session_id": session_id, "state": joined.session.state}
-
-
-@database_sync_to_async
-def _caller_left(session_id: str, connection: str, reason: str) -> None:
-    from sessions_app.lifecycle import session_caller_left
-
-    session_caller_left(session_id=session_id, connection=connection, reason=reason)
-
-
-@database_sync_to_async
-def _agent_joined(session_id: str, identity: str) -> None:
-    from sessions_app.lifecycle import session_agent_joined
-
-    session_agent_joined(session_id=session_id, identity=identity, source="local")
-
-
-@database_sync_to_async
-def _agent_left(session_id: str, identity: str, reason: str) -> bool:
-    """Returns whether a new job must take over now (the lifecycle's re-dispatch rule)."""
-    from sessions_app.lifecycle import session_agent_left
-
-    return session_agent_left(session_id=session_id, identity=identity, reason=reason, source="local").redispatch
-
-
-# --- the host ------------------------------------------------------------------------------
 
 
 class CallBridge:
@@ -304,7 +90,7 @@ class CallBridge:
             name=f"local-job-{self.session_id}",
         )
         self._job.add_done_callback(self._on_job_done)
-        await _agent_joined(self.session_id, self.agent_identity)
+        await agent_joined(self.session_id, self.agent_identity)
 
     def _on_job_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -349,7 +135,7 @@ class CallBridge:
             with contextlib.suppress(BaseException):
                 await self._pump
         try:
-            return await _agent_left(self.session_id, self.agent_identity, reason)
+            return await agent_left(self.session_id, self.agent_identity, reason)
         except Exception:
             logger.exception("could not record the end of the agent job of %s", self.session_id)
             return False
@@ -412,7 +198,7 @@ class CallBridge:
             # The caller's leave first (an older connection's leave changes nothing), then the
             # job's end: the agent is then lost with the caller gone, as in LiveKit mode.
             try:
-                await _caller_left(
+                await caller_left(
                     self.session_id, self.connection, "caller_dropped" if reason == "caller dropped" else "caller_left"
                 )
             except Exception:
@@ -457,7 +243,7 @@ class AgentHost:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(previous.finished.wait(), JOB_END_TIMEOUT_SECONDS + 5)
             bridge = CallBridge(host=self, channel=channel, session_id="", allow_control=self.allow_control)
-            joined = await _caller_joined(room, bridge.connection)
+            joined = await caller_joined(room, bridge.connection)
         except HelloRejected as exc:
             await channel.send({"type": "error", "code": exc.code, "message": str(exc)})
             await channel.close()

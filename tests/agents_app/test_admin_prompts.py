@@ -256,12 +256,12 @@ def test_an_anonymous_visitor_is_sent_to_the_login_page(client, agent, draft):
 def test_a_publish_race_lost_to_another_editor_shows_a_clear_error(writer, agent, draft, monkeypatch):
     from django.db import IntegrityError
 
-    import agents_app.admin as prompt_admin
+    from agents_app import prompt_admin_pages
 
     def lose_race(**kwargs):
         raise IntegrityError("duplicate key value violates unique constraint prompt_one_published_per_agent")
 
-    monkeypatch.setattr(prompt_admin, "prompt_publish", lose_race)
+    monkeypatch.setattr(prompt_admin_pages, "prompt_publish", lose_race)
     response = writer.post(url("publish", draft))
     assert response.status_code == 302
     assert any("published at the same moment" in m for m in messages_of(response))

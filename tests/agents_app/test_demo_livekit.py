@@ -18,7 +18,8 @@ import yaml
 from django.core.management.base import CommandError
 from django.test import override_settings
 
-from agents_app.management.commands.demo import Command, RestartBudget, Supervisor
+from agents_app.demo.supervisor import RestartBudget, Supervisor
+from agents_app.demo.transport import transport_plan
 from voiceplatform import livekit_dev
 
 
@@ -34,32 +35,32 @@ def fake_server(tmp_path: Path, monkeypatch) -> Path:
 @override_settings(LIVEKIT_URL="")
 def test_with_a_server_binary_the_demo_plans_the_real_server(fake_server, settings, tmp_path) -> None:
     settings.DATA_DIR = tmp_path
-    plan = Command()._transport_plan("auto", webhook_url="http://127.0.0.1:8000/api/v1/livekit/webhook")
+    plan = transport_plan("auto", webhook_url="http://127.0.0.1:8000/api/v1/livekit/webhook")
     assert plan.kind == "embedded" and plan.binary == fake_server
     assert plan.url == "ws://127.0.0.1:7880"
     secret = (tmp_path / "livekit" / "api-secret").read_text().strip()
     assert plan.server.api_secret == secret and len(secret) >= 32
     assert stat.S_IMODE((tmp_path / "livekit" / "api-secret").stat().st_mode) == 0o600
-    again = Command()._transport_plan("auto", webhook_url="http://127.0.0.1:8000/x")
+    again = transport_plan("auto", webhook_url="http://127.0.0.1:8000/x")
     assert again.server.api_secret == secret, "the secret is kept between runs"
 
 
 @override_settings(LIVEKIT_URL="")
 def test_without_a_binary_the_demo_keeps_the_local_transport_or_says_how_to_get_one(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("LIVEKIT_SERVER_BIN", str(tmp_path / "missing"))
-    assert Command()._transport_plan("auto", webhook_url="x").kind == "local"
+    assert transport_plan("auto", webhook_url="x").kind == "local"
     with pytest.raises(CommandError, match="make livekit-server"):
-        Command()._transport_plan("livekit", webhook_url="x")
+        transport_plan("livekit", webhook_url="x")
 
 
 def test_local_is_never_the_real_server_and_livekit_url_wins(fake_server) -> None:
     with override_settings(LIVEKIT_URL=""):
-        assert Command()._transport_plan("local", webhook_url="x").kind == "local"
+        assert transport_plan("local", webhook_url="x").kind == "local"
     with override_settings(LIVEKIT_URL="wss://lk.example.com"):
-        plan = Command()._transport_plan("auto", webhook_url="x")
+        plan = transport_plan("auto", webhook_url="x")
         assert plan.kind == "external" and plan.url == "wss://lk.example.com"
         with pytest.raises(CommandError, match="LIVEKIT_URL is set"):
-            Command()._transport_plan("local", webhook_url="x")
+            transport_plan("local", webhook_url="x")
 
 
 def test_the_rendered_config_keeps_the_secret_out_and_points_webhooks_at_the_platform(tmp_path) -> None:

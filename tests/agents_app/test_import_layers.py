@@ -1,5 +1,7 @@
 """The providers are built without the worker, and the local job runner without the
 entrypoint: no import cycle between agents_app/providers and agents_app/worker (issue 18).
+Likewise for the modules split out of larger ones: the local host's wire protocol, the
+simulator's transports, the tool ledger's layers and the doctor's checks.
 
 Reads every import statement (module level and inside functions), so an import written
 inside a function to dodge a cycle counts too.
@@ -43,3 +45,35 @@ def test_no_private_livekit_adapter_fields_are_read() -> None:
     text = (ROOT / "agents_app" / "providers" / "fallback.py").read_text()
     for private in ("_llm_instances", "_tts_instances", "_stt_instances", '"_status"', "._stt"):
         assert private not in text, private
+
+
+def test_the_local_wire_protocol_stands_alone() -> None:
+    """Both ends speak it (the simulated caller and the local agent host): it imports
+    neither side, nor the platform's apps."""
+    wire = _imports(ROOT / "agents_app" / "worker" / "local_wire.py")
+    assert not any(m.startswith(("agents_app", "sessions_app", "tools_app", "django")) for m in wire)
+
+
+def test_the_simulators_transports_do_not_load_the_agent_pipeline() -> None:
+    for name in ("transport.py", "livekit_transport.py"):
+        found = _imports(ROOT / "agents_app" / "simulator" / name)
+        assert not any(m.startswith("agents_app.worker.entrypoint") for m in found), name
+
+
+def test_the_tool_ledger_layers_point_one_way() -> None:
+    """ledger (vocabulary) ← claims ← execution ← services (entry points): no module imports
+    one after it, so no cycle among them."""
+    order = ["ledger", "claims", "execution", "services"]
+    for i, name in enumerate(order):
+        later = tuple(f"tools_app.{n}" for n in order[i + 1 :])
+        found = _imports(ROOT / "tools_app" / f"{name}.py")
+        assert not any(m.startswith(later) for m in found), name
+
+
+def test_the_doctor_only_reads() -> None:
+    """Its checks change nothing (docstring of voiceplatform/doctor/): no service is imported."""
+    offenders = {
+        path.name: sorted(m for m in _imports(path) if m.endswith(".services") or ".services." in m)
+        for path in (ROOT / "voiceplatform" / "doctor").glob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}

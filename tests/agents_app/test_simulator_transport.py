@@ -8,7 +8,7 @@ import pytest
 
 from agents_app.simulator import transport as transport_module
 from agents_app.simulator.transport import HostTransport, TransportError
-from agents_app.worker.local_server import StreamChannel
+from agents_app.worker.local_wire import StreamChannel
 from tests.ports import free_port
 
 

@@ -37,7 +37,7 @@ import pytest
 
 from agents_app.simulator.api import PlatformClient
 from agents_app.simulator.caller import speak
-from agents_app.simulator.transport import LiveKitTransport
+from agents_app.simulator.livekit_transport import LiveKitTransport
 from tests.e2e.platform import BASE_DIR, Platform, free_port, wait_port
 from voiceplatform import livekit_dev
 

@@ -9,8 +9,8 @@ from django.test import Client
 from django.utils import timezone
 
 from sessions_app.models import ApiScope
+from tools_app.ledger import request_fingerprint
 from tools_app.models import DemoOrder, ToolInvocation
-from tools_app.services import request_fingerprint
 
 URL = "/api/v1/tools/place_order/invoke"
 ORDER = {"item": "latte", "quantity": 2}

@@ -8,8 +8,9 @@ import pytest
 from django.utils import timezone
 
 from tests.tools_app.conftest import make_demo_tool
+from tools_app.ledger import IdempotencyKeyInUse
 from tools_app.models import DemoOrder, InvocationStatus, ToolInvocation
-from tools_app.services import IdempotencyKeyInUse, invocation_run_queued, tool_invoke
+from tools_app.services import invocation_run_queued, tool_invoke
 from tools_app.tasks import tool_invocation_run
 
 ORDER = {"item": "cake", "quantity": 1}

@@ -13,15 +13,15 @@ from sessions_app.metrics import TOOL_CALLS
 from sessions_app.models import SessionEvent
 from tests.tools_app.helpers import SimulatedCrash
 from tools_app import builtins
-from tools_app.models import DemoCharge, DemoOrder, DemoWallet, InvocationStatus, ToolInvocation
-from tools_app.services import (
+from tools_app.ledger import (
     IdempotencyKeyInUse,
     IdempotencyKeyMismatch,
     IdempotencyKeyMissing,
     InvocationIndeterminate,
     request_fingerprint,
-    tool_invoke,
 )
+from tools_app.models import DemoCharge, DemoOrder, DemoWallet, InvocationStatus, ToolInvocation
+from tools_app.services import tool_invoke
 from voiceplatform.api_errors import http_status
 
 ORDER = {"item": "latte", "quantity": 2}

@@ -100,18 +100,18 @@ def test_a_cap_of_two_holds_for_twenty_different_calls_at_once(place_order_tool,
     """
     import time
 
-    from tools_app import services
+    from tools_app import claims
     from tools_app.models import InvocationStatus
     from tools_app.services import tool_invoke
 
-    counted = services._cap_problem
+    counted = claims.cap_problem
 
     def slow_count(**kwargs: Any) -> str:
         problem = counted(**kwargs)
         time.sleep(0.05)
         return problem
 
-    monkeypatch.setattr(services, "_cap_problem", slow_count)
+    monkeypatch.setattr(claims, "cap_problem", slow_count)
 
     place_order_tool.max_calls_per_session = 2
     place_order_tool.save()

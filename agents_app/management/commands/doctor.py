@@ -1,4 +1,4 @@
-"""`manage.py doctor`: check that this deployment can take calls (voiceplatform/doctor.py).
+"""`manage.py doctor`: check that this deployment can take calls (voiceplatform/doctor/).
 
 Prints one line per check as it finishes (check, OK/WARN/FAIL, what it saw, then → what
 to do), then a summary. Exits 1 when a check that a call needs failed, 0 otherwise
@@ -14,7 +14,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from voiceplatform import doctor
+from voiceplatform.doctor.base import FAIL, Check
+from voiceplatform.doctor.report import collect, format_row, summary
 
 
 class Command(BaseCommand):
@@ -36,20 +37,20 @@ class Command(BaseCommand):
             sys.exit(2)
         as_json = options["json"]
 
-        def show(check: doctor.Check) -> None:
+        def show(check: Check) -> None:
             if not as_json:
-                self.stdout.write(doctor.format_row(check))
+                self.stdout.write(format_row(check))
                 self.stdout.flush()
 
         if not as_json:
             self.stdout.write(f"{'CHECK':<24} {'RESULT':<6} DETAIL  (→ what to do)")
-        checks = doctor.collect(probe_timeout=options["probe_timeout"], on_check=show)
-        failed = any(c.status == doctor.FAIL for c in checks)
+        checks = collect(probe_timeout=options["probe_timeout"], on_check=show)
+        failed = any(c.status == FAIL for c in checks)
         if as_json:
-            body = {"ok": not failed, "summary": doctor.summary(checks), "checks": [c.as_dict() for c in checks]}
+            body = {"ok": not failed, "summary": summary(checks), "checks": [c.as_dict() for c in checks]}
             self.stdout.write(json.dumps(body, indent=2))
         else:
             self.stdout.write("")
-            self.stdout.write(f"doctor: {doctor.summary(checks)}")
+            self.stdout.write(f"doctor: {summary(checks)}")
         if failed:
             sys.exit(1)

