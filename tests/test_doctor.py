@@ -141,8 +141,9 @@ def test_each_openai_endpoint_in_use_must_answer_its_models_list_with_its_key(ag
         agent.llm_provider = Provider.OPENAI
         agent.save()
         settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY = endpoint.url, "right-key"
-        endpoints, offline = agents.providers_in_use()
-        assert endpoints == {"": ["support"]} and offline == ["support"]  # STT and TTS stay offline
+        in_use = agents.providers_in_use()
+        assert in_use.endpoints == {"": ["support"]} and in_use.offline == ["support"]  # STT and TTS stay offline
+        assert in_use.local == []
 
         check = agents.check_openai_endpoint("", ["support"])
         assert check.status == "ok" and "1 model(s)" in check.detail
@@ -155,6 +156,24 @@ def test_each_openai_endpoint_in_use_must_answer_its_models_list_with_its_key(ag
         settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY = "", ""
         check = agents.check_openai_endpoint("", ["support"])
         assert check.status == "fail" and "neither OPENAI_API_KEY nor OPENAI_BASE_URL" in check.detail
+    finally:
+        endpoint.server.shutdown()
+
+
+def test_agents_on_the_local_model_need_runllm_answering(agent: Agent, settings) -> None:
+    agent.llm_provider = Provider.LOCAL
+    agent.save()
+    in_use = agents.providers_in_use()
+    assert in_use.local == ["support"] and in_use.endpoints == {}
+    settings.LOCAL_LLM_HOST, settings.LOCAL_LLM_PORT = "127.0.0.1", free_port()
+    check = agents.check_local_llm(in_use.local)
+    assert check.status == "fail" and "used by support" in check.detail and "runllm" in check.fix
+
+    endpoint = _ModelsEndpoint(key="none")  # llama.cpp's server takes no key; the client sends a dummy
+    try:
+        settings.LOCAL_LLM_PORT = endpoint.server.server_port
+        check = agents.check_local_llm(in_use.local)
+        assert check.status == "ok" and "1 model(s)" in check.detail and endpoint.seen == ["/v1/models"]
     finally:
         endpoint.server.shutdown()
 

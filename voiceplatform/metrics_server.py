@@ -16,7 +16,7 @@ Two layouts, chosen by the environment, with one call from `manage.py runagent`:
   cleaning up (SIGKILL, OOM) are pruned at each scrape, so `voice_active_sessions`
   never counts a dead job.
 
-The LiveKit worker (agents_app/worker/livekit_worker.py) sets the directory per worker
+The LiveKit worker (agents_app/runtime/worker/livekit_worker.py) sets the directory per worker
 before its job processes start and never passes livekit its own `prometheus_port`: one
 exporter a worker.
 """

@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     # loads them from a public CDN.
     "ninja",
     "agents_app",
+    "agents_app.runtime",  # the worker, providers, simulator and demo (their commands)
     "tools_app",
     "sessions_app",
 ]

@@ -18,8 +18,8 @@ import yaml
 from django.core.management.base import CommandError
 from django.test import override_settings
 
-from agents_app.demo.supervisor import RestartBudget, Supervisor
-from agents_app.demo.transport import transport_plan
+from agents_app.runtime.demo.supervisor import RestartBudget, Supervisor
+from agents_app.runtime.demo.transport import transport_plan
 from voiceplatform import livekit_dev
 
 

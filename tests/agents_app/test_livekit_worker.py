@@ -1,4 +1,4 @@
-"""The LiveKit worker runner (agents_app/worker/livekit_worker.py): logging, options, dead jobs."""
+"""The LiveKit worker runner (agents_app/runtime/worker/livekit_worker.py): logging, options, dead jobs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from django.test import override_settings
 from livekit.agents.ipc.log_queue import LogQueueHandler
 from livekit.agents.utils.aio import duplex_unix
 
-from agents_app.worker import livekit_worker
+from agents_app.runtime.worker import livekit_worker
 from voiceplatform.logging import ContextFilter, RedactFilter, log_context
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from agents_app.runtime.worker.config import load_job_config
 from agents_app.services import PROMPT_VALUE_MAX_CHARS
-from agents_app.worker.config import load_job_config
 from sessions_app.models import VoiceSession
 from sessions_app.services import api_client_create, session_create
 

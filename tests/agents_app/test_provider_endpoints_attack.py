@@ -12,8 +12,8 @@ import pytest
 from django.urls import reverse
 
 from agents_app.models import Agent, Provider
-from agents_app.providers.factory import build_providers, openai_kwargs
-from agents_app.providers.fallback import chain_members
+from agents_app.runtime.providers.factory import build_providers, openai_kwargs
+from agents_app.runtime.providers.fallback import chain_members
 from tests.agents_app.test_admin_agents import agent_form
 
 pytestmark = pytest.mark.django_db

@@ -110,7 +110,7 @@ def test_it_publishes_a_first_prompt_when_the_agent_has_only_drafts():
 
 
 def test_the_conversation_agent_runs_the_real_local_model_when_it_is_installed(settings, tmp_path):
-    from agents_app.providers import local_llm
+    from agents_app.runtime.providers import local_llm
 
     assert local_llm.available(), "make install puts xllamacpp and the packaged SmolLM2 in the venv"
     seed()

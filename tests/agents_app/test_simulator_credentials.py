@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.test import override_settings
 
-from agents_app.simulator.credentials import key_file, simulator_keys
+from agents_app.runtime.simulator.credentials import key_file, simulator_keys
 from sessions_app.models import ApiClient, ApiScope
 from sessions_app.services import api_client_authenticate
 

@@ -12,7 +12,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from agents_app.demo.supervisor import Supervisor, port_free
+from agents_app.runtime.demo.supervisor import Supervisor, port_free
 
 
 def _alive(pid: int) -> bool:

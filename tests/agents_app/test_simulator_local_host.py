@@ -15,9 +15,16 @@ import pytest
 from django.test import override_settings
 from livekit import rtc
 
-from agents_app.worker import local, local_server
-from agents_app.worker.local_server import AgentHost
-from agents_app.worker.local_wire import AudioChunk, ProtocolError, StreamChannel, decode, encode, memory_channel_pair
+from agents_app.runtime.worker import local, local_server
+from agents_app.runtime.worker.local_server import AgentHost
+from agents_app.runtime.worker.local_wire import (
+    AudioChunk,
+    ProtocolError,
+    StreamChannel,
+    decode,
+    encode,
+    memory_channel_pair,
+)
 from sessions_app.models import SessionEvent, SessionState, VoiceSession
 from sessions_app.services import session_create, session_end
 from sessions_app.tokens import caller_token_mint

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents_app.simulator.recording import RECORD_RATE, CallRecording
+from agents_app.runtime.simulator.recording import RECORD_RATE, CallRecording
 
 
 def test_it_writes_caller_left_and_agent_right_with_a_transcript(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agents_app.simulator import scenarios
-from agents_app.simulator.scenarios import ScenarioError, load, parse
+from agents_app.runtime.simulator import scenarios
+from agents_app.runtime.simulator.scenarios import ScenarioError, load, parse
 
 REQUIRED = {"basic", "barge-in", "client-interrupt", "reconnect", "agent-restart", "tool"}
 

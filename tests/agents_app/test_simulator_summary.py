@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agents_app.simulator.caller import CallResult
-from agents_app.simulator.summary import SUMMARY_STAGES, percentile, summarize
+from agents_app.runtime.simulator.caller import CallResult
+from agents_app.runtime.simulator.summary import SUMMARY_STAGES, percentile, summarize
 
 
 def _turn(

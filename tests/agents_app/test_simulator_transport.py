@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from agents_app.simulator import transport as transport_module
-from agents_app.simulator.transport import HostTransport, TransportError
-from agents_app.worker.local_wire import StreamChannel
+from agents_app.runtime.simulator import transport as transport_module
+from agents_app.runtime.simulator.transport import HostTransport, TransportError
+from agents_app.runtime.worker.local_wire import StreamChannel
 from tests.ports import free_port
 
 

@@ -10,8 +10,8 @@ from livekit.agents import function_tool
 from livekit.agents.llm import ChatContext
 
 from agents_app.models import Agent, Provider
-from agents_app.providers import factory, piper, sphinx
-from agents_app.providers.offline_llm import OfflineStandInLLM, company_from_instructions
+from agents_app.runtime.providers import factory, piper, sphinx
+from agents_app.runtime.providers.offline_llm import OfflineStandInLLM, company_from_instructions
 
 
 @function_tool

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from agents_app.worker.recorder import Recorder
+from agents_app.runtime.worker.recorder import Recorder
 from sessions_app.models import SessionEvent, Turn, VoiceSession
 from tests.pipeline.conftest import db
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from livekit.agents.llm import ChatContext, ChatMessage, FunctionCall, FunctionCallOutput
 
-from agents_app.worker.turns import TurnTracker
+from agents_app.runtime.worker.turns import TurnTracker
 
 
 class FakeRecorder:

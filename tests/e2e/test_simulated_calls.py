@@ -253,7 +253,7 @@ def test_the_doctor_reports_the_running_demo_as_healthy_and_a_lost_redis_as_brok
     code, report = _doctor(platform)
     statuses = {c["name"]: c["status"] for c in report["checks"]}
     assert code == 0 and report["ok"] is True, report
-    for name in ("database", "redis", "celery", "agent worker", "prompts", "offline models"):
+    for name in ("database", "redis", "celery", "agent worker", "prompts", "local model server", "offline models"):
         assert statuses[name] == "ok", (name, report)
     assert statuses["production settings"] == "warn"  # the demo's development defaults
 

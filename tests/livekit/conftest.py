@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agents_app.simulator.api import PlatformClient
-from agents_app.simulator.caller import speak
-from agents_app.simulator.livekit_transport import LiveKitTransport
+from agents_app.runtime.simulator.api import PlatformClient
+from agents_app.runtime.simulator.caller import speak
+from agents_app.runtime.simulator.livekit_transport import LiveKitTransport
 from tests.e2e.platform import BASE_DIR, Platform, free_port, wait_port
 from voiceplatform import livekit_dev
 
@@ -274,7 +274,7 @@ class LiveKitPlatform(Platform):
             "v = prompt_draft_create(agent=typed, instructions='You are brief.', greeting='Hello, type or talk.',"
             " variables={}, change_note='tier')\n"
             "prompt_publish(version=v)\n"
-            "from agents_app.simulator.credentials import simulator_keys\n"
+            "from agents_app.runtime.simulator.credentials import simulator_keys\n"
             "simulator_keys()\n",  # the API keys the in-process callers use
         )
 

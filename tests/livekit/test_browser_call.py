@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents_app.management.commands.seed_demo import DEMO_PASSWORD
+from agents_app.runtime.management.commands.seed_demo import DEMO_PASSWORD
 from tests.browser.conftest import CHROMIUM_FLAGS, save_screenshot
 from tests.livekit.conftest import LiveKitPlatform
 
@@ -55,7 +55,7 @@ async () => {
 
 def _microphone_wav(path: Path) -> Path:
     """10 s of room noise, the question, 14 s of room noise; 48 kHz mono 16-bit."""
-    from agents_app.providers.piper import synthesize
+    from agents_app.runtime.providers.piper import synthesize
 
     speech, rate = synthesize(QUESTION)
     target = 48000

@@ -24,8 +24,8 @@ LONG_REQUEST = "please tell me everything about your delivery service"
 @pytest.fixture(scope="session")
 def prewarmed() -> None:
     """VAD, Piper and the PocketSphinx pool, once per test run."""
-    from agents_app.worker.entrypoint import prewarm as setup
-    from agents_app.worker.local import prewarm
+    from agents_app.runtime.worker.entrypoint import prewarm as setup
+    from agents_app.runtime.worker.local import prewarm
 
     prewarm(setup)
 
@@ -116,7 +116,7 @@ class CallDriver:
     """Runs the platform job over a LocalCall and speaks as the caller with Piper."""
 
     def __init__(self, session_id: str) -> None:
-        from agents_app.worker.local import LocalCall
+        from agents_app.runtime.worker.local import LocalCall
 
         self.session_id = session_id
         self.call = LocalCall()
@@ -125,8 +125,8 @@ class CallDriver:
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> CallDriver:
-        from agents_app.worker.entrypoint import entrypoint
-        from agents_app.worker.local import run_local_job
+        from agents_app.runtime.worker.entrypoint import entrypoint
+        from agents_app.runtime.worker.local import run_local_job
 
         self.task = asyncio.create_task(
             run_local_job(session_id=self.session_id, call=self.call, entrypoint=entrypoint)
@@ -139,7 +139,7 @@ class CallDriver:
             self.played_seconds += frame.duration
 
     async def say(self, text: str) -> None:
-        from agents_app.providers import piper
+        from agents_app.runtime.providers import piper
 
         audio, rate = await asyncio.to_thread(piper.synthesize, text)
         self.call.push_caller_audio(audio, rate)
@@ -182,10 +182,10 @@ class TextJob:
     async def __aenter__(self) -> TextJob:
         from livekit.agents import AgentSession
 
-        from agents_app.providers.factory import build_providers
-        from agents_app.providers.fallback import ChainMonitor, session_conn_options
-        from agents_app.worker.config import load_job_config
-        from agents_app.worker.entrypoint import JobRuntime, PlatformAgent
+        from agents_app.runtime.providers.factory import build_providers
+        from agents_app.runtime.providers.fallback import ChainMonitor, session_conn_options
+        from agents_app.runtime.worker.config import load_job_config
+        from agents_app.runtime.worker.entrypoint import JobRuntime, PlatformAgent
 
         config = await load_job_config(self.session_id)
         ctx = SimpleNamespace(job=SimpleNamespace(id="text-job"), proc=SimpleNamespace(userdata={}))

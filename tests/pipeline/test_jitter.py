@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-from agents_app.simulator import scenarios
-from agents_app.worker.impairment import Impairment
+from agents_app.runtime.simulator import scenarios
+from agents_app.runtime.worker.impairment import Impairment
 from sessions_app.models import SessionEvent
 from tests.pipeline.conftest import LONG_REQUEST, CallDriver, db, make_session, wait_turns
 
@@ -70,7 +70,7 @@ def test_the_jitter_scenario_asks_for_40ms_and_3_percent_and_bad_settings_are_re
 
 
 async def test_the_local_host_applies_the_impairment_a_session_asked_for(agent):
-    from agents_app.worker.impairment import impairment_from_session
+    from agents_app.runtime.worker.impairment import impairment_from_session
 
     plain = await db(make_session, agent)
     impaired = await db(make_session, agent, network_impairment={"jitter_ms": 40, "loss": 0.03, "seed": 3})

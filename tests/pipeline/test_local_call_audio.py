@@ -34,8 +34,8 @@ def _norm(text: str) -> str:
 @pytest.fixture
 def stand_in_llm(monkeypatch):
     """The job's LLM, kept so tests can see every request the model received."""
-    from agents_app.providers import factory
-    from agents_app.providers.offline_llm import OfflineStandInLLM
+    from agents_app.runtime.providers import factory
+    from agents_app.runtime.providers.offline_llm import OfflineStandInLLM
 
     llm = OfflineStandInLLM()
     build = factory.build_provider

@@ -110,7 +110,7 @@ class RecordingChat:
     """Wraps the job's real local LLM so a test can read every chat context it was sent."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from agents_app.providers import factory
+        from agents_app.runtime.providers import factory
 
         self.contexts: list[Any] = []
         build = factory.build_provider

@@ -82,11 +82,11 @@ async def openai_server():
 
 
 async def test_the_openai_plugin_streams_a_tool_call_and_the_answer(agent, openai_server, settings):
-    from agents_app.providers.factory import build_provider, primary_spec
-    from agents_app.worker.config import load_job_config
-    from agents_app.worker.entrypoint import PlatformAgent
-    from agents_app.worker.recorder import Recorder
-    from agents_app.worker.turns import TurnTracker
+    from agents_app.runtime.providers.factory import build_provider, primary_spec
+    from agents_app.runtime.worker.config import load_job_config
+    from agents_app.runtime.worker.entrypoint import PlatformAgent
+    from agents_app.runtime.worker.recorder import Recorder
+    from agents_app.runtime.worker.turns import TurnTracker
 
     fake, base_url = openai_server
     settings.OPENAI_API_KEY = ""

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agents_app.models import Provider
-from agents_app.simulator.outage_server import ScriptedOutageServer
+from agents_app.runtime.simulator.outage_server import ScriptedOutageServer
 from tests.pipeline.conftest import CallDriver, TextJob, db, make_session, provider_events, wait_turns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -188,8 +188,8 @@ async def test_a_tts_that_fails_mid_answer_hands_the_rest_to_the_next_tts(agent,
 
 
 def test_the_outage_scenarios_validate_and_the_summary_counts_failovers():
-    from agents_app.simulator import scenarios
-    from agents_app.simulator.summary import summarize
+    from agents_app.runtime.simulator import scenarios
+    from agents_app.runtime.simulator.summary import summarize
 
     outage = scenarios.load("provider-outage").outage
     assert outage["stage"] == "llm" and "hang" in outage["script"] and "500" in outage["script"]
@@ -210,7 +210,7 @@ def test_the_outage_scenarios_validate_and_the_summary_counts_failovers():
 def test_it_rejects_malformed_fallback_lists():
     from django.core.exceptions import ValidationError
 
-    from agents_app.providers.fallback import validate_fallbacks
+    from agents_app.runtime.providers.fallback import validate_fallbacks
 
     assert validate_fallbacks([{"provider": "offline"}], stage="tts") == [{"provider": "offline"}]
     assert validate_fallbacks([{"provider": "local"}], stage="llm") == [{"provider": "local"}]

@@ -8,7 +8,7 @@ import pytest
 from livekit.agents import AgentSession, function_tool
 from livekit.agents.llm import ChatMessage
 
-from agents_app.providers.offline_llm import OfflineStandInLLM
+from agents_app.runtime.providers.offline_llm import OfflineStandInLLM
 from agents_app.services import prompt_draft_create, prompt_publish
 from sessions_app.turns import turn_record
 from tests.pipeline.conftest import db, make_session
@@ -26,10 +26,10 @@ async def place_order(item: str, quantity: int) -> str:
 
 
 async def _platform_agent(session_id: str, tools: list | None = None):
-    from agents_app.worker.config import load_job_config
-    from agents_app.worker.entrypoint import PlatformAgent
-    from agents_app.worker.recorder import Recorder
-    from agents_app.worker.turns import TurnTracker
+    from agents_app.runtime.worker.config import load_job_config
+    from agents_app.runtime.worker.entrypoint import PlatformAgent
+    from agents_app.runtime.worker.recorder import Recorder
+    from agents_app.runtime.worker.turns import TurnTracker
 
     config = await load_job_config(session_id)
     tracker = TurnTracker(recorder=Recorder(session_id=session_id), next_index=config.next_turn_index)

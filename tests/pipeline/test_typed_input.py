@@ -12,15 +12,15 @@ import pytest
 from livekit.agents import AgentSession
 from livekit.agents.voice import room_io
 
-from agents_app.providers.offline_llm import OfflineStandInLLM
+from agents_app.runtime.providers.offline_llm import OfflineStandInLLM
 from tests.pipeline.conftest import db, make_session, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def _options(session_id: str) -> room_io.RoomOptions:
-    from agents_app.worker.config import load_job_config
-    from agents_app.worker.entrypoint import JobRuntime
+    from agents_app.runtime.worker.config import load_job_config
+    from agents_app.runtime.worker.entrypoint import JobRuntime
 
     config = await load_job_config(session_id)
     return JobRuntime.room_options(SimpleNamespace(config=config))  # type: ignore[arg-type]
@@ -34,7 +34,7 @@ async def test_typed_input_is_off_unless_the_agent_allows_it(agent):
     await db(agent.save, update_fields=["text_input"])
     options = (await _options(session_id)).get_text_input_options()
     assert options is not None
-    from agents_app.worker.entrypoint import typed_text_input
+    from agents_app.runtime.worker.entrypoint import typed_text_input
 
     assert options.text_input_cb is typed_text_input
 
@@ -50,10 +50,10 @@ def _answered(session: AgentSession) -> bool:
 
 
 async def test_a_typed_message_is_cut_and_answered_and_a_blank_one_is_dropped(agent, settings):
-    from agents_app.worker.config import load_job_config
-    from agents_app.worker.entrypoint import PlatformAgent, typed_text_input
-    from agents_app.worker.recorder import Recorder
-    from agents_app.worker.turns import TurnTracker
+    from agents_app.runtime.worker.config import load_job_config
+    from agents_app.runtime.worker.entrypoint import PlatformAgent, typed_text_input
+    from agents_app.runtime.worker.recorder import Recorder
+    from agents_app.runtime.worker.turns import TurnTracker
 
     settings.TEXT_INPUT_MAX_CHARS = 40
     session_id = await db(make_session, agent)

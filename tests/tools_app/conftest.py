@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from agents_app.management.commands.seed_demo import DEMO_TOOLS
 from agents_app.models import Agent
+from agents_app.runtime.management.commands.seed_demo import DEMO_TOOLS
 from agents_app.selectors import prompt_published
 from sessions_app.models import VoiceSession
 from tools_app.models import ToolDefinition, ToolKind

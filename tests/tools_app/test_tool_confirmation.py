@@ -17,7 +17,7 @@ from django.test import Client
 from livekit.agents import AgentSession
 from livekit.agents.llm import ChatContext, FunctionCall
 
-from agents_app.providers.offline_llm import OfflineStandInLLM
+from agents_app.runtime.providers.offline_llm import OfflineStandInLLM
 from tests.tools_app.helpers import in_db_thread
 from tools_app.agent_tools import build_agent_tools
 from tools_app.confirmation import caller_said_yes
@@ -111,10 +111,10 @@ def test_what_counts_as_a_yes(text: str, yes: bool) -> None:
 async def test_a_spoken_conversation_asks_then_orders_on_yes(agent, confirmed_tool) -> None:
     """The whole loop with the real AgentSession and the offline LLM stand-in: the first
     request is answered with a question, the caller's yes places exactly one order."""
-    from agents_app.worker.config import load_job_config
-    from agents_app.worker.entrypoint import PlatformAgent
-    from agents_app.worker.recorder import Recorder
-    from agents_app.worker.turns import TurnTracker
+    from agents_app.runtime.worker.config import load_job_config
+    from agents_app.runtime.worker.entrypoint import PlatformAgent
+    from agents_app.runtime.worker.recorder import Recorder
+    from agents_app.runtime.worker.turns import TurnTracker
     from tests.pipeline.conftest import make_session
 
     session_id = await in_db_thread(lambda: make_session(agent))

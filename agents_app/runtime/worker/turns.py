@@ -14,7 +14,7 @@ from typing import Any
 
 from livekit.agents.llm import ChatContext, ChatMessage, FunctionCallOutput
 
-from agents_app.worker.recorder import Recorder
+from agents_app.runtime.worker.recorder import Recorder
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import CommandError
 
-from agents_app.demo.supervisor import Supervisor
+from agents_app.runtime.demo.supervisor import Supervisor
 from voiceplatform import livekit_dev
 
 
@@ -66,7 +66,7 @@ def start_livekit(supervisor: Supervisor, plan: TransportPlan, env: dict[str, st
 
 def banner(base_url: str, plan: TransportPlan, real_model: bool) -> list[str]:
     """What the demo prints once the web server listens: where to call, look and log in."""
-    from agents_app.management.commands.seed_demo import DEMO_PASSWORD
+    from agents_app.runtime.management.commands.seed_demo import DEMO_PASSWORD
 
     if plan.kind == "embedded":
         transport = [
@@ -101,9 +101,9 @@ def banner(base_url: str, plan: TransportPlan, real_model: bool) -> list[str]:
 
 def llm_lines(real_model: bool) -> list[str]:
     """Which LLM each demo agent runs, as the database says (an edited agent included)."""
-    from agents_app.management.commands.seed_demo import DEMO_AGENT_SLUG, DEMO_SCRIPTED_SLUG
     from agents_app.models import Agent, Provider
-    from agents_app.providers import local_llm
+    from agents_app.runtime.management.commands.seed_demo import DEMO_AGENT_SLUG, DEMO_SCRIPTED_SLUG
+    from agents_app.runtime.providers import local_llm
 
     lines = []
     for agent in Agent.objects.filter(slug__in=(DEMO_AGENT_SLUG, DEMO_SCRIPTED_SLUG)).order_by("slug"):

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 
-from agents_app.simulator.outage_server import ScriptedOutageServer
+from agents_app.runtime.simulator.outage_server import ScriptedOutageServer
 
 if TYPE_CHECKING:
-    from agents_app.simulator.scenarios import Scenario
+    from agents_app.runtime.simulator.scenarios import Scenario
 
 OUTAGE_SCHEMA: dict[str, Any] = {
     "type": "object",

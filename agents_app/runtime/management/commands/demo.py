@@ -23,7 +23,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from agents_app.demo.run import DEFAULT_TRAFFIC, run_demo
+from agents_app.runtime.demo.run import DEFAULT_TRAFFIC, run_demo
 
 
 class Command(BaseCommand):

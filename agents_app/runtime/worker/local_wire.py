@@ -3,8 +3,8 @@ connection that carry them (TCP, and an in-process pair for `--local-agent inpro
 
 A message is a JSON object with a string `type`, or an `AudioChunk` (mono int16 PCM).
 On TCP each is framed as [kind:u8][length:u32 big-endian][payload]; an audio payload is
-a 4-byte sample rate and the samples. Both the host (agents_app/worker/local_server.py)
-and the simulated caller (agents_app/simulator/transport.py) speak it. docs/simulator.md.
+a 4-byte sample rate and the samples. Both the host (agents_app/runtime/worker/local_server.py)
+and the simulated caller (agents_app/runtime/simulator/transport.py) speak it. docs/simulator.md.
 """
 
 from __future__ import annotations

@@ -368,7 +368,7 @@ class LocalAudioOutput(io.AudioOutput):
 
 
 async def run_local_job(*, session_id: str, call: LocalCall, entrypoint: Callable[[Any], Awaitable[None]]) -> None:
-    """Run a job `entrypoint` (the platform's: agents_app.worker.entrypoint.entrypoint) for
+    """Run a job `entrypoint` (the platform's: agents_app.runtime.worker.entrypoint.entrypoint) for
     one session over `call`, in this event loop. The caller passes it in, so this module
     never imports the entrypoint (which imports this module).
 
@@ -396,7 +396,7 @@ async def run_local_job(*, session_id: str, call: LocalCall, entrypoint: Callabl
 
 
 def prewarm(setup: Callable[[Any], None]) -> None:
-    """Run a worker's prewarm `setup` (agents_app.worker.entrypoint.prewarm: the VAD and
+    """Run a worker's prewarm `setup` (agents_app.runtime.worker.entrypoint.prewarm: the VAD and
     the offline models) now, blocking, on a thread-mode JobProcess.
 
     Call it once per process before the first local job (e.g. from a thread at server

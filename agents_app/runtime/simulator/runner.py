@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agents_app.simulator.api import PlatformClient
-from agents_app.simulator.caller import CallResult, SimulatedCall
-from agents_app.simulator.livekit_transport import LiveKitTransport
-from agents_app.simulator.scenarios import Scenario
-from agents_app.simulator.summary import summarize
-from agents_app.simulator.transport import CallerTransport, HostTransport
+from agents_app.runtime.simulator.api import PlatformClient
+from agents_app.runtime.simulator.caller import CallResult, SimulatedCall
+from agents_app.runtime.simulator.livekit_transport import LiveKitTransport
+from agents_app.runtime.simulator.scenarios import Scenario
+from agents_app.runtime.simulator.summary import summarize
+from agents_app.runtime.simulator.transport import CallerTransport, HostTransport
 
 
 @dataclass
@@ -47,12 +47,12 @@ async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tup
     """Calls cycle through the given scenarios; returns (summary, per-call results)."""
     host = None
     if options.local_agent == "inprocess":
-        from agents_app.worker.local_server import AgentHost
+        from agents_app.runtime.worker.local_server import AgentHost
 
         host = AgentHost(allow_control=True)
     make_transport = transport_factory(options, host)
     # Scenarios with an `outage:` get a scripted outage server and their own agent.
-    from agents_app.simulator import outages
+    from agents_app.runtime.simulator import outages
 
     outage_run = await outages.prepare(options.scenarios, inprocess=host is not None, progress=progress)
     scenarios = outage_run.scenarios
@@ -97,7 +97,7 @@ async def run_calls(options: RunOptions, progress: Callable[[str], None]) -> tup
 
 async def _presynthesize(scenarios: list[Scenario], progress: Callable[[str], None]) -> None:
     """Synthesize every line up front, so a caller speaks (and barges in) on time."""
-    from agents_app.simulator.caller import speech_for
+    from agents_app.runtime.simulator.caller import speech_for
 
     lines: list[str] = []
     for scenario in scenarios:

@@ -29,12 +29,12 @@ from livekit.agents.voice.transcription import TranscriptSynchronizer
 from livekit.plugins import openai as _openai_plugin  # noqa: F401
 from livekit.plugins import silero  # noqa: F401
 
-from agents_app.providers.factory import build_providers, load_vad, prewarm_offline
-from agents_app.providers.fallback import ChainMonitor, session_conn_options
-from agents_app.worker import local
-from agents_app.worker.config import JobConfig, load_job_config
-from agents_app.worker.recorder import Recorder
-from agents_app.worker.turns import TurnTracker
+from agents_app.runtime.providers.factory import build_providers, load_vad, prewarm_offline
+from agents_app.runtime.providers.fallback import ChainMonitor, session_conn_options
+from agents_app.runtime.worker import local
+from agents_app.runtime.worker.config import JobConfig, load_job_config
+from agents_app.runtime.worker.recorder import Recorder
+from agents_app.runtime.worker.turns import TurnTracker
 from sessions_app import metrics
 from sessions_app.livekit_server import PROBE_METADATA_KEY
 from voiceplatform.logging import bind_log_context
@@ -48,7 +48,7 @@ _cpu = time.thread_time
 
 def prewarm(proc: JobProcess) -> None:
     """Runs once per job process before its job: log once, load the VAD (and offline models)."""
-    from agents_app.worker.livekit_worker import adopt_job_process_logging
+    from agents_app.runtime.worker.livekit_worker import adopt_job_process_logging
 
     adopt_job_process_logging()
     proc.userdata["vad"] = load_vad()
@@ -246,7 +246,7 @@ class JobRuntime:
         if self.session is None or now - self._apology_at < 3.0:
             return  # one apology for a burst of failures
         self._apology_at = now
-        from agents_app.providers import apology
+        from agents_app.runtime.providers import apology
 
         try:
             apology.play(self.session)
@@ -554,7 +554,7 @@ async def entrypoint(ctx: JobContext) -> None:
     call = local.current_call()
     if call is not None and call.impairment is None:
         # Network impairment a scenario asked for in the session metadata (issue 11).
-        from agents_app.worker.impairment import impairment_from_session
+        from agents_app.runtime.worker.impairment import impairment_from_session
 
         call.impairment = await impairment_from_session(session_id)
     runtime = JobRuntime(ctx=ctx, config=config, call=call)
@@ -567,7 +567,7 @@ async def entrypoint(ctx: JobContext) -> None:
             if runtime.ended_by_platform:
                 await _end_session_if_live(session_id, runtime.end_reason)
             # One job per process: let the process exit (livekit waits on its threads).
-            from agents_app.providers import sphinx
+            from agents_app.runtime.providers import sphinx
 
             sphinx.shutdown_pool()
 

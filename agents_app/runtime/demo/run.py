@@ -1,10 +1,10 @@
 """`manage.py demo`'s run: the whole platform plus simulated traffic, supervised.
 
-It migrates, seeds the demo data, then starts and supervises (agents_app/demo/supervisor.py)
+It migrates, seeds the demo data, then starts and supervises (agents_app/runtime/demo/supervisor.py)
 the web server, Celery, a LiveKit server when the demo starts one
-(agents_app/demo/transport.py), the agent worker, `manage.py doctor` once the worker and
+(agents_app/runtime/demo/transport.py), the agent worker, `manage.py doctor` once the worker and
 Celery are up, and a steady trickle of `simulate_calls`. The command
-(agents_app/management/commands/demo.py) describes it for the user.
+(agents_app/runtime/management/commands/demo.py) describes it for the user.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from agents_app.demo.supervisor import RestartBudget, Supervisor, port_free, wait_port, wait_ready
-from agents_app.demo.transport import TransportPlan, banner, start_livekit, transport_plan
-from agents_app.providers import local_llm
+from agents_app.runtime.demo.supervisor import RestartBudget, Supervisor, port_free, wait_port, wait_ready
+from agents_app.runtime.demo.transport import TransportPlan, banner, start_livekit, transport_plan
+from agents_app.runtime.providers import local_llm
 from voiceplatform import livekit_dev
 from voiceplatform.webserver import web_server_command
 

@@ -57,7 +57,7 @@ def prerender() -> tuple[np.ndarray, int] | None:
                 _clip = _read_wav(path)
             else:
                 # GPL-3.0 Piper stays an optional import, as in the offline TTS provider.
-                from agents_app.providers import piper
+                from agents_app.runtime.providers import piper
 
                 _clip = piper.synthesize(text)
             _clip_text = text

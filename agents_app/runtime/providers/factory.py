@@ -2,7 +2,7 @@
 
 `openai`: livekit-plugins-openai, honouring OPENAI_BASE_URL, so any OpenAI-compatible
 server works (Ollama, vLLM, llama.cpp server). `local` (LLM only): the machine's own
-llama.cpp server (`manage.py runllm`, agents_app/providers/local_llm.py) through the same
+llama.cpp server (`manage.py runllm`, agents_app/runtime/providers/local_llm.py) through the same
 livekit-plugins-openai LLM. `offline`: PocketSphinx STT, Piper TTS and the OfflineStandInLLM. An agent set to `openai` never silently falls back to the
 stand-in: a missing key is an error the operator sees.
 """
@@ -18,7 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from livekit.agents import llm, stt, tts
 
 from agents_app.models import Agent, Provider
-from agents_app.providers.fallback import STAGES, build_chain, usable_entries
+from agents_app.runtime.providers.fallback import STAGES, build_chain, usable_entries
 
 DEFAULT_OPENAI_MODELS = {"stt": "gpt-4o-mini-transcribe", "llm": "gpt-4.1-mini", "tts": "gpt-4o-mini-tts"}
 
@@ -93,21 +93,21 @@ def build_provider(stage: str, spec: dict[str, Any], agent: Agent) -> Any:
     model = spec.get("model") or ""
     if provider == Provider.OFFLINE:
         if stage == "stt":
-            from agents_app.providers.sphinx import PocketSphinxSTT
+            from agents_app.runtime.providers.sphinx import PocketSphinxSTT
 
             return PocketSphinxSTT(phrases=list(agent.stt_phrases or []), language=agent.language)
         if stage == "llm":
-            from agents_app.providers.offline_llm import OfflineStandInLLM
+            from agents_app.runtime.providers.offline_llm import OfflineStandInLLM
 
             return OfflineStandInLLM()
         # GPL-3.0 Piper is imported only here, for agents that use the offline TTS.
-        from agents_app.providers.piper import PiperTTS
+        from agents_app.runtime.providers.piper import PiperTTS
 
         return PiperTTS()
     if provider == Provider.LOCAL:
         if stage != "llm":
             raise ValueError(f"the local provider serves only the LLM stage, not {stage}")
-        from agents_app.providers import local_llm
+        from agents_app.runtime.providers import local_llm
 
         return local_llm.build_llm(model)
     if provider != Provider.OPENAI:
@@ -127,7 +127,7 @@ def build_provider(stage: str, spec: dict[str, Any], agent: Agent) -> Any:
 
 def build_providers(agent: Agent, *, vad: Any = None) -> Providers:
     """Each stage: the primary plus the agent's fallbacks, chained by livekit-agents'
-    FallbackAdapters with budgeted timeouts (agents_app/providers/fallback.py). `vad`
+    FallbackAdapters with budgeted timeouts (agents_app/runtime/providers/fallback.py). `vad`
     segments a non-streaming STT in a chain (the process's Silero VAD when not given)."""
     vad = vad if vad is not None else load_vad()
     stages = {}
@@ -139,10 +139,10 @@ def build_providers(agent: Agent, *, vad: Any = None) -> Providers:
 
 def prewarm_offline() -> None:
     """Load the offline models before the first call (blocking; for prewarm)."""
-    from agents_app.providers import piper, sphinx
+    from agents_app.runtime.providers import piper, sphinx
 
     piper.load_voice()
     sphinx.warm_pool()
-    from agents_app.providers import apology
+    from agents_app.runtime.providers import apology
 
     apology.prerender()  # the clip played when a whole stage fails

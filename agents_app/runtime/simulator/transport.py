@@ -1,5 +1,5 @@
 """How a simulated caller reaches the agent: the local agent host (TCP), the same host
-in-process, or a real LiveKit room (livekit rtc SDK: agents_app/simulator/livekit_transport.py).
+in-process, or a real LiveKit room (livekit rtc SDK: agents_app/runtime/simulator/livekit_transport.py).
 
 Every transport tells the caller when the agent speaks and hands it the agent's audio as
 played, so the caller can barge in at the right moment and record what it heard.
@@ -16,8 +16,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from agents_app.worker.local_server import AgentHost
-from agents_app.worker.local_wire import AudioChunk, StreamChannel, memory_channel_pair
+from agents_app.runtime.worker.local_server import AgentHost
+from agents_app.runtime.worker.local_wire import AudioChunk, StreamChannel, memory_channel_pair
 
 AudioSink = Callable[[np.ndarray, int], None]
 CONNECT_TIMEOUT_SECONDS = 15.0
@@ -43,7 +43,7 @@ class CallerTransport:
         self.speaking_since: float | None = None
         self.restarts = 0
         self.session_id = ""  # set by the call once the API created the session
-        self.impairment: Any = None  # agents_app.worker.impairment.Impairment, when applied here
+        self.impairment: Any = None  # agents_app.runtime.worker.impairment.Impairment, when applied here
         self.closed = asyncio.Event()
         self._changed = asyncio.Event()
 

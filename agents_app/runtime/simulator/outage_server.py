@@ -49,7 +49,7 @@ def _chunk(delta: dict[str, Any], finish: str | None = None, model: str = "scrip
 def _speech_pcm24k(text: str) -> bytes:
     import numpy as np
 
-    from agents_app.providers import piper
+    from agents_app.runtime.providers import piper
 
     audio, rate = piper.synthesize(text)
     if rate != 24000 and len(audio):

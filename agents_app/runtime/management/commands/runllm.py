@@ -2,7 +2,7 @@
 
 llama.cpp's OpenAI-compatible server (xllamacpp) with LOCAL_LLM_MODEL_PATH, or the
 packaged SmolLM2-135M-Instruct, on LOCAL_LLM_HOST:LOCAL_LLM_PORT, shared by every agent
-job of the machine. Runs until SIGTERM or Ctrl-C. agents_app/providers/local_llm.py.
+job of the machine. Runs until SIGTERM or Ctrl-C. agents_app/runtime/providers/local_llm.py.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class Command(BaseCommand):
     help = "Serve the local language model (llama.cpp, OpenAI-compatible) for agents using the `local` provider."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from agents_app.providers import local_llm
+        from agents_app.runtime.providers import local_llm
 
         try:
             import xllamacpp  # noqa: F401

@@ -1,7 +1,7 @@
 """The simulated caller in a real LiveKit room (LIVEKIT_URL set), through the livekit rtc SDK.
 
 The transport of the local agent host (TCP or in-process) and what every transport
-shares are in agents_app/simulator/transport.py.
+shares are in agents_app/runtime/simulator/transport.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from agents_app.simulator.transport import CONNECT_TIMEOUT_SECONDS, CallerTransport, TransportError
+from agents_app.runtime.simulator.transport import CONNECT_TIMEOUT_SECONDS, CallerTransport, TransportError
 
 
 class _SdkStreamNoise(logging.Filter):

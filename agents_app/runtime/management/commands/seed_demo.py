@@ -203,7 +203,7 @@ class Command(BaseCommand):
 
 def demo_agent_specs() -> list[dict[str, Any]]:
     """The demo agents as seed_demo creates them (an agent that exists is left as it is)."""
-    from agents_app.providers import local_llm
+    from agents_app.runtime.providers import local_llm
 
     real_model = local_llm.available()
     offline = {"stt_provider": Provider.OFFLINE, "tts_provider": Provider.OFFLINE}

@@ -14,8 +14,8 @@ When the caller drops, the job ends and the session goes active → reconnecting
 that comes back with a fresh token (`POST …/reconnect`) gets a new job whose context is
 rebuilt from the stored turns. An `agent-restart` control message kills the running job
 abruptly (a simulated crash) and starts a new one for the same session, as a re-dispatch
-would. Wire protocol: agents_app/worker/local_wire.py, docs/simulator.md; the session
-lifecycle calls: agents_app/worker/local_lifecycle.py.
+would. Wire protocol: agents_app/runtime/worker/local_wire.py, docs/simulator.md; the session
+lifecycle calls: agents_app/runtime/worker/local_lifecycle.py.
 
 The same `AgentHost` also serves in-process callers (`simulate_calls --local-agent
 inprocess`) through `memory_channel_pair()`, so both paths share one implementation.
@@ -32,7 +32,7 @@ from typing import Any
 
 from django.conf import settings
 
-from agents_app.worker.local_lifecycle import (
+from agents_app.runtime.worker.local_lifecycle import (
     HelloRejected,
     agent_joined,
     agent_left,
@@ -40,7 +40,14 @@ from agents_app.worker.local_lifecycle import (
     caller_left,
     verify_token,
 )
-from agents_app.worker.local_wire import PROTOCOL_VERSION, AudioChunk, Channel, Message, ProtocolError, StreamChannel
+from agents_app.runtime.worker.local_wire import (
+    PROTOCOL_VERSION,
+    AudioChunk,
+    Channel,
+    Message,
+    ProtocolError,
+    StreamChannel,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +78,8 @@ class CallBridge:
         self.finished = asyncio.Event()
 
     async def _start_job(self) -> None:
-        from agents_app.worker.entrypoint import entrypoint
-        from agents_app.worker.local import LocalCall, run_local_job
+        from agents_app.runtime.worker.entrypoint import entrypoint
+        from agents_app.runtime.worker.local import LocalCall, run_local_job
 
         self.jobs += 1
         # Each job is a new agent for the lifecycle, as a new LiveKit job is a new participant.
@@ -314,8 +321,8 @@ async def serve_async(*, host: str | None = None, port: int | None = None, ready
 
 def serve() -> None:
     """`manage.py runagent` in local mode: prewarm the models, then serve callers."""
-    from agents_app.worker.entrypoint import prewarm as setup
-    from agents_app.worker.local import prewarm
+    from agents_app.runtime.worker.entrypoint import prewarm as setup
+    from agents_app.runtime.worker.local import prewarm
 
     try:
         from voiceplatform.metrics_server import start_agent_metrics_server

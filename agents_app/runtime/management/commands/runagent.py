@@ -1,8 +1,8 @@
 """`manage.py runagent [dev|start]`: the agent worker process.
 
 With LIVEKIT_URL set it runs a livekit-agents worker that LiveKit dispatches jobs to
-explicitly, by agent name (settings.LIVEKIT_AGENT_NAME): agents_app.worker.livekit_worker. Without it (local mode) it runs
-the local agent host, `agents_app.worker.local_server.serve()`, which accepts callers on
+explicitly, by agent name (settings.LIVEKIT_AGENT_NAME): agents_app.runtime.worker.livekit_worker. Without it (local mode) it runs
+the local agent host, `agents_app.runtime.worker.local_server.serve()`, which accepts callers on
 LOCAL_AGENT_HOST:LOCAL_AGENT_PORT and runs the same entrypoint in-process.
 """
 
@@ -36,11 +36,11 @@ class Command(BaseCommand):
 
     def _serve_local(self) -> None:
         try:
-            from agents_app.worker.local_server import serve
+            from agents_app.runtime.worker.local_server import serve
         except ImportError as exc:
             raise CommandError(
                 "LIVEKIT_URL is not set, so runagent runs the local agent host, but "
-                f"agents_app.worker.local_server is not available ({exc}). Set LIVEKIT_URL to run "
+                f"agents_app.runtime.worker.local_server is not available ({exc}). Set LIVEKIT_URL to run "
                 "a LiveKit worker instead."
             ) from exc
         self.stdout.write(
@@ -51,6 +51,6 @@ class Command(BaseCommand):
             asyncio.run(result)
 
     def _run_livekit_worker(self, mode: str) -> None:
-        from agents_app.worker.livekit_worker import run_worker
+        from agents_app.runtime.worker.livekit_worker import run_worker
 
         run_worker(dev=mode == "dev")

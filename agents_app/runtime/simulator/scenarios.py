@@ -1,6 +1,6 @@
 """Scenario files: loading and validation with errors that point at the broken line.
 
-A scenario is a YAML file under `agents_app/scenarios/` (or any path given to
+A scenario is a YAML file under `agents_app/runtime/scenarios/` (or any path given to
 `--scenario`): a name, the agent slug, a list of steps (each a mapping with exactly one
 step name) and the expectations a successful call meets. See docs/simulator.md.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from agents_app.simulator.outages import IMPAIRMENT_SCHEMA, OUTAGE_SCHEMA
+from agents_app.runtime.simulator.outages import IMPAIRMENT_SCHEMA, OUTAGE_SCHEMA
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents_app.simulator import scenarios
+from agents_app.runtime.simulator import scenarios
 
 
 class Command(BaseCommand):
@@ -73,12 +73,12 @@ class Command(BaseCommand):
         except scenarios.ScenarioError as exc:
             raise CommandError(str(exc)) from exc
 
-        from agents_app.simulator.runner import RunOptions, run_calls
+        from agents_app.runtime.simulator.runner import RunOptions, run_calls
 
         api_key, agent_key, shared_db = self._keys(options)
         if options["local_agent"] == "inprocess":
-            from agents_app.worker.entrypoint import prewarm as setup
-            from agents_app.worker.local import prewarm
+            from agents_app.runtime.worker.entrypoint import prewarm as setup
+            from agents_app.runtime.worker.local import prewarm
 
             self._line("loading the agent's models for in-process jobs…")
             prewarm(setup)
@@ -125,7 +125,7 @@ class Command(BaseCommand):
         """(client key, agent key, shares the DB). Without --api-key: the simulator's own clients."""
         from django.db import DatabaseError
 
-        from agents_app.simulator.credentials import key_file, simulator_keys
+        from agents_app.runtime.simulator.credentials import key_file, simulator_keys
 
         api_key, agent_key = options["api_key"], options["agent_api_key"]
         try:

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from agents_app.simulator.api import PlatformApiError, PlatformClient
-from agents_app.simulator.recording import CallRecording
-from agents_app.simulator.scenarios import Scenario, Step
-from agents_app.simulator.transport import CallerTransport, TransportError
+from agents_app.runtime.simulator.api import PlatformApiError, PlatformClient
+from agents_app.runtime.simulator.recording import CallRecording
+from agents_app.runtime.simulator.scenarios import Scenario, Step
+from agents_app.runtime.simulator.transport import CallerTransport, TransportError
 
 FRAME_SECONDS = 0.02
 SPEAK_TIMEOUT = 45.0
@@ -52,7 +52,7 @@ class CallResult:
 
 @functools.lru_cache(maxsize=64)
 def _speech(text: str) -> tuple[np.ndarray, int]:
-    from agents_app.providers.piper import synthesize
+    from agents_app.runtime.providers.piper import synthesize
 
     return synthesize(text)
 
@@ -152,7 +152,7 @@ class SimulatedCall:
         transport = self._make_transport(url, on_agent_audio=self.recording.add_agent, on_note=self.note)
         transport.session_id = self.session_id
         if transport.applies_impairment and getattr(self.scenario, "impairment", None):
-            from agents_app.worker.impairment import Impairment
+            from agents_app.runtime.worker.impairment import Impairment
 
             transport.impairment = Impairment.from_config(dict(self.scenario.impairment))
         return transport

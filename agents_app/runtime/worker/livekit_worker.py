@@ -34,7 +34,7 @@ from typing import Any
 
 from django.conf import settings
 
-logger = logging.getLogger("agents_app.worker")
+logger = logging.getLogger("agents_app.runtime.worker")
 
 
 def multiproc_dir() -> Path:
@@ -45,7 +45,7 @@ def multiproc_dir() -> Path:
 def build_server(*, dev: bool) -> Any:
     from livekit.agents import AgentServer
 
-    from agents_app.worker.entrypoint import entrypoint, prewarm
+    from agents_app.runtime.worker.entrypoint import entrypoint, prewarm
 
     idle = settings.AGENT_IDLE_PROCESSES
     server = AgentServer(
