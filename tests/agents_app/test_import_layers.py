@@ -10,23 +10,13 @@ inside a function to dodge a cycle counts too.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from tests.layers import module_imports
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = ROOT / "agents_app" / "runtime"
 CONFIGURATION = ("agents_app", "sessions_app", "tools_app")
-
-
-def _imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-    return found
 
 
 def _modules(directory: Path) -> list[Path]:
@@ -37,7 +27,9 @@ def _modules(directory: Path) -> list[Path]:
 
 def test_providers_never_import_the_worker() -> None:
     offenders = {
-        str(path.relative_to(ROOT)): sorted(m for m in _imports(path) if m.startswith("agents_app.runtime.worker"))
+        str(path.relative_to(ROOT)): sorted(
+            m for m in module_imports(path) if m.startswith("agents_app.runtime.worker")
+        )
         for path in _modules(RUNTIME / "providers")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
@@ -47,7 +39,7 @@ def test_configuration_never_imports_the_runtime() -> None:
     """agents, prompts, tools and sessions (the apps) know nothing of the worker, the
     providers, the simulator or the demo: the runtime depends on them, never the reverse."""
     offenders = {
-        str(path.relative_to(ROOT)): sorted(m for m in _imports(path) if m.startswith("agents_app.runtime"))
+        str(path.relative_to(ROOT)): sorted(m for m in module_imports(path) if m.startswith("agents_app.runtime"))
         for app in CONFIGURATION
         for path in _modules(ROOT / app)
         if RUNTIME not in path.parents
@@ -56,9 +48,9 @@ def test_configuration_never_imports_the_runtime() -> None:
 
 
 def test_the_fallback_chains_do_not_import_the_builder_and_the_local_runner_not_the_entrypoint() -> None:
-    fallback = _imports(RUNTIME / "providers" / "fallback.py")
+    fallback = module_imports(RUNTIME / "providers" / "fallback.py")
     assert not any(m.startswith("agents_app.runtime.providers.factory") for m in fallback)
-    local = _imports(RUNTIME / "worker" / "local.py")
+    local = module_imports(RUNTIME / "worker" / "local.py")
     assert not any(m.startswith("agents_app.runtime.worker.entrypoint") for m in local)
 
 
@@ -71,13 +63,13 @@ def test_no_private_livekit_adapter_fields_are_read() -> None:
 def test_the_local_wire_protocol_stands_alone() -> None:
     """Both ends speak it (the simulated caller and the local agent host): it imports
     neither side, nor the platform's apps."""
-    wire = _imports(RUNTIME / "worker" / "local_wire.py")
+    wire = module_imports(RUNTIME / "worker" / "local_wire.py")
     assert not any(m.startswith(("agents_app", "sessions_app", "tools_app", "django")) for m in wire)
 
 
 def test_the_simulators_transports_do_not_load_the_agent_pipeline() -> None:
     for name in ("transport.py", "livekit_transport.py"):
-        found = _imports(RUNTIME / "simulator" / name)
+        found = module_imports(RUNTIME / "simulator" / name)
         assert not any(m.startswith("agents_app.runtime.worker.entrypoint") for m in found), name
 
 
@@ -87,14 +79,14 @@ def test_the_tool_ledger_layers_point_one_way() -> None:
     order = ["ledger", "claims", "execution", "services"]
     for i, name in enumerate(order):
         later = tuple(f"tools_app.{n}" for n in order[i + 1 :])
-        found = _imports(ROOT / "tools_app" / f"{name}.py")
+        found = module_imports(ROOT / "tools_app" / f"{name}.py")
         assert not any(m.startswith(later) for m in found), name
 
 
 def test_the_doctor_only_reads() -> None:
     """Its checks change nothing (docstring of voiceplatform/doctor/): no service is imported."""
     offenders = {
-        path.name: sorted(m for m in _imports(path) if m.endswith(".services") or ".services." in m)
+        path.name: sorted(m for m in module_imports(path) if m.endswith(".services") or ".services." in m)
         for path in (ROOT / "voiceplatform" / "doctor").glob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}

@@ -3,7 +3,6 @@ its type's schema, and each schema refuses a malformed message, so the check can
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
 import uuid
@@ -17,6 +16,7 @@ from sessions_app.live.schemas import SCHEMAS, LiveMessageError, check
 from sessions_app.models import SessionEvent, SessionState, Turn, VoiceSession
 from sessions_app.services import session_event_append, session_transition
 from sessions_app.turns import turn_record
+from tests.layers import module_imports
 
 
 @pytest.fixture
@@ -152,39 +152,18 @@ def test_an_unknown_type_or_a_non_object_is_refused(message) -> None:
         check(message)
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module a file imports, inside functions too (TYPE_CHECKING blocks left out)."""
-    tree = ast.parse(path.read_text())
-    skip = {
-        id(child)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
-        for child in ast.walk(node)
-    }
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-    return found
-
-
 def test_the_live_package_layers_point_one_way() -> None:
     """messages and schemas stand alone (no app, no Django); the hub sits under the
     consumers; only the routing imports the consumers: no import cycle through live/."""
     root = Path(__file__).resolve().parents[2]
     live = root / "sessions_app" / "live"
     for name in ("messages.py", "schemas.py"):
-        found = _imports(live / name)
+        found = module_imports(live / name)
         assert not any(m.startswith(("sessions_app", "agents_app", "tools_app", "django", "channels")) for m in found)
-    assert not any(m.startswith("sessions_app.live.consumers") for m in _imports(live / "hub.py"))
+    assert not any(m.startswith("sessions_app.live.consumers") for m in module_imports(live / "hub.py"))
     users = {
         str(path.relative_to(root))
         for path in (root / "sessions_app").rglob("*.py")
-        if any(m.startswith(("sessions_app.live.consumers", "sessions_app.live.hub")) for m in _imports(path))
+        if any(m.startswith(("sessions_app.live.consumers", "sessions_app.live.hub")) for m in module_imports(path))
     }
     assert users == {"sessions_app/routing.py", "sessions_app/live/consumers.py"}
