@@ -95,8 +95,8 @@ async def run_bare(agent: Any, greeting: str, instructions: str, utterances: lis
     from livekit.agents.voice.transcription import TranscriptSynchronizer
 
     from agents_app.runtime.providers.factory import build_providers, load_vad
-    from agents_app.runtime.worker.entrypoint import session_options
     from agents_app.runtime.worker.local import LocalCall
+    from agents_app.runtime.worker.platform_agent import session_options
 
     call = LocalCall()
     call._bind(asyncio.get_running_loop())

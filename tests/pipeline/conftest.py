@@ -185,7 +185,8 @@ class TextJob:
         from agents_app.runtime.providers.factory import build_providers
         from agents_app.runtime.providers.fallback import ChainMonitor, session_conn_options
         from agents_app.runtime.worker.config import load_job_config
-        from agents_app.runtime.worker.entrypoint import JobRuntime, PlatformAgent
+        from agents_app.runtime.worker.entrypoint import JobRuntime
+        from agents_app.runtime.worker.platform_agent import PlatformAgent
 
         config = await load_job_config(self.session_id)
         ctx = SimpleNamespace(job=SimpleNamespace(id="text-job"), proc=SimpleNamespace(userdata={}))

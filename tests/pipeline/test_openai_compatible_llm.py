@@ -84,7 +84,7 @@ async def openai_server():
 async def test_the_openai_plugin_streams_a_tool_call_and_the_answer(agent, openai_server, settings):
     from agents_app.runtime.providers.factory import build_provider, primary_spec
     from agents_app.runtime.worker.config import load_job_config
-    from agents_app.runtime.worker.entrypoint import PlatformAgent
+    from agents_app.runtime.worker.platform_agent import PlatformAgent
     from agents_app.runtime.worker.recorder import Recorder
     from agents_app.runtime.worker.turns import TurnTracker
 

@@ -27,7 +27,7 @@ async def place_order(item: str, quantity: int) -> str:
 
 async def _platform_agent(session_id: str, tools: list | None = None):
     from agents_app.runtime.worker.config import load_job_config
-    from agents_app.runtime.worker.entrypoint import PlatformAgent
+    from agents_app.runtime.worker.platform_agent import PlatformAgent
     from agents_app.runtime.worker.recorder import Recorder
     from agents_app.runtime.worker.turns import TurnTracker
 

@@ -6,8 +6,6 @@ LiveKit server in tests/livekit/test_call_lifecycle.py.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from livekit.agents import AgentSession
 from livekit.agents.voice import room_io
@@ -20,10 +18,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 async def _options(session_id: str) -> room_io.RoomOptions:
     from agents_app.runtime.worker.config import load_job_config
-    from agents_app.runtime.worker.entrypoint import JobRuntime
+    from agents_app.runtime.worker.platform_agent import room_options
 
     config = await load_job_config(session_id)
-    return JobRuntime.room_options(SimpleNamespace(config=config))  # type: ignore[arg-type]
+    return room_options(config)
 
 
 async def test_typed_input_is_off_unless_the_agent_allows_it(agent):
@@ -34,7 +32,7 @@ async def test_typed_input_is_off_unless_the_agent_allows_it(agent):
     await db(agent.save, update_fields=["text_input"])
     options = (await _options(session_id)).get_text_input_options()
     assert options is not None
-    from agents_app.runtime.worker.entrypoint import typed_text_input
+    from agents_app.runtime.worker.platform_agent import typed_text_input
 
     assert options.text_input_cb is typed_text_input
 
@@ -51,7 +49,7 @@ def _answered(session: AgentSession) -> bool:
 
 async def test_a_typed_message_is_cut_and_answered_and_a_blank_one_is_dropped(agent, settings):
     from agents_app.runtime.worker.config import load_job_config
-    from agents_app.runtime.worker.entrypoint import PlatformAgent, typed_text_input
+    from agents_app.runtime.worker.platform_agent import PlatformAgent, typed_text_input
     from agents_app.runtime.worker.recorder import Recorder
     from agents_app.runtime.worker.turns import TurnTracker
 

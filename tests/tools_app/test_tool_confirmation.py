@@ -112,7 +112,7 @@ async def test_a_spoken_conversation_asks_then_orders_on_yes(agent, confirmed_to
     """The whole loop with the real AgentSession and the offline LLM stand-in: the first
     request is answered with a question, the caller's yes places exactly one order."""
     from agents_app.runtime.worker.config import load_job_config
-    from agents_app.runtime.worker.entrypoint import PlatformAgent
+    from agents_app.runtime.worker.platform_agent import PlatformAgent
     from agents_app.runtime.worker.recorder import Recorder
     from agents_app.runtime.worker.turns import TurnTracker
     from tests.pipeline.conftest import make_session

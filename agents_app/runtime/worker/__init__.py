@@ -1,7 +1,10 @@
 """The agent worker: one livekit-agents job per voice session (LiveKit room or local call).
 
-`entrypoint.entrypoint` is the single entrypoint for both transports; `local` is the
-in-process transport used when LIVEKIT_URL is unset.
+`entrypoint.entrypoint` is the single entrypoint for both transports (its `JobRuntime`
+runs one job); `platform_agent` is the livekit Agent and the session options; `control`
+the platform's interrupt/end/crash messages and the interrupt RPC; `job_session` claiming
+and ending the session and the doctor's probe. `local` (with `local_audio`) is the
+in-process transport used when LIVEKIT_URL is unset, `local_server` its agent host.
 """
 
 from __future__ import annotations

@@ -1,0 +1,61 @@
+"""The job's part of the session lifecycle: claiming the session as its agent, making it
+final when the platform ended it, and answering the doctor's dispatch probe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from livekit.agents import AgentSession, JobContext
+
+logger = logging.getLogger(__name__)
+
+
+async def quiet_close(session: AgentSession) -> None:
+    with contextlib.suppress(Exception):
+        await session.aclose()
+
+
+async def claim_session(session_id: str, ctx: JobContext) -> bool:
+    """Report this job as the session's agent (the webhook reports the same join later).
+
+    Done by the job too, so the platform knows its agent even when webhooks are slow or
+    not configured (LiveKit Cloud without a webhook URL).
+    """
+    from asgiref.sync import sync_to_async
+
+    from sessions_app.lifecycle import session_agent_joined
+
+    identity = ctx.room.local_participant.identity
+    serving = await sync_to_async(session_agent_joined, thread_sensitive=False)(
+        session_id=session_id, identity=identity, job_id=ctx.job.id, source="job"
+    )
+    if not serving:
+        logger.warning("session %s has ended or has another agent: job %s leaves", session_id, ctx.job.id)
+        ctx.shutdown("the session has ended or another agent serves it")
+    return serving
+
+
+async def end_session_if_live(session_id: str, reason: str) -> None:
+    """The platform asked the job to end: make sure the session is final."""
+    from asgiref.sync import sync_to_async
+
+    from sessions_app.services import session_finish
+
+    await sync_to_async(session_finish, thread_sensitive=False)(session_id=session_id, reason=reason)
+
+
+# `manage.py doctor` dispatches a job with PROBE_METADATA_KEY into a room of its own to see
+# that a worker serves LIVEKIT_AGENT_NAME (sessions_app/livekit_server.py). Such a job
+# joins, touches no session and no database, and leaves when the doctor deletes the room.
+PROBE_STAY_SECONDS = 30.0
+
+
+async def answer_probe(ctx: JobContext) -> None:
+    from livekit.agents import AutoSubscribe
+
+    logger.info("doctor probe %s: joining room %s", ctx.job.id, getattr(ctx.room, "name", ""))
+    await ctx.connect(auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
+    # Normally the doctor deletes the room within seconds; this bounds a doctor that died.
+    asyncio.get_running_loop().call_later(PROBE_STAY_SECONDS, ctx.shutdown, "doctor probe answered")

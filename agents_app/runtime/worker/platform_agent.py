@@ -1,0 +1,123 @@
+"""The livekit `Agent` the platform runs, and the AgentSession options it runs with.
+
+`PlatformAgent` is configured from the DB (instructions, the context rebuilt from stored
+turns, the ledger-backed tools); its node overrides only observe (generated text, first
+audio) for the turn record. `session_options` is shared with the bare benchmark peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable
+from dataclasses import replace
+from typing import Any
+
+from django.conf import settings
+from livekit import rtc
+from livekit.agents import Agent, AgentSession, llm
+from livekit.agents.voice import ModelSettings, room_io
+
+from agents_app.runtime.worker.config import JobConfig
+from agents_app.runtime.worker.turns import TurnTracker
+
+# Our hooks' cost is measured as CPU time of the loop's thread: on a shared machine,
+# wall-clock deltas would also count time the OS gave to other processes.
+cpu_time = time.thread_time
+
+
+def session_options(*, allow_interruptions: bool = True) -> dict[str, Any]:
+    """AgentSession options shared by the platform and the bare benchmark peer."""
+    return {
+        "turn_handling": {
+            # The model turn detector varies widely run to run; VAD is predictable.
+            "turn_detection": "vad",
+            "interruption": {"enabled": allow_interruptions, "mode": "vad"},
+        },
+        # Otherwise barge-in is ignored for the first 3 s of agent speech.
+        "aec_warmup_duration": None,
+        "user_away_timeout": None,
+    }
+
+
+def restored_chat_context(config: JobConfig) -> llm.ChatContext:
+    """The conversation so far, from stored turns (heard text for interrupted ones)."""
+    chat_ctx = llm.ChatContext.empty()
+    for turn in config.turns:
+        if turn.user_text:
+            chat_ctx.add_message(role="user", content=turn.user_text)
+        if turn.agent_text:
+            chat_ctx.add_message(role="assistant", content=turn.agent_text)
+    return chat_ctx
+
+
+async def typed_text_input(session: AgentSession, event: room_io.TextInputEvent) -> None:
+    """A caller's typed message (agents with text input on): trimmed, cut to
+    TEXT_INPUT_MAX_CHARS, then handled as livekit-agents does by default (interrupt the
+    agent, answer it as the caller's turn). Blank messages are dropped."""
+    text = (event.text or "").strip()[: int(settings.TEXT_INPUT_MAX_CHARS)]
+    if not text:
+        return
+    handled = room_io.TextInputOptions().text_input_cb(session, replace(event, text=text))
+    if asyncio.iscoroutine(handled):
+        await handled
+
+
+def room_options(config: JobConfig) -> room_io.RoomOptions:
+    """How the session uses the room (LiveKit mode).
+
+    - Linked to this session's caller only: a supervisor or a second device in the
+      room is never the one the agent listens to.
+    - The session outlives a clean leave of the caller (`close_on_disconnect=False`):
+      a caller who rejoins (the call page's reconnect, a new device) within the room's
+      departure_timeout finds the same job, which links to them again and carries on.
+      When nobody comes back, the server closes the room and that ends the job.
+    - Typed input on `lk.chat` only for agents that allow it (`Agent.text_input`, off
+      by default): from the linked caller only (room_io filters on the identity), cut
+      to TEXT_INPUT_MAX_CHARS, answered like speech and stored as the caller's turn
+      (the turn tracker opens turns on the user's conversation items).
+    """
+    return room_io.RoomOptions(
+        participant_identity=config.caller_identity,
+        close_on_disconnect=False,
+        text_input=room_io.TextInputOptions(text_input_cb=typed_text_input) if config.agent.text_input else False,
+    )
+
+
+class PlatformAgent(Agent):
+    """The DB-configured agent. Its node overrides only observe (text, first audio)."""
+
+    def __init__(self, *, config: JobConfig, tracker: TurnTracker, tools: list[Any]) -> None:
+        super().__init__(instructions=config.instructions, chat_ctx=restored_chat_context(config), tools=tools)
+        self._tracker = tracker
+
+    async def llm_node(
+        self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
+    ) -> AsyncIterable[llm.ChatChunk | str]:
+        t0 = cpu_time()
+        tracker = self._tracker
+        generation = tracker.generation_for(chat_ctx)
+        text = generation.text
+        spent = cpu_time() - t0
+        async for chunk in Agent.default.llm_node(self, chat_ctx, tools, model_settings):
+            t1 = cpu_time()
+            if isinstance(chunk, str):
+                text.append(chunk)
+            elif isinstance(chunk, llm.ChatChunk) and chunk.delta is not None:
+                if chunk.delta.content:
+                    text.append(chunk.delta.content)
+                if chunk.delta.tool_calls:
+                    generation.tool_pending = True
+            spent += cpu_time() - t1
+            yield chunk
+        tracker.charge(spent)
+
+    async def tts_node(self, text: AsyncIterable[str], model_settings: ModelSettings) -> AsyncIterable[rtc.AudioFrame]:
+        first = True
+        async for frame in Agent.default.tts_node(self, text, model_settings):
+            if first:
+                t0 = cpu_time()
+                first = False
+                self._tracker.first_audio(time.time())
+                self._tracker.charge(cpu_time() - t0)
+            yield frame
