@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 from prometheus_client import REGISTRY
 
 from agents_app.runtime.worker.recorder import Recorder
 from sessions_app.models import SessionEvent, Turn, VoiceSession
+from tests.factories import make_voice_session
 from tests.pipeline.conftest import db
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _session(agent) -> str:
-    return str(
-        VoiceSession.objects.create(
-            caller_id="c1",
-            room_name=f"room-{uuid.uuid4()}",
-            agent=agent,
-            prompt_version=agent.prompt_versions.get(status="published"),
-        ).id
-    )
+    return str(make_voice_session(agent, caller_id="c1").id)
 
 
 async def test_it_never_drops_turns_when_the_queue_is_full(agent):

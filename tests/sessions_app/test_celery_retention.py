@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,19 +12,10 @@ from sessions_app.models import LiveKitWebhookEvent, SessionEvent, Turn, VoiceSe
 from sessions_app.reports import session_report_create
 from sessions_app.services import session_event_append
 from sessions_app.tasks import retention_purge_task
+from tests.factories import make_voice_session as _session
 from voiceplatform.celery import app as celery_app
 
 pytestmark = pytest.mark.django_db
-
-
-def _session(agent, *, state: str) -> VoiceSession:
-    return VoiceSession.objects.create(
-        agent=agent,
-        prompt_version=agent.prompt_versions.get(status="published"),
-        caller_id="caller",
-        room_name=f"room-{uuid.uuid4().hex[:12]}",
-        state=state,
-    )
 
 
 def _age(model, queryset, days: float) -> None:

@@ -15,7 +15,6 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
-from agents_app.models import Agent
 from sessions_app import broadcast
 from sessions_app.live import messages
 from sessions_app.live.consumers import CLOSE_FORBIDDEN, CLOSE_TOO_LARGE, MAX_INBOUND_FRAME_BYTES
@@ -23,6 +22,7 @@ from sessions_app.metrics import DASHBOARD_EVENTS_DROPPED
 from sessions_app.models import SessionEvent, SessionState, VoiceSession
 from sessions_app.services import session_event_append, session_transition
 from sessions_app.turns import turn_record
+from tests.factories import make_voice_session
 from voiceplatform.asgi import application
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -49,15 +49,6 @@ async def fresh_channel_layer() -> Any:
             hub.task.cancel()
     _hubs.clear()
     channel_layers.backends.clear()
-
-
-def _session(agent: Agent) -> VoiceSession:
-    return VoiceSession.objects.create(
-        agent=agent,
-        prompt_version=agent.prompt_versions.get(status="published"),
-        caller_id="caller-42",
-        room_name=f"room-{uuid.uuid4().hex[:12]}",
-    )
 
 
 def _cookie_for(user: User) -> bytes:
@@ -114,7 +105,7 @@ def _turn(index: int, **extra: Any) -> dict[str, Any]:
 
 
 async def test_staff_gets_a_dashboard_snapshot_then_live_events(staff_user, agent) -> None:
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
     assert connected
     snapshot = await communicator.receive_json_from(timeout=TIMEOUT)
@@ -153,7 +144,7 @@ async def test_support_group_member_who_is_not_staff_may_watch(agent) -> None:
 
 
 async def test_session_socket_sends_session_turns_events_and_budgets(staff_user, agent) -> None:
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     await database_sync_to_async(session_transition)(session_id=session.id, to_state=SessionState.ACTIVE)
     await database_sync_to_async(turn_record)(session_id=session.id, data=_turn(1))
 
@@ -185,7 +176,7 @@ async def test_it_refuses_a_logged_in_user_who_is_not_staff_with_4403(outsider_u
 
 
 async def test_it_refuses_an_anonymous_visitor_with_4403(agent) -> None:
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     communicator, connected, code = await _connect(f"/ws/sessions/{session.id}/")
     assert not connected
     assert code == CLOSE_FORBIDDEN
@@ -222,7 +213,7 @@ async def test_a_frame_just_under_the_limit_is_answered(staff_user) -> None:
 
 
 async def test_resync_after_a_reconnect_returns_the_missed_events(staff_user, agent) -> None:
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     path = f"/ws/sessions/{session.id}/"
     communicator, connected, _ = await _connect(path, staff_user)
     assert connected
@@ -256,7 +247,7 @@ async def test_resync_after_a_reconnect_returns_the_missed_events(staff_user, ag
 
 
 async def test_a_gap_left_by_a_dropped_message_is_counted_and_filled_from_the_db(staff_user, agent) -> None:
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     communicator, connected, _ = await _connect(f"/ws/sessions/{session.id}/", staff_user)
     assert connected
     await communicator.receive_json_from(timeout=TIMEOUT)
@@ -316,7 +307,7 @@ async def test_many_dashboards_share_one_layer_subscription_per_process(staff_us
     assert len(hub.members) == 3
     assert layer.groups[group_key] == {hub.channel}  # one channel (one subscription) for three pages
 
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     await database_sync_to_async(session_transition)(session_id=session.id, to_state=SessionState.ACTIVE)
     for communicator in pages:
         updated = await _receive_until(communicator, "session.updated")
@@ -333,7 +324,7 @@ async def test_a_dashboard_that_falls_behind_drops_counts_and_gets_a_fresh_snaps
     from sessions_app.live import hub
 
     monkeypatch.setattr(hub, "DASHBOARD_QUEUE_SIZE", 2)
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
     assert connected
     (row,) = (await communicator.receive_json_from(timeout=TIMEOUT))["sessions"]
@@ -351,7 +342,7 @@ async def test_a_dashboard_that_falls_behind_drops_counts_and_gets_a_fresh_snaps
 
 
 async def test_a_dashboard_re_reads_the_row_of_a_session_whose_messages_were_dropped(staff_user, agent) -> None:
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
     assert connected
     await communicator.receive_json_from(timeout=TIMEOUT)  # snapshot: this session at seq 0
@@ -408,7 +399,7 @@ async def test_a_logged_out_session_stops_receiving(staff_user, settings) -> Non
     ],
 )
 async def test_a_hostile_resync_gets_an_error_frame_and_the_socket_stays_open(staff_user, agent, frame) -> None:
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     communicator, connected, _ = await _connect(f"/ws/sessions/{session.pk}/", staff_user)
     assert connected
     await communicator.receive_json_from(timeout=TIMEOUT)  # the snapshot
@@ -424,7 +415,7 @@ async def test_a_hostile_resync_gets_an_error_frame_and_the_socket_stays_open(st
 
 
 async def test_the_schema_check_sees_every_layer_message_and_frame(staff_user, agent, live_messages) -> None:
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     communicator, connected, _ = await _connect("/ws/dashboard/", staff_user)
     assert connected
     await communicator.receive_json_from(timeout=TIMEOUT)
@@ -439,7 +430,7 @@ async def test_the_schema_check_sees_every_layer_message_and_frame(staff_user, a
 async def test_a_malformed_message_fails_the_schema_check(staff_user, agent, live_messages) -> None:
     from sessions_app.live.schemas import LiveMessageError
 
-    session = await database_sync_to_async(_session)(agent)
+    session = await database_sync_to_async(make_voice_session)(agent, caller_id="caller-42")
     with pytest.raises(LiveMessageError, match="session.updated"):
         await get_channel_layer().group_send(
             broadcast.DASHBOARD_GROUP, {"type": "session.updated", "session_id": str(session.id), "seq": 1}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -13,18 +12,9 @@ from agents_app.services import prompt_draft_create, prompt_publish
 from sessions_app.dashboard_selectors import dashboard_kpis, percentile
 from sessions_app.models import Turn, VoiceSession
 from sessions_app.turns import turn_record
+from tests.factories import make_voice_session as _session
 
 pytestmark = pytest.mark.django_db
-
-
-def _session(agent: Agent, **fields) -> VoiceSession:
-    return VoiceSession.objects.create(
-        agent=agent,
-        prompt_version=agent.prompt_versions.get(status="published"),
-        caller_id="c",
-        room_name=f"room-{uuid.uuid4().hex[:12]}",
-        **fields,
-    )
 
 
 def test_percentile_is_nearest_rank_over_measured_values() -> None:

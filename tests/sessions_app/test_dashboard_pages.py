@@ -8,21 +8,12 @@ import uuid
 import pytest
 from django.contrib.auth.models import Group, User
 
-from agents_app.models import Agent
 from sessions_app.models import SessionState, VoiceSession
 from sessions_app.services import session_transition
 from sessions_app.turns import turn_record
+from tests.factories import make_voice_session
 
 pytestmark = pytest.mark.django_db
-
-
-def _session(agent: Agent, caller: str = "caller-1") -> VoiceSession:
-    return VoiceSession.objects.create(
-        agent=agent,
-        prompt_version=agent.prompt_versions.get(status="published"),
-        caller_id=caller,
-        room_name=f"room-{uuid.uuid4().hex[:12]}",
-    )
 
 
 def _json_script(html: str, element_id: str):
@@ -33,7 +24,7 @@ def _json_script(html: str, element_id: str):
 
 @pytest.mark.parametrize("path", ["/dashboard/", "/dashboard/sessions/{id}/"])
 def test_it_sends_anonymous_visitors_to_the_dashboard_login(client, agent, path) -> None:
-    session = _session(agent)
+    session = make_voice_session(agent)
     url = path.format(id=session.id)
     response = client.get(url)
     assert response.status_code == 302
@@ -44,7 +35,7 @@ def test_it_sends_anonymous_visitors_to_the_dashboard_login(client, agent, path)
     "path", ["/dashboard/", "/dashboard/sessions/{id}/", "/dashboard/api/kpis", "/dashboard/api/sessions/{id}"]
 )
 def test_it_forbids_users_who_are_not_support_staff(client, outsider_user, agent, path) -> None:
-    session = _session(agent)
+    session = make_voice_session(agent)
     client.force_login(outsider_user)
     response = client.get(path.format(id=session.id))
     assert response.status_code == 403
@@ -52,7 +43,7 @@ def test_it_forbids_users_who_are_not_support_staff(client, outsider_user, agent
 
 @pytest.mark.parametrize("path", ["/dashboard/api/kpis", "/dashboard/api/sessions/{id}"])
 def test_json_reads_answer_401_to_anonymous_callers(client, agent, path) -> None:
-    session = _session(agent)
+    session = make_voice_session(agent)
     response = client.get(path.format(id=session.id))
     assert response.status_code == 401
     assert response.json()["error"] == "login_required"
@@ -76,10 +67,10 @@ def test_a_wrong_password_is_told_on_the_login_page(client, staff_user) -> None:
 
 
 def test_the_dashboard_embeds_rows_kpis_and_socket_config(client, staff_user, agent) -> None:
-    live = _session(agent, caller="live-caller")
+    live = make_voice_session(agent, caller_id="live-caller")
     session_transition(session_id=live.id, to_state=SessionState.ACTIVE)
     turn_record(session_id=live.id, data={"index": 1, "e2e_ms": 700, "ttfa_ms": 600})
-    done = _session(agent, caller="done-caller")
+    done = make_voice_session(agent, caller_id="done-caller")
     session_transition(session_id=done.id, to_state=SessionState.ENDED, reason="hangup")
     client.force_login(staff_user)
 
@@ -107,7 +98,7 @@ def test_an_unknown_window_falls_back_on_the_page_and_is_refused_by_the_api(clie
 
 
 def test_the_session_page_embeds_turns_events_budgets_and_report(client, staff_user, agent) -> None:
-    session = _session(agent)
+    session = make_voice_session(agent)
     session_transition(session_id=session.id, to_state=SessionState.ACTIVE)
     turn_record(
         session_id=session.id,

@@ -13,6 +13,7 @@ from agents_app.services import prompt_draft_create, prompt_publish
 from sessions_app.metrics import LATENCY_BUCKETS
 from sessions_app.models import VoiceSession
 from sessions_app.turns import turn_record
+from tests.factories import make_voice_session
 
 pytestmark = pytest.mark.django_db
 
@@ -24,16 +25,6 @@ def _fresh_agent(**budgets: int) -> Agent:
         version=prompt_draft_create(agent=agent, instructions="Be brief.", greeting="", variables={}, change_note="")
     )
     return agent
-
-
-def _session(agent: Agent) -> VoiceSession:
-    return VoiceSession.objects.create(
-        agent=agent,
-        prompt_version=agent.prompt_versions.get(status="published"),
-        caller_id="caller",
-        room_name=f"room-{uuid.uuid4().hex[:12]}",
-        state="active",
-    )
 
 
 def _scrape(client) -> dict[str, list]:
@@ -58,7 +49,7 @@ def _record(session: VoiceSession, captured, index: int, **data) -> None:
 
 def test_it_exposes_stage_histograms_with_the_right_counts_after_a_call(client, django_capture_on_commit_callbacks):
     agent = _fresh_agent()
-    session = _session(agent)
+    session = make_voice_session(agent, state="active")
     _record(session, django_capture_on_commit_callbacks, 0, user_text="hi", e2e_ms=120, tts_ttfb_ms=80, llm_ttft_ms=200)
     _record(session, django_capture_on_commit_callbacks, 1, user_text="order", e2e_ms=900, tts_ttfb_ms=90, tool_ms=350)
     _record(
@@ -95,7 +86,7 @@ def test_it_exposes_stage_histograms_with_the_right_counts_after_a_call(client, 
 
 def test_a_breach_is_counted_once_per_turn_and_stage(client, django_capture_on_commit_callbacks):
     agent = _fresh_agent(budget_e2e_ms=500, budget_tts_ttfb_ms=100)
-    session = _session(agent)
+    session = make_voice_session(agent, state="active")
     _record(session, django_capture_on_commit_callbacks, 0, e2e_ms=800, tts_ttfb_ms=150, stt_ms=100)
     # The writer retrying the same turn must not count it again.
     _record(session, django_capture_on_commit_callbacks, 0, e2e_ms=800, tts_ttfb_ms=150, stt_ms=100)
@@ -114,7 +105,7 @@ def test_a_breach_is_counted_once_per_turn_and_stage(client, django_capture_on_c
 
 def test_a_rolled_back_turn_never_reaches_prometheus(client, django_capture_on_commit_callbacks):
     agent = _fresh_agent()
-    session = _session(agent)
+    session = make_voice_session(agent, state="active")
     with pytest.raises(RuntimeError), django_capture_on_commit_callbacks(execute=True), transaction.atomic():
         turn_record(session_id=session.id, data={"index": 0, "e2e_ms": 100})
         raise RuntimeError("the surrounding write failed")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -11,18 +10,13 @@ from django.utils import timezone
 from sessions_app import maintenance
 from sessions_app.models import SessionEvent, VoiceSession
 from sessions_app.tasks import sessions_reap_stale
+from tests.factories import make_voice_session
 
 pytestmark = pytest.mark.django_db
 
 
 def _session(agent, *, state: str, age_s: float, heartbeat_age_s: float | None = None) -> VoiceSession:
-    session = VoiceSession.objects.create(
-        agent=agent,
-        prompt_version=agent.prompt_versions.get(status="published"),
-        caller_id="caller",
-        room_name=f"room-{uuid.uuid4().hex[:12]}",
-        state=state,
-    )
+    session = make_voice_session(agent, state=state)
     now = timezone.now()
     VoiceSession.objects.filter(pk=session.pk).update(
         created_at=now - timedelta(seconds=age_s),

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from sessions_app import reports
 from sessions_app.models import SessionEvent, Turn, VoiceSession
 from sessions_app.services import session_transition
 from sessions_app.tasks import session_post_call_report
+from tests.factories import make_voice_session as _session
 
 pytestmark = pytest.mark.django_db
-
-
-def _session(agent, **fields) -> VoiceSession:
-    return VoiceSession.objects.create(
-        agent=agent,
-        prompt_version=agent.prompt_versions.get(status="published"),
-        caller_id="caller",
-        room_name=f"room-{uuid.uuid4().hex[:12]}",
-        **fields,
-    )
 
 
 def _turn(session, index, **fields) -> Turn:
