@@ -35,11 +35,13 @@ def test_an_editor_publishes_a_change_and_rolls_it_back(site, chromium_path):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         try:
             page.goto(site.base_url + "/admin/login/")
+            demo = site.orm("from agents_app.models import Agent; result = Agent.objects.get(slug='demo').pk")
+            versions = site.base_url + "/admin/agents_app/promptversion/"
             page.fill("#id_username", "editor")
             page.fill("#id_password", "voice-demo")
             page.click("input[type=submit]")
 
-            page.goto(site.base_url + "/admin/agents_app/promptversion/")
+            page.goto(f"{versions}?agent__id__exact={demo}")  # the demo agent's versions only
             page.click("text=v1")
             assert "v1 is live" in page.inner_text("#vp-status")
             assert page.query_selector("#id_instructions") is None  # read-only: no input box
@@ -67,7 +69,7 @@ def test_an_editor_publishes_a_change_and_rolls_it_back(site, chromium_path):
             assert live["number"] == 2 and live["instructions"].endswith("Always thank the caller by name.")
             assert "\r" not in live["instructions"]  # the browser's CRLF is stored as LF
 
-            page.goto(site.base_url + "/admin/agents_app/promptversion/")
+            page.goto(f"{versions}?agent__id__exact={demo}")  # the demo agent's versions only
             page.click("text=v1")
             page.click("#vp-rollback")
             page.fill("#id_change_note", "Back to the original")
