@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from voiceplatform import errors
+
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 # Each domain error's HTTP status (the first class of its MRO found here).
 DOMAIN_STATUS: dict[type[errors.DomainError], int] = {
@@ -71,6 +74,18 @@ def install_error_handlers(api: NinjaAPI) -> None:
         retry_after = getattr(exc, "retry_after", None)
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         return respond(request, status, error_body(exc.code, exc.message, exc.details), headers)
+
+    @api.exception_handler(OperationalError)
+    @api.exception_handler(InterfaceError)
+    def on_database_down(request: HttpRequest, exc: Exception) -> HttpResponse:
+        # The database is unreachable or restarting (docs/api.md): a retryable 503, never a
+        # 500. Nothing was half-applied: every write service runs in one transaction.
+        return respond(
+            request,
+            503,
+            error_body("database_unavailable", "The database is unavailable; retry shortly."),
+            {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
 
     @api.exception_handler(ValidationError)
     def on_validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:

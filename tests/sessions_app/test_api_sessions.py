@@ -307,3 +307,22 @@ def test_a_warm_creation_is_one_sql_statement_on_postgresql(http, agent, owner_c
     assert [(e.seq, e.type) for e in events] == [(1, "session.created"), (2, "agent.dispatch_requested")]
     assert events[0].payload["prompt_version"] == session.prompt_version.number
     assert all(e.created_at is not None for e in events)
+
+
+@pytest.mark.parametrize("error", ["OperationalError", "InterfaceError"])
+def test_a_database_outage_answers_503_with_retry_after_never_500(http, agent, owner_client, monkeypatch, error):
+    """PostgreSQL restarting (connection refused, or a connection it closed): the client is
+    told to retry, with the API's error shape, and nothing is stored."""
+    import django.db
+
+    from sessions_app import services
+
+    def down(**kwargs):
+        raise getattr(django.db, error)("connection to server at 127.0.0.1 failed: Connection refused")
+
+    monkeypatch.setattr(services, "session_create", down)
+    response = _create(http, owner_client[1], {"agent": "support", "user_id": "c1"})
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert response.json()["code"] == "database_unavailable"
+    assert VoiceSession.objects.count() == 0
