@@ -44,8 +44,9 @@ def validate_fallbacks(value: Any, *, stage: str) -> list[dict[str, str]]:
         provider = entry.get("provider")
         if provider not in Provider.values:
             raise ValidationError(f"Fallback {n}: provider must be one of {', '.join(Provider.values)}.")
-        if stage_provider_error(stage, provider):
-            raise ValidationError(f"Fallback {n}: {stage_provider_error(stage, provider)}")
+        wrong_stage = stage_provider_error(stage, provider)
+        if wrong_stage:
+            raise ValidationError(f"Fallback {n}: {wrong_stage}")
         endpoint = str(entry.get("endpoint") or "")
         if endpoint and endpoint not in getattr(settings, "OPENAI_ENDPOINTS", {}):
             raise ValidationError(f"Fallback {n}: unknown endpoint {endpoint!r}. {endpoint_choice_message()}")

@@ -76,6 +76,22 @@ def test_it_rejects_an_unknown_fallback_provider(admin_client_):
     assert not Agent.objects.filter(slug="sales").exists()
 
 
+def test_the_local_model_is_offered_for_the_llm_only(admin_client_):
+    add = reverse("admin:agents_app_agent_add")
+    for overrides in (
+        {"stt_provider": "local"},
+        {"tts_provider": "local"},
+        {"tts_fallbacks": '[{"provider": "local"}]'},
+    ):
+        response = admin_client_.post(add, agent_form(**overrides))
+        assert response.status_code == 200, overrides
+        assert "the local model answers only the LLM stage" in response.content.decode(), overrides
+        assert not Agent.objects.filter(slug="sales").exists()
+    response = admin_client_.post(add, agent_form(llm_provider="local", llm_fallbacks='[{"provider": "offline"}]'))
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert Agent.objects.get(slug="sales").llm_provider == "local"
+
+
 def test_it_rejects_malformed_json_in_phrases(admin_client_):
     response = admin_client_.post(reverse("admin:agents_app_agent_add"), agent_form(stt_phrases="[place an order"))
     assert response.status_code == 200

@@ -2,9 +2,10 @@
 
 `openai`: livekit-plugins-openai, honouring OPENAI_BASE_URL, so any OpenAI-compatible
 server works (Ollama, vLLM, llama.cpp server). `local` (LLM only): the machine's own
-llama.cpp server (`manage.py runllm`, agents_app/runtime/providers/local_llm.py) through the same
-livekit-plugins-openai LLM. `offline`: PocketSphinx STT, Piper TTS and the OfflineStandInLLM. An agent set to `openai` never silently falls back to the
-stand-in: a missing key is an error the operator sees.
+llama.cpp server (`manage.py runllm`, agents_app/runtime/providers/local_llm.py) through
+the same livekit-plugins-openai LLM. `offline`: PocketSphinx STT, Piper TTS and the
+OfflineStandInLLM. An agent set to `openai` never silently falls back to the stand-in:
+a missing key is an error the operator sees.
 """
 
 from __future__ import annotations
