@@ -1,0 +1,214 @@
+"""What bench/turn_overhead.py and bench/voice_to_voice.py share: one scripted offline
+conversation over the local transport, run through a bare livekit-agents `AgentSession`
+(same providers and options, no platform code) or through the platform's entrypoint,
+with a caller that measures what it hears.
+
+The caller (`CallerEar`) pushes each utterance (synthesized by Piper before timing) and
+listens to the agent's audio as it is played. Per turn, on its own monotonic clock:
+
+- speech end: the moment the last voiced sample of its utterance reached the agent (the
+  local transport feeds caller audio at real time; the caller waits until its queue is
+  empty, then subtracts the utterance's trailing silence);
+- first heard: the first played agent frame whose RMS is above `HEARD_RMS` (int16);
+- heard gap = first heard − speech end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SENTENCES = (
+    "I would like to place an order for two pizzas.",
+    "What time do you open tomorrow?",
+    "Can you send it to my office?",
+    "Thank you very much.",
+    "Do you have any vegetarian options?",
+    "How long will the delivery take?",
+)
+HEARD_RMS = 300.0  # int16 RMS (about -40 dBFS): speech, not Piper's leading near-silence
+STAGES = ("eou", "stt", "llm_ttft", "tts_ttfb", "e2e")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
+    return ordered[rank]
+
+
+def setup_session(slug: str = "bench-turn-overhead", phrases: list[str] | None = None) -> tuple[str, Any]:
+    """A session of the benchmark agent `slug`; `phrases` switch its STT to a phrase grammar."""
+    from agents_app.models import Agent
+    from agents_app.services import prompt_draft_create, prompt_publish
+    from sessions_app.models import VoiceSession
+
+    agent, _ = Agent.objects.get_or_create(slug=slug, defaults={"name": "Benchmark agent"})
+    if (agent.stt_phrases or None) != phrases:
+        agent.stt_phrases = phrases or []
+        agent.save(update_fields=["stt_phrases"])
+    version = agent.prompt_versions.filter(status="published").first()
+    if version is None:
+        version = prompt_publish(
+            version=prompt_draft_create(
+                agent=agent,
+                instructions="You are the support agent of Acme. Be brief.",
+                greeting="Hello, this is Acme support.",
+            )
+        )
+    session = VoiceSession.objects.create(
+        caller_id="bench", room_name=f"bench-{uuid.uuid4()}", agent=agent, prompt_version=version
+    )
+    return str(session.id), agent
+
+
+def trailing_silence_s(samples: np.ndarray, rate: int, frame: int = 320) -> float:
+    """Seconds after the utterance's last voiced frame (RMS above HEARD_RMS)."""
+    pcm = np.asarray(samples, dtype=np.float64)
+    for end in range(len(pcm), 0, -frame):
+        chunk = pcm[max(0, end - frame) : end]
+        if np.sqrt(np.mean(chunk * chunk)) > HEARD_RMS:
+            return (len(pcm) - end) / rate
+    return 0.0
+
+
+@dataclass
+class CallerEar:
+    """The scripted caller: speaks its utterances, listens, and times the heard gaps."""
+
+    utterances: list[tuple[Any, int]]
+    gaps_ms: list[float] = field(default_factory=list)
+    _speech_end: float | None = None
+
+    async def converse(self, call: Any) -> None:
+        await call.wait_agent_speaking(True, timeout=60)
+        await call.wait_agent_speaking(False, timeout=60)
+        for audio, rate in self.utterances:
+            await asyncio.sleep(0.3)
+            call.push_caller_audio(audio, rate)
+            while call.caller_audio_pending_seconds > 0:
+                await asyncio.sleep(0.005)
+            self._speech_end = time.monotonic() - trailing_silence_s(audio, rate)
+            await call.wait_agent_speaking(True, timeout=60)
+            await call.wait_agent_speaking(False, timeout=60)
+        await asyncio.sleep(0.5)  # let the last assistant message commit
+
+    async def listen(self, call: Any) -> None:
+        async for frame in call.agent_frames():
+            if self._speech_end is None:
+                continue
+            pcm = np.frombuffer(frame.data, dtype=np.int16).astype(np.float64)
+            if pcm.size and np.sqrt(np.mean(pcm * pcm)) > HEARD_RMS:
+                self.gaps_ms.append((time.monotonic() - self._speech_end) * 1000.0)
+                self._speech_end = None
+
+
+@dataclass
+class RunResult:
+    heard_ms: list[float]
+    stages: list[dict[str, float | None]]  # per answered caller turn, STAGES in ms
+    hook_ms: list[float] = field(default_factory=list)
+
+    def e2e(self) -> list[float]:
+        return [t["e2e"] for t in self.stages if t.get("e2e") is not None]
+
+
+def _ms(value: Any) -> float | None:
+    return None if value is None else float(value) * 1000.0
+
+
+async def run_bare(agent: Any, greeting: str, instructions: str, utterances: list[tuple[Any, int]]) -> RunResult:
+    from livekit.agents import Agent, AgentSession
+    from livekit.agents.llm import ChatMessage
+    from livekit.agents.testing import fake_job_context
+    from livekit.agents.voice.transcription import TranscriptSynchronizer
+
+    from agents_app.runtime.providers.factory import build_providers, load_vad
+    from agents_app.runtime.worker.local import LocalCall
+    from agents_app.runtime.worker.platform_agent import session_options
+
+    call = LocalCall()
+    call._bind(asyncio.get_running_loop())
+    providers = build_providers(agent)
+    stages: list[dict[str, float | None]] = []
+    user: dict[str, float | None] = {}
+
+    def on_item(ev: Any) -> None:
+        item = ev.item
+        if not isinstance(item, ChatMessage):
+            return
+        if item.role == "user":
+            user.update(
+                eou=_ms(item.metrics.get("end_of_turn_delay")), stt=_ms(item.metrics.get("transcription_delay"))
+            )
+        elif item.role == "assistant" and item.metrics.get("e2e_latency") is not None:
+            stages.append(
+                {
+                    **{"eou": None, "stt": None, **user},
+                    "llm_ttft": _ms(item.metrics.get("llm_node_ttft")),
+                    "tts_ttfb": _ms(item.metrics.get("tts_node_ttfb")),
+                    "e2e": _ms(item.metrics.get("e2e_latency")),
+                }
+            )
+            user.clear()
+
+    ear = CallerEar(utterances)
+    with fake_job_context(job_id="bench-bare"):
+        session = AgentSession(
+            stt=providers.stt, llm=providers.llm, tts=providers.tts, vad=load_vad(), **session_options()
+        )
+        session.on("conversation_item_added", on_item)
+        sync = TranscriptSynchronizer(next_in_chain_audio=call.audio_output, next_in_chain_text=None)
+        session.input.audio = call.audio_input
+        session.output.audio = sync.audio_output
+        session.output.transcription = sync.text_output
+        call.audio_output.start()
+        listening = asyncio.create_task(ear.listen(call))
+        await session.start(agent=Agent(instructions=instructions))
+        session.say(greeting)
+        await ear.converse(call)
+        await session.aclose()
+        await sync.aclose()
+        await call.audio_output.aclose()
+        call.hangup()
+        await listening
+    return RunResult(heard_ms=ear.gaps_ms, stages=stages)
+
+
+async def run_platform(session_id: str, utterances: list[tuple[Any, int]]) -> RunResult:
+    from agents_app.runtime.worker.entrypoint import entrypoint
+    from agents_app.runtime.worker.local import LocalCall, run_local_job
+
+    call = LocalCall()
+    ear = CallerEar(utterances)
+    job = asyncio.create_task(run_local_job(session_id=session_id, call=call, entrypoint=entrypoint))
+    listening = asyncio.create_task(ear.listen(call))
+    await ear.converse(call)
+    runtime = call.job
+    call.hangup()
+    await asyncio.wait_for(job, 60)
+    await listening
+    written = [t for t in runtime.recorder.turns_written if t.get("user_text")]
+    stages = [{stage: t.get(f"{stage}_ms") for stage in STAGES} for t in written]
+    hooks = [t["hook_ms"] for t in runtime.recorder.turns_written]
+    return RunResult(heard_ms=ear.gaps_ms, stages=stages, hook_ms=hooks)
+
+
+async def prepare(turns: int) -> list[tuple[Any, int]]:
+    """Migrate, prewarm the offline models, and synthesize the caller's lines (untimed)."""
+    from asgiref.sync import sync_to_async
+    from django.core.management import call_command
+
+    from agents_app.runtime.providers import piper
+    from agents_app.runtime.worker.entrypoint import prewarm as setup
+    from agents_app.runtime.worker.local import prewarm
+
+    await sync_to_async(call_command)("migrate", verbosity=0)
+    await asyncio.to_thread(prewarm, setup)
+    return [piper.synthesize(SENTENCES[i % len(SENTENCES)]) for i in range(turns)]
