@@ -72,7 +72,8 @@ def load_vad() -> Any:
     if _VAD is None:
         from livekit.plugins import silero
 
-        _VAD = silero.VAD.load()
+        # The silence that ends the caller's speech (docs/latency.md).
+        _VAD = silero.VAD.load(min_silence_duration=settings.VAD_MIN_SILENCE_SECONDS)
     return _VAD
 
 

@@ -33,6 +33,10 @@ def session_options(*, allow_interruptions: bool = True) -> dict[str, Any]:
             # The model turn detector varies widely run to run; VAD is predictable.
             "turn_detection": "vad",
             "interruption": {"enabled": allow_interruptions, "mode": "vad"},
+            # What the caller waits after the VAD's end of speech before the turn is
+            # committed, and whether TTS starts on a preemptive reply (docs/latency.md).
+            "endpointing": {"min_delay": settings.ENDPOINTING_MIN_DELAY_SECONDS},
+            "preemptive_generation": {"preemptive_tts": settings.PREEMPTIVE_TTS},
         },
         # Otherwise barge-in is ignored for the first 3 s of agent speech.
         "aec_warmup_duration": None,
