@@ -232,7 +232,7 @@ async def run_local_job(*, session_id: str, call: LocalCall, entrypoint: Callabl
     """
     from livekit.agents.testing import fake_job_context
 
-    call._bind(asyncio.getrunning_loop())
+    call._bind(asyncio.get_running_loop())
     token = _CURRENT_CALL.set(call)
     try:
         with fake_job_context(

@@ -27,7 +27,7 @@ _SAMPLES_PER_FRAME = INPUT_SAMPLE_RATE * FRAME_MS // 1000
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        return asyncio.getrunning_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
         return None
 
