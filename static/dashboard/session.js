@@ -6,9 +6,10 @@
   const config = Live.readJson("dashboard-config");
   const detail = Live.readJson("session-detail");
   const LIVE = new Set(["created", "active", "reconnecting"]);
-  // Pipeline stages laid end to end; TTFA and e2e are totals measured from the caller's
-  // end of speech, so they start at zero.
-  const SEQUENTIAL = ["eou", "stt", "llm_ttft", "tool", "tts_ttfb"];
+  // Pipeline stages laid end to end; STT, TTFA and e2e are measured from the caller's end
+  // of speech, so they start at zero (STT runs inside the end-of-utterance delay: the turn
+  // ends once the final transcript is in, so livekit-agents' two figures overlap).
+  const SEQUENTIAL = ["eou", "llm_ttft", "tool", "tts_ttfb"];
   const TOTALS = ["ttfa", "e2e"];
   const LABELS = Object.fromEntries(detail.stages.map((s) => [s.key, s.label]));
   const SHORT = { eou: "End of utterance", stt: "STT", llm_ttft: "LLM first token", tool: "Tool calls",
@@ -98,6 +99,7 @@
     for (const key of SEQUENTIAL) {
       rows.push({ key, start: offset, value: st[key] });
       if (st[key] !== null && st[key] !== undefined) offset += st[key];
+      if (key === "eou") rows.push({ key: "stt", start: 0, value: st.stt });
     }
     for (const key of TOTALS) rows.push({ key, start: 0, value: st[key] });
     const heard = turn.heard_gap_ms, platform = platformGap(turn);
@@ -147,12 +149,12 @@
   function heardParts(turn) {
     const heard = turn.heard_gap_ms, platform = platformGap(turn), st = turn.stages_ms;
     if (!has(heard)) return el("p", { class: "heard-parts", dataset: { heard: "none" } }, turn.user_text ? "Caller-heard gap: not reported." : "");
-    const parts = ["eou", "stt", "llm_ttft", "tool", "tts_ttfb"].filter((k) => has(st[k]));
+    const parts = SEQUENTIAL.filter((k) => has(st[k]));
     const sum = parts.reduce((total, k) => total + st[k], 0);
     const signed = (v) => (v < 0 ? "−" : "") + ms(Math.abs(v));
     return el("p", { class: "heard-parts", dataset: { heard: String(heard), mismatch: turn.heard_mismatch ? "1" : "0" } },
       el("b", {}, `Caller heard ${ms(heard)}`), " = ",
-      parts.map((k) => `${SHORT[k]} ${ms(st[k])} + `).join(""),
+      parts.map((k) => `${SHORT[k]} ${ms(st[k])}${k === "eou" && has(st.stt) ? ` (STT final transcript at ${ms(st.stt)})` : ""} + `).join(""),
       has(platform) ? `other platform time ${signed(platform - sum)} + ` : "",
       el("span", { class: turn.heard_mismatch ? "bad" : "" },
         has(platform) ? `playout/transport ${signed(heard - platform)}` : "playout/transport (no platform e2e to compare)"),
