@@ -15,7 +15,7 @@ from uuid import UUID
 
 from django.http import HttpRequest
 from ninja import Field as NinjaField
-from ninja import Query, Router, Schema
+from ninja import Path, Query, Router, Schema
 
 from sessions_app import selectors, services, turns
 from sessions_app.auth import browser_auth, client_key_auth
@@ -44,6 +44,8 @@ router = Router()
 
 AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut, 422: ErrorOut}
 OBJECT_ERRORS: dict[int, Any] = {**AUTH_ERRORS, 404: ErrorOut}
+# A turn index in a path: within what Turn.index (a PostgreSQL integer) can hold.
+TurnIndex = Path(..., ge=0, le=2_147_483_647)
 StateFilter = Literal["created", "active", "reconnecting", "ended", "failed"]
 
 
@@ -195,7 +197,7 @@ def end_session(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
     tags=["sessions"],
     summary="Report what the caller heard of a turn (idempotent per turn)",
 )
-def report_heard(request: HttpRequest, session_id: UUID, index: int, payload: HeardIn) -> dict[str, Any]:
+def report_heard(request: HttpRequest, session_id: UUID, payload: HeardIn, index: int = TurnIndex) -> dict[str, Any]:
     return _heard(request, session_id, index, payload)
 
 
@@ -263,7 +265,9 @@ def browser_end_session(request: HttpRequest, session_id: UUID) -> dict[str, Any
     response={200: HeardOut, 409: ErrorOut, **OBJECT_ERRORS},
     tags=["browser"],
 )
-def browser_report_heard(request: HttpRequest, session_id: UUID, index: int, payload: HeardIn) -> dict[str, Any]:
+def browser_report_heard(
+    request: HttpRequest, session_id: UUID, payload: HeardIn, index: int = TurnIndex
+) -> dict[str, Any]:
     return _heard(request, session_id, index, payload)
 
 

@@ -12,14 +12,13 @@ import uuid
 
 import pytest
 from django.test import Client
-from prometheus_client.parser import text_string_to_metric_families
 
-from agents_app.models import Agent
-from agents_app.services import prompt_draft_create, prompt_publish
 from sessions_app.dashboard_selectors import session_missed
 from sessions_app.models import SessionEvent, Turn, VoiceSession
 from sessions_app.services import session_create
 from sessions_app.turns import turn_record
+from tests.factories import make_fresh_agent
+from tests.metrics_text import metric_samples, metric_value
 
 pytestmark = pytest.mark.django_db
 
@@ -135,6 +134,8 @@ def test_invalid_bodies_are_refused(http, owner_client, call, body) -> None:
 
 def test_an_unknown_turn_is_404_and_the_greeting_is_422(http, owner_client, call) -> None:
     _, key = owner_client
+    for index in (-1, 2**31, 10**12, "one"):
+        assert _put(http, key, call.pk, index, {"heard_gap_ms": 10.0}).status_code == 422, index
     unknown = _put(http, key, call.pk, 7, {"heard_gap_ms": 10.0})
     assert unknown.status_code == 404 and unknown.json()["code"] == "turn_not_found"
     greeting = _put(http, key, call.pk, 0, {"heard_gap_ms": 10.0})
@@ -167,22 +168,8 @@ def owner_user_pair(django_user_model):
 # --- the flag, the metrics, the live message ------------------------------------------------
 
 
-def _fresh_agent() -> Agent:
-    agent = Agent.objects.create(slug=f"h-{uuid.uuid4().hex[:10]}", name="Heard agent")
-    prompt_publish(
-        version=prompt_draft_create(agent=agent, instructions="Be brief.", greeting="", variables={}, change_note="")
-    )
-    return agent
-
-
-def _samples(client: Client, name: str, agent: str) -> list:
-    text = client.get("/metrics").content.decode()
-    return [
-        s
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and s.labels.get("agent") == agent
-    ]
+def _metric(client: Client, name: str, agent: str) -> float:
+    return metric_value(metric_samples(client.get("/metrics").content.decode()), name, agent=agent)
 
 
 def test_beyond_the_tolerance_is_flagged_and_counted(
@@ -190,7 +177,7 @@ def test_beyond_the_tolerance_is_flagged_and_counted(
 ) -> None:
     settings.HEARD_GAP_TOLERANCE_MS = 300
     client, key = owner_client
-    agent = _fresh_agent()
+    agent = make_fresh_agent()
     session, _ = session_create(agent_slug=agent.slug, caller_id="m", api_client=client)
     with django_capture_on_commit_callbacks(execute=True):
         for index, e2e in ((1, 1000.0), (2, 1000.0), (3, 1000.0), (4, None)):
@@ -208,12 +195,9 @@ def test_beyond_the_tolerance_is_flagged_and_counted(
         False,
     ]
     assert early["difference_ms"] == -350.0 and unmeasured["difference_ms"] is None
-    mismatches = _samples(http, "voice_heard_gap_mismatch_total", agent.slug)
-    assert sum(s.value for s in mismatches) == 2
-    count = _samples(http, "voice_heard_gap_seconds_count", agent.slug)
-    assert sum(s.value for s in count) == 4
-    total = _samples(http, "voice_heard_gap_seconds_sum", agent.slug)
-    assert sum(s.value for s in total) == pytest.approx((1300 + 1300.5 + 650 + 900) / 1000)
+    assert _metric(http, "voice_heard_gap_mismatch_total", agent.slug) == 2
+    assert _metric(http, "voice_heard_gap_seconds_count", agent.slug) == 4
+    assert _metric(http, "voice_heard_gap_seconds_sum", agent.slug) == pytest.approx((1300 + 1300.5 + 650 + 900) / 1000)
 
 
 def test_a_report_is_announced_live_and_replayed_on_resync(
