@@ -1,7 +1,8 @@
 """The client API: voice sessions, tokens, reconnect, interrupt, end, LiveKit webhooks.
 
 Three audiences, three auth schemes:
-- apps: `Authorization: Bearer <key>` (client scope), under /sessions;
+- apps: `Authorization: Bearer <key>` (client scope), under /sessions (a caller reports what
+  it heard of each turn with the same key: PUT /sessions/{id}/turns/{index}/heard);
 - the browser call page: the Django login + CSRF, under /browser (no key in a browser);
 - LiveKit: a signed webhook, under /livekit/webhook.
 Operations stay thin: authorize, call a service or selector, return a schema.
@@ -14,9 +15,9 @@ from uuid import UUID
 
 from django.http import HttpRequest
 from ninja import Field as NinjaField
-from ninja import Query, Router, Schema
+from ninja import Path, Query, Router, Schema
 
-from sessions_app import selectors, services
+from sessions_app import selectors, services, turns
 from sessions_app.auth import browser_auth, client_key_auth
 from sessions_app.models import ApiClient, VoiceSession
 from sessions_app.ratelimit import action_rate_enforce
@@ -24,6 +25,8 @@ from sessions_app.schemas import (
     AgentOut,
     BrowserSessionCreateIn,
     ErrorOut,
+    HeardIn,
+    HeardOut,
     InterruptOut,
     ReconnectOut,
     SessionCreateIn,
@@ -41,6 +44,8 @@ router = Router()
 
 AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut, 422: ErrorOut}
 OBJECT_ERRORS: dict[int, Any] = {**AUTH_ERRORS, 404: ErrorOut}
+# A turn index in a path: within what Turn.index (a PostgreSQL integer) can hold.
+TurnIndex = Path(..., ge=0, le=2_147_483_647)
 StateFilter = Literal["created", "active", "reconnecting", "ended", "failed"]
 
 
@@ -111,6 +116,14 @@ def _end(request: HttpRequest, session_id: UUID) -> VoiceSession:
     return services.session_end(session_id=_owned(request, session_id).pk, reason="client_request")
 
 
+def _heard(request: HttpRequest, session_id: UUID, index: int, payload: HeardIn) -> dict[str, Any]:
+    session = _owned(request, session_id)
+    turn = turns.turn_heard_record(
+        session_id=session.pk, index=index, heard_gap_ms=payload.heard_gap_ms, barge_in_ms=payload.barge_in_ms
+    )
+    return selectors.turn_heard(turn)
+
+
 # --- apps (API key) ------------------------------------------------------------------------
 
 
@@ -177,6 +190,17 @@ def end_session(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
     return _end(request, session_id)
 
 
+@router.put(
+    "/sessions/{session_id}/turns/{index}/heard",
+    auth=client_key_auth,
+    response={200: HeardOut, 409: ErrorOut, **OBJECT_ERRORS},
+    tags=["sessions"],
+    summary="Report what the caller heard of a turn (idempotent per turn)",
+)
+def report_heard(request: HttpRequest, session_id: UUID, payload: HeardIn, index: int = TurnIndex) -> dict[str, Any]:
+    return _heard(request, session_id, index, payload)
+
+
 # --- the browser call page (Django login + CSRF) ---------------------------------------------
 
 
@@ -233,6 +257,18 @@ def browser_interrupt_session(request: HttpRequest, session_id: UUID) -> tuple[i
 )
 def browser_end_session(request: HttpRequest, session_id: UUID) -> dict[str, Any]:
     return _end(request, session_id)
+
+
+@router.put(
+    "/browser/sessions/{session_id}/turns/{index}/heard",
+    auth=browser_auth,
+    response={200: HeardOut, 409: ErrorOut, **OBJECT_ERRORS},
+    tags=["browser"],
+)
+def browser_report_heard(
+    request: HttpRequest, session_id: UUID, payload: HeardIn, index: int = TurnIndex
+) -> dict[str, Any]:
+    return _heard(request, session_id, index, payload)
 
 
 # --- LiveKit -----------------------------------------------------------------------------------

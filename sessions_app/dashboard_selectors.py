@@ -176,7 +176,10 @@ def session_missed(*, session_id: UUID | str, after_seq: int) -> dict[str, Any]:
     """What a socket missed after `after_seq`: the events (one page), the turns they
     completed, the row, and whether that page was the last one (`live.messages.resync`)."""
     events = session_events_after(session_id=session_id, after_seq=after_seq)
-    indexes = [e["payload"].get("index") for e in events if e["type"] == "turn.completed"]
+    # Turns completed, or whose heard gap the caller reported, in that page (once each).
+    indexes = list(
+        dict.fromkeys(e["payload"].get("index") for e in events if e["type"] in ("turn.completed", "turn.heard"))
+    )
     turns = Turn.objects.filter(session_id=session_id, index__in=[i for i in indexes if isinstance(i, int)])
     by_index = {turn.index: turn_as_dict(turn) for turn in turns}
     return {

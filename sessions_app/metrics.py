@@ -35,6 +35,18 @@ DASHBOARD_EVENTS_DROPPED = Counter(
 )
 PROVIDER_FAILURES = Counter("voice_provider_failures_total", "AI provider errors and failovers.", ["stage", "provider"])
 RECORDER_QUEUE_DEPTH = Gauge("voice_recorder_queue_depth", "Records waiting for the agent's DB writer.")
+# The caller's own measure of a turn (PUT …/turns/{index}/heard), so fed by the web process.
+HEARD_GAP_SECONDS = Histogram(
+    "voice_heard_gap_seconds",
+    "Caller-heard gap: the caller's last speech sample → the first agent audio it heard.",
+    ["agent"],
+    buckets=LATENCY_BUCKETS,
+)
+HEARD_GAP_MISMATCHES = Counter(
+    "voice_heard_gap_mismatch_total",
+    "Turns whose caller-heard gap differs from the platform's e2e by more than HEARD_GAP_TOLERANCE_MS.",
+    ["agent"],
+)
 # Counted when an agent job starts serving a session, so rules can divide interrupts and
 # reconnects by sessions ("interrupt rate per session", "reconnect frequency").
 SESSIONS_SERVED = Counter("voice_sessions_served_total", "Voice sessions an agent job started serving.", ["agent"])

@@ -168,6 +168,18 @@ class Turn(models.Model):
     ttfa_ms = _stage_field()
     e2e_ms = _stage_field()
     breaches = models.JSONField(default=list, blank=True, help_text="Stages over the agent's budget.")
+    # Reported by the caller after the fact (PUT …/turns/{index}/heard, docs/latency.md).
+    heard_gap_ms = models.FloatField(
+        null=True, blank=True, help_text="Caller-heard gap: its last speech sample sent → first agent audio heard."
+    )
+    heard_barge_in_ms = models.FloatField(
+        null=True, blank=True, help_text="Caller barged in: its first speech sample → the agent's audio stopped."
+    )
+    heard_difference_ms = models.FloatField(
+        null=True, blank=True, help_text="Heard gap minus the platform's e2e (ttfa when e2e is missing)."
+    )
+    heard_mismatch = models.BooleanField(default=False, help_text="The difference is beyond HEARD_GAP_TOLERANCE_MS.")
+    heard_reported_at = models.DateTimeField(null=True, blank=True)
     tool_calls = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -183,6 +195,11 @@ class Turn(models.Model):
 
     def stage_ms(self) -> dict[str, float | None]:
         return {stage: getattr(self, f"{stage}_ms") for stage in STAGE_KEYS}
+
+    def platform_gap_ms(self) -> float | None:
+        """The platform's own figure for the gap the caller hears: e2e (end of user speech
+        as the VAD placed it → first agent audio played), else ttfa (first audio handed out)."""
+        return self.e2e_ms if self.e2e_ms is not None else self.ttfa_ms
 
 
 class SessionEvent(models.Model):

@@ -76,10 +76,52 @@ class TurnOut(Schema):
     interrupt_source: str
     stages_ms: dict[str, float | None]
     breaches: list[str]
+    heard_gap_ms: float | None = Field(None, description="Reported by the caller (PUT …/turns/{index}/heard).")
+    heard_barge_in_ms: float | None = None
+    heard_difference_ms: float | None = Field(None, description="heard_gap_ms minus the platform's e2e (else ttfa).")
+    heard_mismatch: bool = Field(False, description="The difference is beyond HEARD_GAP_TOLERANCE_MS.")
     tool_calls: list[dict[str, Any]]
     error: str
     started_at: dt.datetime | None = None
     created_at: dt.datetime | None = None
+
+
+class HeardIn(Schema):
+    """What the caller measured of one of its turns, on its own monotonic clock."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heard_gap_ms: float = Field(
+        ...,
+        ge=0,
+        le=600_000,
+        allow_inf_nan=False,
+        description="The last sample of the caller's speech it sent → the first agent audio above its energy"
+        " threshold it received.",
+        examples=[1180.0],
+    )
+    barge_in_ms: float | None = Field(
+        None,
+        ge=0,
+        le=600_000,
+        allow_inf_nan=False,
+        description="When this utterance talked over the agent: its first speech sample → the agent's audio stopped.",
+    )
+
+
+class HeardOut(Schema):
+    session_id: UUID
+    index: int
+    heard_gap_ms: float
+    barge_in_ms: float | None
+    platform_gap_ms: float | None = Field(
+        ..., description="The platform's e2e for the turn (ttfa when e2e is missing)."
+    )
+    difference_ms: float | None = Field(
+        ..., description="heard_gap_ms − platform_gap_ms: playout, transport, and what the platform does not see."
+    )
+    tolerance_ms: float
+    mismatch: bool
 
 
 class SessionSummaryOut(Schema):

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.db.models import QuerySet
 
 from agents_app.models import STAGE_KEYS, Agent, PromptStatus
@@ -70,6 +71,20 @@ def session_detail(session: VoiceSession) -> dict[str, Any]:
         "metadata": session.metadata or {},
         "stage_avg_ms": _stage_averages(turns),
         "turns": turns,
+    }
+
+
+def turn_heard(turn: Turn) -> dict[str, Any]:
+    """A turn's heard gap next to the platform's own figure (`HeardOut`)."""
+    return {
+        "session_id": turn.session_id,
+        "index": turn.index,
+        "heard_gap_ms": turn.heard_gap_ms,
+        "barge_in_ms": turn.heard_barge_in_ms,
+        "platform_gap_ms": turn.platform_gap_ms(),
+        "difference_ms": turn.heard_difference_ms,
+        "tolerance_ms": float(settings.HEARD_GAP_TOLERANCE_MS),
+        "mismatch": turn.heard_mismatch,
     }
 
 

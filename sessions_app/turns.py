@@ -12,13 +12,16 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 
 from agents_app.models import STAGE_KEYS
 from sessions_app import broadcast
 from sessions_app.live import messages as live
 from sessions_app.models import Turn, VoiceSession
+from voiceplatform.errors import Conflict, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -150,3 +153,85 @@ def _observe(
             metrics.BUDGET_BREACHES.labels(stage=stage, agent=agent).inc()
     except Exception:  # metrics never break recording
         logger.warning("could not observe turn metrics", exc_info=True)
+
+
+# --- what the caller heard (issue 19, docs/latency.md) --------------------------------------
+
+
+def _heard_value(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+@transaction.atomic
+def turn_heard_record(
+    *, session_id: UUID | str, index: int, heard_gap_ms: float, barge_in_ms: float | None = None
+) -> Turn:
+    """Store the caller's measurement of one of its turns, once.
+
+    Idempotent per turn: the same values again return the stored turn (nothing counted or
+    announced twice); different values raise `Conflict` (`heard_conflict`): a measurement
+    is a fact about a moment, not something to revise. Only turns that answer a caller
+    utterance (non-empty `user_text`) have a heard gap (`InvalidInput` for the greeting).
+    The difference from the platform's figure is flagged beyond HEARD_GAP_TOLERANCE_MS.
+    """
+    from sessions_app.services import session_event_append
+
+    gap, barge_in = _heard_value(heard_gap_ms), _heard_value(barge_in_ms)
+    # The session row first, as turn_record locks it: one lock order, reports serialized.
+    session = VoiceSession.objects.select_for_update().select_related("agent").filter(pk=session_id).first()
+    turn = Turn.objects.filter(session=session, index=index).first() if session is not None else None
+    if turn is None:
+        raise NotFound("turn_not_found", "This session has no turn with that index.", {"index": index})
+    if not turn.user_text:
+        raise InvalidInput(
+            "not_a_caller_turn", "This turn answers no caller utterance (the greeting).", {"index": index}
+        )
+    if turn.heard_gap_ms is not None:
+        if (turn.heard_gap_ms, turn.heard_barge_in_ms) == (gap, barge_in):
+            return turn
+        raise Conflict(
+            "heard_conflict",
+            "This turn's heard gap was already reported with other values.",
+            {"index": index, "heard_gap_ms": turn.heard_gap_ms, "barge_in_ms": turn.heard_barge_in_ms},
+        )
+    platform = turn.platform_gap_ms()
+    difference = None if platform is None else round(gap - platform, 3)
+    tolerance = float(settings.HEARD_GAP_TOLERANCE_MS)
+    turn.heard_gap_ms, turn.heard_barge_in_ms = gap, barge_in
+    turn.heard_difference_ms = difference
+    turn.heard_mismatch = difference is not None and abs(difference) > tolerance
+    turn.heard_reported_at = timezone.now()
+    turn.save(
+        update_fields=[
+            "heard_gap_ms", "heard_barge_in_ms", "heard_difference_ms", "heard_mismatch", "heard_reported_at"
+        ]
+    )  # fmt: skip
+    event = session_event_append(
+        session_id=turn.session_id,
+        type="turn.heard",
+        payload={
+            "index": index,
+            "heard_gap_ms": gap,
+            "barge_in_ms": barge_in,
+            "difference_ms": difference,
+            "mismatch": turn.heard_mismatch,
+        },
+        announce=False,
+    )
+    messages = [live.event_added(event), live.turn_heard(turn, seq=event.seq)]
+    groups = broadcast.session_groups(turn.session_id)
+    transaction.on_commit(lambda: broadcast.publish_many(groups, messages))
+    agent, mismatch = session.agent.slug, turn.heard_mismatch
+    transaction.on_commit(lambda: _observe_heard(agent=agent, gap_ms=gap, mismatch=mismatch))
+    return turn
+
+
+def _observe_heard(*, agent: str, gap_ms: float, mismatch: bool) -> None:
+    try:
+        from sessions_app import metrics
+
+        metrics.HEARD_GAP_SECONDS.labels(agent=agent).observe(gap_ms / 1000.0)
+        if mismatch:
+            metrics.HEARD_GAP_MISMATCHES.labels(agent=agent).inc()
+    except Exception:  # metrics never break recording
+        logger.warning("could not observe heard-gap metrics", exc_info=True)

@@ -286,6 +286,9 @@ CACHES = {
 AGENT_HEARTBEAT_SECONDS = env_float("AGENT_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
 STALE_SESSION_SECONDS = env_int("STALE_SESSION_SECONDS", 60, minimum=5)
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
+# A turn's caller-heard gap (reported by the caller) further than this from the platform's
+# own end-to-end figure is flagged as a mismatch (docs/latency.md), milliseconds.
+HEARD_GAP_TOLERANCE_MS = env_float("HEARD_GAP_TOLERANCE_MS", 300.0, minimum=0.0)
 AGENT_METRICS_PORT = env_int("AGENT_METRICS_PORT", 9464, minimum=0, maximum=65535)
 # Loopback by default; set 0.0.0.0 when Prometheus scrapes from another host.
 AGENT_METRICS_HOST = env_str("AGENT_METRICS_HOST", "127.0.0.1")

@@ -150,6 +150,9 @@ class WatchConsumer(AsyncJsonWebsocketConsumer):
     async def turn_completed(self, message: dict[str, Any]) -> None:
         await self.send_json(messages.public(message))
 
+    async def turn_heard(self, message: dict[str, Any]) -> None:
+        await self.send_json(messages.public(message))
+
 
 class DashboardConsumer(WatchConsumer):
     """All sessions: rows (`session.updated`) and compact `turn.completed` messages.
@@ -214,6 +217,9 @@ class DashboardConsumer(WatchConsumer):
     async def turn_completed(self, message: dict[str, Any]) -> None:
         assert self.page is not None
         await self.page.forward(message, messages.compact_turn_completed)
+
+    async def turn_heard(self, message: dict[str, Any]) -> None:
+        """The table shows no heard gaps (the session page does); its event's seq counts."""
 
 
 class SessionConsumer(WatchConsumer):

@@ -7,7 +7,7 @@ message type has a JSON Schema in `sessions_app/live/schemas.py`; docs/CONTRACTS
 docs/dashboard.md describe them.
 
 Channel layer, to `dashboard` and `session.<id>`: `session.updated`, `event.added`,
-`turn.completed` (each with `session_id` and the per-session `seq`), several of them as
+`turn.completed`, `turn.heard` (each with `session_id` and the per-session `seq`), several of them as
 one `live.batch`. To `agent.<id>`: `agent.interrupt`, `agent.end`, `agent.crash`.
 Websocket frames: `snapshot`, `resync`, `error`, `pong`, the live messages, and `batch`.
 """
@@ -71,6 +71,11 @@ def turn_as_dict(turn: Turn) -> dict[str, Any]:
         "interrupt_source": turn.interrupt_source,
         "stages_ms": turn.stage_ms(),
         "breaches": list(turn.breaches),
+        # The caller's report (docs/latency.md): null until it arrives.
+        "heard_gap_ms": turn.heard_gap_ms,
+        "heard_barge_in_ms": turn.heard_barge_in_ms,
+        "heard_difference_ms": turn.heard_difference_ms,
+        "heard_mismatch": turn.heard_mismatch,
         "tool_calls": list(turn.tool_calls),
         "error": turn.error,
         "started_at": _iso(turn.started_at),
@@ -97,6 +102,11 @@ def event_added(event: SessionEvent) -> dict[str, Any]:
 def turn_completed(turn: Turn, *, seq: int) -> dict[str, Any]:
     """A turn was recorded (`seq`: its `turn.completed` event's)."""
     return {"type": "turn.completed", "session_id": str(turn.session_id), "seq": seq, "turn": turn_as_dict(turn)}
+
+
+def turn_heard(turn: Turn, *, seq: int) -> dict[str, Any]:
+    """The caller reported what it heard of a turn (`seq`: its `turn.heard` event's)."""
+    return {"type": "turn.heard", "session_id": str(turn.session_id), "seq": seq, "turn": turn_as_dict(turn)}
 
 
 def live_batch(messages: list[dict[str, Any]]) -> dict[str, Any]:

@@ -79,6 +79,10 @@ TURN = _obj(
         "interrupt_source": {"enum": ["", "vad", "client"]},
         "stages_ms": {"type": "object", "additionalProperties": _MS},
         "breaches": {"type": "array", "items": _STR},
+        "heard_gap_ms": _MS,
+        "heard_barge_in_ms": _MS,
+        "heard_difference_ms": {"type": ["number", "null"]},
+        "heard_mismatch": _BOOL,
         "tool_calls": {"type": "array", "items": _JSON_OBJECT},
         "error": _STR,
         "started_at": _TIME,
@@ -95,12 +99,14 @@ SESSION_UPDATED = _obj(
 )
 EVENT_ADDED = _obj({"type": _type("event.added"), "session_id": _UUID, "seq": _SEQ, "event": EVENT})
 TURN_COMPLETED = _obj({"type": _type("turn.completed"), "session_id": _UUID, "seq": _SEQ, "turn": TURN})
-_LIVE = {"oneOf": [SESSION_UPDATED, EVENT_ADDED, TURN_COMPLETED]}
+TURN_HEARD = _obj({"type": _type("turn.heard"), "session_id": _UUID, "seq": _SEQ, "turn": TURN})
+_LIVE = {"oneOf": [SESSION_UPDATED, EVENT_ADDED, TURN_COMPLETED, TURN_HEARD]}
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "session.updated": SESSION_UPDATED,
     "event.added": EVENT_ADDED,
     "turn.completed": TURN_COMPLETED,
+    "turn.heard": TURN_HEARD,
     # Channel layer only: messages published together, in order.
     "live.batch": _obj({"type": _type("live.batch"), "messages": {"type": "array", "minItems": 2, "items": _LIVE}}),
     # Channel layer, `agent.<id>`: control of the agent job serving a session.

@@ -6,13 +6,19 @@
   const config = Live.readJson("dashboard-config");
   const detail = Live.readJson("session-detail");
   const LIVE = new Set(["created", "active", "reconnecting"]);
-  // Pipeline stages laid end to end; TTFA and e2e are totals measured from the caller's
-  // end of speech, so they start at zero.
-  const SEQUENTIAL = ["eou", "stt", "llm_ttft", "tool", "tts_ttfb"];
+  // Pipeline stages laid end to end; STT, TTFA and e2e are measured from the caller's end
+  // of speech, so they start at zero (STT runs inside the end-of-utterance delay: the turn
+  // ends once the final transcript is in, so livekit-agents' two figures overlap).
+  const SEQUENTIAL = ["eou", "llm_ttft", "tool", "tts_ttfb"];
   const TOTALS = ["ttfa", "e2e"];
   const LABELS = Object.fromEntries(detail.stages.map((s) => [s.key, s.label]));
   const SHORT = { eou: "End of utterance", stt: "STT", llm_ttft: "LLM first token", tool: "Tool calls",
-                  tts_ttfb: "TTS first byte", ttfa: "First audio (TTFA)", e2e: "End to end" };
+                  tts_ttfb: "TTS first byte", ttfa: "First audio (TTFA)", e2e: "End to end",
+                  heard: "Caller heard", playout: "Playout/transport" };
+  const has = (v) => v !== null && v !== undefined;
+  // The caller's own gap (reported after the fact) against the platform's e2e (else ttfa):
+  // the difference is playout, transport and what the platform does not see.
+  function platformGap(t) { return has(t.stages_ms.e2e) ? t.stages_ms.e2e : t.stages_ms.ttfa; }
 
   const state = {
     session: detail.session,
@@ -93,8 +99,17 @@
     for (const key of SEQUENTIAL) {
       rows.push({ key, start: offset, value: st[key] });
       if (st[key] !== null && st[key] !== undefined) offset += st[key];
+      if (key === "eou") rows.push({ key: "stt", start: 0, value: st.stt });
     }
     for (const key of TOTALS) rows.push({ key, start: 0, value: st[key] });
+    const heard = turn.heard_gap_ms, platform = platformGap(turn);
+    if (turn.user_text !== "" || has(heard)) {
+      rows.push({ key: "heard", start: 0, value: heard, bad: turn.heard_mismatch, missing: "not reported by the caller" });
+      if (has(heard) && has(platform)) {
+        rows.push({ key: "playout", start: Math.min(platform, heard), value: Math.abs(heard - platform), bad: turn.heard_mismatch,
+                    text: (heard >= platform ? "+" : "−") + ms(Math.abs(heard - platform)) });
+      }
+    }
     const ends = rows.map((r) => r.start + (r.value || 0)).concat(rows.map((r) => r.start + (budgets[r.key] || 0)).filter((v, i) => rows[i].value !== null && rows[i].value !== undefined));
     const { ticks: axisTicks, top: max } = Live.niceTicks(Math.max(...ends, budgets.e2e) * 1.04, 6);
     const W = 720, rowH = 24, top = 6, labelW = 130, right = 84;
@@ -106,7 +121,7 @@
     const bars = rows.map((r, i) => {
       const y0 = top + i * rowH;
       const has = r.value !== null && r.value !== undefined;
-      const bad = breaches.has(r.key);
+      const bad = breaches.has(r.key) || Boolean(r.bad);
       const budget = budgets[r.key];
       return svg("g", { "data-stage": r.key, "data-breached": bad ? "1" : "0" },
         svg("text", { x: 0, y: y0 + 15, class: "chart-text strong" }, SHORT[r.key] || LABELS[r.key]),
@@ -116,16 +131,35 @@
         has && budget ? svg("line", { x1: x(r.start + budget), x2: x(r.start + budget), y1: y0 + 1, y2: y0 + 22, class: bad ? "budget bad" : "budget" },
           svg("title", {}, `budget ${ms(budget)}`)) : null,
         svg("text", { x: has ? x(Math.max(r.start + r.value, r.start + (budget || 0))) + 6 : x(0) + 4, y: y0 + 15,
-          class: bad ? "chart-text bad" : "chart-text" }, has ? ms(r.value) + (bad ? " over" : "") : "not measured"));
+          class: bad ? "chart-text bad" : "chart-text" }, has ? (r.text || ms(r.value)) + (bad ? (r.bad ? " mismatch" : " over") : "") : (r.missing || "not measured")));
     });
     const title = el("div", { class: "waterfall-title" },
       `Turn ${turn.index}`, turn.interrupted ? ` · interrupted (${turn.interrupt_source})` : "",
-      breaches.size ? ` · over budget: ${[...breaches].map((k) => SHORT[k] || k).join(", ")}` : " · within budget");
+      breaches.size ? ` · over budget: ${[...breaches].map((k) => SHORT[k] || k).join(", ")}` : " · within budget",
+      turn.heard_mismatch ? " · caller-heard gap mismatch" : "");
     const legend = el("div", { class: "legend" },
       el("span", {}, el("i", { style: "background: var(--bad)" }), "over budget"),
       el("span", {}, el("i", { style: "border-top: 2px dashed var(--muted); height: 0; width: 12px" }), "budget"));
-    box.replaceChildren(title, svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `Waterfall of turn ${turn.index}` }, axis, bars), legend);
+    box.replaceChildren(title, svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `Waterfall of turn ${turn.index}` }, axis, bars), legend, heardParts(turn));
     box.dataset.turn = turn.index;
+  }
+
+  // Where the caller-heard gap went: the platform's stages as measured, what of its e2e they
+  // leave (negative: the stages overlap), and the playout/transport rest beyond the e2e.
+  function heardParts(turn) {
+    const heard = turn.heard_gap_ms, platform = platformGap(turn), st = turn.stages_ms;
+    if (!has(heard)) return el("p", { class: "heard-parts", dataset: { heard: "none" } }, turn.user_text ? "Caller-heard gap: not reported." : "");
+    const parts = SEQUENTIAL.filter((k) => has(st[k]));
+    const sum = parts.reduce((total, k) => total + st[k], 0);
+    const signed = (v) => (v < 0 ? "−" : "") + ms(Math.abs(v));
+    return el("p", { class: "heard-parts", dataset: { heard: String(heard), mismatch: turn.heard_mismatch ? "1" : "0" } },
+      el("b", {}, `Caller heard ${ms(heard)}`), " = ",
+      parts.map((k) => `${SHORT[k]} ${ms(st[k])}${k === "eou" && has(st.stt) ? ` (STT final transcript at ${ms(st.stt)})` : ""} + `).join(""),
+      has(platform) ? `other platform time ${signed(platform - sum)} + ` : "",
+      el("span", { class: turn.heard_mismatch ? "bad" : "" },
+        has(platform) ? `playout/transport ${signed(heard - platform)}` : "playout/transport (no platform e2e to compare)"),
+      turn.heard_mismatch ? el("span", { class: "bad" }, " · beyond the tolerance") : "",
+      has(turn.heard_barge_in_ms) ? ` · barge-in: the agent went on ${ms(turn.heard_barge_in_ms)} over the caller` : "");
   }
 
   // --- transcript ---------------------------------------------------------------------
@@ -149,6 +183,8 @@
         el("div", { class: "agent" }, el("span", { class: "muted small" }, "Agent · "), agentText(t)),
         el("div", { class: "meta" },
           el("span", { class: "tag " + (breaches.includes("e2e") ? "bad" : "") }, "e2e " + ms(t.stages_ms.e2e)),
+          has(t.heard_gap_ms) ? el("span", { class: "tag " + (t.heard_mismatch ? "bad" : ""), dataset: { heard: t.heard_gap_ms } },
+            "heard " + ms(t.heard_gap_ms) + (t.heard_mismatch ? " · mismatch" : "")) : null,
           t.interrupted ? el("span", { class: "tag warn" }, "interrupted · " + t.interrupt_source) : null,
           breaches.filter((b) => b !== "e2e").map((b) => el("span", { class: "tag bad" }, (SHORT[b] || b) + " over")),
           (t.tool_calls || []).map((c) => el("span", { class: "tag " + (c.status === "ok" || c.status === "succeeded" ? "ok" : c.status ? "warn" : "") },
@@ -184,6 +220,7 @@
     if (t === "interrupt.requested") return { kind: "interrupt", what: "interrupt requested", detail: p.source };
     if (t === "agent.speech_interrupted") return { kind: "interrupt", what: `agent interrupted (turn ${p.turn})`, detail: `${p.source || ""}${p.heard_text ? " · heard: " + p.heard_text : ""}` };
     if (t === "tool.called") return { kind: "tool", what: `tool ${p.name}`, detail: `${p.status || "?"}${p.replayed ? " · replayed" : ""}${p.latency_ms != null ? " · " + ms(p.latency_ms) : ""}${p.error ? " · " + p.error : ""}` };
+    if (t === "turn.heard") return { kind: "turn", what: `turn ${p.index} heard`, detail: `${ms(p.heard_gap_ms)} by the caller${p.difference_ms != null ? " · " + (p.difference_ms >= 0 ? "+" : "−") + ms(Math.abs(p.difference_ms)) + " vs e2e" : ""}${p.mismatch ? " · mismatch" : ""}` };
     if (t === "turn.completed") return { kind: "turn", what: `turn ${p.index}`, detail: `e2e ${ms(p.e2e_ms)}${p.interrupted ? " · interrupted" : ""}${(p.breaches || []).length ? " · over: " + p.breaches.join(", ") : ""}` };
     if (t.includes("failover") || t.startsWith("provider.")) return { kind: "failover", what: t.replace(/[._]/g, " "), detail: [p.stage, p.from, p.to && "→ " + p.to, p.error].filter(Boolean).join(" ") };
     if (t.includes("error") || t.includes("failed")) return { kind: "error", what: t.replace(/[._]/g, " "), detail: p.error || p.source || "" };
@@ -266,7 +303,7 @@
       if (ev.seq > state.lastSeq + 1) { requestResync(); return; } // a hole: fetch it from the DB
       applyEvent(ev);
       renderTimeline();
-    } else if (msg.type === "turn.completed") {
+    } else if (msg.type === "turn.completed" || msg.type === "turn.heard") {
       upsertTurn(msg.turn);
       renderStrip(); renderWaterfall(); renderTranscript();
     } else if (msg.type === "session.updated") {

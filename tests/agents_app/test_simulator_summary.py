@@ -64,3 +64,40 @@ def test_a_call_that_never_created_a_session_is_a_failure_without_an_id() -> Non
     result = CallResult(scenario="basic", number=1, ok=False, error="HTTP 0 unreachable")
     summary = summarize([result])
     assert summary["failed"] == 1 and summary["session_ids"] == [] and "unreachable" in summary["errors"][0]
+
+
+def test_it_reports_the_caller_heard_gaps_their_differences_and_the_mismatches() -> None:
+    def heard(index: int, gap: float | None, *, difference: float | None = None, mismatch=False, barge_in=None):
+        return {
+            **_turn(index, e2e=800.0),
+            "heard_gap_ms": gap,
+            "heard_difference_ms": difference,
+            "heard_mismatch": mismatch,
+            "heard_barge_in_ms": barge_in,
+        }
+
+    one = CallResult(scenario="basic", number=1, session_id="s1", ok=True)
+    one.detail = {
+        "turns": [
+            heard(0, None),
+            *(heard(i, 1000.0 + i, difference=200.0 + i) for i in range(1, 99)),
+            heard(99, 2500.0, difference=1700.0, mismatch=True, barge_in=640.0),
+        ]
+    }
+    two = CallResult(scenario="reconnect", number=2, session_id="s2", ok=True, heard_unmatched=2)
+    two.detail = {"turns": [heard(0, None), heard(1, 3000.0, difference=2000.0, mismatch=True)]}
+    summary = summarize([one, two])
+    assert summary["heard_turns"] == 100
+    assert summary["heard_ms"] == {"p50": 1050.0, "p99": 2500.0}
+    assert summary["heard_difference_ms"] == {"p50": 250.0, "p99": 1700.0}
+    assert summary["heard_mismatches"] == 2
+    assert summary["heard_unmatched"] == 2
+    assert summary["barge_in_ms"] == {"p50": 640.0, "p99": 640.0}
+
+
+def test_without_reports_the_heard_figures_are_empty() -> None:
+    result = CallResult(scenario="basic", number=1, session_id="s1", ok=True)
+    result.detail = {"turns": [_turn(0), _turn(1, e2e=700.0)]}
+    summary = summarize([result])
+    assert summary["heard_ms"] == {"p50": None, "p99": None}
+    assert summary["heard_turns"] == summary["heard_mismatches"] == summary["heard_unmatched"] == 0

@@ -154,7 +154,8 @@ def test_the_session_page_draws_the_waterfall_transcript_and_timeline_live(page,
     _login(page, site, f"/dashboard/sessions/{session_id}/")
     waterfall = page.locator("#waterfall")
     page.wait_for_selector("#waterfall[data-turn='1']")
-    assert waterfall.locator("[data-stage]").count() == 7
+    assert waterfall.locator("[data-stage]").count() == 8  # 7 stages and the caller-heard gap
+    assert "not reported" in waterfall.locator("[data-stage='heard']").text_content()
     assert waterfall.locator("[data-breached='1']").count() == 0
 
     # A slow turn with a tool call, interrupted by the caller: arrives live.
@@ -182,6 +183,20 @@ def test_the_session_page_draws_the_waterfall_transcript_and_timeline_live(page,
     tool.wait_for()
     assert re.search(r"tool cancel_order.*replayed", tool.inner_text())
     assert page.locator("[data-fact='turns'] dd").inner_text() == "2"
+
+    # The caller reports what it heard (issue 19): 3.1 s against the 2.6 s e2e, beyond the
+    # 300 ms tolerance. The waterfall shows the heard gap, the playout/transport rest, the flag.
+    site.orm(
+        "from sessions_app.turns import turn_heard_record\n"
+        f"turn_heard_record(session_id={session_id!r}, index=2, heard_gap_ms=3100, barge_in_ms=450)"
+    )
+    page.wait_for_selector("#waterfall [data-stage='heard'][data-breached='1']")
+    assert "mismatch" in waterfall.locator("[data-stage='playout']").text_content()
+    parts = waterfall.locator(".heard-parts")
+    assert parts.get_attribute("data-mismatch") == "1"
+    assert "playout/transport 500 ms" in parts.inner_text() and "450 ms" in parts.inner_text()
+    assert "mismatch" in turn.locator("[data-heard]").inner_text()
+    assert page.locator("#timeline li[data-type='turn.heard']").count() == 1
 
     # Clicking an earlier turn shows its waterfall.
     page.locator("#transcript li[data-turn='1']").click()

@@ -32,6 +32,7 @@ STAGES = ("eou", "stt", "llm_ttft", "tool", "tts_ttfb", "e2e")
 SUMMARY_KEYS = {
     "calls", "completed", "failed", "turns", "interrupted_turns", "reconnects", "tool_calls",
     "tool_replays", "budget_breaches", "stage_ms", "session_ids", "errors",
+    "heard_ms", "heard_difference_ms", "heard_turns", "heard_mismatches", "heard_unmatched", "barge_in_ms",
 }  # fmt: skip
 
 
@@ -129,6 +130,16 @@ async def run_scenario(
         assert dashboard.turn_indexes(str(detail["session_id"])) >= stored, "the dashboard missed turns"
     e2e = summary["stage_ms"]["e2e"]
     assert e2e["p50"] is not None and e2e["p95"] >= e2e["p50"]
+    # Issue 19: the caller measured what it heard and reported it; the API returns it per turn.
+    heard_turns = [t for d in details for t in d["turns"] if t["heard_gap_ms"] is not None]
+    for detail in details:
+        assert any(t["heard_gap_ms"] is not None for t in detail["turns"] if t["user_text"]), (
+            f"session {detail['session_id']}: no caller turn has a heard gap\n{output[-4000:]}"
+        )
+        assert all(t["user_text"] for t in detail["turns"] if t["heard_gap_ms"] is not None)
+    assert summary["heard_turns"] == len(heard_turns)
+    assert summary["heard_mismatches"] == sum(1 for t in heard_turns if t["heard_mismatch"])
+    assert summary["heard_ms"]["p50"] is not None and summary["heard_ms"]["p99"] >= summary["heard_ms"]["p50"]
     return summary, details, dashboard
 
 
@@ -142,6 +153,10 @@ async def test_barge_in_calls_store_only_what_the_caller_heard(platform: Platfor
             assert turn["interrupt_source"] == "vad"
             heard, generated = turn["heard_text"], turn["generated_text"]
             assert generated.startswith(heard) and len(heard) < len(generated), (heard, generated)
+    # The barge-in line talked over the agent: the caller measured how long the agent went on.
+    barged = [t for d in details for t in d["turns"] if t["heard_barge_in_ms"] is not None]
+    assert barged and all(t["user_text"] for t in barged)
+    assert summary["barge_in_ms"]["p50"] is not None
 
 
 async def test_reconnect_calls_continue_the_same_session(platform: Platform) -> None:
@@ -229,6 +244,8 @@ def test_every_alert_has_its_inputs_in_the_running_exporters(platform: Platform)
     assert _sample_sum(agent, "voice_turns_total") > 0
     assert _sample_sum(agent, "voice_turn_stage_seconds_count") > 0
     assert _sample_sum(web, "voice_reconnects_total") > 0  # the reconnect scenario, through the API
+    # The callers' heard-gap reports arrive through the API: the web process counts them.
+    assert _sample_sum(web, "voice_heard_gap_seconds_count") > 0
 
 
 def _doctor(platform: Platform, **env: str) -> tuple[int, dict[str, Any]]:

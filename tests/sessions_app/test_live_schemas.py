@@ -15,7 +15,7 @@ from sessions_app.live import messages
 from sessions_app.live.schemas import SCHEMAS, LiveMessageError, check
 from sessions_app.models import SessionEvent, SessionState, Turn, VoiceSession
 from sessions_app.services import session_event_append, session_transition
-from sessions_app.turns import turn_record
+from sessions_app.turns import turn_heard_record, turn_record
 from tests.layers import module_imports
 
 
@@ -40,11 +40,14 @@ def _built(session: VoiceSession) -> dict[str, dict[str, Any]]:
     row = messages.session_row(session)
     seq = SessionEvent.objects.get(session=session, type="turn.completed").seq
     live = [messages.event_added(event), messages.turn_completed(turn, seq=seq), messages.session_updated(row)]
+    heard = turn_heard_record(session_id=session.id, index=1, heard_gap_ms=1234.5, barge_in_ms=310.0)
+    heard_seq = SessionEvent.objects.get(session=session, type="turn.heard").seq
     snapshot = dashboard_selectors.session_snapshot(session_id=session.id)
     missed = dashboard_selectors.session_missed(session_id=session.id, after_seq=0)
     built = [
         *live,
         messages.session_updated(row, repaired=True),
+        messages.turn_heard(heard, seq=heard_seq),
         messages.live_batch(live),
         messages.agent_interrupt(session.id, source="client", event_seq=event.seq),
         messages.agent_end(session.id, reason="client_request"),
@@ -126,6 +129,13 @@ def test_a_turn_and_an_event_inside_messages_are_checked(session) -> None:
     message["turn"]["interrupted"] = "no"
     with pytest.raises(LiveMessageError, match="turn.completed at turn/interrupted"):
         check(message)
+    heard = messages.turn_heard(Turn(session=session, index=1, heard_gap_ms=900.0, heard_difference_ms=-40.0), seq=2)
+    check(heard)
+    for key, value in (("heard_gap_ms", -1), ("heard_gap_ms", "900"), ("heard_mismatch", None)):
+        bad = copy.deepcopy(heard)
+        bad["turn"][key] = value
+        with pytest.raises(LiveMessageError, match=f"turn.heard at turn/{key}"):
+            check(bad)
     event = messages.event_added(SessionEvent(session=session, seq=1, type="x", payload={}))
     check(event)
     event["event"]["payload"] = []

@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from sessions_app import metrics
+from tests.metrics_text import metric_samples, metric_value
 from voiceplatform.metrics_server import start_agent_metrics_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,16 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _scrape(url: str) -> dict[str, list]:
     with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
-def _value(samples: dict[str, list], name: str, **labels: str) -> float:
-    return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+        return metric_samples(response.read().decode())
 
 
 @pytest.fixture
@@ -57,16 +48,16 @@ def test_it_serves_this_process_and_tracks_active_sessions(exporter, monkeypatch
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     server = exporter()
     agent = f"a-{uuid.uuid4().hex[:8]}"
-    before = _value(_scrape(server.url), "voice_active_sessions")
+    before = metric_value(_scrape(server.url), "voice_active_sessions")
 
     with metrics.track_active_session(agent=agent):
         during = _scrape(server.url)
     after = _scrape(server.url)
 
     assert not server.multiprocess
-    assert _value(during, "voice_active_sessions") == before + 1
-    assert _value(after, "voice_active_sessions") == before
-    assert _value(after, "voice_sessions_served_total", agent=agent) == 1
+    assert metric_value(during, "voice_active_sessions") == before + 1
+    assert metric_value(after, "voice_active_sessions") == before
+    assert metric_value(after, "voice_sessions_served_total", agent=agent) == 1
 
 
 def test_active_sessions_go_back_down_when_the_job_raises():
@@ -108,10 +99,10 @@ def test_multiprocess_mode_adds_up_job_processes_and_forgets_dead_ones(exporter,
     samples = _scrape(server.url)
 
     assert server.multiprocess
-    assert _value(samples, "voice_turn_stage_seconds_count", stage="e2e", agent=agent) == 2
-    assert _value(samples, "voice_budget_breaches_total", stage="e2e", agent=agent) == 2
-    assert _value(samples, "voice_sessions_served_total", agent=agent) == 2
-    assert _value(samples, "voice_active_sessions") == 0  # the crashed job's +1 was pruned
+    assert metric_value(samples, "voice_turn_stage_seconds_count", stage="e2e", agent=agent) == 2
+    assert metric_value(samples, "voice_budget_breaches_total", stage="e2e", agent=agent) == 2
+    assert metric_value(samples, "voice_sessions_served_total", agent=agent) == 2
+    assert metric_value(samples, "voice_active_sessions") == 0  # the crashed job's +1 was pruned
     assert not list(tmp_path.glob("gauge_livesum_*.db"))
 
 

@@ -2,44 +2,27 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from django.db import transaction
-from prometheus_client.parser import text_string_to_metric_families
 
 from agents_app.models import Agent
-from agents_app.services import prompt_draft_create, prompt_publish
 from sessions_app.metrics import LATENCY_BUCKETS
 from sessions_app.models import VoiceSession
 from sessions_app.turns import turn_record
-from tests.factories import make_voice_session
+from tests.factories import make_fresh_agent, make_voice_session
+from tests.metrics_text import metric_samples, metric_value
 
 pytestmark = pytest.mark.django_db
 
 
 def _fresh_agent(**budgets: int) -> Agent:
-    # A unique slug gives fresh label values, so counts start at zero in a shared registry.
-    agent = Agent.objects.create(slug=f"m-{uuid.uuid4().hex[:10]}", name="Metrics agent", **budgets)
-    prompt_publish(
-        version=prompt_draft_create(agent=agent, instructions="Be brief.", greeting="", variables={}, change_note="")
-    )
-    return agent
+    return make_fresh_agent(name="Metrics agent", **budgets)
 
 
 def _scrape(client) -> dict[str, list]:
     response = client.get("/metrics")
     assert response.status_code == 200
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(response.content.decode()):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
-
-
-def _value(samples: dict[str, list], name: str, **labels: str) -> float:
-    matching = [s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items())]
-    return sum(matching)
+    return metric_samples(response.content.decode())
 
 
 def _record(session: VoiceSession, captured, index: int, **data) -> None:
@@ -66,22 +49,22 @@ def test_it_exposes_stage_histograms_with_the_right_counts_after_a_call(client, 
     samples = _scrape(client)
 
     count = "voice_turn_stage_seconds_count"
-    assert _value(samples, count, stage="e2e", agent=agent.slug) == 3
-    assert _value(samples, count, stage="tts_ttfb", agent=agent.slug) == 2
-    assert _value(samples, count, stage="llm_ttft", agent=agent.slug) == 1
-    assert _value(samples, count, stage="tool", agent=agent.slug) == 1
-    assert _value(samples, count, stage="stt", agent=agent.slug) == 1
-    assert _value(samples, count, stage="eou", agent=agent.slug) == 0  # never measured, never observed
-    assert _value(samples, "voice_turn_stage_seconds_sum", stage="e2e", agent=agent.slug) == pytest.approx(5.02)
+    assert metric_value(samples, count, stage="e2e", agent=agent.slug) == 3
+    assert metric_value(samples, count, stage="tts_ttfb", agent=agent.slug) == 2
+    assert metric_value(samples, count, stage="llm_ttft", agent=agent.slug) == 1
+    assert metric_value(samples, count, stage="tool", agent=agent.slug) == 1
+    assert metric_value(samples, count, stage="stt", agent=agent.slug) == 1
+    assert metric_value(samples, count, stage="eou", agent=agent.slug) == 0  # never measured, never observed
+    assert metric_value(samples, "voice_turn_stage_seconds_sum", stage="e2e", agent=agent.slug) == pytest.approx(5.02)
     # Cumulative buckets: 0.12 s is within le=0.15, 0.9 s within le=1.0, 4 s only within le=5.0.
     bucket = "voice_turn_stage_seconds_bucket"
-    assert _value(samples, bucket, stage="e2e", agent=agent.slug, le="0.1") == 0
-    assert _value(samples, bucket, stage="e2e", agent=agent.slug, le="0.15") == 1
-    assert _value(samples, bucket, stage="e2e", agent=agent.slug, le="1.0") == 2
-    assert _value(samples, bucket, stage="e2e", agent=agent.slug, le="5.0") == 3
-    assert _value(samples, "voice_interrupts_total", agent=agent.slug, source="client") == 1
-    assert _value(samples, "voice_interrupts_total", agent=agent.slug, source="vad") == 0
-    assert _value(samples, "voice_turns_total", agent=agent.slug) == 3
+    assert metric_value(samples, bucket, stage="e2e", agent=agent.slug, le="0.1") == 0
+    assert metric_value(samples, bucket, stage="e2e", agent=agent.slug, le="0.15") == 1
+    assert metric_value(samples, bucket, stage="e2e", agent=agent.slug, le="1.0") == 2
+    assert metric_value(samples, bucket, stage="e2e", agent=agent.slug, le="5.0") == 3
+    assert metric_value(samples, "voice_interrupts_total", agent=agent.slug, source="client") == 1
+    assert metric_value(samples, "voice_interrupts_total", agent=agent.slug, source="vad") == 0
+    assert metric_value(samples, "voice_turns_total", agent=agent.slug) == 3
 
 
 def test_a_breach_is_counted_once_per_turn_and_stage(client, django_capture_on_commit_callbacks):
@@ -96,10 +79,10 @@ def test_a_breach_is_counted_once_per_turn_and_stage(client, django_capture_on_c
     samples = _scrape(client)
 
     breaches = "voice_budget_breaches_total"
-    assert _value(samples, breaches, stage="e2e", agent=agent.slug) == 2
-    assert _value(samples, breaches, stage="tts_ttfb", agent=agent.slug) == 1
-    assert _value(samples, breaches, stage="stt", agent=agent.slug) == 0
-    assert _value(samples, "voice_turn_stage_seconds_count", stage="e2e", agent=agent.slug) == 3
+    assert metric_value(samples, breaches, stage="e2e", agent=agent.slug) == 2
+    assert metric_value(samples, breaches, stage="tts_ttfb", agent=agent.slug) == 1
+    assert metric_value(samples, breaches, stage="stt", agent=agent.slug) == 0
+    assert metric_value(samples, "voice_turn_stage_seconds_count", stage="e2e", agent=agent.slug) == 3
     assert session.turns.get(index=0).breaches == ["tts_ttfb", "e2e"]
 
 
@@ -112,7 +95,7 @@ def test_a_rolled_back_turn_never_reaches_prometheus(client, django_capture_on_c
 
     assert not session.turns.exists()
 
-    assert _value(_scrape(client), "voice_turn_stage_seconds_count", agent=agent.slug) == 0
+    assert metric_value(_scrape(client), "voice_turn_stage_seconds_count", agent=agent.slug) == 0
 
 
 def test_latency_buckets_span_50_ms_to_5_s():

@@ -69,6 +69,17 @@ class PlatformClient:
     async def session_end(self, session_id: str) -> dict[str, Any]:
         return await self._request("POST", f"/sessions/{session_id}/end", key=self._api_key)
 
+    async def turn_heard(
+        self, session_id: str, index: int, *, heard_gap_ms: float, barge_in_ms: float | None = None
+    ) -> dict[str, Any]:
+        """Report what the caller heard of one of its turns (idempotent per turn)."""
+        return await self._request(
+            "PUT",
+            f"/sessions/{session_id}/turns/{index}/heard",
+            key=self._api_key,
+            json={"heard_gap_ms": heard_gap_ms, "barge_in_ms": barge_in_ms},
+        )
+
     async def tool_invoke(self, *, name: str, session_id: str, key: str, arguments: dict[str, Any]) -> dict[str, Any]:
         """The tools API, as an agent outside the platform calls it (agent-scope key)."""
         if not self._agent_api_key:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from agents_app.runtime.simulator.api import PlatformApiError, PlatformClient
+from agents_app.runtime.simulator.heard import HeardMeter, match_turns
 from agents_app.runtime.simulator.recording import CallRecording
 from agents_app.runtime.simulator.scenarios import Scenario, Step
 from agents_app.runtime.simulator.transport import CallerTransport, TransportError
@@ -28,6 +29,9 @@ FRAME_SECONDS = 0.02
 SPEAK_TIMEOUT = 45.0
 # Silence the caller leaves after a line, so the VAD sees the end of speech.
 TRAILING_SILENCE_SECONDS = 0.6
+# After the call, how long the caller waits for its last turn to be stored before it
+# matches its utterances to the stored turns.
+HEARD_MATCH_WAIT_SECONDS = 10.0
 
 
 class CallFailed(Exception):
@@ -48,6 +52,10 @@ class CallResult:
     duration_s: float = 0.0
     recording: CallRecording | None = None
     transport: str = ""  # HostTransport (local agent host) or LiveKitTransport
+    # The caller's heard gaps as the platform answered each report (HeardOut), and the
+    # utterances it could not pair with a stored turn (docs/latency.md).
+    heard: list[dict[str, Any]] = field(default_factory=list)
+    heard_unmatched: int = 0
 
 
 @functools.lru_cache(maxsize=64)
@@ -98,6 +106,7 @@ class SimulatedCall:
         self.result = CallResult(scenario=scenario.name, number=number)
         self.recording = CallRecording()
         self.result.recording = self.recording
+        self.heard = HeardMeter()
         self._progress = progress
         self._shared_db = shared_db
         self._make_transport = make_transport
@@ -147,9 +156,18 @@ class SimulatedCall:
         self.note(f"connected to {created['url']}")
         for step in self.scenario.steps:
             await self._step(step)
+        await self._report_heard()
+
+    def _on_agent_audio(self, samples: np.ndarray, rate: int) -> None:
+        self.heard.agent_audio(samples, rate)
+        self.recording.add_agent(samples, rate)
+
+    def _on_caller_frame(self, samples: np.ndarray, rate: int) -> None:
+        self.heard.caller_frame(samples, rate)
+        self.recording.add_caller(samples, rate)
 
     def _new_transport(self, url: str) -> CallerTransport:
-        transport = self._make_transport(url, on_agent_audio=self.recording.add_agent, on_note=self.note)
+        transport = self._make_transport(url, on_agent_audio=self._on_agent_audio, on_note=self.note)
         transport.session_id = self.session_id
         if transport.applies_impairment and getattr(self.scenario, "impairment", None):
             from agents_app.runtime.worker.impairment import Impairment
@@ -166,9 +184,13 @@ class SimulatedCall:
         handler = getattr(self, f"_do_{step.kind}")
         await handler(step)
 
-    async def _speak(self, text: str) -> None:
+    async def _speak(self, text: str, *, barge_in: bool = False) -> None:
         self.note(f'caller says "{text}"')
-        await speak(self.transport, text, on_frame=self.recording.add_caller)
+        self.heard.utterance_started(text, barge_in=barge_in)
+        try:
+            await speak(self.transport, text, on_frame=self._on_caller_frame)
+        finally:
+            self.heard.utterance_ended()
 
     async def _wait_agent_spoke_for(self, seconds: float, timeout: float) -> None:
         await self.transport.wait_speaking(True, timeout)
@@ -200,7 +222,7 @@ class SimulatedCall:
         except TimeoutError as exc:
             raise CallFailed("the agent never started speaking; nothing to barge in on") from exc
         self.note("barging in")
-        await self._speak(str(step.args["say"]))
+        await self._speak(str(step.args["say"]), barge_in=True)
 
     async def _do_interrupt(self, step: Step) -> None:
         after = float(step.arg("after", 2.0))
@@ -310,6 +332,38 @@ class SimulatedCall:
         if not await self.transport.wait_closed(20):
             self.note("the agent host did not close the call within 20 s; hanging up")
             await self.transport.hangup()
+
+    async def _report_heard(self) -> None:
+        """Pair the caller's utterances with the stored caller turns and report each
+        measured heard gap (PUT …/turns/{index}/heard, the same client key)."""
+        measured = self.heard.measurements()
+        if not measured:
+            return
+        deadline = time.monotonic() + HEARD_MATCH_WAIT_SECONDS
+        while True:
+            turns = (await self.api.session_get(self.session_id)).get("turns") or []
+            pairs = match_turns(measured, turns)
+            if pairs or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        if not pairs:
+            self.result.heard_unmatched = len(measured)
+            stored = sum(1 for t in turns if t.get("user_text"))
+            self.note(f"heard gaps not reported: {len(measured)} utterances, {stored} caller turns stored")
+            return
+        for index, measurement in pairs:
+            if measurement["heard_gap_ms"] is None:
+                continue
+            self.result.heard.append(
+                await self.api.turn_heard(
+                    self.session_id,
+                    index,
+                    heard_gap_ms=measurement["heard_gap_ms"],
+                    barge_in_ms=measurement["barge_in_ms"],
+                )
+            )
+        gaps = ", ".join(f"{h['index']}: {h['heard_gap_ms']:.0f}" for h in self.result.heard)
+        self.note(f"heard gaps reported (turn: ms) {gaps or 'none measured'}")
 
     # -- after the call ---------------------------------------------------------------
     async def _cleanup(self) -> None:

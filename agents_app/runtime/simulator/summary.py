@@ -11,12 +11,15 @@ SUMMARY_STAGES = ("eou", "stt", "llm_ttft", "tool", "tts_ttfb", "e2e")
 
 
 def summarize(results: list[Any]) -> dict[str, Any]:
-    """Counts and per-stage p50/p95 over every stored turn of every call.
+    """Counts and per-stage p50/p95 over every stored turn of every call; the caller-heard
+    gap (p50/p99) over the turns whose heard gap the caller reported.
 
     `tool_calls` counts the agent's tool calls plus the simulator's forced retries;
     `tool_replays` those the ledger answered as replays (the tool did not run again).
     """
     stage_values: dict[str, list[float]] = {stage: [] for stage in SUMMARY_STAGES}
+    heard: dict[str, list[float]] = {"gap": [], "difference": [], "barge_in": []}
+    mismatches = unmatched = 0
     turns = interrupted = reconnects = tool_calls = tool_replays = breaches = 0
     errors: list[str] = []
     failovers: list[dict[str, Any]] = []
@@ -40,6 +43,11 @@ def summarize(results: list[Any]) -> dict[str, Any]:
             for stage, value in (turn.get("stages_ms") or {}).items():
                 if stage in stage_values and value is not None:
                     stage_values[stage].append(float(value))
+            for key in heard:
+                if (value := turn.get(f"heard_{key}_ms")) is not None:
+                    heard[key].append(float(value))
+            mismatches += bool(turn.get("heard_mismatch"))
+        unmatched += int(getattr(result, "heard_unmatched", 0) or 0)
         for retry in result.tool_retries:
             tool_calls += 1
             tool_replays += bool(retry.get("replayed"))
@@ -61,6 +69,14 @@ def summarize(results: list[Any]) -> dict[str, Any]:
             stage: {"p50": percentile(values, 50), "p95": percentile(values, 95)}
             for stage, values in stage_values.items()
         },
+        # Issue 19 (docs/latency.md): the caller-heard gap of the turns it reported, its
+        # difference from the platform's e2e, the turns beyond the tolerance, and barge-ins.
+        "heard_ms": _p50_p99(heard["gap"]),
+        "heard_difference_ms": _p50_p99(heard["difference"]),
+        "heard_turns": len(heard["gap"]),
+        "heard_mismatches": mismatches,
+        "heard_unmatched": unmatched,
+        "barge_in_ms": _p50_p99(heard["barge_in"]),
         # Issue 11: provider failovers (with the time each cost) and provider errors.
         "failovers": len(failovers),
         "provider_errors": len(provider_errors),
@@ -72,6 +88,10 @@ def summarize(results: list[Any]) -> dict[str, Any]:
         "transports": dict(Counter(r.transport for r in results if getattr(r, "transport", ""))),
         "errors": errors,
     }
+
+
+def _p50_p99(values: list[float]) -> dict[str, float | None]:
+    return {"p50": percentile(values, 50), "p99": percentile(values, 99)}
 
 
 def _failover_ms(failovers: list[dict[str, Any]]) -> dict[str, Any]:

@@ -109,6 +109,12 @@ class Command(BaseCommand):
             f"{summary['tool_calls']} tool calls ({summary['tool_replays']} replays), "
             f"e2e p50 {summary['stage_ms']['e2e']['p50']} ms"
         )
+        heard = summary["heard_ms"]
+        self._line(
+            f"heard by the caller: {summary['heard_turns']} turns, p50 {heard['p50']} ms, p99 {heard['p99']} ms, "
+            f"heard − e2e p50 {summary['heard_difference_ms']['p50']} ms, "
+            f"{summary['heard_mismatches']} beyond the tolerance, {summary['heard_unmatched']} utterances unmatched"
+        )
         if options["json"]:
             self.stdout.write(json.dumps(summary))
             self.stdout.flush()
