@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from agents_app.runtime.simulator.api import PlatformApiError, PlatformClient
+from agents_app.runtime.simulator.expectations import expectation_problems, turn_texts
 from agents_app.runtime.simulator.heard import HeardMeter, match_turns
 from agents_app.runtime.simulator.recording import CallRecording
 from agents_app.runtime.simulator.scenarios import Scenario, Step
@@ -253,7 +254,7 @@ class SimulatedCall:
                 return
             if time.monotonic() > deadline:
                 what = f"{count} turns" + (" with a tool call" if with_tool else "")
-                raise CallFailed(f"expected {what}, the session has {len(turns)}: {_turn_texts(turns)}")
+                raise CallFailed(f"expected {what}, the session has {len(turns)}: {turn_texts(turns)}")
             await asyncio.sleep(0.5)
 
     async def _do_drop(self, step: Step) -> None:
@@ -378,65 +379,6 @@ class SimulatedCall:
     async def _check(self) -> None:
         detail = await self.api.session_get(self.session_id)
         self.result.detail = detail
-        turns = detail.get("turns") or []
-        expect = self.scenario.expect
-        problems: list[str] = []
-
-        def need(key: str, actual: int, what: str) -> None:
-            if key in expect and actual < int(expect[key]):
-                problems.append(f"expected at least {expect[key]} {what}, got {actual}")
-
-        interrupted = [t for t in turns if t.get("interrupted")]
-        tool_calls = [c for t in turns for c in t.get("tool_calls") or []] + self.result.tool_retries
-        need("min_turns", len(turns), "stored turns")
-        need("min_interrupted", len(interrupted), "interrupted turns")
-        need("min_reconnects", int(detail.get("reconnect_count") or 0), "reconnects")
-        need("min_agent_restarts", self.result.agent_restarts, "agent restarts")
-        need("min_tool_calls", len(tool_calls), "tool calls")
-        need("min_tool_replays", sum(1 for c in tool_calls if c.get("replayed")), "tool replays")
-        source = expect.get("interrupt_source")
-        if source and interrupted and not any(t.get("interrupt_source") == source for t in interrupted):
-            problems.append(
-                f"expected an interruption by {source}, got {[t.get('interrupt_source') for t in interrupted]}"
-            )
-        for turn in interrupted:
-            heard, generated = turn.get("heard_text") or "", turn.get("generated_text") or ""
-            if not generated.startswith(heard) or len(heard) >= len(generated):
-                problems.append(f"turn {turn['index']}: heard text is not a strict prefix of the generated text")
-        if expect.get("greeting_once"):
-            greetings = [t for t in turns if not t.get("user_text")]
-            if len(greetings) > 1:
-                problems.append(f"the agent greeted {len(greetings)} times; a resumed call must not greet again")
-        if expect.get("one_side_effect"):
-            keys = [c.get("key") for c in tool_calls if c.get("key")]
-            effects = await self._side_effects(keys)
-            if effects is not None:
-                self.result.side_effects = sum(effects.values())
-                doubled = {key: n for key, n in effects.items() if n != 1}
-                if doubled:
-                    problems.append(f"expected exactly one side effect per idempotency key, found {doubled}")
+        problems = await expectation_problems(self.scenario.expect, detail, self.result, shared_db=self._shared_db)
         if problems:
-            raise CallFailed("; ".join(problems) + f" (turns: {_turn_texts(turns)})")
-
-    async def _side_effects(self, keys: list[str]) -> dict[str, int] | None:
-        """Demo-tool rows written for each idempotency key (shared DB only)."""
-        if not self._shared_db or not keys:
-            return None
-        from asgiref.sync import sync_to_async
-
-        from tools_app.models import DemoCharge, DemoOrder
-
-        def _count() -> dict[str, int]:
-            # The demo tools key their rows by "<ledger scope>:<ledger key>", so the ledger
-            # key ends the row's key.
-            return {
-                key: DemoOrder.objects.filter(idempotency_key__endswith=key).count()
-                + DemoCharge.objects.filter(idempotency_key__endswith=key).count()
-                for key in set(keys)
-            }
-
-        return await sync_to_async(_count, thread_sensitive=False)()
-
-
-def _turn_texts(turns: list[dict[str, Any]]) -> list[str]:
-    return [f"{t.get('index')}:{(t.get('user_text') or '-')[:40]!r}" for t in turns]
+            raise CallFailed("; ".join(problems) + f" (turns: {turn_texts(detail.get('turns') or [])})")
