@@ -178,7 +178,11 @@ class Turn(models.Model):
     heard_difference_ms = models.FloatField(
         null=True, blank=True, help_text="Heard gap minus the platform's e2e (ttfa when e2e is missing)."
     )
-    heard_mismatch = models.BooleanField(default=False, help_text="The difference is beyond HEARD_GAP_TOLERANCE_MS.")
+    # db_default: agent workers of the previous release, still writing turns during a rolling
+    # deploy after this column's migration ran, do not know it (their INSERT omits it).
+    heard_mismatch = models.BooleanField(
+        default=False, db_default=False, help_text="The difference is beyond HEARD_GAP_TOLERANCE_MS."
+    )
     heard_reported_at = models.DateTimeField(null=True, blank=True)
     tool_calls = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)

@@ -28,7 +28,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='turn',
             name='heard_mismatch',
-            field=models.BooleanField(default=False, help_text='The difference is beyond HEARD_GAP_TOLERANCE_MS.'),
+            field=models.BooleanField(default=False, db_default=False, help_text='The difference is beyond HEARD_GAP_TOLERANCE_MS.'),
         ),
         migrations.AddField(
             model_name='turn',
