@@ -152,7 +152,7 @@ async def _run(rounds: int) -> dict[str, Any]:
     import aiohttp
     from django.conf import settings
 
-    from agents_app.management.commands import seed_demo
+    from agents_app.runtime.management.commands import seed_demo
     from agents_app.models import Agent, Provider
     from agents_app.runtime.providers import local_llm
     from agents_app.runtime.providers.factory import build_provider
