@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def test_endpointing_and_preemptive_tts_come_from_settings(settings) -> None:
+async def test_endpointing_and_preemptive_tts_come_from_settings(settings) -> None:
     from livekit.agents import AgentSession
 
     from agents_app.runtime.worker.platform_agent import session_options
