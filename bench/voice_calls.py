@@ -4,24 +4,21 @@ conversation over the local transport, run through a bare livekit-agents `AgentS
 with a caller that measures what it hears.
 
 The caller (`CallerEar`) pushes each utterance (synthesized by Piper before timing) and
-listens to the agent's audio as it is played. Per turn, on its own monotonic clock:
-
-- speech end: the moment the last voiced sample of its utterance reached the agent (the
-  local transport feeds caller audio at real time; the caller waits until its queue is
-  empty, then subtracts the utterance's trailing silence);
-- first heard: the first played agent frame whose RMS is above `HEARD_RMS` (int16);
-- heard gap = first heard − speech end.
+listens to the agent's audio as it is played, timing the heard gap with the simulated
+caller's `HeardMeter`: from the last sample of its speech above the energy threshold to
+the first agent sample above it, on its own monotonic clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from agents_app.runtime.simulator.heard import HeardMeter
 
 SENTENCES = (
     "I would like to place an order for two pizzas.",
@@ -31,7 +28,6 @@ SENTENCES = (
     "Do you have any vegetarian options?",
     "How long will the delivery take?",
 )
-HEARD_RMS = 300.0  # int16 RMS (about -40 dBFS): speech, not Piper's leading near-silence
 STAGES = ("eou", "stt", "llm_ttft", "tts_ttfb", "e2e")
 
 
@@ -68,45 +64,36 @@ def setup_session(slug: str = "bench-turn-overhead", phrases: list[str] | None =
     return str(session.id), agent
 
 
-def trailing_silence_s(samples: np.ndarray, rate: int, frame: int = 320) -> float:
-    """Seconds after the utterance's last voiced frame (RMS above HEARD_RMS)."""
-    pcm = np.asarray(samples, dtype=np.float64)
-    for end in range(len(pcm), 0, -frame):
-        chunk = pcm[max(0, end - frame) : end]
-        if np.sqrt(np.mean(chunk * chunk)) > HEARD_RMS:
-            return (len(pcm) - end) / rate
-    return 0.0
-
-
 @dataclass
 class CallerEar:
-    """The scripted caller: speaks its utterances, listens, and times the heard gaps."""
+    """The scripted caller: speaks its utterances and times what it hears with the
+    simulated caller's own meter (agents_app/runtime/simulator/heard.py), so the benchmark
+    and `simulate_calls` measure the heard gap the same way."""
 
     utterances: list[tuple[Any, int]]
-    gaps_ms: list[float] = field(default_factory=list)
-    _speech_end: float | None = None
+    meter: HeardMeter = field(default_factory=HeardMeter)
+
+    @property
+    def gaps_ms(self) -> list[float]:
+        return [m["heard_gap_ms"] for m in self.meter.measurements() if m["heard_gap_ms"] is not None]
 
     async def converse(self, call: Any) -> None:
         await call.wait_agent_speaking(True, timeout=60)
         await call.wait_agent_speaking(False, timeout=60)
-        for audio, rate in self.utterances:
+        for number, (audio, rate) in enumerate(self.utterances):
             await asyncio.sleep(0.3)
+            self.meter.utterance_started(f"line {number}")
+            # The local transport plays a pushed utterance from now, in real time.
+            self.meter.caller_frame(audio, rate)
             call.push_caller_audio(audio, rate)
-            while call.caller_audio_pending_seconds > 0:
-                await asyncio.sleep(0.005)
-            self._speech_end = time.monotonic() - trailing_silence_s(audio, rate)
+            self.meter.utterance_ended()
             await call.wait_agent_speaking(True, timeout=60)
             await call.wait_agent_speaking(False, timeout=60)
         await asyncio.sleep(0.5)  # let the last assistant message commit
 
     async def listen(self, call: Any) -> None:
         async for frame in call.agent_frames():
-            if self._speech_end is None:
-                continue
-            pcm = np.frombuffer(frame.data, dtype=np.int16).astype(np.float64)
-            if pcm.size and np.sqrt(np.mean(pcm * pcm)) > HEARD_RMS:
-                self.gaps_ms.append((time.monotonic() - self._speech_end) * 1000.0)
-                self._speech_end = None
+            self.meter.agent_audio(np.frombuffer(frame.data, dtype=np.int16), frame.sample_rate)
 
 
 @dataclass
