@@ -41,6 +41,9 @@ sys.path.insert(0, str(BASE_DIR))
 # Its own channel-layer prefix: a demo running on the same Redis neither sees nor disturbs it.
 os.environ.setdefault("CHANNELS_PREFIX", f"bench{os.getpid()}")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
+
+from bench.common import free_port, percentile  # noqa: E402 (after the sys.path insert)
+
 os.environ.setdefault("LOG_LEVEL", "ERROR")  # drops are counted below, not logged one by one
 
 import django  # noqa: E402
@@ -55,13 +58,6 @@ DRAIN_S = 3.0
 HARD_TIMEOUT_S = 240.0
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered))) - 1))], 2)
-
-
 def _publish_drops() -> float:
     """Publishes `broadcast.apublish` gave up on in this process (timeouts, errors)."""
     from sessions_app.metrics import DASHBOARD_EVENTS_DROPPED
@@ -72,12 +68,6 @@ def _publish_drops() -> float:
         for sample in family.samples
         if sample.name.endswith("_total")
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _staff_cookie() -> str:
@@ -306,7 +296,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cookie = _staff_cookie()
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
     Path(settings.DATA_DIR).mkdir(parents=True, exist_ok=True)
     log = open(Path(settings.DATA_DIR) / "bench-fanout-web.log", "w")  # kept open for the server's lifetime
@@ -346,15 +336,15 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
 
-    p99 = _percentile(served["latencies"], 99)
-    peer_p99 = _percentile(peer["latencies"], 99)
+    p99 = percentile(served["latencies"], 99)
+    peer_p99 = percentile(peer["latencies"], 99)
     result = {
         "name": "fanout",
         "sessions": args.sessions,
         "dashboards": args.dashboards,
-        "p50_ms": _percentile(served["latencies"], 50),
+        "p50_ms": percentile(served["latencies"], 50),
         "p99_ms": p99,
-        "peer_p50_ms": _percentile(peer["latencies"], 50),
+        "peer_p50_ms": percentile(peer["latencies"], 50),
         "peer_p99_ms": peer_p99,
         "ratio": round(p99 / peer_p99, 2) if p99 and peer_p99 else None,
         "dropped": max(0, served["expected"] - served["received"]),

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
+
+from bench.common import free_port, percentile  # noqa: E402 (after the sys.path insert)
 
 LINES = (
     "What are your opening hours?",
@@ -57,18 +58,6 @@ TOOL_LINES = (
     ("charge_wallet", "Please charge my wallet ten euros for the coffee."),
     ("charge_wallet", "Take five euros from my wallet."),
 )
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[rank]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start_server(port: int) -> subprocess.Popen[str]:
@@ -192,9 +181,9 @@ async def _run(rounds: int) -> dict[str, Any]:
         "model": model,
         "requests": len(direct) + len(platform),
         "direct_ttft_p50_ms": round(statistics.median(d_ttft), 1),
-        "direct_ttft_p99_ms": round(_percentile(d_ttft, 99), 1),
+        "direct_ttft_p99_ms": round(percentile(d_ttft, 99), 1),
         "platform_ttft_p50_ms": round(statistics.median(p_ttft), 1),
-        "platform_ttft_p99_ms": round(_percentile(p_ttft, 99), 1),
+        "platform_ttft_p99_ms": round(percentile(p_ttft, 99), 1),
         "ttft_ratio": round(statistics.median(p_ttft) / statistics.median(d_ttft), 3),
         "direct_tokens_per_s": round(statistics.median([r for _, r in direct]), 1),
         "platform_tokens_per_s": round(statistics.median([r for _, r in platform]), 1),
@@ -208,7 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="passes over the caller lines (default 3)")
     args = parser.parse_args()
-    port = _free_port()
+    port = free_port()
     os.environ["LOCAL_LLM_PORT"] = str(port)
     import django
 

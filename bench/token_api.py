@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,9 @@ from pydantic import BaseModel
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
+
+from bench.common import free_port, percentile  # noqa: E402 (after the sys.path insert)
+
 os.environ.setdefault("LOG_LEVEL", "ERROR")
 os.environ.setdefault("CHANNELS_PREFIX", f"bench{os.getpid()}")
 # Session creation is rate-limited per client; the benchmark measures the work, not the limiter's 429s.
@@ -111,12 +113,6 @@ def build_peer_app() -> Any:
 
 
 # --- driver ------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _setup() -> str:
@@ -219,13 +215,6 @@ async def _wait_up(url: str, headers: dict[str, str], body: bytes, timeout: floa
     raise RuntimeError(f"{url} did not start")
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered))) - 1))], 2)
-
-
 async def _closed_loop(url: str, headers: dict[str, str], body: bytes, concurrency: int, seconds: float) -> dict:
     import aiohttp
 
@@ -280,8 +269,8 @@ async def _open_loop(url: str, headers: dict[str, str], body: bytes, rate: float
         start = time.monotonic() + 0.2
         await asyncio.gather(*(one(start + i / rate) for i in range(total)))
     return {
-        "p50_ms": _percentile(latencies, 50),
-        "p99_ms": _percentile(latencies, 99),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
         "errors": errors,
         "completed": len(latencies),
     }
@@ -347,7 +336,7 @@ def main() -> None:
     from django.conf import settings
 
     processes = args.processes or settings.WEB_PROCESSES
-    platform_port, peer_port = _free_port(), _free_port()
+    platform_port, peer_port = free_port(), free_port()
     procs: list[subprocess.Popen] = []
     try:
         procs += _start_platform(platform_port, processes, db_pool)
