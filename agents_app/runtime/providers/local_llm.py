@@ -89,13 +89,13 @@ def build_llm(model: str = "") -> Any:
     )
 
 
-def server_params() -> Any:
+def server_params(path: Path) -> Any:
     """xllamacpp's CommonParams for the server: the model's own chat template (jinja),
     LOCAL_LLM_PARALLEL slots of LOCAL_LLM_CONTEXT_TOKENS each, bound to LOCAL_LLM_HOST."""
     import xllamacpp
 
     params = xllamacpp.CommonParams()
-    params.model.path = str(model_path())
+    params.model.path = str(path)
     params.model_alias = {model_name()}
     params.hostnames = [settings.LOCAL_LLM_HOST]
     params.port = settings.LOCAL_LLM_PORT
@@ -110,18 +110,17 @@ def server_params() -> Any:
     return params
 
 
-def serve(say: Callable[[str], None], stop: threading.Event | None = None) -> None:
-    """Load the model, serve until SIGTERM/SIGINT (or `stop`), then shut the server down."""
+def serve(say: Callable[[str], None]) -> None:
+    """Load the model, serve until SIGTERM or SIGINT, then shut the server down."""
     import xllamacpp
 
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     path = model_path()
     started = time.monotonic()
     try:
-        server = xllamacpp.Server(server_params())
+        server = xllamacpp.Server(server_params(path))
     except RuntimeError as exc:
         raise ImproperlyConfigured(
             f"llama.cpp could not start on {settings.LOCAL_LLM_HOST}:{settings.LOCAL_LLM_PORT} with {path}: "
