@@ -115,11 +115,10 @@ TEMPLATES = [
 # --- database ---------------------------------------------------------------------
 DATABASE_URL = env_url("DATABASE_URL", schemes=("postgres", "postgresql", "sqlite", "pgsql", "postgis"))
 if DATABASE_URL:
-    # Health checks: a connection is tested before reuse, so a PostgreSQL restart costs no
-    # request a dead connection (with the pool below, psycopg's pool does the same check).
-    _db = dj_database_url.parse(
-        DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0), conn_health_checks=True
-    )
+    # No per-use health check: with the pool it is a round trip on every request (measured
+    # in bench/token_api.py). A connection a PostgreSQL restart broke fails one request with
+    # a 503 (voiceplatform/api_errors.py) and is discarded; the retry gets a fresh one.
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     _db = {
