@@ -34,7 +34,6 @@ RETENTION_BATCH_SIZE = 1000
 REAPER_BATCH_SIZE = 200
 # A finished session without a report after this long lost its enqueue (Redis down at
 # the time, a crash between commit and enqueue); the backfill queues it again.
-REPORT_BACKFILL_AFTER = timedelta(minutes=2)
 
 
 # --- stale-session reaper ----------------------------------------------------------------------
@@ -176,7 +175,9 @@ def sessions_missing_report(*, now: datetime | None = None, limit: int = 100) ->
     now = now or timezone.now()
     return list(
         VoiceSession.objects.filter(
-            state__in=FINAL_STATES, report__isnull=True, ended_at__lt=now - REPORT_BACKFILL_AFTER
+            state__in=FINAL_STATES,
+            report__isnull=True,
+            ended_at__lt=now - timedelta(seconds=settings.REPORT_BACKFILL_AFTER_SECONDS),
         )
         .order_by("ended_at")
         .values_list("id", flat=True)[:limit]

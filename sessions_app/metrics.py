@@ -35,6 +35,9 @@ DASHBOARD_EVENTS_DROPPED = Counter(
 )
 PROVIDER_FAILURES = Counter("voice_provider_failures_total", "AI provider errors and failovers.", ["stage", "provider"])
 RECORDER_QUEUE_DEPTH = Gauge("voice_recorder_queue_depth", "Records waiting for the agent's DB writer.")
+RECORDER_RETRIES = Counter(
+    "voice_recorder_retries_total", "Writes of the agent's DB writer retried because the database was unavailable."
+)
 # The caller's own measure of a turn (PUT …/turns/{index}/heard), so fed by the web process.
 HEARD_GAP_SECONDS = Histogram(
     "voice_heard_gap_seconds",

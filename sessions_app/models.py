@@ -214,10 +214,19 @@ class SessionEvent(models.Model):
     type = models.CharField(max_length=64)
     payload = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The agent writer's own id for the record (a retried write is stored once); else null.
+    record_key = models.CharField(max_length=40, null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["session", "seq"]
-        constraints = [models.UniqueConstraint(fields=["session", "seq"], name="event_unique_seq")]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "seq"], name="event_unique_seq"),
+            models.UniqueConstraint(
+                fields=["session", "record_key"],
+                condition=models.Q(record_key__isnull=False),
+                name="event_unique_record_key",
+            ),
+        ]
         indexes = [models.Index(fields=["created_at"])]
 
     def __str__(self) -> str:

@@ -105,18 +105,32 @@ def _session_updated(session: VoiceSession) -> dict[str, Any]:
 
 @transaction.atomic
 def session_event_append(
-    *, session_id: UUID | str, type: str, payload: dict[str, Any] | None = None, announce: bool = True
+    *,
+    session_id: UUID | str,
+    type: str,
+    payload: dict[str, Any] | None = None,
+    announce: bool = True,
+    key: str | None = None,
 ) -> SessionEvent:
     """Append an event with the session's next sequence number (gapless, per session).
 
     `announce=False` leaves the `event.added` message to the caller, who sends it in one
     batch with its own (see `turn_record`). Messages are built by `sessions_app.live.messages`.
+    With a `key` (the agent's writer gives one per record), appending the same key again
+    returns the stored event: a retry after a lost commit answer stores nothing twice.
+    Call it inside a transaction: the sequence number and the row go together.
     """
+    if key is not None:
+        stored = SessionEvent.objects.filter(session_id=session_id, record_key=key).first()
+        if stored is not None:
+            return stored
     updated = VoiceSession.objects.filter(pk=session_id).update(last_seq=F("last_seq") + 1)
     if not updated:
         raise VoiceSession.DoesNotExist(f"no session {session_id}")
     seq = VoiceSession.objects.filter(pk=session_id).values_list("last_seq", flat=True).get()
-    event = SessionEvent.objects.create(session_id=session_id, seq=seq, type=type, payload=payload or {})
+    event = SessionEvent.objects.create(
+        session_id=session_id, seq=seq, type=type, payload=payload or {}, record_key=key
+    )
     if announce:
         _publish_after_commit(event.session_id, live.event_added(event))
     return event

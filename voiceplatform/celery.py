@@ -24,7 +24,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-def beat_schedule(*, stale_session_seconds: int) -> dict[str, dict[str, Any]]:
+def beat_schedule(*, stale_session_seconds: int, report_backfill_every: float = 300.0) -> dict[str, dict[str, Any]]:
     # The reaper runs several times per stale period, so a dead agent's session is
     # failed within about 1.3 × STALE_SESSION_SECONDS.
     reaper_every = max(5.0, stale_session_seconds / 3)
@@ -36,8 +36,8 @@ def beat_schedule(*, stale_session_seconds: int) -> dict[str, dict[str, Any]]:
         },
         "backfill-post-call-reports": {
             "task": "sessions_app.tasks.session_reports_backfill",
-            "schedule": timedelta(minutes=5),
-            "options": {"expires": 300},
+            "schedule": timedelta(seconds=report_backfill_every),
+            "options": {"expires": report_backfill_every},
         },
         "backfill-livekit-webhooks": {
             "task": "sessions_app.tasks.livekit_webhooks_backfill",
@@ -59,7 +59,10 @@ def _configure_from_settings(sender: Celery, **_: Any) -> None:
 
     conf = sender.conf
     conf.beat_schedule = {
-        **beat_schedule(stale_session_seconds=settings.STALE_SESSION_SECONDS),
+        **beat_schedule(
+            stale_session_seconds=settings.STALE_SESSION_SECONDS,
+            report_backfill_every=settings.REPORT_BACKFILL_EVERY_SECONDS,
+        ),
         **(conf.beat_schedule or {}),
     }
     conf.beat_schedule_filename = str(settings.DATA_DIR / "celerybeat-schedule")

@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
+# Web processes check no pooled connection per use (a round trip on every request); see
+# DB_HEALTH_CHECKS in voiceplatform/settings.py. Read below, before the workers fork.
+os.environ.setdefault("DB_HEALTH_CHECKS", "false")
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured

@@ -115,10 +115,13 @@ TEMPLATES = [
 # --- database ---------------------------------------------------------------------
 DATABASE_URL = env_url("DATABASE_URL", schemes=("postgres", "postgresql", "sqlite", "pgsql", "postgis"))
 if DATABASE_URL:
-    # No per-use health check: with the pool it is a round trip on every request (measured
-    # in bench/token_api.py). A connection a PostgreSQL restart broke fails one request with
-    # a 503 (voiceplatform/api_errors.py) and is discarded; the retry gets a fresh one.
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))
+    # A connection is checked as it is taken from the pool, so one that a PostgreSQL restart
+    # broke is replaced instead of failing a caller's join or an agent job's start. Web
+    # processes turn it off (voiceplatform/gunicorn_conf.py): there it is a round trip on
+    # every request (bench/token_api.py), and a broken connection fails one request with a
+    # 503 (voiceplatform/api_errors.py) before the pool discards it.
+    _db["CONN_HEALTH_CHECKS"] = env_bool("DB_HEALTH_CHECKS", True)
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     _db = {
@@ -285,6 +288,11 @@ CACHES = {
 AGENT_HEARTBEAT_SECONDS = env_float("AGENT_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
 STALE_SESSION_SECONDS = env_int("STALE_SESSION_SECONDS", 60, minimum=5)
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
+# Post-call reports whose enqueue was lost (Redis down when the call ended) are queued
+# again by a beat task every REPORT_BACKFILL_EVERY_SECONDS, for sessions ended longer
+# than REPORT_BACKFILL_AFTER_SECONDS ago.
+REPORT_BACKFILL_EVERY_SECONDS = env_int("REPORT_BACKFILL_EVERY_SECONDS", 300, minimum=1)
+REPORT_BACKFILL_AFTER_SECONDS = env_int("REPORT_BACKFILL_AFTER_SECONDS", 120, minimum=1)
 # A turn's caller-heard gap (reported by the caller) further than this from the platform's
 # own end-to-end figure is flagged as a mismatch (docs/latency.md), milliseconds.
 HEARD_GAP_TOLERANCE_MS = env_float("HEARD_GAP_TOLERANCE_MS", 300.0, minimum=0.0)
@@ -292,6 +300,9 @@ AGENT_METRICS_PORT = env_int("AGENT_METRICS_PORT", 9464, minimum=0, maximum=6553
 # Loopback by default; set 0.0.0.0 when Prometheus scrapes from another host.
 AGENT_METRICS_HOST = env_str("AGENT_METRICS_HOST", "127.0.0.1")
 RECORDER_QUEUE_SIZE = env_int("RECORDER_QUEUE_SIZE", 1000, minimum=10)
+# How long the agent's DB writer retries a record while the database cannot be reached
+# (a restart, a failover), and how long a job's end waits for pending writes.
+RECORDER_RETRY_SECONDS = env_int("RECORDER_RETRY_SECONDS", 120, minimum=1, maximum=3600)
 TOOL_LEASE_SECONDS = env_int("TOOL_LEASE_SECONDS", 120, minimum=1)
 # An HTTP tool call, all its retries included, ends within this many seconds.
 TOOL_HTTP_TOTAL_SECONDS = env_float("TOOL_HTTP_TOTAL_SECONDS", 30.0, minimum=1.0)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import aiohttp
+
+# A client app retries a 503 with Retry-After; the simulator does so for up to this long.
+RETRY_UNAVAILABLE_SECONDS = 60.0
 
 
 class PlatformApiError(Exception):
@@ -14,6 +19,20 @@ class PlatformApiError(Exception):
         super().__init__(f"HTTP {status} {code}: {message}")
         self.status = status
         self.code = code
+
+
+class _Unavailable(Exception):
+    def __init__(self, error: PlatformApiError, retry_after: float) -> None:
+        self.error = error
+        self.retry_after = retry_after
+
+
+def _seconds(header: str) -> float:
+    """Retry-After in seconds, at most 5 (a date or garbage counts as 1)."""
+    try:
+        return min(max(float(header), 0.1), 5.0)
+    except ValueError:
+        return 1.0
 
 
 class PlatformClient:
@@ -29,6 +48,20 @@ class PlatformClient:
     async def _request(
         self, method: str, path: str, *, key: str, json: Any = None, headers: dict[str, str] | None = None
     ) -> Any:
+        """One API call. A 503 (the platform's database is briefly unavailable, docs/api.md)
+        is retried after its Retry-After, for up to RETRY_UNAVAILABLE_SECONDS in all."""
+        deadline = time.monotonic() + RETRY_UNAVAILABLE_SECONDS
+        while True:
+            try:
+                return await self._request_once(method, path, key=key, json=json, headers=headers)
+            except _Unavailable as unavailable:
+                if time.monotonic() + unavailable.retry_after > deadline:
+                    raise unavailable.error from None
+                await asyncio.sleep(unavailable.retry_after)
+
+    async def _request_once(
+        self, method: str, path: str, *, key: str, json: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
         all_headers = {"Authorization": f"Bearer {key}", **(headers or {})}
         url = f"{self.base_url}/api/v1{path}"
         try:
@@ -37,6 +70,10 @@ class PlatformClient:
                     body = await response.json(content_type=None)
                 except ValueError:
                     body = None
+                if response.status == 503 and "Retry-After" in response.headers:
+                    body = body if isinstance(body, dict) else {}
+                    error = PlatformApiError(503, str(body.get("code", "unavailable")), f"{method} {path}")
+                    raise _Unavailable(error, _seconds(response.headers["Retry-After"]))
                 if response.status >= 400:
                     body = body if isinstance(body, dict) else {}
                     detail = str(body.get("message") or body.get("detail") or response.reason or "")

@@ -57,7 +57,11 @@ class JobRuntime:
         self.ctx = ctx
         self.config = config
         self.call = call
-        self.recorder = Recorder(session_id=config.session_id, maxsize=settings.RECORDER_QUEUE_SIZE)
+        self.recorder = Recorder(
+            session_id=config.session_id,
+            maxsize=settings.RECORDER_QUEUE_SIZE,
+            retry_seconds=settings.RECORDER_RETRY_SECONDS,
+        )
         self.tracker = TurnTracker(recorder=self.recorder, next_index=config.next_turn_index)
         # The writer task's own time on the loop counts as platform overhead too.
         self.recorder.on_loop_time = self.tracker.charge

@@ -61,6 +61,8 @@ def build_server(*, dev: bool) -> Any:
         port=settings.AGENT_HEALTH_PORT,
         prometheus_multiproc_dir=str(multiproc_dir()),
         drain_timeout=settings.AGENT_DRAIN_TIMEOUT_SECONDS,
+        # A job's end waits for its pending DB writes through a database outage.
+        shutdown_process_timeout=settings.RECORDER_RETRY_SECONDS + 15.0,
         log_level=settings.LOG_LEVEL,
     )
     server.rtc_session(entrypoint, agent_name=settings.LIVEKIT_AGENT_NAME)

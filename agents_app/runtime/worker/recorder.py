@@ -6,6 +6,12 @@ on its own thread. Turns and timeline events are never dropped: when the queue i
 they go to an overflow list that the writer drains next (memory grows instead).
 Heartbeats are dropped when the queue is full and counted in
 `voice_dashboard_events_dropped_total{reason="recorder_full"}`.
+
+While the database cannot be reached (a PostgreSQL restart, a failover), the writer
+retries the record in hand with exponential backoff for up to `RECORDER_RETRY_SECONDS`,
+and every later record waits behind it, so order is kept. A retry after a commit whose
+answer was lost stores nothing twice: turns are unique per index, and each timeline
+event carries a key of its own (`SessionEvent.record_key`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +35,8 @@ logger = logging.getLogger(__name__)
 _cpu = time.thread_time
 
 BATCH_MAX = 50
-TURN_RETRIES = 3
+RETRY_FIRST_DELAY = 0.2
+RETRY_MAX_DELAY = 5.0
 
 
 @dataclass
@@ -41,8 +50,11 @@ class Record:
 
 
 class Recorder:
-    def __init__(self, *, session_id: str, maxsize: int = 1000) -> None:
+    def __init__(self, *, session_id: str, maxsize: int = 1000, retry_seconds: float = 120.0) -> None:
         self.session_id = session_id
+        self.retry_seconds = retry_seconds
+        self._abandoned = threading.Event()  # set by abort(): a retrying writer gives up
+        self.retries = 0
         self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=maxsize)
         self._overflow: deque[Record] = deque()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"recorder-{session_id[:8]}")
@@ -64,7 +76,7 @@ class Recorder:
         self._put(Record("turn", data))
 
     def record_event(self, type: str, payload: dict[str, Any] | None = None) -> None:
-        self._put(Record("event", {"type": type, "payload": payload or {}}))
+        self._put(Record("event", {"type": type, "payload": payload or {}, "key": uuid.uuid4().hex}))
 
     def heartbeat(self) -> None:
         self._put(Record("heartbeat"))
@@ -100,14 +112,16 @@ class Recorder:
             self._idle.clear()
             await self._idle.wait()
 
-    async def aclose(self, timeout: float = 10.0) -> None:
-        await self.drain(timeout)
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Write what is pending (waiting out a database outage up to the retry window)."""
+        await self.drain(self.retry_seconds + 5.0 if timeout is None else timeout)
         if self.pending:
             logger.error("recorder for %s closed with %d records unwritten", self.session_id, self.pending)
         self.abort()
 
     def abort(self) -> None:
         """Stop at once (a crashed job loses what it had not written)."""
+        self._abandoned.set()
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -164,10 +178,10 @@ class Recorder:
                 continue
             try:
                 if record.kind == "turn":
-                    self._write_turn(record.data)
+                    self._write_durably(self._write_turn, record.data)
                     written.append(record.data)
                 elif record.kind == "event":
-                    self._write_event(record.data)
+                    self._write_durably(self._write_event, record.data)
             except Exception as exc:
                 self.errors.append(f"{record.kind}: {exc}")
                 logger.exception("could not write %s record for session %s", record.kind, self.session_id)
@@ -182,28 +196,57 @@ class Recorder:
                 logger.warning("heartbeat write failed", exc_info=True)
         return written
 
+    def _write_durably(self, write: Callable[[dict[str, Any]], None], data: dict[str, Any]) -> None:
+        """Write one record; while the database cannot be reached, retry it with backoff
+        (later records wait, so order is kept). Other errors are not retried."""
+        from django.db import InterfaceError, OperationalError
+
+        deadline = time.monotonic() + self.retry_seconds
+        delay = RETRY_FIRST_DELAY
+        while True:
+            try:
+                write(data)
+                return
+            except (OperationalError, InterfaceError) as exc:
+                if self._abandoned.is_set() or time.monotonic() + delay > deadline:
+                    raise
+                if delay == RETRY_FIRST_DELAY:
+                    logger.warning("database unavailable, retrying the session's records: %s", exc)
+                self.retries += 1
+                _count_retry()
+                _close_db_connection()  # a connection the outage broke is not reused
+                self._abandoned.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+
     def _write_turn(self, data: dict[str, Any]) -> None:
         from sessions_app.turns import turn_record
 
-        for attempt in range(TURN_RETRIES):
-            try:
-                turn_record(session_id=self.session_id, data=data)
-                return
-            except Exception:
-                if attempt == TURN_RETRIES - 1:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        turn_record(session_id=self.session_id, data=data)
 
     def _write_event(self, data: dict[str, Any]) -> None:
+        from django.db import transaction
+
         from sessions_app.services import session_event_append
 
-        session_event_append(session_id=self.session_id, type=data["type"], payload=data["payload"])
+        with transaction.atomic():  # the sequence number and the row together, or neither
+            session_event_append(
+                session_id=self.session_id, type=data["type"], payload=data["payload"], key=data.get("key")
+            )
 
 
 def _close_db_connection() -> None:
     from django.db import connection
 
     connection.close()
+
+
+def _count_retry() -> None:
+    try:
+        from sessions_app.metrics import RECORDER_RETRIES
+
+        RECORDER_RETRIES.inc()
+    except Exception:
+        logger.debug("could not count a recorder retry", exc_info=True)
 
 
 def _count_drop() -> None:

@@ -1,0 +1,364 @@
+"""Soak: N concurrent simulated calls for M minutes while the platform's own parts fail.
+
+The platform runs as `make demo` runs it (web, Celery worker + beat, local agent host) on a
+PostgreSQL cluster and a Redis of its own (tests/faults/platform.py), so the faults hit
+nothing else. Callers run in rounds: each round is one `simulate_calls --calls N
+--concurrency N` process with the soak scenario (greeting, six questions, one order
+placed through the `place_order` tool), until the time is up. Faults are injected on a
+schedule, each while calls are live:
+
+- at 25 % of the run: PostgreSQL restarted (stopped for --outage seconds, then started);
+- at 50 %: Redis killed (SIGKILL) and started again after --outage seconds;
+- at 75 %: PostgreSQL restarted again.
+
+Prints one JSON object:
+- `calls`, `completed`, `failed`; `turns_expected` (what the callers' scenario makes),
+  `turns_stored`, `lost` (sessions whose turns or events have a gap, a missing turn, or a
+  record stored twice; must be 0), `duplicated_effects` (orders beyond one per successful
+  ledger row, must be 0) and `lost_effects` (ledger rows marked ok without their order);
+- `reports_expected` (finished sessions) and `reports_produced` (after a final wait for
+  the backfill, which runs every 5 s here);
+- `latency_ms`: p50/p99 of the turns' e2e before the first fault, during faults (from a
+  fault's start to 10 s after it ended) and after;
+- `rss_mb` per process role (web, celery, agent, llm): first, last and the slope in MiB per
+  minute after a warm-up (a leak shows as a steady positive slope); `pg_connections` and
+  `redis_clients`: first, last, max (must stay flat);
+- `flat`: every slope under --max-slope MiB/min and the connection counts back to their
+  first value + 20 %.
+
+Defaults are sized for 2 cores: 6 calls, 10 minutes, 5 s outages. Self-stopping: a round
+is never started after the deadline, and the whole run is bounded by --minutes + 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
+os.environ.setdefault("VOICE_DEV_DEFAULTS", "true")
+
+from bench.common import percentile  # noqa: E402 (after the sys.path insert)
+from tests.faults.platform import FAULT_CALL, FaultPlatform, check_nothing_lost_or_doubled  # noqa: E402
+
+SOAK_CALL = (
+    FAULT_CALL.replace("name: fault-call", "name: soak-call")
+    .replace(
+        '  - say: "Thank you, that is all for today."',
+        '  - say: "I would like to place an order for two coffees please."\n'
+        "  - wait_for_agent: {}\n"
+        '  - say: "Thank you, that is all for today."',
+    )
+    .replace("wait_turns: {count: 7", "wait_turns: {count: 8")
+    .replace("min_turns: 7", "min_turns: 8")
+)
+SOAK_TURNS = 8
+ROLES = ("web", "celery", "agent", "llm")
+AFTER_FAULT_S = 10.0
+
+
+def log(message: str) -> None:
+    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- processes and their memory ----------------------------------------------------------------------
+
+
+def _process_groups() -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                pgid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[2])
+            except (OSError, IndexError, ValueError):
+                continue
+            groups.setdefault(pgid, []).append(int(entry.name))
+    return groups
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _roles(platform: FaultPlatform) -> dict[str, int]:
+    """The demo's children by role (each leads its own process group)."""
+    text = platform.log_path.read_text(errors="replace")
+    import re
+
+    return {name: int(pid) for name, pid in re.findall(r"(\w+) +\| .*started \(pid (\d+)\)", text) if name in ROLES}
+
+
+class Sampler(threading.Thread):
+    """Every few seconds: RSS per role (its whole process group), PostgreSQL and Redis connections."""
+
+    def __init__(self, platform: FaultPlatform, every: float) -> None:
+        super().__init__(daemon=True)
+        self.platform = platform
+        self.every = every
+        self.samples: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            groups = _process_groups()
+            roles = _roles(self.platform)
+            sample: dict[str, Any] = {"t": time.monotonic()}
+            for role, leader in roles.items():
+                sample[role] = round(sum(_rss_mb(pid) for pid in groups.get(leader, [leader])), 1)
+            sample["pg"] = self._pg_connections()
+            sample["redis"] = self._redis_clients()
+            self.samples.append(sample)
+
+    def _pg_connections(self) -> int | None:
+        try:
+            rows = self.platform.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname=%s", (self.platform.fault_db,)
+            )
+            return int(rows[0][0])
+        except Exception:
+            return None  # down right now
+
+    def _redis_clients(self) -> int | None:
+        import redis
+
+        try:
+            return int(
+                redis.Redis.from_url(self.platform.redis.url, socket_timeout=1).info("clients")["connected_clients"]
+            )
+        except Exception:
+            return None
+
+
+def _slope_per_minute(points: list[tuple[float, float]]) -> float | None:
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var == 0:
+        return None
+    return round(sum((t - mean_t) * (v - mean_v) for t, v in points) / var * 60, 2)
+
+
+def _memory_report(samples: list[dict[str, Any]], warmup: float) -> dict[str, Any]:
+    if not samples:
+        return {}
+    start = samples[0]["t"]
+    settled = [s for s in samples if s["t"] - start >= warmup] or samples
+    report: dict[str, Any] = {}
+    for role in ROLES:
+        points = [(s["t"], s[role]) for s in settled if s.get(role)]
+        if points:
+            report[role] = {"first": points[0][1], "last": points[-1][1], "slope_mb_per_min": _slope_per_minute(points)}
+    return report
+
+
+def _count_report(samples: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    values = [s[key] for s in samples if s.get(key) is not None]
+    return {"first": values[0], "last": values[-1], "max": max(values)} if values else {}
+
+
+# -- faults --------------------------------------------------------------------------------------------
+
+
+def run_faults(platform: FaultPlatform, minutes: float, outage: float, windows: list[dict[str, Any]]) -> None:
+    schedule = [(0.25, "postgres_restart"), (0.5, "redis_kill"), (0.75, "postgres_restart")]
+    started = time.monotonic()
+    for fraction, kind in schedule:
+        time.sleep(max(0.0, started + fraction * minutes * 60 - time.monotonic()))
+        window = {"kind": kind, "at_s": round(time.monotonic() - started, 1), "start": datetime.now(UTC)}
+        log(f"fault: {kind} for {outage:.0f} s")
+        if kind == "postgres_restart":
+            platform.pg.stop()
+            time.sleep(outage)
+            platform.pg.start()
+        else:
+            platform.redis.stop()
+            time.sleep(outage)
+            platform.redis.start()
+        window["end"] = datetime.now(UTC)
+        windows.append(window)
+
+
+# -- the run -------------------------------------------------------------------------------------------
+
+
+def run_round(platform: FaultPlatform, calls: int, scenario: Path, timeout: float) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "manage.py", "simulate_calls", "--json", "--base-url", platform.base_url,
+         "--calls", str(calls), "--concurrency", str(calls), "--scenario", str(scenario)],
+        cwd=BASE_DIR, env=platform.env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        log(f"a round printed no summary (status {done.returncode}): {done.stderr[-1500:]}")
+        return {"calls": calls, "completed": 0, "failed": calls, "session_ids": [], "errors": ["no summary"]}
+
+
+def analyse(platform: FaultPlatform, session_ids: list[str], windows: list[dict[str, Any]]) -> dict[str, Any]:
+    lost = []
+    for session_id in session_ids:
+        problems = check_nothing_lost_or_doubled(platform.stored(session_id), min_turns=SOAK_TURNS)
+        if problems:
+            lost.append({"session_id": session_id, "problems": problems})
+    turns = platform.query(
+        "SELECT started_at, e2e_ms FROM sessions_app_turn WHERE session_id = ANY(%s::uuid[]) AND e2e_ms IS NOT NULL",
+        (session_ids,),
+    )
+    first_fault = windows[0]["start"] if windows else None
+
+    def phase(started: datetime | None) -> str:
+        if started is None or first_fault is None or started < first_fault:
+            return "before"
+        if any(w["start"] <= started <= w["end"] + timedelta(seconds=AFTER_FAULT_S) for w in windows):
+            return "during"
+        return "after"
+
+    phases: dict[str, list[float]] = {"before": [], "during": [], "after": []}
+    for started, e2e in turns:
+        phases[phase(started)].append(float(e2e))
+    latency = {
+        name: {"turns": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99)}
+        for name, values in phases.items()
+    }
+    effects = platform.query(
+        """SELECT l.scope,
+                  count(*) FILTER (WHERE l.status = 'ok'),
+                  (SELECT count(*) FROM tools_app_demoorder o WHERE o.idempotency_key LIKE l.scope || ':%%')
+           FROM tools_app_toolinvocation l
+           WHERE l.tool_name = 'place_order' AND l.scope = ANY(%s)
+           GROUP BY l.scope""",
+        ([str(s) for s in session_ids],),
+    )
+    ok_calls = sum(int(ok) for _, ok, _ in effects)
+    duplicated = sum(max(0, int(orders) - int(ok)) for _, ok, orders in effects)
+    lost_effects = sum(max(0, int(ok) - int(orders)) for _, ok, orders in effects)
+    return {
+        "lost": len(lost),
+        "lost_detail": lost[:5],
+        "turns_stored": int(
+            platform.query("SELECT count(*) FROM sessions_app_turn WHERE session_id = ANY(%s::uuid[])", (session_ids,))[
+                0
+            ][0]
+        ),
+        "tool_calls_ok": ok_calls,
+        "duplicated_effects": duplicated,
+        "lost_effects": lost_effects,
+        "latency_ms": latency,
+    }
+
+
+def wait_reports(platform: FaultPlatform, session_ids: list[str], timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    produced = 0
+    while time.monotonic() < deadline:
+        produced = int(
+            platform.query(
+                "SELECT count(*) FROM sessions_app_voicesession WHERE id = ANY(%s::uuid[]) AND report IS NOT NULL",
+                (session_ids,),
+            )[0][0]
+        )
+        if produced >= len(session_ids):
+            break
+        time.sleep(2)
+    return produced
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=6, help="concurrent calls per round (default 6)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
+    parser.add_argument("--outage", type=float, default=5.0, help="seconds each fault lasts (default 5)")
+    parser.add_argument("--max-slope", type=float, default=5.0, help="MiB/min above which memory is not flat")
+    parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between memory samples")
+    args = parser.parse_args()
+    if args.calls < 1 or args.minutes <= 0 or args.outage <= 0:
+        parser.error("--calls, --minutes and --outage must be positive")
+
+    tmp = Path(tempfile.mkdtemp(prefix="vp-soak-"))
+    log(f"starting the platform on a private PostgreSQL and Redis (logs in {tmp})")
+    platform = FaultPlatform(
+        tmp, extra_env={"REPORT_BACKFILL_EVERY_SECONDS": "5", "REPORT_BACKFILL_AFTER_SECONDS": "3"}
+    )
+    scenario = tmp / "soak-call.yaml"
+    scenario.write_text(SOAK_CALL)
+    windows: list[dict[str, Any]] = []
+    rounds: list[dict[str, Any]] = []
+    try:
+        platform.start()
+        sampler = Sampler(platform, args.sample_every)
+        sampler.start()
+        faults = threading.Thread(target=run_faults, args=(platform, args.minutes, args.outage, windows), daemon=True)
+        started = time.monotonic()
+        deadline = started + args.minutes * 60
+        faults.start()
+        while time.monotonic() < deadline:
+            summary = run_round(platform, args.calls, scenario, timeout=args.minutes * 60 + 300)
+            rounds.append(summary)
+            log(
+                f"round {len(rounds)}: {summary.get('completed')} of {summary.get('calls')} calls completed, "
+                f"{time.monotonic() - started:.0f} s in"
+            )
+        faults.join(timeout=args.outage + 30)
+        session_ids = [s for r in rounds for s in r.get("session_ids", [])]
+        log("waiting for the post-call reports")
+        reports = wait_reports(platform, session_ids, timeout=90)
+        sampler.stop.set()
+        sampler.join(timeout=10)
+        result = analyse(platform, session_ids, windows)
+        memory = _memory_report(sampler.samples, warmup=args.minutes * 60 * 0.2)
+        pg = _count_report(sampler.samples, "pg")
+        redis_clients = _count_report(sampler.samples, "redis")
+        slopes = [m["slope_mb_per_min"] for m in memory.values() if m["slope_mb_per_min"] is not None]
+        flat = all(s < args.max_slope for s in slopes) and all(
+            c and c["last"] <= c["first"] * 1.2 + 1 for c in (pg, redis_clients)
+        )
+        print(
+            json.dumps(
+                {
+                    "name": "soak",
+                    "transport": "local",
+                    "minutes": args.minutes,
+                    "concurrency": args.calls,
+                    "rounds": len(rounds),
+                    "calls": sum(int(r.get("calls") or 0) for r in rounds),
+                    "completed": sum(int(r.get("completed") or 0) for r in rounds),
+                    "failed": sum(int(r.get("failed") or 0) for r in rounds),
+                    "errors": [e for r in rounds for e in r.get("errors", [])][:5],
+                    "turns_expected": SOAK_TURNS * len(session_ids),
+                    **result,
+                    "reports_expected": len(session_ids),
+                    "reports_produced": reports,
+                    "faults": [{"kind": w["kind"], "at_s": w["at_s"], "down_s": args.outage} for w in windows],
+                    "rss_mb": memory,
+                    "pg_connections": pg,
+                    "redis_clients": redis_clients,
+                    "flat": flat,
+                }
+            )
+        )
+    finally:
+        platform.cleanup()
+
+
+if __name__ == "__main__":
+    main()
