@@ -115,6 +115,10 @@ class VoiceSession(models.Model):
     report = models.JSONField(null=True, blank=True, help_text="Post-call report (KPIs and summary).")
     report_delivery_id = models.UUIDField(null=True, blank=True)
     report_delivered_at = models.DateTimeField(null=True, blank=True)
+    # The report webhook's send lease (sessions_app/reports.py): one attempt at a time may
+    # send, and none once it is delivered.
+    report_delivery_holder = models.CharField(max_length=128, blank=True, default="", db_default="")
+    report_delivery_lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)

@@ -5,6 +5,11 @@ signed webhook delivery to the API client.
 and one delivery id, so every delivery attempt of that report carries the same id.
 Webhook receivers verify `X-Voice-Signature` and de-duplicate on `X-Voice-Delivery`
 (delivery is at-least-once); see docs/background-work.md.
+
+An attempt sends only under the session's send lease (`session_report_delivery_claim`):
+one attempt at a time, and none once a success is recorded. A send whose answer was lost
+(the worker died, the connection broke) is sent again with the same delivery id; that is
+the one duplicate a receiver can see (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 import aiohttp
 from asgiref.sync import async_to_sync
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from agents_app.models import STAGE_KEYS
@@ -35,6 +42,10 @@ REPORT_VERSION = 1
 SUMMARY_MAX_SENTENCES = 3
 SUMMARY_SENTENCE_CHARS = 240
 WEBHOOK_TIMEOUT_S = 10.0
+# How long a claimed attempt owns the send: its POST ends within WEBHOOK_TIMEOUT_S, the rest
+# is room for recording the outcome. A dead holder's lease lapses after this; the same
+# message redelivered (its worker died) takes it over at once.
+DELIVERY_LEASE_S = WEBHOOK_TIMEOUT_S + 20.0
 SIGNATURE_HEADER = signing.SIGNATURE_HEADER
 DELIVERY_HEADER = "X-Voice-Delivery"
 EVENT_HEADER = "X-Voice-Event"
@@ -269,9 +280,45 @@ def report_webhook_body(*, session: VoiceSession) -> bytes:
 
 @dataclass
 class DeliveryOutcome:
-    status: str  # "delivered" | "already_delivered" | "no_webhook" | "retry" | "failed"
+    status: str  # "delivered" | "already_delivered" | "no_webhook" | "busy" | "retry" | "failed"
     detail: str = ""
     http_status: int | None = None
+    retry_in_s: float | None = None  # "busy": when the other attempt's lease lapses
+
+
+def session_report_delivery_claim(*, session_id: UUID | str, holder: str) -> tuple[str, float]:
+    """Take the send lease of a session's report webhook: ("claimed", 0), ("delivered", 0),
+    or ("busy", seconds until the other holder's lease lapses).
+
+    One conditional UPDATE: it succeeds only while the report is undelivered and the lease
+    is free, lapsed, or already this holder's (the same message redelivered after its worker
+    died: its earlier run is gone). So two attempts never send at once, and no attempt
+    sends after a success was recorded.
+    """
+    now = timezone.now()
+    claimed = (
+        VoiceSession.objects.filter(pk=session_id, report_delivered_at__isnull=True)
+        .filter(
+            Q(report_delivery_lease_until__isnull=True)
+            | Q(report_delivery_lease_until__lte=now)
+            | Q(report_delivery_holder=holder)
+        )
+        .update(report_delivery_holder=holder, report_delivery_lease_until=now + timedelta(seconds=DELIVERY_LEASE_S))
+    )
+    if claimed:
+        return "claimed", 0.0
+    row = VoiceSession.objects.filter(pk=session_id).values("report_delivered_at", "report_delivery_lease_until").get()
+    if row["report_delivered_at"] is not None:
+        return "delivered", 0.0
+    lease_until = row["report_delivery_lease_until"] or now
+    return "busy", max(0.0, (lease_until - now).total_seconds())
+
+
+def session_report_delivery_release(*, session_id: UUID | str, holder: str) -> None:
+    """Give the lease back after a failed attempt, so the next one need not wait for it."""
+    VoiceSession.objects.filter(pk=session_id, report_delivery_holder=holder).update(
+        report_delivery_holder="", report_delivery_lease_until=None
+    )
 
 
 async def _post_report(url: str, *, body: bytes, headers: dict[str, str]) -> int:
@@ -283,12 +330,16 @@ async def _post_report(url: str, *, body: bytes, headers: dict[str, str]) -> int
             return response.status
 
 
-def session_report_deliver(*, session_id: UUID | str, attempt: int = 1) -> DeliveryOutcome:
-    """POST the stored report to the client's webhook once; the caller retries on "retry".
+def session_report_deliver(*, session_id: UUID | str, attempt: int = 1, holder: str | None = None) -> DeliveryOutcome:
+    """POST the stored report to the client's webhook once; the caller retries on "retry"
+    and, after `retry_in_s`, on "busy" (another attempt holds the send lease).
 
-    No DB transaction is held during the HTTP call; success is recorded with a
-    conditional update, so two racing attempts record one delivery.
+    `holder` names this attempt (the Celery task id and retry number: a redelivered
+    message is the same holder). No DB transaction is held during the HTTP call: the send
+    lease keeps a second attempt from sending meanwhile, and success is recorded with a
+    conditional update.
     """
+    holder = holder or f"direct-{uuid.uuid4()}"
     session = VoiceSession.objects.select_related("agent", "api_client").get(pk=session_id)
     client = session.api_client
     if session.report_delivered_at is not None:
@@ -299,6 +350,11 @@ def session_report_deliver(*, session_id: UUID | str, attempt: int = 1) -> Deliv
         return DeliveryOutcome(
             "failed", "the API client has a webhook URL but no webhook secret; refusing to send unsigned"
         )
+    claim, wait_s = session_report_delivery_claim(session_id=session.id, holder=holder)
+    if claim == "delivered":
+        return DeliveryOutcome("already_delivered")
+    if claim == "busy":
+        return DeliveryOutcome("busy", "another attempt is sending", retry_in_s=wait_s)
     body = report_webhook_body(session=session)
     headers = {
         "Content-Type": "application/json",
@@ -311,6 +367,7 @@ def session_report_deliver(*, session_id: UUID | str, attempt: int = 1) -> Deliv
     try:
         status = async_to_sync(_post_report)(client.webhook_url, body=body, headers=headers)
     except (aiohttp.ClientError, TimeoutError, OSError, outbound.ResponseTooLarge) as exc:
+        session_report_delivery_release(session_id=session.id, holder=holder)
         refused = outbound.refusal(exc)
         if refused is not None:  # retrying cannot help: the address is not allowed
             return DeliveryOutcome("failed", f"the webhook URL is refused: {refused}")
@@ -319,6 +376,7 @@ def session_report_deliver(*, session_id: UUID | str, attempt: int = 1) -> Deliv
     if 200 <= status < 300:
         session_report_mark_delivered(session_id=session.id, attempt=attempt, http_status=status)
         return DeliveryOutcome("delivered", http_status=status)
+    session_report_delivery_release(session_id=session.id, holder=holder)
     logger.warning("report webhook attempt %d got HTTP %d", attempt, status)
     return DeliveryOutcome("retry", f"HTTP {status}", http_status=status)
 
@@ -328,7 +386,7 @@ def session_report_mark_delivered(*, session_id: UUID | str, attempt: int, http_
     from sessions_app.services import session_event_append
 
     updated = VoiceSession.objects.filter(pk=session_id, report_delivered_at__isnull=True).update(
-        report_delivered_at=timezone.now()
+        report_delivered_at=timezone.now(), report_delivery_holder="", report_delivery_lease_until=None
     )
     if updated:
         session_event_append(

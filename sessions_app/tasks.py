@@ -5,7 +5,8 @@ killed worker's message comes back after the visibility timeout):
 
 - `session_post_call_report`: the report is stored once (kept if present), then the
   webhook delivery is queued if the client has a webhook and it was not delivered.
-- `session_report_webhook_deliver`: skips when already delivered; retries with
+- `session_report_webhook_deliver`: skips when already delivered; sends only under the
+  session's send lease (one attempt at a time, none after a recorded success); retries with
   exponential backoff, always with the session's one delivery id.
 - `livekit_webhook_process`: de-duplicated on the LiveKit event id (`processed_at`),
   under a row lock.
@@ -16,6 +17,7 @@ killed worker's message comes back after the visibility timeout):
 from __future__ import annotations
 
 import logging
+import math
 import random
 from typing import Any
 
@@ -81,12 +83,20 @@ def session_report_webhook_deliver(self: Any, session_id: str) -> dict[str, Any]
     attempt = self.request.retries + 1
     with log_context(session_id=session_id):
         try:
-            outcome = reports.session_report_deliver(session_id=session_id, attempt=attempt)
+            # The same holder for a redelivered message (same id, same retry), a new one per retry.
+            holder = f"{self.request.id}:{self.request.retries}"
+            outcome = reports.session_report_deliver(session_id=session_id, attempt=attempt, holder=holder)
         except VoiceSession.DoesNotExist:
             logger.warning("report not delivered: the session no longer exists")
             return {"status": "gone", "attempts": attempt}
         if outcome.status == "failed":
             reports.session_report_delivery_failed(session_id=session_id, attempts=attempt, detail=outcome.detail)
+        elif outcome.status == "busy":
+            # Another attempt holds the send lease: look again once it lapses. If that one
+            # delivers, this finds it delivered; if it dies, this may send.
+            if self.request.retries >= self.max_retries:
+                return {"status": "busy", "attempts": attempt}
+            raise self.retry(countdown=max(1, math.ceil(outcome.retry_in_s or 0) + 1))
         elif outcome.status == "retry":
             if self.request.retries >= self.max_retries:
                 reports.session_report_delivery_failed(session_id=session_id, attempts=attempt, detail=outcome.detail)

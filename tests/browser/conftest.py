@@ -144,33 +144,10 @@ def serve_platform(
         )
         assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
 
-    port = free_port()
-    log_path = data_dir / f"web-{name}.log"
-    log = open(log_path, "w")  # kept open for the server's lifetime
-    process = subprocess.Popen(
-        web_server_command(host="127.0.0.1", port=port, processes=1),
-        cwd=BASE_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process, port, log_path = start_web_server(env, data_dir, name=name)
     site = ServedPlatform(base_url=f"http://127.0.0.1:{port}", env=env, process=process, log_path=log_path)
     site.extra["pg_name"] = pg_name
     site.extra["database_url"] = database_url
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the web server ({name}) exited:\n{site.log_tail()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(
-                    f"the web server ({name}) did not listen within {SERVER_START_TIMEOUT_S} s:\n{site.log_tail()}"
-                )
-            time.sleep(0.2)
     site.driver = subprocess.Popen(
         [sys.executable, "-c", _ORM_DRIVER],
         cwd=BASE_DIR,
@@ -180,6 +157,37 @@ def serve_platform(
         text=True,
     )
     return site
+
+
+def start_web_server(env: dict[str, str], data_dir: Path, *, name: str) -> tuple[subprocess.Popen, int, Path]:
+    """The web server as in production (one worker) on a free loopback port, serving once
+    this returns; in a process group of its own, so a test can SIGKILL all of it."""
+    port = free_port()
+    log_path = data_dir / f"web-{name}.log"
+    log = open(log_path, "w")  # kept open for the server's lifetime
+    process = subprocess.Popen(
+        web_server_command(host="127.0.0.1", port=port, processes=1),
+        cwd=BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the web server ({name}) exited:\n{log_path.read_text(errors='replace')[-4000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return process, port, log_path
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(
+                    f"the web server ({name}) did not listen within {SERVER_START_TIMEOUT_S} s:\n"
+                    + log_path.read_text(errors="replace")[-4000:]
+                )
+            time.sleep(0.2)
 
 
 def stop_platform(site: ServedPlatform) -> None:

@@ -29,7 +29,7 @@ from tests.e2e.platform import BASE_DIR
 from tests.faults.infra import postgres_bin_dir
 from tests.faults.platform import FAULT_CALL_TURNS, FaultPlatform, check_nothing_lost_or_doubled
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.timeout(900)]
 
 OUTAGE_SECONDS = 6.0
 

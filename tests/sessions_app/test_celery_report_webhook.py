@@ -3,54 +3,26 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.utils import timezone
 
 from sessions_app import reports, tasks
 from sessions_app.models import SessionEvent, VoiceSession
 from sessions_app.services import api_client_create, session_transition
+from tests.factories import make_voice_session
+from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.django_db
 
 
-class _Receiver:
-    """A local webhook receiver answering with the scripted status codes, then 200."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = list(statuses)
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append((dict(self.headers.items()), body))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/voice"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
-    made: list[_Receiver] = []
+    made: list[WebhookReceiver] = []
 
-    def make(statuses: list[int]) -> _Receiver:
-        made.append(_Receiver(statuses))
+    def make(statuses: list[int]) -> WebhookReceiver:
+        made.append(WebhookReceiver(statuses))
         return made[-1]
 
     yield make
@@ -82,12 +54,12 @@ def test_it_retries_a_failing_webhook_with_the_same_delivery_id_and_a_valid_sign
     session, secret = _ended_session(agent, hook.url, django_capture_on_commit_callbacks)
 
     assert len(hook.requests) == 3  # two failures, then delivered
-    delivery_ids = {headers["X-Voice-Delivery"] for headers, _ in hook.requests}
+    delivery_ids = {r.headers["X-Voice-Delivery"] for r in hook.requests}
     assert delivery_ids == {str(session.report_delivery_id)}
-    assert [headers["X-Voice-Attempt"] for headers, _ in hook.requests] == ["1", "2", "3"]
-    bodies = {body for _, body in hook.requests}
+    assert [r.headers["X-Voice-Attempt"] for r in hook.requests] == ["1", "2", "3"]
+    bodies = {r.body for r in hook.requests}
     assert len(bodies) == 1  # the same bytes every time
-    for headers, body in hook.requests:
+    for headers, body in ((r.headers, r.body) for r in hook.requests):
         assert headers["X-Voice-Event"] == "session.report"
         assert reports.report_signature_verify(secret=secret, header=headers["X-Voice-Signature"], body=body)
         assert not reports.report_signature_verify(
@@ -185,3 +157,62 @@ def test_tasks_for_a_deleted_session_end_quietly(eager_celery_with_retries):
     gone = str(uuid.uuid4())
     assert tasks.session_post_call_report.delay(gone).get() == {"status": "gone"}
     assert tasks.session_report_webhook_deliver.delay(gone).get() == {"status": "gone", "attempts": 1}
+
+
+def _reported_session(agent, webhook_url: str) -> VoiceSession:
+    """An ended session of a client with a webhook, its report stored and not yet sent."""
+    client, _key = api_client_create(name=f"lease-{uuid.uuid4().hex[:6]}", webhook_url=webhook_url)
+    session = make_voice_session(agent, api_client=client, state="ended")
+    reports.session_report_create(session_id=session.id)
+    return session
+
+
+def test_an_attempt_never_sends_while_another_holds_the_send_lease_nor_after_it_delivered(agent, receiver):
+    """Two delivery messages for one session (a redelivered report task queues a second one)
+    running at once: the second finds the first one's lease and does not send."""
+    hook = receiver([])
+    session = _reported_session(agent, hook.url)
+    # Attempt A claimed the lease and is sending (its POST is in flight).
+    assert reports.session_report_delivery_claim(session_id=session.id, holder="task-a:0") == ("claimed", 0.0)
+
+    second = reports.session_report_deliver(session_id=session.id, holder="task-b:0")
+    assert second.status == "busy"
+    assert 0 < second.retry_in_s <= reports.DELIVERY_LEASE_S
+    assert hook.requests == []
+
+    # A's message redelivered after its worker died is the same holder: it takes over at once.
+    first = reports.session_report_deliver(session_id=session.id, holder="task-a:0")
+    assert first.status == "delivered"
+    assert len(hook.requests) == 1
+
+    # After the recorded success, nobody sends again, whoever holds or wants the lease.
+    for holder in ("task-a:0", "task-b:0", "task-c:0"):
+        assert reports.session_report_deliver(session_id=session.id, holder=holder).status == "already_delivered"
+    assert len(hook.requests) == 1
+    assert SessionEvent.objects.filter(session=session, type="report.delivered").count() == 1
+
+
+def test_a_lapsed_lease_is_taken_over_and_a_failed_attempt_gives_it_back(agent, receiver):
+    hook = receiver([503])
+    session = _reported_session(agent, hook.url)
+    reports.session_report_delivery_claim(session_id=session.id, holder="dead:0")
+    VoiceSession.objects.filter(pk=session.id).update(report_delivery_lease_until=timezone.now())  # it lapsed
+
+    failed = reports.session_report_deliver(session_id=session.id, holder="next:0")
+    assert failed.status == "retry"  # the 503
+    session.refresh_from_db()
+    assert (session.report_delivery_holder, session.report_delivery_lease_until) == ("", None)  # given back
+
+    assert reports.session_report_deliver(session_id=session.id, holder="other:0").status == "delivered"
+    assert len(hook.requests) == 2
+
+
+def test_a_delivery_task_finding_the_lease_taken_retries_without_sending(agent, eager_celery_with_retries, receiver):
+    hook = receiver([])
+    session = _reported_session(agent, hook.url)
+    reports.session_report_delivery_claim(session_id=session.id, holder="someone-else:0")
+
+    result = tasks.session_report_webhook_deliver.delay(str(session.id)).get()
+
+    assert result["status"] == "busy"  # eager retries come at once, so they all found it taken
+    assert hook.requests == []

@@ -12,41 +12,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from urllib.parse import quote
+from collections.abc import Iterator
 
 import pytest
 
+from tests.celery_worker import CeleryWorkers, redis_client, shared_database, wait_for
 from voiceplatform.celery import app as celery_app
 
-ROOT = Path(__file__).resolve().parents[2]
 PROBE_TABLE = "ops_celery_probe_effect"
 VISIBILITY_TIMEOUT_S = 3
-
-# Inside a probe worker: keep its unacknowledged-message bookkeeping under its own keys, so
-# its short visibility timeout can never "restore" somebody else's in-flight tasks sharing
-# the Redis database. (Read before the worker connects to the broker.)
-_PROBE_PREFIX = os.environ.get("OPS_PROBE_KEY_PREFIX")
-if _PROBE_PREFIX:
-    celery_app.conf.broker_transport_options = {
-        **celery_app.conf.broker_transport_options,
-        "unacked_key": f"{_PROBE_PREFIX}unacked",
-        "unacked_index_key": f"{_PROBE_PREFIX}unacked_index",
-        "unacked_mutex_key": f"{_PROBE_PREFIX}unacked_mutex",
-    }
-
-
-def _redis():
-    import redis
-    from django.conf import settings
-
-    return redis.Redis.from_url(settings.REDIS_URL)
 
 
 @celery_app.task(name="tests.ops_probe.echo")
@@ -59,8 +35,8 @@ def probe_effect(key: str, first_run_hold_s: float) -> str:
     """Idempotent by construction: the effect is a row keyed by `key`, inserted once."""
     from django.db import connection, transaction
 
-    run = _redis().incr(f"ops-probe:{key}:runs")
-    _redis().set(f"ops-probe:{key}:pid", os.getpid())
+    run = redis_client().incr(f"ops-probe:{key}:runs")
+    redis_client().set(f"ops-probe:{key}:pid", os.getpid())
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (key varchar(64) PRIMARY KEY, run integer NOT NULL)")
         cursor.execute(f"INSERT INTO {PROBE_TABLE} (key, run) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", [key, run])
@@ -72,136 +48,15 @@ def probe_effect(key: str, first_run_hold_s: float) -> str:
 # --- harness -----------------------------------------------------------------------------------
 
 
-def _database_url(tmp_path: Path) -> tuple[str, Callable[[str], list[tuple]]]:
-    """A DB the worker process shares with this test, and a reader for the probe rows."""
-    from django.conf import settings
-    from django.db import connection
-
-    db = settings.DATABASES["default"]
-    if "postgresql" in db["ENGINE"]:
-        auth = quote(db.get("USER") or "")
-        if db.get("PASSWORD"):
-            auth += ":" + quote(db["PASSWORD"])
-        url = f"postgres://{auth + '@' if auth else ''}{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}/{db['NAME']}"
-
-        def read(key: str) -> list[tuple]:
-            with connection.cursor() as cursor:
-                cursor.execute(f"SELECT to_regclass('{PROBE_TABLE}') IS NOT NULL")
-                if not cursor.fetchone()[0]:
-                    return []
-                cursor.execute(f"SELECT key, run FROM {PROBE_TABLE} WHERE key = %s", [key])
-                return cursor.fetchall()
-
-        return url, read
-    # SQLite: the test database lives in memory, so the worker gets a file of its own.
-    path = tmp_path / "probe.sqlite3"
-
-    def read_sqlite(key: str) -> list[tuple]:
-        if not path.exists():
-            return []
-        with sqlite3.connect(path) as conn:
-            try:
-                return conn.execute(f"SELECT key, run FROM {PROBE_TABLE} WHERE key = ?", [key]).fetchall()
-            except sqlite3.OperationalError:
-                return []
-
-    return f"sqlite:///{path}", read_sqlite
-
-
-class _Workers:
-    def __init__(self, tmp_path: Path, database_url: str) -> None:
-        from django.conf import settings
-
-        self.tmp_path = tmp_path
-        self.queue = f"ops-probe-{uuid.uuid4().hex[:10]}"
-        self.prefix = f"{self.queue}:"
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "REDIS_URL": settings.REDIS_URL,
-            "CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
-            "OPS_PROBE_KEY_PREFIX": self.prefix,
-            "LOG_FORMAT": "json",
-            "DJANGO_SETTINGS_MODULE": "voiceplatform.settings",
-            "PYTHONPATH": str(ROOT),
-        }
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, pool: str = "solo") -> subprocess.Popen:
-        log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")  # closed in stop_all
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "voiceplatform",
-                "worker",
-                "-P",
-                pool,
-                "-c",
-                "1",
-                "-Q",
-                self.queue,
-                "-n",
-                f"{self.queue}-{len(self.procs)}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-l",
-                "INFO",
-                "-I",
-                "tests.sessions_app.test_celery_worker",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a SIGKILL takes nothing else down
-        )
-        proc.log_file = log  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
-
-    def kill(self, proc: subprocess.Popen) -> None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-    def log(self, proc: subprocess.Popen) -> str:
-        return (self.tmp_path / f"worker-{self.procs.index(proc)}.log").read_text(errors="replace")
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=15)
-            proc.log_file.close()  # type: ignore[attr-defined]
-        client = _redis()
-        for pattern in (f"{self.prefix}*", self.queue):
-            for name in client.scan_iter(match=pattern):
-                client.delete(name)
-
-
 @pytest.fixture
-def workers(tmp_path) -> Iterator[_Workers]:
-    url, read = _database_url(tmp_path)
-    pool = _Workers(tmp_path, url)
-    pool.read_effects = read  # type: ignore[attr-defined]
+def workers(tmp_path) -> Iterator[CeleryWorkers]:
+    url, read = shared_database(tmp_path)
+    pool = CeleryWorkers(
+        tmp_path, url, visibility_timeout_s=VISIBILITY_TIMEOUT_S, include=("tests.sessions_app.test_celery_worker",)
+    )
+    pool.read_effects = lambda key: read(f"SELECT key, run FROM {PROBE_TABLE} WHERE key = %s", [key])  # type: ignore[attr-defined]
     yield pool
     pool.stop_all()
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -231,22 +86,22 @@ def test_a_task_round_trips_through_a_real_worker_and_logs_json_with_its_task_id
         return [line for line in lines if line.get("task_id") == result.id]
 
     # The "succeeded" line is written just after the result is stored: give it a moment.
-    _wait_for(lambda: bool(mine()), 30, "a JSON log line carrying the task id")
+    wait_for(lambda: bool(mine()), 30, "a JSON log line carrying the task id")
     assert {line["task"] for line in mine()} == {"tests.ops_probe.echo"}
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_mid_task_leads_to_exactly_one_effect_after_redelivery(workers, probe_table_cleanup):
     key = uuid.uuid4().hex
-    runs = _redis()
+    runs = redis_client()
     first = workers.start()
 
     result = probe_effect.apply_async(args=[key, 120], queue=workers.queue)
-    _wait_for(lambda: len(workers.read_effects(key)) == 1, 120, "the first run's effect")
+    wait_for(lambda: len(workers.read_effects(key)) == 1, 120, "the first run's effect")
     workers.kill(first)  # SIGKILL: no chance to ack, reject or clean up
 
     # The message is parked as unacknowledged under the probe's own keys, not lost.
-    assert runs.hlen(f"{workers.prefix}unacked") == 1
+    assert workers.unacked() == 1
     assert int(runs.get(f"ops-probe:{key}:runs")) == 1
     time.sleep(VISIBILITY_TIMEOUT_S + 0.5)
 
@@ -262,11 +117,11 @@ def test_a_worker_killed_mid_task_leads_to_exactly_one_effect_after_redelivery(w
 def test_a_killed_pool_child_is_requeued_at_once_and_still_has_one_effect(workers, probe_table_cleanup):
     """task_reject_on_worker_lost: the surviving parent requeues the task, no visibility wait."""
     key = uuid.uuid4().hex
-    runs = _redis()
+    runs = redis_client()
     parent = workers.start(pool="prefork")
 
     result = probe_effect.apply_async(args=[key, 120], queue=workers.queue)
-    _wait_for(lambda: len(workers.read_effects(key)) == 1, 120, "the first run's effect")
+    wait_for(lambda: len(workers.read_effects(key)) == 1, 120, "the first run's effect")
     child = int(runs.get(f"ops-probe:{key}:pid"))
     assert child != parent.pid
     os.kill(child, signal.SIGKILL)  # the pool child dies mid-task; the parent survives
