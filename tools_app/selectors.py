@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from datetime import datetime
 
-from tools_app.models import ToolDefinition, ToolInvocation, ToolKind
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from tools_app.models import InvocationStatus, ToolDefinition, ToolInvocation, ToolKind
 
 
 def tools_for_agent(*, agent_id: int) -> QuerySet[ToolDefinition]:
@@ -23,4 +26,13 @@ def http_tools_of_active_agents() -> QuerySet[ToolDefinition]:
     """Enabled HTTP tools that some active agent can call (`manage.py doctor`)."""
     return (
         ToolDefinition.objects.filter(enabled=True, kind=ToolKind.HTTP, agents__active=True).distinct().order_by("name")
+    )
+
+
+def invocations_lease_expired(*, now: datetime | None = None, limit: int = 200) -> list[int]:
+    """Running ledger rows whose owner's lease has lapsed (its process presumably died)."""
+    return list(
+        ToolInvocation.objects.filter(status=InvocationStatus.RUNNING, lease_expires_at__lt=now or timezone.now())
+        .order_by("lease_expires_at")
+        .values_list("pk", flat=True)[:limit]
     )

@@ -44,6 +44,11 @@ def beat_schedule(*, stale_session_seconds: int, report_backfill_every: float = 
             "schedule": timedelta(minutes=1),
             "options": {"expires": 60},
         },
+        "resolve-expired-tool-calls": {
+            "task": "tools_app.tasks.tool_invocations_resolve_expired",
+            "schedule": timedelta(minutes=1),
+            "options": {"expires": 60},
+        },
         "retention-purge": {
             "task": "sessions_app.tasks.retention_purge",
             "schedule": crontab(hour=3, minute=30),

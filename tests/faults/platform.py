@@ -16,7 +16,7 @@ from tests.faults.infra import PrivatePostgres, PrivateRedis
 # Long enough for a few caller turns on each side of a fault.
 FAULT_CALL = """\
 name: fault-call
-description: Six caller turns with pauses, so a fault can land in the middle of the call.
+description: Four caller turns with a pause, so a fault can land in the middle of the call.
 agent: demo-scripted
 steps:
   - wait_for_agent: {}
@@ -27,19 +27,14 @@ steps:
   - pause: 2
   - say: "Hello, what are your opening hours?"
   - wait_for_agent: {}
-  - say: "Do you have coffee and tea?"
-  - wait_for_agent: {}
-  - pause: 2
-  - say: "Hello, what are your opening hours?"
-  - wait_for_agent: {}
   - say: "Thank you, that is all for today."
   - wait_for_agent: {}
-  - wait_turns: {count: 7, timeout: 120}
+  - wait_turns: {count: 5, timeout: 120}
   - end: {}
 expect:
-  min_turns: 7
+  min_turns: 5
 """
-FAULT_CALL_TURNS = 7  # the greeting and six caller turns
+FAULT_CALL_TURNS = 5  # the greeting and four caller turns
 
 
 class FaultPlatform(Platform):

@@ -154,6 +154,7 @@ def test_beat_schedules_the_periodic_tasks():
         "sessions_app.tasks.session_reports_backfill",
         "sessions_app.tasks.livekit_webhooks_backfill",
         "sessions_app.tasks.retention_purge",
+        "tools_app.tasks.tool_invocations_resolve_expired",
     }
     assert tasks <= set(celery_app.tasks)
     reaper_every = schedule["reap-stale-sessions"]["schedule"].total_seconds()

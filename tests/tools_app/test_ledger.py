@@ -263,3 +263,53 @@ class TestCrash:
             assert http_status(err.value) == 409 and "outcome is unknown" in err.value.message
         row = ToolInvocation.objects.get(key="k")
         assert row.status == InvocationStatus.INDETERMINATE and row.attempts == 1
+
+
+@pytest.mark.django_db(transaction=True)
+class TestCallsLeftRunningByADeadOwner:
+    """The beat sweep (`tool_invocations_resolve_expired`) settles rows nobody retries: an
+    agent job killed mid-call leaves its row running, and its key is never sent again."""
+
+    def _left_running(self, tool, key: str, *, expired: bool) -> ToolInvocation:
+        return ToolInvocation.objects.create(
+            scope="session-x",
+            key=key,
+            tool=tool,
+            tool_name=tool.name,
+            fingerprint=request_fingerprint(tool_name=tool.name, arguments=ORDER),
+            arguments=ORDER,
+            attempts=1,
+            claim_token="dead-job",
+            lease_expires_at=timezone.now() + timedelta(seconds=-1 if expired else 60),
+        )
+
+    def test_the_sweep_applies_the_lease_rule_and_never_runs_a_call_twice(self, agent, monkeypatch) -> None:
+        from tests.tools_app.conftest import make_demo_tool
+        from tools_app.tasks import tool_invocations_resolve_expired
+
+        effects: list[str] = []
+
+        def external(ctx, arguments):
+            effects.append(ctx.key)
+            return {"sent": True}
+
+        monkeypatch.setitem(builtins._REGISTRY, "send_mail", builtins.Builtin("send_mail", external, atomic=False))
+        mail = make_demo_tool("place_order", None, name="send_mail", builtin_name="send_mail")
+        order = make_demo_tool("place_order", None)
+        self._left_running(mail, "mail-dead", expired=True)  # effect may have happened
+        self._left_running(order, "order-dead", expired=True)  # atomic: rolled back with the crash
+        self._left_running(order, "order-alive", expired=False)  # its owner may still be working
+
+        outcomes = tool_invocations_resolve_expired()
+
+        assert outcomes == {InvocationStatus.INDETERMINATE: 1, InvocationStatus.SUCCEEDED: 1}
+        status = dict(ToolInvocation.objects.values_list("key", "status"))
+        assert status == {
+            "mail-dead": InvocationStatus.INDETERMINATE,
+            "order-dead": InvocationStatus.SUCCEEDED,
+            "order-alive": InvocationStatus.RUNNING,
+        }
+        assert effects == [] and DemoOrder.objects.count() == 1
+        # A second sweep finds nothing more to do.
+        assert tool_invocations_resolve_expired() == {}
+        assert DemoOrder.objects.count() == 1
