@@ -17,10 +17,12 @@ Callers are the simulator's LiveKitTransport (the livekit rtc SDK) speaking Pipe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -171,12 +173,81 @@ def _start_llm() -> RecordingLLM:
 # --- the platform -----------------------------------------------------------------------------
 
 
-class LiveKitPlatform(Platform):
-    """`manage.py demo --no-traffic` on a real LiveKit server (Platform starts the demo)."""
+@dataclass
+class AgentWorker:
+    """One `manage.py runagent` process (LiveKit mode) that a test started, as on another
+    host: its own process group (the worker, its forkserver and job processes), its own
+    health and metrics ports, its own log."""
 
-    def __init__(self, tmp: Path, *, tap: WebhookTap, llm: RecordingLLM) -> None:
+    name: str
+    proc: subprocess.Popen[Any]
+    log_path: Path
+    health_port: int
+    metrics_port: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def worker_id(self) -> str:
+        """The id LiveKit gave the worker (AW_…), once it registered."""
+        found = re.search(r"agent worker (\S+) registered with LiveKit", self.log())
+        return found.group(1) if found else ""
+
+    def wait_registered(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.worker_id():
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(0.5)
+        return False
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """A hard crash of the whole host's worker: SIGKILL to its process group, no goodbye."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):  # job processes left behind
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+
+class LiveKitPlatform(Platform):
+    """`manage.py demo --no-traffic` on a real LiveKit server (Platform starts the demo).
+
+    With `demo_agent=False` the demo starts no agent worker (`--no-agent`): the test starts
+    its own with `start_worker`, one or several, as on several hosts.
+    """
+
+    def __init__(self, tmp: Path, *, tap: WebhookTap, llm: RecordingLLM, demo_agent: bool = True) -> None:
         self.tap = tap
         self.llm = llm
+        self.demo_agent = demo_agent
+        self.workers: list[AgentWorker] = []
         self.server_config: livekit_dev.ServerConfig | None = None
         super().__init__(tmp)
         port = free_port()
@@ -217,19 +288,41 @@ class LiveKitPlatform(Platform):
         if not livekit_dev.wait_ready(self.server_config.port, 30, self.server_proc):
             raise RuntimeError(f"the LiveKit server did not start:\n{self.server_log.read_text()[-3000:]}")
         log = open(self.log_path, "w")
+        demo = ["demo", "--no-traffic", "--port", str(self.port), *(() if self.demo_agent else ("--no-agent",))]
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "demo", "--no-traffic", "--port", str(self.port)],
+            [sys.executable, "manage.py", *demo],
             cwd=BASE_DIR,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        if not wait_port(self.port, 180, self.proc) or not self.wait_registered(1, 180):
+        if not wait_port(self.port, 180, self.proc) or (self.demo_agent and not self.wait_registered(1, 180)):
             tail = self.log_tail()
             self.stop()
             raise RuntimeError(f"the platform did not start; demo log:\n{tail}")
         self._add_recorded_agent()
+
+    def start_worker(self, name: str, *, mode: str = "start", env: dict[str, str] | None = None) -> AgentWorker:
+        """Start one more `manage.py runagent` registered to this platform's server."""
+        health_port, metrics_port = free_port(), free_port()
+        log_path = self.tmp / f"worker-{name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "runagent", mode],
+            cwd=BASE_DIR,
+            env={
+                **self.env,
+                "AGENT_HEALTH_PORT": str(health_port),
+                "AGENT_METRICS_PORT": str(metrics_port),
+                **(env or {}),
+            },
+            stdout=open(log_path, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the test can kill the whole tree
+        )
+        worker = AgentWorker(name, proc, log_path, health_port, metrics_port)
+        self.workers.append(worker)
+        return worker
 
     def registrations(self) -> int:
         return self.log_path.read_text(errors="replace").count("registered with LiveKit")
@@ -279,6 +372,8 @@ class LiveKitPlatform(Platform):
         )
 
     def stop(self) -> int | None:
+        for worker in self.workers:  # before the server, so their calls end cleanly
+            worker.stop()
         code = super().stop()
         if self.server_proc is not None and self.server_proc.poll() is None:
             self.server_proc.terminate()
@@ -312,9 +407,9 @@ def recording_llm() -> Iterator[RecordingLLM]:
     llm.server.shutdown()
 
 
-@pytest.fixture(scope="session")
-def lk(tmp_path_factory: pytest.TempPathFactory, webhook_tap: WebhookTap, recording_llm: RecordingLLM):
-    platform = LiveKitPlatform(Path(tmp_path_factory.mktemp("lk")), tap=webhook_tap, llm=recording_llm)
+@contextlib.contextmanager
+def running_platform(platform: LiveKitPlatform) -> Iterator[LiveKitPlatform]:
+    """Start the platform, hand it out, and leave no process behind whatever happened."""
     try:
         platform.start()
         yield platform
@@ -322,6 +417,14 @@ def lk(tmp_path_factory: pytest.TempPathFactory, webhook_tap: WebhookTap, record
         platform.cleanup()
         if platform.server_proc is not None and platform.server_proc.poll() is None:
             platform.server_proc.kill()
+
+
+@pytest.fixture(scope="session")
+def lk(tmp_path_factory: pytest.TempPathFactory, webhook_tap: WebhookTap, recording_llm: RecordingLLM):
+    with running_platform(
+        LiveKitPlatform(Path(tmp_path_factory.mktemp("lk")), tap=webhook_tap, llm=recording_llm)
+    ) as platform:
+        yield platform
 
 
 # --- an in-process caller ---------------------------------------------------------------------

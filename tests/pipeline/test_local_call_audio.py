@@ -31,6 +31,14 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
+def job_started_payload(session_id: str) -> dict:
+    from sessions_app.models import SessionEvent
+
+    return SessionEvent.objects.filter(session_id=session_id, type="agent.job_started").values_list(
+        "payload", flat=True
+    )[0]
+
+
 @pytest.fixture
 def stand_in_llm(monkeypatch):
     """The job's LLM, kept so tests can see every request the model received."""
@@ -93,6 +101,9 @@ async def test_it_runs_a_three_turn_call_and_records_every_turn(agent, prewarmed
     assert session.last_heartbeat_at is not None
     types = await db(event_types, session_id)
     assert types[0] == "agent.job_started" and types.count("turn.completed") == 4
+    started = await db(job_started_payload, session_id)
+    # Which worker, host and process served the call (docs/deploy.md: several hosts).
+    assert started["worker_id"] and started["host"] and started["pid"] > 0, started
     assert driver.played_seconds > 3
 
 

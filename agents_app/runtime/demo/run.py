@@ -53,7 +53,7 @@ def run_demo(options: dict[str, Any], *, stdout: Any) -> None:
     base_url = f"http://{host}:{port}"
     plan = transport_plan(options["transport"], webhook_url=f"{base_url}{livekit_dev.WEBHOOK_PATH}")
     busy = [("web server", host, port)]
-    if plan.kind == "local":
+    if plan.kind == "local" and not options.get("no_agent"):
         busy.append(("local agent host", settings.LOCAL_AGENT_HOST, settings.LOCAL_AGENT_PORT))
     if plan.kind == "embedded":
         busy.append(("LiveKit server", "127.0.0.1", plan.server.port))
@@ -101,18 +101,21 @@ def run_demo(options: dict[str, Any], *, stdout: Any) -> None:
         agent_argv = [py, "manage.py", "runagent", "dev" if plan.kind != "local" else "start"]
         # A call dispatched before the worker registers waits for the platform's re-dispatch.
         registered = supervisor.watch("agent", "registered with LiveKit")
-        if plan.kind == "local":
-            registered.set()  # local callers wait for the agent host's port themselves
-        supervisor.start("agent", agent_argv, env)
+        if plan.kind == "local" or options.get("no_agent"):
+            # Local callers wait for the agent host's port themselves; with --no-agent the
+            # workers are someone else's, and a call dispatched early is dispatched again.
+            registered.set()
+        if not options.get("no_agent"):
+            supervisor.start("agent", agent_argv, env)
         if not wait_port(host, port, 60):
             raise CommandError(f"the web server did not start listening on {host}:{port} within 60 s")
         for line in banner(base_url, plan, real_model):
             stdout.write(line)
         stdout.flush()
-        doctor = threading.Thread(
-            target=start_doctor, args=(supervisor, env, plan, stop, registered, celery_ready), daemon=True
-        )
-        doctor.start()
+        if not options.get("no_agent"):  # the doctor's dispatch probe needs a worker
+            threading.Thread(
+                target=start_doctor, args=(supervisor, env, plan, stop, registered, celery_ready), daemon=True
+            ).start()
         if not options["no_traffic"]:
             traffic = threading.Thread(
                 target=run_traffic,

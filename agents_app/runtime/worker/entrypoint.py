@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 from typing import Any
 
@@ -259,6 +261,11 @@ class JobRuntime:
             "agent.job_started",
             {
                 "job_id": self.ctx.job.id,
+                # Which worker, on which host, serves the call: with several workers (docs/deploy.md)
+                # this is how a session's job is traced to a machine and its logs.
+                "worker_id": getattr(self.ctx, "worker_id", "") or "",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
                 "transport": "local" if self.call is not None else "livekit",
                 "prompt_version": config.prompt_version,
                 "providers": self.providers.describe(),

@@ -34,6 +34,12 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000, help="Web server port (default %(default)s).")
         parser.add_argument("--no-traffic", action="store_true", help="Do not run simulated calls.")
         parser.add_argument(
+            "--no-agent",
+            action="store_true",
+            help="Start no agent worker: run `manage.py runagent` yourself, as one or several workers on this or "
+            "other hosts (docs/deploy.md). Implies no doctor run.",
+        )
+        parser.add_argument(
             "--duration", type=float, default=0, help="Stop after this many seconds (default: run until Ctrl-C)."
         )
         parser.add_argument(
