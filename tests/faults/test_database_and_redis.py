@@ -231,7 +231,7 @@ async def test_redis_killed_mid_call_keeps_calls_going_and_nothing_is_missed(pla
     await call.start()
     await call.wait_turns(2)
     async with SessionPage(platform, call.session_id) as page:
-        down_at = datetime.now(UTC)
+        turns_before = platform.turn_count(call.session_id)
         platform.redis.stop()
         try:
             # Fail-open: a client still gets a session and its token with Redis down.
@@ -242,10 +242,11 @@ async def test_redis_killed_mid_call_keeps_calls_going_and_nothing_is_missed(pla
             # It ends at once: its post-call report cannot be queued now (the broker is down).
             status, _, _ = await _api(platform, "POST", f"/sessions/{created['session_id']}/end")
             assert status == 200
-            await asyncio.sleep(OUTAGE_SECONDS)  # the caller keeps talking meanwhile
+            # The caller keeps talking: Redis stays down until a turn was stored meanwhile.
+            await asyncio.sleep(OUTAGE_SECONDS)
+            await call.wait_turns(turns_before + 1, timeout=90)
         finally:
             platform.redis.start()
-            up_at = datetime.now(UTC)
 
         await call.finish()
         stored = platform.stored(call.session_id)
@@ -257,11 +258,6 @@ async def test_redis_killed_mid_call_keeps_calls_going_and_nothing_is_missed(pla
             await asyncio.sleep(0.1)
         missing = sorted(set(stored["seqs"]) - page.seqs)
         assert missing == [], f"the session page never got events {missing} (reconnects {page.reconnects})"
-        during = platform.query(
-            "SELECT count(*) FROM sessions_app_sessionevent WHERE session_id=%s AND created_at BETWEEN %s AND %s",
-            (call.session_id, down_at, up_at),
-        )[0][0]
-        assert during >= 1, "no event of the call was stored during the outage: the test did not test it"
 
     # The report of the session that ended during the outage is produced by the backfill.
     for _ in range(900):
