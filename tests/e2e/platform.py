@@ -226,3 +226,29 @@ class Platform:
 
     def simulator_key(self) -> str:
         return json.loads((self.data_dir / "simulator-keys.json").read_text())["client"]
+
+
+@contextlib.contextmanager
+def started(platform: Platform):  # type: ignore[no-untyped-def]
+    """Start the platform; whatever happens, leave no process behind."""
+    try:
+        platform.start()
+        yield platform
+    finally:
+        platform.cleanup()
+
+
+async def staff_http(base_url: str):  # type: ignore[no-untyped-def]
+    """An aiohttp session logged in as the demo's support-staff user (admin login form)."""
+    import aiohttp
+
+    http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    async with http.get(f"{base_url}/admin/login/") as page:
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', await page.text())
+    assert token, "no CSRF token on the admin login page"
+    form = {"username": "staff", "password": "voice-demo", "csrfmiddlewaretoken": token.group(1), "next": "/admin/"}
+    async with http.post(
+        f"{base_url}/admin/login/", data=form, headers={"Referer": f"{base_url}/admin/login/"}
+    ) as done:
+        assert done.status in (200, 302)
+    return http

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.platform import BASE_DIR, Platform, free_port, pid_alive
+from tests.e2e.platform import BASE_DIR, Platform, free_port, pid_alive, staff_http, started
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -38,12 +38,8 @@ SUMMARY_KEYS = {
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    running = Platform(Path(tmp_path_factory.mktemp("e2e")))
-    try:
-        running.start()
+    with started(Platform(Path(tmp_path_factory.mktemp("e2e")))) as running:
         yield running
-    finally:
-        running.cleanup()
 
 
 class DashboardListener:
@@ -57,16 +53,7 @@ class DashboardListener:
 
     async def __aenter__(self) -> DashboardListener:
         base = self.platform.base_url
-        self._http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        async with self._http.get(f"{base}/admin/login/") as page:
-            html = await page.text()
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
-        assert token, "no CSRF token on the admin login page"
-        form = {"username": "staff", "password": "voice-demo", "csrfmiddlewaretoken": token.group(1), "next": "/admin/"}
-        async with self._http.post(
-            f"{base}/admin/login/", data=form, headers={"Referer": f"{base}/admin/login/"}
-        ) as done:
-            assert done.status in (200, 302)
+        self._http = await staff_http(base)
         ws = await self._http.ws_connect(f"ws://127.0.0.1:{self.platform.port}/ws/dashboard/", headers={"Origin": base})
         first = await ws.receive_json(timeout=20)
         assert first["type"] == "snapshot", f"the dashboard websocket refused the staff user: {first}"

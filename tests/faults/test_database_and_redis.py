@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.platform import BASE_DIR
+from tests.e2e.platform import BASE_DIR, staff_http, started
 from tests.faults.infra import postgres_bin_dir
 from tests.faults.platform import FAULT_CALL_TURNS, FaultPlatform, check_nothing_lost_or_doubled
 
@@ -46,11 +45,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultPlatform
         # The report backfill runs often here, so a lost enqueue is repaired within the test.
         extra_env={"REPORT_BACKFILL_EVERY_SECONDS": "5", "REPORT_BACKFILL_AFTER_SECONDS": "3"},
     )
-    try:
-        running.start()
+    with started(running):
         yield running
-    finally:
-        running.cleanup()
 
 
 class Call:
@@ -161,14 +157,7 @@ class SessionPage:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SessionPage:
-        base = self.platform.base_url
-        self._http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        async with self._http.get(f"{base}/admin/login/") as page:
-            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', await page.text())
-        assert token, "no CSRF token on the login page"
-        form = {"username": "staff", "password": "voice-demo", "csrfmiddlewaretoken": token.group(1), "next": "/admin/"}
-        async with self._http.post(f"{base}/admin/login/", data=form, headers={"Referer": f"{base}/admin/login/"}):
-            pass
+        self._http = await staff_http(self.platform.base_url)
         self._task = asyncio.create_task(self._follow())
         for _ in range(200):
             if self.last_seq:
