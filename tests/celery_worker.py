@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from tests.processes import stop_group
 from voiceplatform.celery import app as celery_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,13 +200,7 @@ class CeleryWorkers:
 
     def stop_all(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=15)
+            stop_group(proc)
             proc.log_file.close()  # type: ignore[attr-defined]
         client = redis_client()
         for pattern in (f"{self.prefix}*", self.queue):

@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 
 from tests.browser.conftest import ServedPlatform, serve_platform, start_web_server, stop_platform
+from tests.processes import stop_group
 
 pytestmark = pytest.mark.faults
 
@@ -68,13 +69,7 @@ def servers(tmp_path_factory) -> Iterator[TwoWebServers]:
     try:
         yield TwoWebServers(site, b, b_port)
     finally:
-        if b.poll() is None:
-            b.terminate()
-            try:
-                b.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(b.pid, signal.SIGKILL)
-                b.wait(timeout=10)
+        stop_group(b, grace=30)
         stop_platform(site)
 
 

@@ -41,6 +41,7 @@ from agents_app.runtime.simulator.api import PlatformClient
 from agents_app.runtime.simulator.caller import speak
 from agents_app.runtime.simulator.livekit_transport import LiveKitTransport
 from tests.e2e.platform import BASE_DIR, Platform, free_port, wait_port
+from tests.processes import stop_group
 from voiceplatform import livekit_dev
 
 # A caller who leaves for good ends the call this long after (the room's departure_timeout;
@@ -220,17 +221,7 @@ class AgentWorker:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):  # job processes left behind
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
+        stop_group(self.proc, grace=30)  # and the job processes left behind
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
