@@ -93,7 +93,13 @@ class RoomEar(CallerEar):
         self._rate = utterances[0][1] if utterances else 22050
 
     async def microphone(self) -> None:
-        """Paced 20 ms frames: the queued line's, else silence."""
+        """Paced 20 ms frames: the queued line's, else silence.
+
+        The rtc SDK's AudioSource queues what is captured (up to 1 s) and sends it in real
+        time, so frames sent in a burst (the loop late, the track not yet flowing) would
+        stay queued for the rest of the call, delaying every line by as much. A microphone
+        has no such queue: a silence frame is skipped while more than a frame is queued.
+        """
         frame = int(self._rate * FRAME_S)
         silence = np.zeros(frame, dtype=np.int16)
         clock = time.monotonic()
@@ -105,7 +111,8 @@ class RoomEar(CallerEar):
                     self._said.set()
             else:
                 chunk = silence
-            await self.transport.send_audio(chunk, self._rate)
+            if chunk is not silence or self.transport.queued_seconds() <= FRAME_S:
+                await self.transport.send_audio(chunk, self._rate)
             clock += len(chunk) / self._rate
             await asyncio.sleep(max(0.0, clock - time.monotonic()))
 
