@@ -159,14 +159,22 @@ def test_the_call_page_talks_to_the_agent_through_the_real_server(lk: LiveKitPla
 
             # The page measured the gap before the answer (WebAudio on its microphone and the
             # agent's track) and reported it for the question's turn through the browser API.
+            # (The fake microphone loops: on a slow run the question may come round again and
+            # be answered and reported too.)
             heard = _wait(lambda: _heard(lk, session_id), "the page's heard report for the question", 30, page)
-            assert len(heard) == 1, heard
-            index, user_text, gap_ms, reported_at = heard[0]
-            assert "hours" in user_text.lower() and reported_at is not None, heard
-            assert gap_ms > 0, heard
-            _wait(lambda: page.get_attribute("#heard", "data-turn") == str(index), "the page's heard figure", 10, page)
-            events = [e for e in lk.events(session_id) if e[1] == "turn.heard"]
-            assert [e[2]["index"] for e in events] == [index], events
+            for _index, user_text, gap_ms, reported_at in heard:
+                assert "hours" in user_text.lower() and reported_at is not None, heard
+                assert gap_ms > 0, heard
+            _wait(
+                lambda: page.get_attribute("#heard", "data-turn") in {str(r[0]) for r in _heard(lk, session_id)},
+                "the page's heard figure",
+                10,
+                page,
+            )
+            events = [e[2]["index"] for e in lk.events(session_id) if e[1] == "turn.heard"]
+            for index, *_ in heard:
+                assert events.count(index) == 1, f"turn {index}: one report, once: {events}"
+
             page.click("#end")
             _wait(
                 lambda: (
