@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,18 +79,24 @@ class CallerEar:
         return [m["heard_gap_ms"] for m in self.meter.measurements() if m["heard_gap_ms"] is not None]
 
     async def converse(self, call: Any) -> None:
-        await call.wait_agent_speaking(True, timeout=60)
-        await call.wait_agent_speaking(False, timeout=60)
+        await self.agent_turn(call)
         for number, (audio, rate) in enumerate(self.utterances):
             await asyncio.sleep(0.3)
             self.meter.utterance_started(f"line {number}")
-            # The local transport plays a pushed utterance from now, in real time.
-            self.meter.caller_frame(audio, rate)
-            call.push_caller_audio(audio, rate)
+            await self.say(call, audio, rate)
             self.meter.utterance_ended()
-            await call.wait_agent_speaking(True, timeout=60)
-            await call.wait_agent_speaking(False, timeout=60)
+            await self.agent_turn(call)
         await asyncio.sleep(0.5)  # let the last assistant message commit
+
+    async def say(self, call: Any, audio: Any, rate: int) -> None:
+        # The local transport plays a pushed utterance from now, in real time.
+        self.meter.caller_frame(audio, rate)
+        call.push_caller_audio(audio, rate)
+
+    async def agent_turn(self, call: Any) -> None:
+        """Wait for the agent to start speaking, then to finish."""
+        await call.wait_agent_speaking(True, timeout=60)
+        await call.wait_agent_speaking(False, timeout=60)
 
     async def listen(self, call: Any) -> None:
         async for frame in call.agent_frames():
@@ -110,19 +117,11 @@ def _ms(value: Any) -> float | None:
     return None if value is None else float(value) * 1000.0
 
 
-async def run_bare(agent: Any, greeting: str, instructions: str, utterances: list[tuple[Any, int]]) -> RunResult:
-    from livekit.agents import Agent, AgentSession
+def bare_stages() -> tuple[list[dict[str, float | None]], Callable[[Any], None]]:
+    """The bare session's stages per answered caller turn, from livekit-agents' own metrics
+    (a `conversation_item_added` handler and the list it fills)."""
     from livekit.agents.llm import ChatMessage
-    from livekit.agents.testing import fake_job_context
-    from livekit.agents.voice.transcription import TranscriptSynchronizer
 
-    from agents_app.runtime.providers.factory import build_providers, load_vad
-    from agents_app.runtime.worker.local import LocalCall
-    from agents_app.runtime.worker.platform_agent import session_options
-
-    call = LocalCall()
-    call._bind(asyncio.get_running_loop())
-    providers = build_providers(agent)
     stages: list[dict[str, float | None]] = []
     user: dict[str, float | None] = {}
 
@@ -144,6 +143,23 @@ async def run_bare(agent: Any, greeting: str, instructions: str, utterances: lis
                 }
             )
             user.clear()
+
+    return stages, on_item
+
+
+async def run_bare(agent: Any, greeting: str, instructions: str, utterances: list[tuple[Any, int]]) -> RunResult:
+    from livekit.agents import Agent, AgentSession
+    from livekit.agents.testing import fake_job_context
+    from livekit.agents.voice.transcription import TranscriptSynchronizer
+
+    from agents_app.runtime.providers.factory import build_providers, load_vad
+    from agents_app.runtime.worker.local import LocalCall
+    from agents_app.runtime.worker.platform_agent import session_options
+
+    call = LocalCall()
+    call._bind(asyncio.get_running_loop())
+    providers = build_providers(agent)
+    stages, on_item = bare_stages()
 
     ear = CallerEar(utterances)
     with fake_job_context(job_id="bench-bare"):
@@ -181,6 +197,11 @@ async def run_platform(session_id: str, utterances: list[tuple[Any, int]]) -> Ru
     call.hangup()
     await asyncio.wait_for(job, 60)
     await listening
+    return platform_result(ear, runtime)
+
+
+def platform_result(ear: CallerEar, runtime: Any) -> RunResult:
+    """What the caller heard, and the stages the platform's job (a JobRuntime) recorded."""
     written = [t for t in runtime.recorder.turns_written if t.get("user_text")]
     stages = [{stage: t.get(f"{stage}_ms") for stage in STAGES} for t in written]
     hooks = [t["hook_ms"] for t in runtime.recorder.turns_written]

@@ -8,10 +8,15 @@ energy threshold), rounds alternating bare/platform so both see the same machine
 STT: PocketSphinx with a phrase grammar of the caller's lines (the agent's `stt_phrases`,
 as a menu-like deployment would set them), or open vocabulary with `--open-vocabulary`.
 
-Transport: the local transport (`LocalCall`: paced 20 ms input, a real-time playout
-clock), which the output says (`"transport": "local"`). A real LiveKit server needs its
-own network namespace here (WebRTC never uses loopback); that path is measured by the
-livekit test tier's callers, not by this benchmark.
+Transport (`--transport`, said in the output as `"transport"`):
+- `local` (default): the local transport (`LocalCall`: paced 20 ms input, a real-time
+  playout clock);
+- `livekit`: a real LiveKit server (the one `make livekit-server` builds), the caller
+  joining over WebRTC with the livekit rtc SDK and the agent as a participant of the room
+  (bench/livekit_calls.py). WebRTC never uses loopback, so the benchmark runs itself
+  inside a network namespace of its own (voiceplatform/netns.py: needs root and `ip`) with
+  the server; PostgreSQL through its unix socket, the embedded Redis;
+- `auto`: `livekit` when the server and a namespace are available, else `local`.
 
 Prints one JSON line: {"name": "voice_to_voice", "transport", "turns", "bare": {heard
 p50/p90/p99}, "platform": {…}, "ratio" (platform heard p50 / bare heard p50), and the
@@ -21,6 +26,7 @@ llm_ttft, tts_ttfb, e2e (the agent's own end of speech → first audio out) and
 before the agent's clock starts, output buffering, transport)}. Target: ratio ≤ 1.02.
 
 Usage: .venv/bin/python bench/voice_to_voice.py [--rounds 3] [--turns 4] [--open-vocabulary]
+                                                [--transport local|livekit|auto]
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
 
 from bench.voice_calls import SENTENCES, STAGES, RunResult, percentile, prepare, run_bare, run_platform, setup_session
+from voiceplatform import livekit_dev, netns
+
+BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def _median(values: list[float]) -> float | None:
@@ -61,10 +70,13 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
     }
 
 
-async def main(rounds: int, turns: int, grammar: bool) -> dict[str, Any]:
+async def main(rounds: int, turns: int, grammar: bool, server: Any = None) -> dict[str, Any]:
+    """`server`: a LiveKit server (livekit_dev.ServerConfig) to run the calls through, else
+    the local transport."""
     from asgiref.sync import sync_to_async
 
     from agents_app.runtime.worker.config import load_job_config
+    from bench.livekit_calls import run_bare_livekit, run_platform_livekit
 
     utterances = await prepare(turns)
     bare: list[RunResult] = []
@@ -74,20 +86,41 @@ async def main(rounds: int, turns: int, grammar: bool) -> dict[str, Any]:
         session_id, _agent = await sync_to_async(setup_session)("bench-voice-to-voice", phrases)
         config = await load_job_config(session_id)
         for which in ("bare", "platform") if n % 2 == 0 else ("platform", "bare"):  # alternate who goes first
-            if which == "bare":
+            room = f"bench-v2v-{n}-{which}-{session_id[:8]}"
+            if which == "bare" and server is not None:
+                bare.append(await run_bare_livekit(server, config, utterances, room))
+            elif which == "bare":
                 bare.append(await run_bare(config.agent, config.greeting, config.instructions, utterances))
+            elif server is not None:
+                platform.append(await run_platform_livekit(server, config, utterances, room))
             else:
                 platform.append(await run_platform(session_id, utterances))
     bare_summary, platform_summary = summarize(bare), summarize(platform)
     b, p = bare_summary["heard_p50_ms"], platform_summary["heard_p50_ms"]
     return {
         "name": "voice_to_voice",
-        "transport": "local",
+        "transport": "local" if server is None else "livekit",
         "stt": "phrase grammar" if grammar else "open vocabulary",
         "bare": bare_summary,
         "platform": platform_summary,
         "ratio": round(p / b, 3) if b and p else None,
     }
+
+
+def _livekit_missing() -> str:
+    """Why the LiveKit mode cannot run here ('' when it can)."""
+    if livekit_dev.server_binary() is None:
+        return "no livekit-server (`make livekit-server` builds it; it needs Go)"
+    return "" if os.environ.get(netns.ADDRESS_ENV) else netns.missing()
+
+
+def _run(args: argparse.Namespace, server: Any = None) -> None:
+    import django
+
+    if server is not None:
+        os.environ.update(livekit_dev.platform_env(server))  # the platform mints the caller's token
+    django.setup()
+    print(json.dumps(asyncio.run(main(args.rounds, args.turns, grammar=not args.open_vocabulary, server=server))))
 
 
 if __name__ == "__main__":  # the PocketSphinx pool spawns processes: keep this guard
@@ -97,9 +130,25 @@ if __name__ == "__main__":  # the PocketSphinx pool spawns processes: keep this 
     parser.add_argument(
         "--open-vocabulary", action="store_true", help="PocketSphinx without the phrase grammar of the caller's lines"
     )
+    parser.add_argument("--transport", choices=("local", "livekit", "auto"), default="local")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    import django
+    transport = args.transport
+    if transport == "auto":
+        transport = "local" if _livekit_missing() else "livekit"
+    if transport == "local":
+        _run(args)
+    elif reason := _livekit_missing():
+        sys.exit(f"voice_to_voice --transport livekit: {reason}")
+    elif not os.environ.get(netns.ADDRESS_ENV):  # run this again inside a namespace of its own
+        argv = [*sys.argv[1:], "--transport", "livekit"]
+        sys.exit(
+            netns.run_inside(
+                "vpbench", [sys.executable, str(Path(__file__).resolve()), *argv], env=dict(os.environ), cwd=BASE_DIR
+            )
+        )
+    else:
+        from bench.livekit_calls import livekit_server
 
-    django.setup()
-    print(json.dumps(asyncio.run(main(args.rounds, args.turns, grammar=not args.open_vocabulary))))
+        with livekit_server() as server:
+            _run(args, server)

@@ -8,6 +8,7 @@ one JSON blob (`json_script`), so the script carries no server-side templating.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.conf import settings
@@ -50,7 +51,12 @@ def call_config(request: HttpRequest) -> dict[str, Any]:
             "interrupt": base + "sessions/{id}/interrupt",
             "end": base + "sessions/{id}/end",
             "session": base + "sessions/{id}",
+            # What the caller heard of a turn, measured in the page (docs/latency.md).
+            "heard": base + "sessions/{id}/turns/{index}/heard",
         },
+        # The server's clock as it made the page (ms since the epoch): the page places the
+        # turns' start times (server clock) on its own clock to pair them with what it heard.
+        "serverTimeMs": round(time.time() * 1000),
         "dashboardUrl": _dashboard_url(),
         # A LiveKit agent usually joins within a second or two of dispatch; the default 15 s
         # covers a cold worker without leaving the caller in a silent call.

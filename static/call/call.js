@@ -18,7 +18,8 @@
     thinking: "thinking", speaking: "speaking",
   };
 
-  // One call at a time: {sessionId, room, agentIdentity, agentState, ending, joinTimer, lastInterruptAt}
+  // One call at a time: {sessionId, room, agentIdentity, agentState, ending, joinTimer, lastInterruptAt,
+  // heard (the heard-latency meter, or null)}
   let call = null;
   // Rooms whose connect() succeeded: only their Disconnected event means "the call was lost".
   const joinedRooms = new WeakSet();
@@ -77,8 +78,10 @@
   }
 
   // ---- the same-origin browser API (Django session + CSRF) ---------------------------
-  function endpoint(name, sessionId) {
-    return cfg.endpoints[name].replace("{id}", encodeURIComponent(sessionId || ""));
+  function endpoint(name, sessionId, index) {
+    return cfg.endpoints[name]
+      .replace("{id}", encodeURIComponent(sessionId || ""))
+      .replace("{index}", String(index));
   }
 
   function csrfToken() {
@@ -86,11 +89,12 @@
     return match ? decodeURIComponent(match[1]) : cfg.csrfToken;
   }
 
-  async function api(name, sessionId, body) {
+  async function api(name, sessionId, body, options) {
+    const opts = options || {};
     let response;
     try {
-      response = await fetch(endpoint(name, sessionId), {
-        method: "POST",
+      response = await fetch(endpoint(name, sessionId, opts.index), {
+        method: opts.method || "POST",
         credentials: "same-origin",
         headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
         body: JSON.stringify(body || {}),
@@ -114,6 +118,9 @@
     event.preventDefault();
     if (call) return;
     const slug = $("agent").value;
+    // Made here, in the click, so that the browser lets its AudioContext run.
+    const heard = heardMeter();
+    $("heard").hidden = true;
     clearCaptions();
     notify("");
     setConn("Requesting a session…", "busy");
@@ -122,13 +129,15 @@
     try {
       grant = await api("sessions", null, { agent: slug, metadata: {} });
     } catch (err) {
+      heardStop(heard);
       setConn("Not connected", "idle");
       setPhase("idle");
       notify("Could not start the call: " + describe(err), "error");
       return;
     }
     call = { sessionId: grant.session_id, room: null, agentIdentity: null, agentState: "idle",
-             ending: false, joinTimer: null, lastInterruptAt: 0 };
+             ending: false, joinTimer: null, lastInterruptAt: 0, heard: heard };
+    heardRun(call);
     setPhase("connecting");
     await join(grant, false);
   }
@@ -189,6 +198,8 @@
     try {
       await room.localParticipant.setMicrophoneEnabled(true);
       setMuted(false);
+      const mic = room.localParticipant.getTrackPublication(LK.Track.Source.Microphone);
+      if (call && mic && mic.track) heardListen(call.heard, "mic", mic.track.mediaStreamTrack);
     } catch (err) {
       const why = err && err.name === "NotAllowedError" ? "permission was denied" : describe(err);
       notify("Your microphone could not be used (" + why + "), so the agent cannot hear you. " +
@@ -304,8 +315,10 @@
         if (!call.agentIdentity && isAgent(p)) onParticipant(p);
         if (p.identity === call.agentIdentity) setAgentState(changed["lk.agent.state"]);
       })
-      .on(E.TrackSubscribed, (track) => {
-        if (track.kind === LK.Track.Kind.Audio) $("audio-sink").appendChild(track.attach());
+      .on(E.TrackSubscribed, (track, publication, participant) => {
+        if (track.kind !== LK.Track.Kind.Audio) return;
+        $("audio-sink").appendChild(track.attach());
+        if (call && isAgent(participant)) heardListen(call.heard, "agent", track.mediaStreamTrack);
       })
       .on(E.TrackUnsubscribed, (track) => track.detach().forEach((el) => el.remove()))
       .on(E.AudioPlaybackStatusChanged, () => {
@@ -391,6 +404,159 @@
     if (who === "agent" || attrs["lk.transcription_final"] === "true") line.classList.remove("interim");
   }
 
+  // ---- what the caller heard (docs/latency.md) -----------------------------------------
+  // WebAudio analysers on the microphone and on the agent's track, sampled every 10 ms on
+  // the page's clock. A caller utterance is the microphone above the threshold; the agent is
+  // audible from its first sample above it, until a quiet spell of 300 ms. When the agent
+  // starts after the caller's last loud moment, heard gap = that start − that moment (as
+  // the simulated caller measures it: agents_app/runtime/simulator/heard.py). Not measured
+  // when the agent was still audible as the caller stopped.
+  // Pairing with a turn goes by time, not by order (a cough or a line the STT split would
+  // shift an order): the stored caller turn whose start (the server's clock, placed on the
+  // page's clock) falls between the caller's last loud moment and the agent being heard,
+  // when exactly one does. Then PUT …/turns/{index}/heard, once per turn.
+  const HEARD_THRESHOLD = 500 / 32768; // RMS ≈ −36 dBFS, the simulated caller's threshold
+  const HEARD_SAMPLE_MS = 10;
+  const HEARD_STEP_MAX_MS = 60; // samples further apart (a throttled background tab): start over
+  const AGENT_QUIET_MS = 300;
+  const HEARD_REPORT_MS = 2000;
+  const HEARD_GIVE_UP_MS = 60000;
+  const HEARD_MARGIN_MS = 250; // the turn's start vs the page's moments, beyond the clock error
+
+  const pageNow = () => performance.timeOrigin + performance.now();
+
+  // The server's clock − the page's: cfg.serverTimeMs was taken while the server made this
+  // page, between the request's start and the response's first byte (navigation timing).
+  const serverClock = (() => {
+    const nav = performance.getEntriesByType("navigation")[0];
+    if (!cfg.serverTimeMs || !nav || !nav.responseStart) return { offset: 0, error: 1000 };
+    const sent = performance.timeOrigin + nav.requestStart;
+    const answered = performance.timeOrigin + nav.responseStart;
+    return { offset: cfg.serverTimeMs - (sent + answered) / 2, error: (answered - sent) / 2 };
+  })();
+
+  function heardMeter() {
+    const Context = window.AudioContext || window.webkitAudioContext;
+    if (!Context) return null;
+    return { ctx: new Context(), inputs: {}, tick: null, report: null, lastTick: 0, stretch: null,
+             utterance: null, pending: [], reported: new Set(), reporting: false };
+  }
+
+  // Listen to `which` ("mic" or "agent"): a MediaStreamTrack into an AnalyserNode.
+  function heardListen(meter, which, mediaTrack) {
+    if (!meter || !mediaTrack) return;
+    const old = meter.inputs[which];
+    if (old && old.track === mediaTrack) return;
+    if (old) old.source.disconnect();
+    const source = meter.ctx.createMediaStreamSource(new MediaStream([mediaTrack]));
+    const analyser = meter.ctx.createAnalyser();
+    analyser.fftSize = 512; // ≈ 10.7 ms at 48 kHz: one sample period
+    source.connect(analyser);
+    meter.inputs[which] = { track: mediaTrack, source, analyser, buf: new Float32Array(analyser.fftSize) };
+  }
+
+  function heardLoud(input) {
+    if (!input) return false;
+    input.analyser.getFloatTimeDomainData(input.buf);
+    let sum = 0;
+    for (const v of input.buf) sum += v * v;
+    return Math.sqrt(sum / input.buf.length) >= HEARD_THRESHOLD;
+  }
+
+  function heardSample(meter) {
+    const now = pageNow();
+    if (meter.lastTick && now - meter.lastTick > HEARD_STEP_MAX_MS) meter.utterance = null;
+    meter.lastTick = now;
+    if (heardLoud(meter.inputs.agent)) {
+      const last = meter.stretch;
+      if (last && now - last.end < AGENT_QUIET_MS) last.end = now;
+      else {
+        heardAgentStarted(meter, now);
+        meter.stretch = { start: now, end: now };
+      }
+    }
+    if (heardLoud(meter.inputs.mic)) {
+      const u = meter.utterance;
+      if (u) u.end = now;
+      else {
+        const s = meter.stretch;
+        meter.utterance = { start: now, end: now, over: s && now <= s.end + AGENT_QUIET_MS ? s : null };
+      }
+    }
+  }
+
+  function heardAgentStarted(meter, now) {
+    const u = meter.utterance;
+    meter.utterance = null;
+    if (!u) return; // the agent speaks with no caller speech before it (the greeting)
+    if (meter.stretch && meter.stretch.end >= u.end) return; // still audible as the caller stopped
+    meter.pending.push({
+      spokeUntil: u.end,
+      heardAt: now,
+      gapMs: Math.round((now - u.end) * 10) / 10,
+      bargeInMs: u.over ? Math.round(Math.max(0, u.over.end - u.start) * 10) / 10 : null,
+    });
+  }
+
+  function heardRun(watched) {
+    const meter = watched.heard;
+    if (!meter) return;
+    if (meter.ctx.state === "suspended") meter.ctx.resume().catch(() => {});
+    meter.tick = setInterval(() => heardSample(meter), HEARD_SAMPLE_MS);
+    meter.report = setInterval(() => heardReport(watched), HEARD_REPORT_MS);
+  }
+
+  function heardStop(meter) {
+    if (!meter) return;
+    clearInterval(meter.tick);
+    clearInterval(meter.report);
+    meter.ctx.close().catch(() => {});
+  }
+
+  async function heardReport(watched) {
+    const meter = watched && watched.heard;
+    if (!meter || meter.reporting || !meter.pending.length) return;
+    meter.reporting = true;
+    try {
+      const response = await fetch(endpoint("session", watched.sessionId), { credentials: "same-origin" });
+      if (!response.ok) return;
+      const turns = ((await response.json()).turns || []).filter(
+        (t) => t.user_text && t.started_at && t.heard_gap_ms == null && !meter.reported.has(t.index));
+      const margin = HEARD_MARGIN_MS + serverClock.error;
+      const waiting = [];
+      for (const m of meter.pending) {
+        const matches = turns.filter((t) => {
+          const at = Date.parse(t.started_at) - serverClock.offset;
+          return at >= m.spokeUntil - margin && at <= m.heardAt + margin;
+        });
+        if (matches.length === 1) {
+          const index = matches[0].index;
+          meter.reported.add(index);
+          try {
+            await api("heard", watched.sessionId, { heard_gap_ms: m.gapMs, barge_in_ms: m.bargeInMs },
+                      { method: "PUT", index: index });
+            heardShow(index, m.gapMs);
+          } catch (_) { /* 409: already reported; anything else: the figure is lost, the call goes on */ }
+        } else if (!matches.length && pageNow() - m.heardAt < HEARD_GIVE_UP_MS) {
+          waiting.push(m); // the turn is stored when the agent's answer ends
+        } // several turns in the window: ambiguous, reported nowhere rather than guessed
+      }
+      meter.pending = waiting;
+    } catch (_) {
+      /* the platform is unreachable for a moment: try again at the next report */
+    } finally {
+      meter.reporting = false;
+    }
+  }
+
+  function heardShow(index, gapMs) {
+    const box = $("heard");
+    if (!box) return;
+    box.hidden = false;
+    box.dataset.turn = String(index);
+    box.textContent = "You heard the agent " + (gapMs / 1000).toFixed(2) + " s after you stopped";
+  }
+
   // ---- controls -----------------------------------------------------------------------
   // Interrupt through the agent's `interrupt` RPC; if that fails or is slow, through the
   // platform API, which relays it to the agent job over the channel layer.
@@ -451,6 +617,7 @@
     setPhase("ending");
     setConn("Ending…", "busy");
     let problem = null;
+    await heardReport(call); // what is still waiting for its turn, if the turn is stored by now
     try {
       await api("end", call.sessionId);
     } catch (err) {
@@ -465,6 +632,7 @@
 
   function finishCall(text, kind) {
     if (call) {
+      heardStop(call.heard);
       clearTimeout(call.joinTimer);
       if (call.room) call.room.disconnect();
     }

@@ -89,7 +89,7 @@ def test_its_endpoints_are_the_browser_api_routes(client, outsider_user, agent) 
     assert config["csrfToken"]
     session_id = str(uuid.uuid4())
     for name, path in config["endpoints"].items():
-        match = resolve(path.replace("{id}", session_id))
+        match = resolve(path.replace("{id}", session_id).replace("{index}", "1"))
         assert match.url_name, f"the {name} endpoint {path} is not routed"
         assert path.startswith("/api/v1/browser/")
 

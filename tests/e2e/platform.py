@@ -155,6 +155,8 @@ class Platform:
             raise RuntimeError(f"the platform did not start; demo log:\n{tail}")
 
     def child_pids(self) -> list[int]:
+        if not self.log_path.exists():  # never started (only its database was used)
+            return []
         return [int(p) for p in re.findall(r"started \(pid (\d+)\)", self.log_path.read_text(errors="replace"))]
 
     def log_tail(self, lines: int = 60) -> str:

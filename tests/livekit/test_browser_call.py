@@ -3,7 +3,9 @@
 Chromium's fake microphone plays a WAV of Piper speech (silence, a question, silence, looped).
 The page joins the room through the real server, hears the greeting (energy on the
 received track, measured with WebAudio in the page), its question is answered (a stored
-turn with the caller's words), and the Interrupt button cuts the agent through its RPC.
+turn with the caller's words), the page reports what it heard of that turn (its own WebAudio
+heard-gap measurement, paired with the turn and sent to the browser endpoint), and the
+Interrupt button cuts the agent through its RPC.
 """
 
 from __future__ import annotations
@@ -87,6 +89,18 @@ def _turns(lk: LiveKitPlatform, session_id: str) -> list[tuple[str, bool, str]]:
     ]
 
 
+def _heard(lk: LiveKitPlatform, session_id: str) -> list[tuple[int, str, float, object]]:
+    """The turns with a heard report: (index, user_text, heard_gap_ms, heard_reported_at)."""
+    sid = session_id if lk.pg_db else session_id.replace("-", "")
+    return list(
+        lk.query(
+            'SELECT "index", user_text, heard_gap_ms, heard_reported_at FROM sessions_app_turn '
+            'WHERE session_id = %s AND heard_gap_ms IS NOT NULL ORDER BY "index"',
+            (sid,),
+        )
+    )
+
+
 def _wait(predicate, what: str, timeout: float, page=None):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -142,6 +156,25 @@ def test_the_call_page_talks_to_the_agent_through_the_real_server(lk: LiveKitPla
                 30,
                 page,
             )
+
+            # The page measured the gap before the answer (WebAudio on its microphone and the
+            # agent's track) and reported it for the question's turn through the browser API.
+            # (The fake microphone loops: on a slow run the question may come round again and
+            # be answered and reported too.)
+            heard = _wait(lambda: _heard(lk, session_id), "the page's heard report for the question", 30, page)
+            for _index, user_text, gap_ms, reported_at in heard:
+                assert "hours" in user_text.lower() and reported_at is not None, heard
+                assert gap_ms > 0, heard
+            _wait(
+                lambda: page.get_attribute("#heard", "data-turn") in {str(r[0]) for r in _heard(lk, session_id)},
+                "the page's heard figure",
+                10,
+                page,
+            )
+            events = [e[2]["index"] for e in lk.events(session_id) if e[1] == "turn.heard"]
+            for index, *_ in heard:
+                assert events.count(index) == 1, f"turn {index}: one report, once: {events}"
+
             page.click("#end")
             _wait(
                 lambda: (

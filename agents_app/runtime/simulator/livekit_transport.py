@@ -195,6 +195,10 @@ class LiveKitTransport(CallerTransport):
             pcm = await self.impairment.deliver(pcm, due=time.monotonic())
         await self._source.capture_frame(rtc.AudioFrame(pcm, sample_rate, 1, len(pcm) // 2))
 
+    def queued_seconds(self) -> float:
+        """Audio captured but not yet sent (the rtc SDK's AudioSource paces it out)."""
+        return self._source.queued_duration if self._source is not None else 0.0
+
     def recovered_by_itself(self) -> bool:
         return self._room is not None and self._room.isconnected() and self._dropped
 
