@@ -218,8 +218,8 @@ class SessionEvent(models.Model):
     type = models.CharField(max_length=64)
     payload = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    # The agent writer's own id for the record (a retried write is stored once); else null.
-    record_key = models.CharField(max_length=40, null=True, blank=True, editable=False)
+    # The agent writer's own id for the record (a retried write is stored once); else "".
+    record_key = models.CharField(max_length=40, blank=True, default="", db_default="", editable=False)
 
     class Meta:
         ordering = ["session", "seq"]
@@ -227,7 +227,7 @@ class SessionEvent(models.Model):
             models.UniqueConstraint(fields=["session", "seq"], name="event_unique_seq"),
             models.UniqueConstraint(
                 fields=["session", "record_key"],
-                condition=models.Q(record_key__isnull=False),
+                condition=~models.Q(record_key=""),
                 name="event_unique_record_key",
             ),
         ]

@@ -120,7 +120,7 @@ def session_event_append(
     returns the stored event: a retry after a lost commit answer stores nothing twice.
     Call it inside a transaction: the sequence number and the row go together.
     """
-    if key is not None:
+    if key:
         stored = SessionEvent.objects.filter(session_id=session_id, record_key=key).first()
         if stored is not None:
             return stored
@@ -129,7 +129,7 @@ def session_event_append(
         raise VoiceSession.DoesNotExist(f"no session {session_id}")
     seq = VoiceSession.objects.filter(pk=session_id).values_list("last_seq", flat=True).get()
     event = SessionEvent.objects.create(
-        session_id=session_id, seq=seq, type=type, payload=payload or {}, record_key=key
+        session_id=session_id, seq=seq, type=type, payload=payload or {}, record_key=key or ""
     )
     if announce:
         _publish_after_commit(event.session_id, live.event_added(event))

@@ -13,10 +13,10 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='sessionevent',
             name='record_key',
-            field=models.CharField(blank=True, editable=False, max_length=40, null=True),
+            field=models.CharField(blank=True, db_default='', default='', editable=False, max_length=40),
         ),
         migrations.AddConstraint(
             model_name='sessionevent',
-            constraint=models.UniqueConstraint(condition=models.Q(('record_key__isnull', False)), fields=('session', 'record_key'), name='event_unique_record_key'),
+            constraint=models.UniqueConstraint(condition=models.Q(('record_key', ''), _negated=True), fields=('session', 'record_key'), name='event_unique_record_key'),
         ),
     ]
