@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +49,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
 os.environ.setdefault("VOICE_DEV_DEFAULTS", "true")
 
 from bench.common import percentile  # noqa: E402 (after the sys.path insert)
+from bench.platform_runs import ROLES, group_rss_mb, logger, process_groups, roles, run_round  # noqa: E402
 from tests.faults.platform import FAULT_CALL, FAULT_CALL_TURNS, FaultPlatform, check_nothing_lost_or_doubled  # noqa: E402
 
 
@@ -73,45 +73,13 @@ def soak_scenario() -> str:
 
 
 SOAK_TURNS = FAULT_CALL_TURNS + 1
-ROLES = ("web", "celery", "agent", "llm")
 AFTER_FAULT_S = 10.0
 
 
-def log(message: str) -> None:
-    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = logger("soak")
 
 
 # -- processes and their memory ----------------------------------------------------------------------
-
-
-def _process_groups() -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                pgid = int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[2])
-            except (OSError, IndexError, ValueError):
-                continue
-            groups.setdefault(pgid, []).append(int(entry.name))
-    return groups
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _roles(platform: FaultPlatform) -> dict[str, int]:
-    """The demo's children by role (each leads its own process group)."""
-    text = platform.log_path.read_text(errors="replace")
-    import re
-
-    return {name: int(pid) for name, pid in re.findall(r"(\w+) +\| .*started \(pid (\d+)\)", text) if name in ROLES}
 
 
 class Sampler(threading.Thread):
@@ -126,11 +94,10 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
-            groups = _process_groups()
-            roles = _roles(self.platform)
+            groups = process_groups()
             sample: dict[str, Any] = {"t": time.monotonic()}
-            for role, leader in roles.items():
-                sample[role] = round(sum(_rss_mb(pid) for pid in groups.get(leader, [leader])), 1)
+            for role, leader in roles(self.platform.log_path).items():
+                sample[role] = group_rss_mb(leader, groups)
             sample["pg"] = self._pg_connections()
             sample["redis"] = self._redis_clients()
             self.samples.append(sample)
@@ -212,19 +179,6 @@ def run_faults(platform: FaultPlatform, minutes: float, outage: float, windows: 
 
 
 # -- the run -------------------------------------------------------------------------------------------
-
-
-def run_round(platform: FaultPlatform, calls: int, scenario: Path, timeout: float) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "manage.py", "simulate_calls", "--json", "--base-url", platform.base_url,
-         "--calls", str(calls), "--concurrency", str(calls), "--scenario", str(scenario)],
-        cwd=BASE_DIR, env=platform.env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-    try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        log(f"a round printed no summary (status {done.returncode}): {done.stderr[-1500:]}")
-        return {"calls": calls, "completed": 0, "failed": calls, "session_ids": [], "errors": ["no summary"]}
 
 
 def analyse(platform: FaultPlatform, session_ids: list[str], windows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -325,7 +279,7 @@ def main() -> None:
         deadline = started + args.minutes * 60
         faults.start()
         while time.monotonic() < deadline:
-            summary = run_round(platform, args.calls, scenario, timeout=args.minutes * 60 + 300)
+            summary = run_round(platform, args.calls, scenario, timeout=args.minutes * 60 + 300, log=log)
             rounds.append(summary)
             log(
                 f"round {len(rounds)}: {summary.get('completed')} of {summary.get('calls')} calls completed, "

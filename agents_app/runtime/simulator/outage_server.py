@@ -12,16 +12,23 @@ pointed at it, and answers each request according to a script:
 - ``cut``   stream the first half of the reply, then drop the connection
 
 It also serves ``/v1/audio/speech`` (the openai TTS plugin's endpoint) with the same
-modes, answering ``ok`` with Piper speech as 24 kHz PCM, for TTS outages.
+modes, answering ``ok`` with Piper speech as 24 kHz PCM, for TTS outages, and
+``/v1/audio/transcriptions`` (the openai STT plugin's, non-streaming) answering ``ok`` with
+the fixed ``transcript`` whatever was said.
 
 The ``script`` is consumed one entry per request; when it runs out, ``then`` applies
 (default ``ok``). ``down_for`` seconds makes every request fail with ``then_failure``
 for that long after start, then answer normally: "the provider is down for a while".
+``latency`` seconds (default 0) delays the first byte of every answer that is not an
+error: a healthy provider of fixed latency, the stand-in `bench/capacity.py` measures the
+platform against. Speech is synthesized once per text (cached), so a repeated answer costs
+the server no Piper time and its latency stays what was asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 import time
@@ -33,6 +40,7 @@ from aiohttp import web
 
 MODES = ("ok", "500", "429", "hang", "cut")
 DEFAULT_REPLY = "Sure, I can help with that. Your request is noted."
+DEFAULT_TRANSCRIPT = "Hello, what are your opening hours?"
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, model: str = "scripted-outage") -> bytes:
@@ -46,6 +54,7 @@ def _chunk(delta: dict[str, Any], finish: str | None = None, model: str = "scrip
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
+@functools.lru_cache(maxsize=64)
 def _speech_pcm24k(text: str) -> bytes:
     import numpy as np
 
@@ -63,10 +72,12 @@ class ScriptedOutageServer:
     script: list[str] = field(default_factory=list)
     then: str = "ok"
     reply: str = DEFAULT_REPLY
+    transcript: str = DEFAULT_TRANSCRIPT
     hang_seconds: float = 30.0
     retry_after: int = 1
     down_for: float = 0.0
     then_failure: str = "500"
+    latency: float = 0.0
     host: str = "127.0.0.1"
     port: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
@@ -98,6 +109,12 @@ class ScriptedOutageServer:
             return self.then_failure
         return self._queue.popleft() if self._queue else self.then
 
+    async def _wait_latency(self, received: float) -> None:
+        """Hold the first byte until `latency` seconds after the request arrived."""
+        delay = received + self.latency - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
     # -- HTTP ------------------------------------------------------------------------
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -106,6 +123,7 @@ class ScriptedOutageServer:
             return web.Response(status=499)
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
+        received = time.monotonic()
         body = await request.json()
         mode = self._next_mode()
         self.log.append({"at": time.time(), "mode": mode, "model": body.get("model")})
@@ -120,6 +138,7 @@ class ScriptedOutageServer:
             finally:
                 if task is not None:
                     self._hanging.discard(task)
+        await self._wait_latency(received)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         split = self.reply.split()
@@ -146,6 +165,7 @@ class ScriptedOutageServer:
             return web.Response(status=499)
 
     async def _speak(self, request: web.Request) -> web.StreamResponse:
+        received = time.monotonic()
         body = await request.json()
         mode = self._next_mode()
         self.log.append({"at": time.time(), "mode": mode, "model": body.get("model"), "input": body.get("input")})
@@ -154,6 +174,7 @@ class ScriptedOutageServer:
         if mode == "hang":
             await asyncio.sleep(self.hang_seconds)
         pcm = await asyncio.to_thread(_speech_pcm24k, str(body.get("input") or ""))
+        await self._wait_latency(received)
         response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
         await response.prepare(request)
         if mode == "cut":
@@ -164,6 +185,19 @@ class ScriptedOutageServer:
         await response.write(pcm)
         await response.write_eof()
         return response
+
+    async def _transcription(self, request: web.Request) -> web.StreamResponse:
+        """`/v1/audio/transcriptions`: the fixed transcript (the audio is read, not decoded)."""
+        received = time.monotonic()
+        await request.read()
+        mode = self._next_mode()
+        self.log.append({"at": time.time(), "mode": mode, "model": "transcription"})
+        if mode in ("500", "429", "cut"):  # a cut JSON body is as good as an error
+            return await self._fail("429" if mode == "429" else "500")
+        if mode == "hang":
+            await asyncio.sleep(self.hang_seconds)
+        await self._wait_latency(received)
+        return web.json_response({"text": self.transcript})
 
     async def _fail(self, mode: str) -> web.Response:
         if mode == "429":
@@ -180,6 +214,7 @@ class ScriptedOutageServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/audio/transcriptions", self._transcription)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
