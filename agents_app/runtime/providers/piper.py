@@ -59,6 +59,21 @@ def sample_rate() -> int:
     return int(load_voice().config.sample_rate)
 
 
+# Piper starts each text with 30–65 ms of near-silence; the caller hears the answer only
+# from its first sound, so the stream drops it up to LEAD_PAD_SECONDS before the first
+# sample above LEAD_LEVEL (int16 ≈ −48 dBFS, under anything audible over a phone line).
+LEAD_LEVEL = 128
+LEAD_PAD_SECONDS = 0.005
+
+
+def trim_lead(samples: np.ndarray, rate: int) -> np.ndarray:
+    """`samples` without their leading near-silence, but LEAD_PAD_SECONDS of it."""
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > LEAD_LEVEL)
+    if not len(loud):
+        return samples
+    return samples[max(0, int(loud[0]) - int(rate * LEAD_PAD_SECONDS)) :]
+
+
 def synthesize_chunks(text: str) -> list[np.ndarray]:
     """One int16 array per sentence (Piper splits sentences itself)."""
     voice = load_voice()
@@ -109,9 +124,14 @@ class _PiperStream(tts.ChunkedStream):
         # ONNX inference releases the GIL: run each sentence in a thread so the event
         # loop keeps pacing audio while the next sentence is synthesized.
         sentinel = object()
+        first = True
         while True:
             chunk = await asyncio.to_thread(next, chunks, sentinel)
             if chunk is sentinel:
                 break
-            output_emitter.push(chunk.audio_int16_bytes)
+            if first:  # its leading near-silence delays the first sound the caller hears
+                first = False
+                output_emitter.push(trim_lead(chunk.audio_int16_array, self._tts.sample_rate).tobytes())
+            else:
+                output_emitter.push(chunk.audio_int16_bytes)
         output_emitter.flush()

@@ -80,10 +80,15 @@ def room_options(config: JobConfig) -> room_io.RoomOptions:
       by default): from the linked caller only (room_io filters on the identity), cut
       to TEXT_INPUT_MAX_CHARS, answered like speech and stored as the caller's turn
       (the turn tracker opens turns on the user's conversation items).
+    - The caller's audio in frames of ROOM_AUDIO_INPUT_FRAME_MS (20 ms; livekit-agents'
+      default is 50): a frame is handed on only when complete, so the VAD sees the
+      caller's silence end up to a frame late, and the answer starts that much later
+      (docs/latency.md, "LiveKit").
     """
     return room_io.RoomOptions(
         participant_identity=config.caller_identity,
         close_on_disconnect=False,
+        audio_input=room_io.AudioInputOptions(frame_size_ms=int(settings.ROOM_AUDIO_INPUT_FRAME_MS)),
         text_input=room_io.TextInputOptions(text_input_cb=typed_text_input) if config.agent.text_input else False,
     )
 
