@@ -120,3 +120,28 @@ def install_error_handlers(api: NinjaAPI) -> None:
                 ),
             )
         return respond(request, exc.status_code, error_body("http_error", str(exc)))
+
+
+class DatabaseUnavailableMiddleware:
+    """Pages and forms outside the API (the admin, the dashboard, the call page): a view that
+    hits an unreachable or restarting database answers 503 with Retry-After, as the API
+    does, instead of a 500. In a web process the first use of a pooled connection that a
+    PostgreSQL restart broke fails this way once; the pool then discards it (docs/reliability.md)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        import logging
+
+        logging.getLogger(__name__).warning("database unavailable: %s", exception)
+        response = HttpResponse(
+            "The database is unavailable; retry shortly.\n", status=503, content_type="text/plain; charset=utf-8"
+        )
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+        return response

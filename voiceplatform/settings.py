@@ -79,6 +79,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "voiceplatform.logging.RequestContextMiddleware",
+    "voiceplatform.api_errors.DatabaseUnavailableMiddleware",
     "sessions_app.ratelimit.LoginThrottleMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]

@@ -241,16 +241,32 @@ def started(platform: Platform):  # type: ignore[no-untyped-def]
 
 
 async def staff_http(base_url: str):  # type: ignore[no-untyped-def]
-    """An aiohttp session logged in as the demo's support-staff user (admin login form)."""
+    """An aiohttp session logged in as the demo's support-staff user (admin login form).
+    A 503 (the database briefly unavailable, e.g. just restarted) is retried after its
+    Retry-After, as a person would try again."""
+    import asyncio
+
     import aiohttp
 
     http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    async with http.get(f"{base_url}/admin/login/") as page:
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', await page.text())
-    assert token, "no CSRF token on the admin login page"
-    form = {"username": "staff", "password": "voice-demo", "csrfmiddlewaretoken": token.group(1), "next": "/admin/"}
-    async with http.post(
-        f"{base_url}/admin/login/", data=form, headers={"Referer": f"{base_url}/admin/login/"}
-    ) as done:
-        assert done.status in (200, 302)
-    return http
+    for _ in range(6):
+        async with http.get(f"{base_url}/admin/login/") as page:
+            html, status, retry_after = await page.text(), page.status, page.headers.get("Retry-After", "1")
+        if status != 503:
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+            assert token, f"no CSRF token on the admin login page (HTTP {status})"
+            form = {
+                "username": "staff",
+                "password": "voice-demo",
+                "csrfmiddlewaretoken": token.group(1),
+                "next": "/admin/",
+            }
+            async with http.post(
+                f"{base_url}/admin/login/", data=form, headers={"Referer": f"{base_url}/admin/login/"}
+            ) as done:
+                status, retry_after = done.status, done.headers.get("Retry-After", "1")
+            if status != 503:
+                assert status in (200, 302), f"the staff login answered HTTP {status}"
+                return http
+        await asyncio.sleep(min(float(retry_after), 5.0))
+    raise AssertionError("the staff login kept answering 503")

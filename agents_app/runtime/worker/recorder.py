@@ -192,8 +192,8 @@ class Recorder:
                 from sessions_app.models import VoiceSession
 
                 VoiceSession.objects.filter(pk=self.session_id).update(last_heartbeat_at=timezone.now())
-            except Exception:
-                logger.warning("heartbeat write failed", exc_info=True)
+            except Exception as exc:  # the next heartbeat tries again; no traceback for an outage
+                logger.warning("heartbeat write failed: %s", exc)
         return written
 
     def _write_durably(self, write: Callable[[dict[str, Any]], None], data: dict[str, Any]) -> None:
