@@ -80,6 +80,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
     def on_database_down(request: HttpRequest, exc: Exception) -> HttpResponse:
         # The database is unreachable or restarting (docs/api.md): a retryable 503, never a
         # 500. Nothing was half-applied: every write service runs in one transaction.
+        discard_broken_pooled_connections()
         return respond(
             request,
             503,
@@ -140,8 +141,27 @@ class DatabaseUnavailableMiddleware:
         import logging
 
         logging.getLogger(__name__).warning("database unavailable: %s", exception)
+        discard_broken_pooled_connections()
         response = HttpResponse(
             "The database is unavailable; retry shortly.\n", status=503, content_type="text/plain; charset=utf-8"
         )
         response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
         return response
+
+
+def discard_broken_pooled_connections(connection: Any = None) -> None:
+    """After a database error, check every idle connection of this process's pool and drop
+    the broken ones (psycopg_pool's `check()`): after a PostgreSQL restart one request per
+    web process fails with the 503, not one per pooled connection, whenever each is next
+    used. Web processes check no connection per use (DB_HEALTH_CHECKS, docs/configuration.md)."""
+    if connection is None:
+        from django.db import connection
+    pool = getattr(connection, "pool", None)
+    if pool is None:
+        return
+    try:
+        pool.check()
+    except Exception:  # the database may still be down: the pool refills by itself later
+        import logging
+
+        logging.getLogger(__name__).debug("pool check failed", exc_info=True)

@@ -97,11 +97,21 @@ class Call:
         return summary
 
 
-async def _api(platform: FaultPlatform, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
+async def _api(
+    platform: FaultPlatform, method: str, path: str, body: Any = None, *, retry_unavailable: bool = False
+) -> tuple[int, dict[str, str], Any]:
+    """One API call. With `retry_unavailable`, a 503 with Retry-After is retried as a client
+    app does (a web process's pooled connection that the PostgreSQL restart of the previous
+    test broke fails one request with it)."""
     headers = {"Authorization": f"Bearer {platform.simulator_key()}"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        async with http.request(method, f"{platform.base_url}/api/v1{path}", json=body, headers=headers) as answer:
-            return answer.status, dict(answer.headers), await answer.json(content_type=None)
+        for _ in range(6):
+            async with http.request(method, f"{platform.base_url}/api/v1{path}", json=body, headers=headers) as answer:
+                status, answer_headers, data = answer.status, dict(answer.headers), await answer.json(content_type=None)
+            if not (retry_unavailable and status == 503 and "Retry-After" in answer_headers):
+                break
+            await asyncio.sleep(min(float(answer_headers["Retry-After"]), 5.0))
+        return status, answer_headers, data
 
 
 async def test_postgres_restarted_mid_call_loses_and_doubles_nothing(platform: FaultPlatform) -> None:
@@ -225,11 +235,17 @@ async def test_redis_killed_mid_call_keeps_calls_going_and_nothing_is_missed(pla
         try:
             # Fail-open: a client still gets a session and its token with Redis down.
             status, _, created = await _api(
-                platform, "POST", "/sessions", {"agent": "demo-scripted", "user_id": "during-outage"}
+                platform,
+                "POST",
+                "/sessions",
+                {"agent": "demo-scripted", "user_id": "during-outage"},
+                retry_unavailable=True,
             )
             assert status == 201 and created["token"], (status, created)
             # It ends at once: its post-call report cannot be queued now (the broker is down).
-            status, _, _ = await _api(platform, "POST", f"/sessions/{created['session_id']}/end")
+            status, _, _ = await _api(
+                platform, "POST", f"/sessions/{created['session_id']}/end", retry_unavailable=True
+            )
             assert status == 200
             # The caller keeps talking: Redis stays down until a turn was stored meanwhile.
             await asyncio.sleep(OUTAGE_SECONDS)
