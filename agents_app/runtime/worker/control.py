@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -51,6 +52,24 @@ async def listen_control(session_id: str, on_message: Callable[[dict[str, Any]],
         if channel:
             with contextlib.suppress(Exception):
                 await asyncio.shield(layer.group_discard(group, channel))
+
+
+def listener_context() -> contextvars.Context:
+    """A fresh context for the control listener task, with only the job's log fields.
+
+    The channel layer starts its shared Redis reader task (channels_redis'
+    `RedisSingleShardConnection._do_receiving`) from inside the first listener that
+    subscribes, and that task keeps a copy of the listener's context for the life of the
+    process. With the job's own context (livekit's job context var → JobContext →
+    AgentSession → our handlers → JobRuntime, Recorder, LocalCall) it kept the host's first
+    call alive until the host stopped.
+    """
+    from voiceplatform.logging import bind_log_context, current_log_context
+
+    fields = current_log_context()
+    context = contextvars.Context()
+    context.run(bind_log_context, **fields)
+    return context
 
 
 def crash_job(session_id: str) -> None:

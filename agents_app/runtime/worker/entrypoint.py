@@ -254,7 +254,11 @@ class JobRuntime:
             control.register_interrupt_rpc(self.ctx.room, self.interrupt)
 
         self._tasks.append(
-            asyncio.create_task(control.listen_control(self.config.session_id, self._on_control), name="agent-control")
+            asyncio.create_task(
+                control.listen_control(self.config.session_id, self._on_control),
+                name="agent-control",
+                context=control.listener_context(),  # nothing of this job outlives it through the layer
+            )
         )
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="agent-heartbeat"))
         self.recorder.record_event(

@@ -48,6 +48,7 @@ from agents_app.runtime.worker.local_wire import (
     ProtocolError,
     StreamChannel,
 )
+from agents_app.runtime.worker.memory import trim_heap
 
 logger = logging.getLogger(__name__)
 
@@ -268,6 +269,9 @@ class AgentHost:
                 del self.bridges[session_id]
             bridge.finished.set()
         logger.info("caller left session %s (%s)", session_id, reason)
+        # The call's buffers are freed now; hand the pages back (agents_app/runtime/worker/memory.py).
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(trim_heap)
 
     def _bridge_for_room(self, room: str) -> CallBridge | None:
         for bridge in self.bridges.values():
