@@ -48,7 +48,7 @@ from agents_app.runtime.worker.local_wire import (
     ProtocolError,
     StreamChannel,
 )
-from agents_app.runtime.worker.memory import trim_heap
+from agents_app.runtime.worker.memory import release_call_memory
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class AgentHost:
         logger.info("caller left session %s (%s)", session_id, reason)
         # The call's buffers are freed now; hand the pages back (agents_app/runtime/worker/memory.py).
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(trim_heap)
+            await asyncio.to_thread(release_call_memory)
 
     def _bridge_for_room(self, room: str) -> CallBridge | None:
         for bridge in self.bridges.values():

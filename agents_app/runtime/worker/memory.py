@@ -3,8 +3,10 @@
 glibc keeps memory that a thread freed in that thread's malloc arena for reuse; a host that
 serves call after call on several threads (the recorder's writer, the TTS and VAD worker
 threads) then keeps the high-water of every arena resident. `trim_heap()` asks glibc to
-return the free pages (`malloc_trim(0)`); the host calls it, off the event loop, when a
-call ends. A no-op where the C library is not glibc.
+return the free pages (`malloc_trim(0)`). When a call ends the host calls
+`release_call_memory()`, off the event loop: the offline TTS's onnxruntime arena is shrunk
+(providers/piper.py `release_memory`), then the heap trimmed. A no-op where the C library is
+not glibc.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import sys
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -40,3 +43,15 @@ def trim_heap() -> bool:
     except Exception:  # never let housekeeping fail a call
         logger.debug("malloc_trim failed", exc_info=True)
         return False
+
+
+def release_call_memory() -> None:
+    """What a finished call leaves behind: Piper's unused arena regions (when the offline
+    TTS is loaded in this process), then the C heap's free pages."""
+    piper = sys.modules.get("agents_app.runtime.providers.piper")
+    if piper is not None:
+        try:
+            piper.release_memory()
+        except Exception:  # never let housekeeping fail a call
+            logger.debug("releasing Piper's arena failed", exc_info=True)
+    trim_heap()
