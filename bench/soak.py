@@ -183,8 +183,11 @@ def run_faults(platform: FaultPlatform, minutes: float, outage: float, windows: 
 
 def analyse(platform: FaultPlatform, session_ids: list[str], windows: list[dict[str, Any]]) -> dict[str, Any]:
     lost = []
+    turns_stored = 0
     for session_id in session_ids:
-        problems = check_nothing_lost_or_doubled(platform.stored(session_id), min_turns=SOAK_TURNS)
+        stored = platform.stored(session_id)
+        turns_stored += len(stored["turns"])
+        problems = check_nothing_lost_or_doubled(stored, min_turns=SOAK_TURNS)
         if problems:
             lost.append({"session_id": session_id, "problems": problems})
     turns = platform.query(
@@ -222,11 +225,7 @@ def analyse(platform: FaultPlatform, session_ids: list[str], windows: list[dict[
     return {
         "lost": len(lost),
         "lost_detail": lost[:5],
-        "turns_stored": int(
-            platform.query("SELECT count(*) FROM sessions_app_turn WHERE session_id = ANY(%s::uuid[])", (session_ids,))[
-                0
-            ][0]
-        ),
+        "turns_stored": turns_stored,
         "tool_calls_ok": ok_calls,
         "duplicated_effects": duplicated,
         "lost_effects": lost_effects,
