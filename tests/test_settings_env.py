@@ -87,6 +87,16 @@ def test_it_defaults_to_sqlite_under_the_data_directory(tmp_path):
     assert str(tmp_path / "db.sqlite3") in result.stdout
 
 
+def test_an_sqlite_database_url_waits_for_locks_like_the_default_file(tmp_path):
+    """Agent jobs, web and Celery write one file: a deferred transaction that reads and then
+    writes fails at once with "database is locked" (an agent job's claim did in the tier)."""
+    code = SETUP + "; o = settings.DATABASES['default']['OPTIONS']; print(o['transaction_mode'], o['timeout'])"
+    for env in ({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}"}, {}):
+        result = start(tmp_path, code, **env)
+        assert result.returncode == 0, result.stderr
+        assert "IMMEDIATE 20" in result.stdout, (env, result.stdout)
+
+
 def test_livekit_settings_are_read_when_livekit_url_is_set(tmp_path):
     code = SETUP + "; print(settings.LIVEKIT_URL, settings.LIVEKIT_API_KEY, settings.LIVEKIT_LOCAL_MODE)"
     result = start(tmp_path, code, LIVEKIT_URL="wss://lk.example.com", LIVEKIT_API_KEY="k", LIVEKIT_API_SECRET="s")

@@ -115,6 +115,10 @@ TEMPLATES = [
 
 # --- database ---------------------------------------------------------------------
 DATABASE_URL = env_url("DATABASE_URL", schemes=("postgres", "postgresql", "sqlite", "pgsql", "postgis"))
+# Several processes share an SQLite file (web, Celery, agent jobs): wait for locks instead of
+# failing fast, and take the write lock when a transaction begins, so a transaction that
+# reads and then writes never fails at once with "database is locked".
+SQLITE_OPTIONS = {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
 if DATABASE_URL:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))
     # A connection is checked as it is taken from the pool, so one that a PostgreSQL restart
@@ -123,13 +127,14 @@ if DATABASE_URL:
     # every request (bench/token_api.py), and a broken connection fails one request with a
     # 503 (voiceplatform/api_errors.py) before the pool discards it.
     _db["CONN_HEALTH_CHECKS"] = env_bool("DB_HEALTH_CHECKS", True)
+    if _db["ENGINE"].endswith("sqlite3"):
+        _db["OPTIONS"] = {**SQLITE_OPTIONS, **_db.get("OPTIONS", {})}
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": str(DATA_DIR / "db.sqlite3"),
-        # Several processes share the file: wait for locks instead of failing fast.
-        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
+        "OPTIONS": dict(SQLITE_OPTIONS),
     }
 if env_bool("DB_POOL", True) and "postgresql" in _db.get("ENGINE", ""):
     # On by default for PostgreSQL. Sync code runs on several thread pools (web requests, Channels' database_sync_to_async,

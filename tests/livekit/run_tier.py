@@ -59,6 +59,7 @@ def main(argv: list[str]) -> int:
             "VOICE_LIVEKIT_TIER": "1",
             "LIVEKIT_SERVER_BIN": str(livekit_dev.server_binary()),
             "DATA_DIR": str(data_dir / "pytest"),
+            "VOICE_LIVEKIT_TIER_STATUS": str(data_dir / "pytest-status"),
         }
     )
     # Inside, TCP to the host's Redis is out of reach: each platform of the tier runs the
@@ -70,6 +71,7 @@ def main(argv: list[str]) -> int:
     ]  # fmt: skip
     try:
         code = netns.run_inside("vplk", command, env=env, cwd=BASE_DIR)
+        code = _verdict(code, data_dir / "pytest-status")
     except RuntimeError as exc:
         message = f"cannot make a network namespace: {exc}"
         print(f"livekit tier {'FAILED' if ci else 'skipped'}: {message}", flush=True)
@@ -78,6 +80,25 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(data_dir, ignore_errors=True)
     print(f"==> livekit tier: exit {code} after {time.monotonic() - started:.0f} s", flush=True)
     return code
+
+
+def _verdict(code: int, status_file: Path) -> int:
+    """pytest's own exit status when the process died of a signal after pytest had finished.
+
+    livekit.rtc's native runtime can abort the interpreter as it exits (a Rust panic in a
+    tokio thread, SIGABRT), after pytest has printed and recorded its result: that result
+    stands, and the abort is reported. A signal before the end (no status recorded) stays
+    a failure.
+    """
+    if code >= 0 or not status_file.exists():
+        return code
+    status = int(status_file.read_text().strip() or "1")
+    print(
+        f"==> pytest finished with exit status {status}; the process then died of signal {-code} "
+        "while the interpreter exited (livekit.rtc's native runtime); the tier's result is pytest's",
+        flush=True,
+    )
+    return status
 
 
 if __name__ == "__main__":

@@ -66,6 +66,25 @@ def _jobs(lk: LiveKitPlatform, session_id: str) -> list[dict[str, Any]]:
     return [p for _, kind, p in lk.events(session_id) if kind == "agent.job_started"]
 
 
+def _dispatch_story(lk: LiveKitPlatform, calls: tuple[Caller, ...], by_id: dict[str, AgentWorker]) -> str:
+    """Every job of these calls and the agent events around them, for a failing assertion."""
+    names = {worker_id: worker.name for worker_id, worker in by_id.items()}
+    lines = []
+    for call in calls:
+        for at, kind, p in lk.events(call.session_id):
+            if kind.startswith("agent."):
+                where = names.get(p.get("worker_id", ""), p.get("worker_id", ""))
+                detail = {k: p[k] for k in ("job_id", "pid", "resumed", "reason", "identity") if k in p}
+                lines.append(f"{call.session_id[:8]} {at} {kind} {where} {detail}")
+    for worker in by_id.values():
+        lines += [
+            f"{worker.name}: {line}"
+            for line in worker.log().splitlines()
+            if any(mark in line for mark in ("job request", "capacity", "died", "registered with"))
+        ]
+    return "\n".join(lines)
+
+
 async def _wait(predicate: Any, what: str, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,7 +113,7 @@ async def test_two_workers_share_calls_and_a_killed_workers_call_moves_to_the_ot
         for call in (first, second):
             jobs = await _wait(lambda c=call: _jobs(lk, c.session_id), "the job's agent.job_started", 30)
             served[call.session_id] = jobs[-1]
-        assert {job["worker_id"] for job in served.values()} == set(by_id), (served, list(by_id))
+        assert {job["worker_id"] for job in served.values()} == set(by_id), _dispatch_story(lk, (first, second), by_id)
         holder = by_id[served[first.session_id]["worker_id"]]
         other = next(worker for worker in workers if worker is not holder)
 

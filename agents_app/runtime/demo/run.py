@@ -225,12 +225,13 @@ def run_traffic(
             "--base-url",
             base_url,
         ]
-        proc = supervisor.start(f"sim-{number % 100:02d}", argv, env)
+        sim = f"sim-{number % 100:02d}"
+        proc = supervisor.start(sim, argv, env)
         if proc is None:
             return
         while proc.poll() is None:
             if stop.wait(0.5):
                 return  # stop_all kills its group
-        supervisor.procs.pop(f"sim-{number % 100:02d}", None)
+        supervisor.forget(sim, proc)
         if stop.wait(pause):
             return

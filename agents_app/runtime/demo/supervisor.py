@@ -124,8 +124,16 @@ class Supervisor:
                 if watched == name and text in line:
                     event.set()
 
+    def forget(self, name: str, proc: subprocess.Popen[str]) -> None:
+        """Drop a process that finished on purpose (a traffic call), so it is never 'dead'."""
+        with self._lock:
+            if self.procs.get(name) is proc:
+                del self.procs[name]
+
     def dead(self) -> list[tuple[str, int]]:
-        return [(name, proc.returncode) for name, proc in self.procs.items() if proc.poll() is not None]
+        with self._lock:  # traffic threads start processes while the main loop watches
+            procs = list(self.procs.items())
+        return [(name, proc.returncode) for name, proc in procs if proc.poll() is not None]
 
     @staticmethod
     def kill_group(proc: subprocess.Popen[str], sig: int) -> None:
@@ -140,7 +148,7 @@ class Supervisor:
         """
         with self._lock:
             self.stopping.set()
-        procs = list(self.procs.items())
+            procs = list(self.procs.items())
         first = [(n, p) for n, p in procs if n not in last]
         then = [(n, p) for n, p in procs if n in last]
         for group in (first, then):
