@@ -1,8 +1,12 @@
-"""What several benchmarks need: a free loopback port and a percentile of measured values."""
+"""What several benchmarks need: a free loopback port, a percentile of measured values, and
+stopping the servers they started."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
+from typing import Any
 
 
 def free_port() -> int:
@@ -17,3 +21,17 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered))) - 1))], 2)
+
+
+def stop(*procs: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM each process, then SIGKILL those still running after `grace` seconds."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)

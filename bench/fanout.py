@@ -42,7 +42,7 @@ sys.path.insert(0, str(BASE_DIR))
 os.environ.setdefault("CHANNELS_PREFIX", f"bench{os.getpid()}")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
 
-from bench.common import free_port, percentile  # noqa: E402 (after the sys.path insert)
+from bench.common import free_port, percentile, stop  # noqa: E402 (after the sys.path insert)
 
 os.environ.setdefault("LOG_LEVEL", "ERROR")  # drops are counted below, not logged one by one
 
@@ -330,11 +330,7 @@ def main() -> None:
 
         served, peer = asyncio.run(asyncio.wait_for(both(), HARD_TIMEOUT_S))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
 
     p99 = percentile(served["latencies"], 99)
     peer_p99 = percentile(peer["latencies"], 99)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import free_port
+from bench.common import free_port, stop
 from bench.voice_calls import CallerEar, RunResult, bare_stages, platform_result
 from voiceplatform import livekit_dev
 
@@ -69,11 +69,7 @@ def livekit_server() -> Iterator[livekit_dev.ServerConfig]:
             raise RuntimeError(f"the LiveKit server did not start: {(data_dir / 'livekit-server.log').read_text()}")
         yield config
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, grace=15)
         log.close()
         shutil.rmtree(data_dir, ignore_errors=True)
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
 
-from bench.common import free_port, percentile  # noqa: E402 (after the sys.path insert)
+from bench.common import free_port, percentile, stop  # noqa: E402 (after the sys.path insert)
 
 LINES = (
     "What are your opening hours?",
@@ -210,8 +210,7 @@ def main() -> None:
     try:
         result = asyncio.run(_run(args.rounds))
     finally:
-        server.terminate()
-        server.wait(20)
+        stop(server, grace=20)
     print(json.dumps(result))
 
 

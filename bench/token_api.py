@@ -41,7 +41,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceplatform.settings")
 
-from bench.common import free_port, percentile  # noqa: E402 (after the sys.path insert)
+from bench.common import free_port, percentile, stop  # noqa: E402 (after the sys.path insert)
 
 os.environ.setdefault("LOG_LEVEL", "ERROR")
 os.environ.setdefault("CHANNELS_PREFIX", f"bench{os.getpid()}")
@@ -306,16 +306,6 @@ async def _measure(targets: dict[str, tuple[str, dict[str, str]]], args: argpars
     return results
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--processes", type=int, default=0, help="web processes (default: WEB_PROCESSES)")
@@ -355,7 +345,7 @@ def main() -> None:
                 )
             )
     finally:
-        _stop(procs)
+        stop(*procs)
         _cleanup()
 
     platform, peer = results["platform"], results["peer"]

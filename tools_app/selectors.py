@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -20,6 +21,11 @@ def tool_by_name(*, name: str) -> ToolDefinition | None:
 
 def invocation_get(*, scope: str, key: str) -> ToolInvocation | None:
     return ToolInvocation.objects.filter(scope=scope, key=key).first()
+
+
+def invocations_of_session(*, session_id: Any) -> QuerySet[ToolInvocation]:
+    """The session's ledger rows (agent calls), oldest first."""
+    return ToolInvocation.objects.filter(session_id=session_id).order_by("created_at", "pk")
 
 
 def http_tools_of_active_agents() -> QuerySet[ToolDefinition]:

@@ -122,3 +122,23 @@ def test_utterances_pair_with_caller_turns_in_order_or_not_at_all() -> None:
     assert [i for i, _ in match_turns(measured, turns)] == [1, 2, 3]
     assert match_turns(measured, turns[:3]) == []  # a caller turn missing: nothing is guessed
     assert match_turns(measured[:2], turns) == []
+
+
+def test_a_line_the_stt_split_gives_its_gap_to_its_last_piece() -> None:
+    measured = [
+        {"text": "Hello, what are your opening hours?", "heard_gap_ms": 900.0},
+        {"text": "Do you have coffee and tea?", "heard_gap_ms": 1100.0},
+        {"text": "Thank you, that is all for today.", "heard_gap_ms": 800.0},
+    ]
+    turns = [
+        {"index": 0, "user_text": ""},
+        {"index": 1, "user_text": "hello what are your opening hours"},
+        {"index": 2, "user_text": "do you have"},
+        {"index": 3, "user_text": "coffee and tea"},
+        {"index": 4, "user_text": "thank you that is all for today"},
+    ]
+    pairs = match_turns(measured, turns)
+    assert [(i, m["heard_gap_ms"]) for i, m in pairs] == [(1, 900.0), (3, 1100.0), (4, 800.0)]
+    # A piece sharing no word with its line: which line it belongs to is a guess, so none.
+    turns[2]["user_text"] = "uh"
+    assert match_turns(measured, turns) == []

@@ -53,6 +53,27 @@ async def test_it_writes_events_and_heartbeats_in_batches(agent):
     await recorder.aclose()
 
 
+async def test_a_heartbeat_tells_the_job_once_when_its_session_is_final(agent):
+    session_id = await db(_session, agent)
+    recorder = Recorder(session_id=session_id, maxsize=100)
+    told: list[tuple[str, str]] = []
+    recorder.on_session_final = lambda state, reason: told.append((state, reason))
+    recorder.start()
+    recorder.heartbeat()
+    await recorder.drain()
+    await asyncio.sleep(0.05)
+    assert told == []  # a live session: only the heartbeat is written
+    before = await db(lambda: VoiceSession.objects.get(pk=session_id).last_heartbeat_at)
+    await db(lambda: VoiceSession.objects.filter(pk=session_id).update(state="ended", end_reason="ended by support"))
+    for _ in range(2):
+        recorder.heartbeat()
+        await recorder.drain()
+        await asyncio.sleep(0.05)
+    assert told == [("ended", "ended by support")]
+    assert await db(lambda: VoiceSession.objects.get(pk=session_id).last_heartbeat_at) == before
+    await recorder.aclose()
+
+
 async def test_recording_returns_at_once_while_the_writer_is_busy(agent, monkeypatch):
     session_id = await db(_session, agent)
     recorder = Recorder(session_id=session_id, maxsize=10)

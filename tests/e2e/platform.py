@@ -270,3 +270,26 @@ async def staff_http(base_url: str):  # type: ignore[no-untyped-def]
                 return http
         await asyncio.sleep(min(float(retry_after), 5.0))
     raise AssertionError("the staff login kept answering 503")
+
+
+class StaffListener:
+    """A support person's page (dashboard or session) held open by a test: a logged-in
+    aiohttp session and the task that reads its websocket. Subclasses start both in
+    `__aenter__`; leaving cancels the reader and closes the session."""
+
+    def __init__(self) -> None:
+        self._http: Any = None  # aiohttp.ClientSession, from staff_http()
+        self._task: Any = None  # asyncio.Task reading the websocket
+
+    async def close(self) -> None:
+        import asyncio
+
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._http is not None:
+            await self._http.close()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

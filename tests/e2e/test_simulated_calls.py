@@ -11,7 +11,6 @@ checks that no process is left.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import subprocess
@@ -24,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.platform import BASE_DIR, Platform, free_port, pid_alive, staff_http, started
+from tests.e2e.platform import BASE_DIR, Platform, StaffListener, free_port, pid_alive, staff_http, started
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -42,14 +41,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         yield running
 
 
-class DashboardListener:
+class DashboardListener(StaffListener):
     """A support-staff browser: logs in, opens /ws/dashboard/, keeps every message."""
 
     def __init__(self, platform: Platform) -> None:
+        super().__init__()
         self.platform = platform
         self.messages: list[dict[str, Any]] = []
-        self._http: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> DashboardListener:
         base = self.platform.base_url
@@ -69,12 +67,7 @@ class DashboardListener:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.sleep(2)  # the last turn's broadcast may trail the simulator's exit
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._http is not None:
-            await self._http.close()
+        await self.close()
 
     def turn_indexes(self, session_id: str) -> set[int]:
         return {

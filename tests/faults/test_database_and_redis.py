@@ -12,7 +12,6 @@ own (tests/faults/platform.py), with a simulated caller talking to it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.platform import BASE_DIR, staff_http, started
+from tests.e2e.platform import BASE_DIR, StaffListener, staff_http, started
 from tests.faults.infra import postgres_bin_dir
 from tests.faults.platform import FAULT_CALL_TURNS, FaultPlatform, check_nothing_lost_or_doubled
 
@@ -151,20 +150,19 @@ async def test_postgres_restarted_mid_call_loses_and_doubles_nothing(platform: F
     assert status == 200
 
 
-class SessionPage:
+class SessionPage(StaffListener):
     """A support person's session page: logs in, follows /ws/sessions/<id>/, and does what
     the page's script does: reconnects with ?after_seq=<last seq> when the socket drops,
     and asks for a resync when an event's seq jumps."""
 
     def __init__(self, platform: FaultPlatform, session_id: str) -> None:
+        super().__init__()
         self.platform = platform
         self.session_id = session_id
         self.seqs: set[int] = set()
         self.last_seq = 0
         self.reconnects = 0
         self.resyncs = 0
-        self._http: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SessionPage:
         self._http = await staff_http(self.platform.base_url)
@@ -215,14 +213,6 @@ class SessionPage:
                 await ws.send_json({"type": "resync", "session_id": self.session_id, "after_seq": self.last_seq})
             else:
                 self._take([{"seq": seq}])
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._http is not None:
-            await self._http.close()
 
 
 async def test_redis_killed_mid_call_keeps_calls_going_and_nothing_is_missed(platform: FaultPlatform) -> None:

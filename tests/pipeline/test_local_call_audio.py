@@ -210,3 +210,26 @@ async def test_it_ends_the_job_and_the_session_on_agent_end(agent, prewarmed, st
     assert session.state == "ended" and session.end_reason == "ended by support"
     turns = await db(turns_of, session_id)
     assert len(turns) == 1 and turns[0]["interrupted"]  # the greeting was cut by the end
+
+
+async def test_an_end_whose_message_was_lost_reaches_the_job_through_its_heartbeat(
+    agent, prewarmed, stand_in_llm, monkeypatch, settings
+):
+    """Support ends the call while Redis is down: the session is ended in the database, but
+    the `agent.end` sent to the job is lost. The job's next heartbeat finds the session
+    final and ends the call."""
+    from sessions_app import services
+
+    settings.AGENT_HEARTBEAT_SECONDS = 0.5
+    session_id = await db(make_session, agent)
+    driver = await CallDriver(session_id).start()
+    await driver.wait_speaking(True)
+    lost = []
+    monkeypatch.setattr(broadcast, "publish", lambda groups, message: lost.append(message))
+    await db(lambda: services.session_end(session_id=session_id, reason="ended by support"))
+    assert [m["type"] for m in lost] == ["agent.end"]  # the job was never told
+    await asyncio.wait_for(driver.task, 30)  # the job returns on its own
+    session = await db(session_row, session_id)
+    assert session.state == "ended" and session.end_reason == "ended by support"
+    turns = await db(turns_of, session_id)
+    assert len(turns) == 1 and turns[0]["interrupted"]  # the greeting was cut by the end

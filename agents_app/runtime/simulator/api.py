@@ -15,16 +15,11 @@ RETRY_UNAVAILABLE_SECONDS = 60.0
 class PlatformApiError(Exception):
     """A non-2xx answer, with the API's `{"code", "message"}` when it sent one."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status} {code}: {message}")
         self.status = status
         self.code = code
-
-
-class _Unavailable(Exception):
-    def __init__(self, error: PlatformApiError, retry_after: float) -> None:
-        self.error = error
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # seconds, when the answer asked to be retried (503)
 
 
 def _seconds(header: str) -> float:
@@ -54,10 +49,10 @@ class PlatformClient:
         while True:
             try:
                 return await self._request_once(method, path, key=key, json=json, headers=headers)
-            except _Unavailable as unavailable:
-                if time.monotonic() + unavailable.retry_after > deadline:
-                    raise unavailable.error from None
-                await asyncio.sleep(unavailable.retry_after)
+            except PlatformApiError as error:
+                if error.retry_after is None or time.monotonic() + error.retry_after > deadline:
+                    raise
+                await asyncio.sleep(error.retry_after)
 
     async def _request_once(
         self, method: str, path: str, *, key: str, json: Any = None, headers: dict[str, str] | None = None
@@ -72,8 +67,12 @@ class PlatformClient:
                     body = None
                 if response.status == 503 and "Retry-After" in response.headers:
                     body = body if isinstance(body, dict) else {}
-                    error = PlatformApiError(503, str(body.get("code", "unavailable")), f"{method} {path}")
-                    raise _Unavailable(error, _seconds(response.headers["Retry-After"]))
+                    raise PlatformApiError(
+                        503,
+                        str(body.get("code", "unavailable")),
+                        f"{method} {path}",
+                        retry_after=_seconds(response.headers["Retry-After"]),
+                    )
                 if response.status >= 400:
                     body = body if isinstance(body, dict) else {}
                     detail = str(body.get("message") or body.get("detail") or response.reason or "")

@@ -17,13 +17,15 @@ transport's `on_agent_audio`):
   `barge_in_ms` = the end of the agent audio it talked over − the utterance's first sample.
 
 Matching to the platform's turns (`match_turns`): the turns with non-empty `user_text`,
-in index order, are the caller's utterances, in order — only when the counts agree (a
-line the STT split or dropped, or a turn lost with a crashed job, would shift every
-pairing after it, so then nothing is matched and the call says so).
+in index order, are the caller's utterances, in order. A line the STT split into two turns
+is found by the words the pieces share with it, and its gap goes to its last piece; a line
+dropped or a turn lost with a crashed job would shift every pairing after it, so then
+nothing is matched and the call says so.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -157,9 +159,49 @@ class HeardMeter:
         return round(max(0.0, max(over) - began) * 1000.0, 1) if over else None
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", (text or "").lower()))
+
+
 def match_turns(measurements: list[dict[str, Any]], turns: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
-    """(turn index, measurement) pairs for the caller's turns, or [] when counts differ."""
+    """(turn index, measurement) pairs for the caller's turns, or [] when nothing is sure.
+
+    Equal counts pair in order. More caller turns than utterances (the STT split a line
+    where the caller paused) are grouped in order, each group one utterance, by the words
+    the turns share with the lines said; the measurement goes to the group's last turn, the
+    one the agent's answer followed. Every turn of a split group must share a word with its
+    line, or nothing is matched. Fewer turns (a line dropped, a turn lost) match nothing.
+    """
     caller_turns = [t for t in sorted(turns, key=lambda t: t["index"]) if t.get("user_text")]
-    if len(caller_turns) != len(measurements):
+    n, m = len(measurements), len(caller_turns)
+    if m < n or n == 0:
         return []
-    return [(int(turn["index"]), measured) for turn, measured in zip(caller_turns, measurements, strict=True)]
+    if m == n:
+        return [(int(turn["index"]), measured) for turn, measured in zip(caller_turns, measurements, strict=True)]
+    lines = [_words(measured.get("text", "")) for measured in measurements]
+    heard = [_words(turn["user_text"]) for turn in caller_turns]
+    # best[i][j]: the best shared-word score with turns[:j] grouped into lines[:i].
+    worst = float("-inf")
+    best = [[worst] * (m + 1) for _ in range(n + 1)]
+    start = [[0] * (m + 1) for _ in range(n + 1)]
+    best[0][0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(i, m - (n - i) + 1):
+            for k in range(i - 1, j):  # line i-1 takes turns[k:j]
+                if best[i - 1][k] == worst:
+                    continue
+                score = best[i - 1][k] + sum(len(heard[t] & lines[i - 1]) for t in range(k, j))
+                if score > best[i][j]:
+                    best[i][j], start[i][j] = score, k
+    groups: list[range] = []
+    j = m
+    for i in range(n, 0, -1):
+        groups.append(range(start[i][j], j))
+        j = start[i][j]
+    groups.reverse()
+    for line, group in zip(lines, groups, strict=True):
+        if len(group) > 1 and any(not (heard[t] & line) for t in group):
+            return []
+    return [
+        (int(caller_turns[group[-1]]["index"]), measured) for group, measured in zip(groups, measurements, strict=True)
+    ]

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from agents_app.models import Agent
 from agents_app.services import prompt_render, prompt_values_from_metadata
+
+# A resumed job shows its model at most this many of the session's latest ledger rows.
+RESTORED_TOOL_CALLS_MAX = 20
 
 
 @dataclass(frozen=True)
@@ -13,6 +18,19 @@ class StoredTurn:
     index: int
     user_text: str
     agent_text: str  # heard text for interrupted turns: what the caller actually heard
+    at: datetime | None = None  # when the turn was stored (its end)
+
+
+@dataclass(frozen=True)
+class StoredToolCall:
+    """A ledger row of the session, as a resumed job's model is shown it."""
+
+    name: str
+    arguments: dict[str, Any]
+    status: str  # tools_app.models.InvocationStatus
+    result: Any
+    error: str
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -26,6 +44,9 @@ class JobConfig:
     greeting: str
     budgets_ms: dict[str, int]
     turns: list[StoredTurn] = field(default_factory=list)
+    # Loaded for a resumed job only: the tool calls earlier jobs of the session made,
+    # including one a dead job left running (its outcome unknown).
+    tool_calls: list[StoredToolCall] = field(default_factory=list)
 
     @property
     def next_turn_index(self) -> int:
@@ -52,11 +73,13 @@ async def load_job_config(session_id: str) -> JobConfig:
             index=t["index"],
             user_text=t["user_text"],
             agent_text=t["heard_text"] if t["interrupted"] else (t["generated_text"] or t["heard_text"]),
+            at=t["created_at"],
         )
         async for t in Turn.objects.filter(session_id=session.pk)
         .order_by("index")
-        .values("index", "user_text", "generated_text", "heard_text", "interrupted")
+        .values("index", "user_text", "generated_text", "heard_text", "interrupted", "created_at")
     ]
+    tool_calls = await _stored_tool_calls(session.pk) if turns else []
     return JobConfig(
         session_id=str(session.pk),
         session_state=session.state,
@@ -67,4 +90,25 @@ async def load_job_config(session_id: str) -> JobConfig:
         greeting=rendered["greeting"],
         budgets_ms=session.agent.budgets_ms(),
         turns=turns,
+        tool_calls=tool_calls,
     )
+
+
+async def _stored_tool_calls(session_id: Any) -> list[StoredToolCall]:
+    from tools_app.selectors import invocations_of_session
+
+    rows = invocations_of_session(session_id=session_id).values(
+        "tool_name", "arguments", "status", "result", "error", "created_at"
+    )
+    latest = [row async for row in rows.order_by("-created_at", "-pk")[:RESTORED_TOOL_CALLS_MAX]]
+    return [
+        StoredToolCall(
+            name=row["tool_name"],
+            arguments=row["arguments"] or {},
+            status=row["status"],
+            result=row["result"],
+            error=row["error"],
+            at=row["created_at"],
+        )
+        for row in reversed(latest)
+    ]

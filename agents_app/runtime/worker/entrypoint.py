@@ -67,6 +67,7 @@ class JobRuntime:
         self.tracker = TurnTracker(recorder=self.recorder, next_index=config.next_turn_index)
         # The writer task's own time on the loop counts as platform overhead too.
         self.recorder.on_loop_time = self.tracker.charge
+        self.recorder.on_session_final = self._on_session_final
         self.session: AgentSession | None = None
         self.providers: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -200,6 +201,14 @@ class JobRuntime:
                 self.ctx.shutdown(self.end_reason)
         elif kind == "agent.crash" and self.call is None:
             control.crash_job(self.config.session_id)
+
+    def _on_session_final(self, state: str, reason: str) -> None:
+        """The heartbeat found the session ended or failed while this job serves it: the
+        platform's `agent.end` never arrived (Redis was down when it was sent)."""
+        if self._ended.is_set():
+            return
+        logger.warning("the session is %s in the database; no end message reached this job: ending the call", state)
+        self._on_control({"type": "agent.end", "reason": reason or f"session {state}"})
 
     async def _heartbeat(self) -> None:
         while True:

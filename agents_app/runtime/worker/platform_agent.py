@@ -8,6 +8,7 @@ audio) for the turn record. `session_options` is shared with the bare benchmark 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterable
 from dataclasses import replace
@@ -18,7 +19,7 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, llm
 from livekit.agents.voice import ModelSettings, room_io
 
-from agents_app.runtime.worker.config import JobConfig
+from agents_app.runtime.worker.config import JobConfig, StoredToolCall
 from agents_app.runtime.worker.turns import TurnTracker
 
 # Our hooks' cost is measured as CPU time of the loop's thread: on a shared machine,
@@ -44,15 +45,46 @@ def session_options(*, allow_interruptions: bool = True) -> dict[str, Any]:
     }
 
 
+INTERRUPTED_TOOL_CALL = (
+    "INTERRUPTED: the agent process running this call stopped before it answered, and it is "
+    "not known whether the call took effect. Do not make it again unless the caller asks you "
+    "to; if it comes up, tell the caller it may already have gone through."
+)
+
+
 def restored_chat_context(config: JobConfig) -> llm.ChatContext:
-    """The conversation so far, from stored turns (heard text for interrupted ones)."""
+    """The conversation so far, from stored turns (heard text for interrupted ones), with
+    the session's tool calls from the ledger where they happened: each inside the turn it
+    was made in (before that turn's reply), a call of the turn the dead job never stored at
+    the end. A call left running (or indeterminate) is shown as interrupted, so the model
+    does not make it again as if new."""
     chat_ctx = llm.ChatContext.empty()
+    calls = list(config.tool_calls)
     for turn in config.turns:
         if turn.user_text:
             chat_ctx.add_message(role="user", content=turn.user_text)
+        while calls and turn.at is not None and calls[0].at <= turn.at:
+            _add_tool_call(chat_ctx, calls.pop(0))
         if turn.agent_text:
             chat_ctx.add_message(role="assistant", content=turn.agent_text)
+    for call in calls:
+        _add_tool_call(chat_ctx, call)
     return chat_ctx
+
+
+def _add_tool_call(chat_ctx: llm.ChatContext, call: StoredToolCall) -> None:
+    call_id = f"call_restored_{len(chat_ctx.items)}"
+    if call.status == "succeeded":
+        output = json.dumps(call.result, default=str)[:2000]
+    elif call.status == "failed":
+        output = f"error: {call.error}"[:2000]
+    else:  # running (its owner died) or indeterminate
+        output = INTERRUPTED_TOOL_CALL
+    arguments = json.dumps(call.arguments, default=str)
+    chat_ctx.items.append(llm.FunctionCall(call_id=call_id, name=call.name, arguments=arguments))
+    chat_ctx.items.append(
+        llm.FunctionCallOutput(call_id=call_id, name=call.name, output=output, is_error=call.status != "succeeded")
+    )
 
 
 async def typed_text_input(session: AgentSession, event: room_io.TextInputEvent) -> None:

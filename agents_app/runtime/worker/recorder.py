@@ -66,10 +66,16 @@ class Recorder:
         self.turns_written: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.on_loop_time: Callable[[float], None] | None = None
+        # Called on the loop with (state, end reason) when a heartbeat finds the session
+        # final in the database (ended or failed while this job still serves it).
+        self.on_session_final: Callable[[str, str], None] | None = None
+        self._final_reported = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- hot path (event loop): never blocks ------------------------------------------
     def start(self) -> None:
         if self._task is None:
+            self._loop = asyncio.get_running_loop()
             self._task = asyncio.create_task(self._run(), name=f"recorder:{self.session_id}")
 
     def record_turn(self, data: dict[str, Any]) -> None:
@@ -187,14 +193,31 @@ class Recorder:
                 logger.exception("could not write %s record for session %s", record.kind, self.session_id)
         if heartbeat:
             try:
-                from django.utils import timezone
-
-                from sessions_app.models import VoiceSession
-
-                VoiceSession.objects.filter(pk=self.session_id).update(last_heartbeat_at=timezone.now())
+                self._write_heartbeat()
             except Exception as exc:  # the next heartbeat tries again; no traceback for an outage
                 logger.warning("heartbeat write failed: %s", exc)
         return written
+
+    def _write_heartbeat(self) -> None:
+        """Mark the session alive, and tell the job when the session is already final.
+
+        The platform ends a session in the database and then tells its job over Redis; a
+        message sent while Redis was down never arrives. The heartbeat's one UPDATE skips a
+        final session, so no extra query runs on a live call: only then is the state read.
+        """
+        from django.utils import timezone
+
+        from sessions_app.models import FINAL_STATES, VoiceSession
+
+        sessions = VoiceSession.objects.filter(pk=self.session_id)
+        if sessions.exclude(state__in=FINAL_STATES).update(last_heartbeat_at=timezone.now()):
+            return
+        if self._final_reported or self.on_session_final is None or self._loop is None:
+            return
+        state, reason = sessions.values_list("state", "end_reason").first() or ("deleted", "session deleted")
+        self._final_reported = True
+        with contextlib.suppress(RuntimeError):  # the loop closed: the job is gone anyway
+            self._loop.call_soon_threadsafe(self.on_session_final, state, reason)
 
     def _write_durably(self, write: Callable[[dict[str, Any]], None], data: dict[str, Any]) -> None:
         """Write one record; while the database cannot be reached, retry it with backoff
