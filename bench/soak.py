@@ -21,9 +21,11 @@ Prints one JSON object:
 - `latency_ms`: p50/p99 of the turns' e2e before the first fault, during faults (from a
   fault's start to 10 s after it ended) and after;
 - `rss_mb` per process role (web, celery, agent, llm): first, last and the slope in MiB per
-  minute after the warm-up (a leak shows as a steady positive slope); `pg_connections` and
+  minute of every sample after the warm-up; the RSS between rounds (sampled 3 s after each
+  round, no call live) and its slope, `idle_slope_mb_per_min`: under load the RSS is a
+  sawtooth, and the floor between rounds is what a leak raises; `pg_connections` and
   `redis_clients`: first (after the warm-up), last, max (must stay flat);
-- `flat`: every slope under --max-slope MiB/min and each connection count at the end
+- `flat`: every idle slope under --max-slope MiB/min and each connection count at the end
   within 20 % (+2) of its first value after the warm-up (the first 20 % of the run).
 
 Defaults are sized for 2 cores: 6 calls, 10 minutes, 5 s outages. Self-stopping: a round
@@ -74,6 +76,7 @@ def soak_scenario() -> str:
 
 SOAK_TURNS = FAULT_CALL_TURNS + 1
 AFTER_FAULT_S = 10.0
+IDLE_SETTLE_S = 3.0
 
 
 log = logger("soak")
@@ -94,13 +97,16 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
-            groups = process_groups()
-            sample: dict[str, Any] = {"t": time.monotonic()}
-            for role, leader in roles(self.platform.log_path).items():
-                sample[role] = group_rss_mb(leader, groups)
-            sample["pg"] = self._pg_connections()
-            sample["redis"] = self._redis_clients()
-            self.samples.append(sample)
+            self.samples.append(self.take())
+
+    def take(self) -> dict[str, Any]:
+        groups = process_groups()
+        sample: dict[str, Any] = {"t": time.monotonic()}
+        for role, leader in roles(self.platform.log_path).items():
+            sample[role] = group_rss_mb(leader, groups)
+        sample["pg"] = self._pg_connections()
+        sample["redis"] = self._redis_clients()
+        return sample
 
     def _pg_connections(self) -> int | None:
         try:
@@ -134,16 +140,30 @@ def _slope_per_minute(points: list[tuple[float, float]]) -> float | None:
     return round(sum((t - mean_t) * (v - mean_v) for t, v in points) / var * 60, 2)
 
 
-def _memory_report(samples: list[dict[str, Any]], warmup: float) -> dict[str, Any]:
+def _memory_report(samples: list[dict[str, Any]], idle: list[dict[str, Any]], warmup: float) -> dict[str, Any]:
+    """Per role: first and last sample after the warm-up, the slope of all samples, and the
+    RSS between rounds (no call live) with its slope.
+
+    Under load the RSS is a sawtooth (a call's buffers, Piper's arena until the call ends):
+    the slope of every sample depends on where in a round the window begins and ends. The
+    RSS between rounds is the floor a leak raises, so `idle_slope_mb_per_min` decides."""
     if not samples:
         return {}
     start = samples[0]["t"]
     settled = [s for s in samples if s["t"] - start >= warmup] or samples
+    floors = [s for s in idle if s["t"] - start >= warmup]
     report: dict[str, Any] = {}
     for role in ROLES:
         points = [(s["t"], s[role]) for s in settled if s.get(role)]
         if points:
-            report[role] = {"first": points[0][1], "last": points[-1][1], "slope_mb_per_min": _slope_per_minute(points)}
+            between = [(s["t"], s[role]) for s in floors if s.get(role)]
+            report[role] = {
+                "first": points[0][1],
+                "last": points[-1][1],
+                "slope_mb_per_min": _slope_per_minute(points),
+                "idle_between_rounds": [round(v, 1) for _, v in between],
+                "idle_slope_mb_per_min": _slope_per_minute(between),
+            }
     return report
 
 
@@ -269,6 +289,7 @@ def main() -> None:
     scenario.write_text(soak_scenario())
     windows: list[dict[str, Any]] = []
     rounds: list[dict[str, Any]] = []
+    idle: list[dict[str, Any]] = []  # one sample after each round, no call live
     try:
         platform.start()
         sampler = Sampler(platform, args.sample_every)
@@ -280,6 +301,8 @@ def main() -> None:
         while time.monotonic() < deadline:
             summary = run_round(platform, args.calls, scenario, timeout=args.minutes * 60 + 300, log=log)
             rounds.append(summary)
+            time.sleep(IDLE_SETTLE_S)  # the calls' end: Piper's arena shrunk, heap trimmed
+            idle.append(sampler.take())
             log(
                 f"round {len(rounds)}: {summary.get('completed')} of {summary.get('calls')} calls completed, "
                 f"{time.monotonic() - started:.0f} s in"
@@ -292,10 +315,10 @@ def main() -> None:
         sampler.join(timeout=10)
         result = analyse(platform, session_ids, windows)
         warmup = args.minutes * 60 * 0.2
-        memory = _memory_report(sampler.samples, warmup=warmup)
+        memory = _memory_report(sampler.samples, idle, warmup=warmup)
         pg = _count_report(sampler.samples, "pg", warmup)
         redis_clients = _count_report(sampler.samples, "redis", warmup)
-        slopes = [m["slope_mb_per_min"] for m in memory.values() if m["slope_mb_per_min"] is not None]
+        slopes = [m["idle_slope_mb_per_min"] for m in memory.values() if m["idle_slope_mb_per_min"] is not None]
         flat = all(s < args.max_slope for s in slopes) and all(
             c and c["last"] <= c["first"] * 1.2 + 2 for c in (pg, redis_clients)
         )
