@@ -7,13 +7,13 @@ runs, the replay after).
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
 from django.db import connection
 from django.test import Client
 
+from tests.threads import run_at_once
 from tests.tools_app.helpers import LocalToolServer
 from tools_app.models import DemoOrder, ToolDefinition, ToolInvocation
 
@@ -21,30 +21,16 @@ CALLERS = 50
 
 
 def invoke_concurrently(api_key: str, tool_name: str, body: dict[str, Any]) -> list[tuple[int, dict]]:
-    start = threading.Barrier(CALLERS)
-    responses: list[tuple[int, dict]] = []
-    lock = threading.Lock()
+    def caller(n: int) -> tuple[int, dict]:
+        response = Client().post(
+            f"/api/v1/tools/{tool_name}/invoke",
+            body,
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": "the-same-key"},
+        )
+        return response.status_code, response.json()
 
-    def caller() -> None:
-        try:
-            start.wait(30)
-            response = Client().post(
-                f"/api/v1/tools/{tool_name}/invoke",
-                body,
-                content_type="application/json",
-                headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": "the-same-key"},
-            )
-            with lock:
-                responses.append((response.status_code, response.json()))
-        finally:
-            connection.close()  # each thread had its own connection
-
-    threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    return responses
+    return run_at_once(caller, CALLERS)
 
 
 def check_responses(responses: list[tuple[int, dict]]) -> tuple[list, list, list]:
@@ -116,23 +102,13 @@ def test_a_cap_of_two_holds_for_twenty_different_calls_at_once(place_order_tool,
     place_order_tool.max_calls_per_session = 2
     place_order_tool.save()
     sid = str(voice_session.pk)
-    start = threading.Barrier(20)
-    statuses: list[str] = []
 
-    def caller(n: int) -> None:
-        try:
-            start.wait(30)
-            outcome = tool_invoke(
-                tool=place_order_tool, arguments={"item": "tea", "quantity": 1}, key=f"k{n}", scope=sid, session_id=sid
-            )
-            statuses.append(outcome.status)
-        finally:
-            connection.close()
+    def caller(n: int) -> str:
+        outcome = tool_invoke(
+            tool=place_order_tool, arguments={"item": "tea", "quantity": 1}, key=f"k{n}", scope=sid, session_id=sid
+        )
+        return outcome.status
 
-    threads = [threading.Thread(target=caller, args=(n,)) for n in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    statuses = run_at_once(caller, 20)
     assert sorted(statuses).count(InvocationStatus.SUCCEEDED) == 2 and len(statuses) == 20
     assert DemoOrder.objects.count() == 2
