@@ -7,11 +7,18 @@ The ORM work is synchronous; the host awaits it in a thread (`database_sync_to_a
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# How long a caller's join waits out a database outage before it is refused.
+JOIN_DATABASE_WAIT_SECONDS = 30.0
 
 
 class HelloRejected(Exception):
@@ -47,9 +54,30 @@ def _session_for_room(room: str) -> str:
     return str(session.id)
 
 
+async def caller_joined(room: str, connection: str) -> dict[str, Any]:
+    """The session lifecycle's caller join (the same service the LiveKit webhooks call).
+
+    A caller who connects while the database cannot be reached (a PostgreSQL restart) waits
+    for it, retried with backoff for up to JOIN_DATABASE_WAIT_SECONDS; then the hello is
+    refused with `database_unavailable` instead of a dropped connection.
+    """
+    from django.db import InterfaceError, OperationalError
+
+    deadline = time.monotonic() + JOIN_DATABASE_WAIT_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return await _caller_joined(room, connection)
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise HelloRejected("database_unavailable", f"the platform's database is unavailable: {exc}") from exc
+            logger.warning("database unavailable while a caller joins room %s; retrying: %s", room, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 4.0)
+
+
 @database_sync_to_async
-def caller_joined(room: str, connection: str) -> dict[str, Any]:
-    """The session lifecycle's caller join (the same service the LiveKit webhooks call)."""
+def _caller_joined(room: str, connection: str) -> dict[str, Any]:
     from sessions_app.lifecycle import SessionFinal, session_caller_joined
 
     session_id = _session_for_room(room)
