@@ -24,7 +24,8 @@ Prints one JSON object:
   minute of every sample after the warm-up; the RSS between rounds (sampled 3 s after each
   round, no call live) and its slope, `idle_slope_mb_per_min`: under load the RSS is a
   sawtooth, and the floor between rounds is what a leak raises; `pg_connections` and
-  `redis_clients`: first (after the warm-up), last, max (must stay flat);
+  `redis_clients`: first (after the warm-up), last, max (must stay flat), and per process
+  role between rounds (`redis_clients_between_rounds`);
 - `flat`: every idle slope under --max-slope MiB/min and each connection count at the end
   within 20 % (+2) of its first value after the warm-up (the first 20 % of the run).
 
@@ -101,12 +102,37 @@ class Sampler(threading.Thread):
 
     def take(self) -> dict[str, Any]:
         groups = process_groups()
+        leaders = roles(self.platform.log_path)
         sample: dict[str, Any] = {"t": time.monotonic()}
-        for role, leader in roles(self.platform.log_path).items():
+        for role, leader in leaders.items():
             sample[role] = group_rss_mb(leader, groups)
         sample["pg"] = self._pg_connections()
         sample["redis"] = self._redis_clients()
+        sample["redis_by_role"] = self._redis_clients_by_role(leaders, groups)
         return sample
+
+    def _redis_clients_by_role(self, leaders: dict[str, int], groups: dict[int, list[int]]) -> dict[str, int]:
+        """Redis clients per process role: each client's address matched to the process
+        that holds that socket ("other": the soak's own or a process that ended)."""
+        import psutil
+        import redis
+
+        try:
+            clients = redis.Redis.from_url(self.platform.redis.url, socket_timeout=1).client_list()
+        except Exception:
+            return {}
+        role_of = {pid: role for role, leader in leaders.items() for pid in groups.get(leader, [leader])}
+        owner = {
+            f"{c.laddr.ip}:{c.laddr.port}": c.pid for c in psutil.net_connections(kind="inet") if c.laddr and c.pid
+        }
+        counts: dict[str, int] = {}
+        for client in clients:
+            role = role_of.get(owner.get(client.get("addr", ""), -1), "other")
+            counts[role] = counts.get(role, 0) + 1
+            if os.environ.get("SOAK_REDIS_COMMANDS"):  # which client each is: its last command
+                key = f"{role}:{client.get('cmd', '?')}"
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def _pg_connections(self) -> int | None:
         try:
@@ -342,6 +368,7 @@ def main() -> None:
                     "rss_mb": memory,
                     "pg_connections": pg,
                     "redis_clients": redis_clients,
+                    "redis_clients_between_rounds": [s.get("redis_by_role") for s in idle],
                     "flat": flat,
                 }
             )
