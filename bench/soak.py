@@ -25,7 +25,8 @@ Prints one JSON object:
   round, no call live) and its slope, `idle_slope_mb_per_min`: under load the RSS is a
   sawtooth, and the floor between rounds is what a leak raises; `pg_connections` and
   `redis_clients`: first (after the warm-up), last, max (must stay flat), and per process
-  role between rounds (`redis_clients_between_rounds`);
+  role between rounds (`redis_clients_between_rounds`; with SOAK_REDIS_COMMANDS=1 also
+  counted by each client's last command, to tell one client library from another);
 - `flat`: every idle slope under --max-slope MiB/min and each connection count at the end
   within 20 % (+2) of its first value after the warm-up (the first 20 % of the run).
 
