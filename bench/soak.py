@@ -108,20 +108,22 @@ class Sampler(threading.Thread):
         for role, leader in leaders.items():
             sample[role] = group_rss_mb(leader, groups)
         sample["pg"] = self._pg_connections()
-        sample["redis"] = self._redis_clients()
-        sample["redis_by_role"] = self._redis_clients_by_role(leaders, groups)
+        sample["redis"], sample["redis_by_role"] = self._redis_clients(leaders, groups)
         return sample
 
-    def _redis_clients_by_role(self, leaders: dict[str, int], groups: dict[int, list[int]]) -> dict[str, int]:
-        """Redis clients per process role: each client's address matched to the process
-        that holds that socket ("other": the soak's own or a process that ended)."""
+    def _redis_clients(
+        self, leaders: dict[str, int], groups: dict[int, list[int]]
+    ) -> tuple[int | None, dict[str, int]]:
+        """Redis clients (None while Redis is down), and per process role: each client's
+        address matched to the process that holds that socket ("other": the soak's own
+        or a process that ended)."""
         import psutil
         import redis
 
         try:
             clients = redis.Redis.from_url(self.platform.redis.url, socket_timeout=1).client_list()
         except Exception:
-            return {}
+            return None, {}
         role_of = {pid: role for role, leader in leaders.items() for pid in groups.get(leader, [leader])}
         owner = {
             f"{c.laddr.ip}:{c.laddr.port}": c.pid for c in psutil.net_connections(kind="inet") if c.laddr and c.pid
@@ -133,7 +135,7 @@ class Sampler(threading.Thread):
             if os.environ.get("SOAK_REDIS_COMMANDS"):  # which client each is: its last command
                 key = f"{role}:{client.get('cmd', '?')}"
                 counts[key] = counts.get(key, 0) + 1
-        return counts
+        return len(clients), counts
 
     def _pg_connections(self) -> int | None:
         try:
@@ -143,16 +145,6 @@ class Sampler(threading.Thread):
             return int(rows[0][0])
         except Exception:
             return None  # down right now
-
-    def _redis_clients(self) -> int | None:
-        import redis
-
-        try:
-            return int(
-                redis.Redis.from_url(self.platform.redis.url, socket_timeout=1).info("clients")["connected_clients"]
-            )
-        except Exception:
-            return None
 
 
 def _slope_per_minute(points: list[tuple[float, float]]) -> float | None:

@@ -23,9 +23,9 @@ def invocation_get(*, scope: str, key: str) -> ToolInvocation | None:
     return ToolInvocation.objects.filter(scope=scope, key=key).first()
 
 
-def invocations_of_session(*, session_id: Any) -> QuerySet[ToolInvocation]:
-    """The session's ledger rows (agent calls), oldest first."""
-    return ToolInvocation.objects.filter(session_id=session_id).order_by("created_at", "pk")
+def invocations_latest_of_session(*, session_id: Any, limit: int) -> QuerySet[ToolInvocation]:
+    """The session's `limit` latest ledger rows (agent calls), newest first."""
+    return ToolInvocation.objects.filter(session_id=session_id).order_by("-created_at", "-pk")[:limit]
 
 
 def http_tools_of_active_agents() -> QuerySet[ToolDefinition]:

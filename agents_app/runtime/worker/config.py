@@ -95,12 +95,12 @@ async def load_job_config(session_id: str) -> JobConfig:
 
 
 async def _stored_tool_calls(session_id: Any) -> list[StoredToolCall]:
-    from tools_app.selectors import invocations_of_session
+    from tools_app.selectors import invocations_latest_of_session
 
-    rows = invocations_of_session(session_id=session_id).values(
+    rows = invocations_latest_of_session(session_id=session_id, limit=RESTORED_TOOL_CALLS_MAX).values(
         "tool_name", "arguments", "status", "result", "error", "created_at"
     )
-    latest = [row async for row in rows.order_by("-created_at", "-pk")[:RESTORED_TOOL_CALLS_MAX]]
+    latest = [row async for row in rows]
     return [
         StoredToolCall(
             name=row["tool_name"],

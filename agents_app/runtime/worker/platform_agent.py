@@ -73,17 +73,20 @@ def restored_chat_context(config: JobConfig) -> llm.ChatContext:
 
 
 def _add_tool_call(chat_ctx: llm.ChatContext, call: StoredToolCall) -> None:
+    from tools_app.models import InvocationStatus
+
     call_id = f"call_restored_{len(chat_ctx.items)}"
-    if call.status == "succeeded":
+    succeeded = call.status == InvocationStatus.SUCCEEDED
+    if succeeded:
         output = json.dumps(call.result, default=str)[:2000]
-    elif call.status == "failed":
+    elif call.status == InvocationStatus.FAILED:
         output = f"error: {call.error}"[:2000]
     else:  # running (its owner died) or indeterminate
         output = INTERRUPTED_TOOL_CALL
     arguments = json.dumps(call.arguments, default=str)
     chat_ctx.items.append(llm.FunctionCall(call_id=call_id, name=call.name, arguments=arguments))
     chat_ctx.items.append(
-        llm.FunctionCallOutput(call_id=call_id, name=call.name, output=output, is_error=call.status != "succeeded")
+        llm.FunctionCallOutput(call_id=call_id, name=call.name, output=output, is_error=not succeeded)
     )
 
 
