@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test test-livekit livekit-server lint install clean-data stop-redis bench
+.PHONY: demo test test-livekit livekit-server livekit-sip lint install clean-data stop-redis bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +33,18 @@ test: $(STAMP)
 
 # The livekit tier alone: it runs in a network namespace of its own (needs root).
 test-livekit: $(STAMP)
-	@if command -v go >/dev/null 2>&1; then $(MAKE) --no-print-directory livekit-server; fi
+	@if command -v go >/dev/null 2>&1; then $(MAKE) --no-print-directory livekit-server; \
+		$(MAKE) --no-print-directory livekit-sip || echo "==> livekit-sip not built (above): no phone calls in the tier"; fi
 	$(PY) -m tests.livekit.run_tier $(LIVEKIT_PYTEST_ARGS)
 
 # The pinned LiveKit server, built from the Go module proxy, cached per user and version.
 livekit-server:
 	@deploy/livekit/build-server.sh
+
+# The pinned SIP service (phone calls), built and cached the same way; needs Debian's
+# libopus-dev libopusfile-dev libsoxr-dev (it says so when they are missing).
+livekit-sip:
+	@deploy/livekit/build-sip.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
