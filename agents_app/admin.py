@@ -62,6 +62,14 @@ class AgentAdmin(admin.ModelAdmin):
             },
         ),
         (
+            "Turn-taking: when the agent answers, and what stops it",
+            {
+                "fields": ("turn_detection", "turn_eagerness", "ignore_backchannels", "barge_in_min_speech_ms"),
+                "description": "The defaults suit most agents. Semantic end of turn listens to how the caller "
+                "speaks and to their last words, so a caller who pauses mid-sentence is not answered halfway.",
+            },
+        ),
+        (
             "Latency budgets (milliseconds)",
             {
                 "fields": tuple(f"budget_{key}_ms" for key, _ in STAGES),

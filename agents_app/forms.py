@@ -42,7 +42,8 @@ class AgentAdminForm(forms.ModelForm):
     stt_phrases = FriendlyJSONField(
         example='["place an order", "charge my wallet"]',
         help_text="Optional list of phrases callers are expected to say, as JSON, e.g. "
-        '["place an order", "charge my wallet"]. Leave [] to recognise any speech.',
+        '["place an order", "charge my wallet"]. Used by the offline PocketSphinx model (Model '
+        '"pocketsphinx"), which then understands only these phrases. Leave [] to recognise any speech.',
         widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
     )
     stt_fallbacks = FriendlyJSONField(
@@ -72,7 +73,8 @@ class AgentAdminForm(forms.ModelForm):
             "stt_provider", "stt_model", "language", "stt_phrases", "stt_fallbacks",
             "llm_provider", "llm_model", "llm_fallbacks",
             "tts_provider", "tts_model", "tts_voice", "tts_fallbacks",
-            "allow_interruptions",
+            "allow_interruptions", "turn_detection", "turn_eagerness", "ignore_backchannels",
+            "barge_in_min_speech_ms",
             *(f"budget_{key}_ms" for key in STAGE_KEYS),
         )  # fmt: skip
         labels = {
@@ -90,11 +92,17 @@ class AgentAdminForm(forms.ModelForm):
             "tts_voice": "Voice",
             "tts_fallbacks": "Fallbacks",
             "allow_interruptions": "Callers may interrupt the agent",
+            "turn_detection": "End of the caller's turn",
+            "turn_eagerness": "How eagerly the agent answers",
+            "ignore_backchannels": 'Let the caller say "mm-hmm" without interrupting',
         }
         help_texts = {
             "stt_provider": PROVIDER_HELP,
             "llm_provider": PROVIDER_HELP,
             "tts_provider": PROVIDER_HELP,
+            "stt_model": "Blank uses the provider default. Offline: blank is Moonshine tiny-en (English, "
+            'understands any speech); "pocketsphinx" is PocketSphinx, which follows the phrase grammar '
+            'from "Expected phrases" when it is set. OpenAI: a transcription model, e.g. whisper-1.',
             "language": "Language code of the calls, e.g. en.",
             "allow_interruptions": "When on, the agent stops talking as soon as the caller speaks.",
         }

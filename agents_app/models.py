@@ -54,6 +54,20 @@ STAGE_PROVIDERS = {
 }
 
 
+class TurnDetection(models.TextChoices):
+    SMART_TURN = "smart_turn", "Semantic (Smart Turn: listens for whether the caller has finished)"
+    VAD = "vad", "Silence only (answer after a fixed pause)"
+
+
+class TurnEagerness(models.TextChoices):
+    """How soon the agent answers a caller who may not have finished (Smart Turn only):
+    the probability of "finished" below which it waits, and how long it then waits."""
+
+    EAGER = "eager", "Eager: answers quickly, may answer a caller who was only pausing"
+    BALANCED = "balanced", "Balanced (recommended)"
+    PATIENT = "patient", "Patient: waits longer through pauses, answers a little later"
+
+
 def _budget_field(stage: str, label: str) -> models.PositiveIntegerField:
     return models.PositiveIntegerField(
         f"{label} budget (ms)",
@@ -86,6 +100,34 @@ class Agent(models.Model):
     llm_fallbacks = models.JSONField(default=list, blank=True)
     tts_fallbacks = models.JSONField(default=list, blank=True)
     allow_interruptions = models.BooleanField(default=True)
+    turn_detection = models.CharField(
+        max_length=16,
+        choices=TurnDetection.choices,
+        default=TurnDetection.SMART_TURN,
+        db_default=TurnDetection.SMART_TURN,
+        help_text="How the agent decides that the caller has finished speaking.",
+    )
+    turn_eagerness = models.CharField(
+        max_length=16,
+        choices=TurnEagerness.choices,
+        default=TurnEagerness.BALANCED,
+        db_default=TurnEagerness.BALANCED,
+        help_text="With semantic end of turn: how readily the agent answers a caller who paused mid-sentence.",
+    )
+    ignore_backchannels = models.BooleanField(
+        default=True,
+        db_default=True,
+        help_text='While the agent speaks, short acknowledgements ("mm-hmm", "yeah", "okay", "right") neither '
+        "cut it off nor become turns; they are kept as backchannel events. Anything else still interrupts.",
+    )
+    barge_in_min_speech_ms = models.PositiveIntegerField(
+        "Speech before barge-in (ms)",
+        default=800,
+        db_default=800,
+        validators=[MinValueValidator(200), MaxValueValidator(3000)],
+        help_text="How long the caller must speak over the agent before it stops on the sound alone. Shorter "
+        'speech ("stop", "wait") interrupts as soon as its words are recognised.',
+    )
     text_input = models.BooleanField(
         default=False,
         help_text="Let the caller also type to the agent (LiveKit's lk.chat text stream). Typed messages "

@@ -4,7 +4,7 @@ slow, and how much memory and CPU each call costs it.
 The platform runs as `make demo` runs it (web, Celery, the local agent host, the local LLM
 server) on a private PostgreSQL and Redis (tests/faults/platform.py). Every call goes over
 the local transport to the ONE agent worker process (`manage.py runagent`, the local agent
-host, with its PocketSphinx process pool in its process group). For each provider mode and
+host, with Moonshine's decoding threads inside it). For each provider mode and
 each concurrency level N, `--rounds` rounds of N simultaneous simulated calls run
 (`simulate_calls --calls N --concurrency N`, the fault tests' seven-turn call), and then:
 
@@ -22,7 +22,7 @@ level below it kept p99 within the budget (0: not even one call), and
 `max_calls_within_ratio` the same with p99 ≤ `--max-ratio` × the 1-call level's p99.
 
 Provider modes:
-- `offline`: the `demo-scripted` agent: PocketSphinx STT, the offline LLM stand-in, Piper TTS,
+- `offline`: the `demo-scripted` agent: Moonshine STT, the offline LLM stand-in, Piper TTS,
   all inside the agent worker.
 - `standin`: a copy of it (`sim-capacity`, built as the outage scenarios build theirs) whose
   `--standin-stages` (default LLM, TTS and STT) are the `openai` provider pointed at a local
@@ -30,7 +30,7 @@ Provider modes:
   this process) that answers after a fixed `--latency` (150 ms) with a fixed reply, cached
   Piper speech and a fixed transcript, so what grows with the calls is the worker's own cost
   (VAD, the framework, the platform's hooks and writer, audio in and out). A stage left out
-  stays offline inside the worker (`--standin-stages llm,tts` keeps PocketSphinx).
+  stays offline inside the worker (`--standin-stages llm,tts` keeps Moonshine).
 
 One warm-up call per mode runs first and is not counted. Bounded: a mode stops climbing
 when a level's calls fail or its p99 passes `--stop-ratio` × the 1-call level's, and no

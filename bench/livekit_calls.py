@@ -190,6 +190,7 @@ async def run_bare_livekit(
     from livekit.agents.testing import fake_job_context
 
     from agents_app.runtime.providers.factory import build_providers, load_vad
+    from agents_app.runtime.worker import turn_taking
     from agents_app.runtime.worker.platform_agent import session_options
 
     providers = build_providers(config.agent)
@@ -197,7 +198,11 @@ async def run_bare_livekit(
     async with _call(server, room, config, utterances) as (ear, agent_room):
         with fake_job_context(room=agent_room, job_id="bench-bare"):
             session = AgentSession(
-                stt=providers.stt, llm=providers.llm, tts=providers.tts, vad=load_vad(), **session_options()
+                stt=providers.stt,
+                llm=providers.llm,
+                tts=providers.tts,
+                vad=load_vad(turn_taking.vad_silence(config.agent)),
+                **session_options(agent=config.agent),
             )
             session.on("conversation_item_added", on_item)
             options = room_io.RoomOptions(participant_identity=config.caller_identity, close_on_disconnect=False)

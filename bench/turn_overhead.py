@@ -1,7 +1,7 @@
 """What the platform adds to a voice turn: bare AgentSession vs the platform entrypoint.
 
 Runs the same scripted offline conversation (Piper-voiced caller, Silero VAD,
-PocketSphinx, the offline LLM stand-in, Piper, the local real-time transport) through
+Moonshine, the offline LLM stand-in, Piper, the local real-time transport) through
 
 - bare: an AgentSession with the same providers and options and no platform code, and
 - platform: `run_local_job` → `entrypoint`, with DB loading, turn recording, the

@@ -41,15 +41,17 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def setup_session(slug: str = "bench-turn-overhead", phrases: list[str] | None = None) -> tuple[str, Any]:
-    """A session of the benchmark agent `slug`; `phrases` switch its STT to a phrase grammar."""
+    """A session of the benchmark agent `slug`; `phrases` switch its STT to a phrase grammar
+    (PocketSphinx: the offline default, Moonshine, has none), without them it is Moonshine."""
     from agents_app.models import Agent
     from agents_app.services import prompt_draft_create, prompt_publish
     from sessions_app.models import VoiceSession
 
     agent, _ = Agent.objects.get_or_create(slug=slug, defaults={"name": "Benchmark agent"})
-    if (agent.stt_phrases or None) != phrases:
-        agent.stt_phrases = phrases or []
-        agent.save(update_fields=["stt_phrases"])
+    stt_model = "pocketsphinx" if phrases else ""
+    if (agent.stt_phrases or None) != phrases or agent.stt_model != stt_model:
+        agent.stt_phrases, agent.stt_model = phrases or [], stt_model
+        agent.save(update_fields=["stt_phrases", "stt_model"])
     version = agent.prompt_versions.filter(status="published").first()
     if version is None:
         version = prompt_publish(
@@ -153,6 +155,7 @@ async def run_bare(agent: Any, greeting: str, instructions: str, utterances: lis
     from livekit.agents.voice.transcription import TranscriptSynchronizer
 
     from agents_app.runtime.providers.factory import build_providers, load_vad
+    from agents_app.runtime.worker import turn_taking
     from agents_app.runtime.worker.local import LocalCall
     from agents_app.runtime.worker.platform_agent import session_options
 
@@ -164,7 +167,11 @@ async def run_bare(agent: Any, greeting: str, instructions: str, utterances: lis
     ear = CallerEar(utterances)
     with fake_job_context(job_id="bench-bare"):
         session = AgentSession(
-            stt=providers.stt, llm=providers.llm, tts=providers.tts, vad=load_vad(), **session_options()
+            stt=providers.stt,
+            llm=providers.llm,
+            tts=providers.tts,
+            vad=load_vad(turn_taking.vad_silence(agent)),
+            **session_options(agent=agent),
         )
         session.on("conversation_item_added", on_item)
         sync = TranscriptSynchronizer(next_in_chain_audio=call.audio_output, next_in_chain_text=None)

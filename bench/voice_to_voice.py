@@ -1,12 +1,13 @@
 """Voice to voice: the gap the caller hears, platform agent vs a bare livekit-agents agent.
 
-Same run, same providers (Silero VAD, PocketSphinx, the offline LLM stand-in, Piper), same
+Same run, same providers (Silero VAD, PocketSphinx or Moonshine, the stand-in LLM, Piper), same
 scripted caller (bench/voice_calls.py `CallerEar`: Piper-voiced lines, timing on its own
 clock from the last voiced sample it sent to the first agent frame it hears above an
 energy threshold), rounds alternating bare/platform so both see the same machine load.
 
 STT: PocketSphinx with a phrase grammar of the caller's lines (the agent's `stt_phrases`,
-as a menu-like deployment would set them), or open vocabulary with `--open-vocabulary`.
+as a menu-like deployment would set them), or Moonshine, the open-vocabulary offline
+default, with `--open-vocabulary`.
 
 Transport (`--transport`, said in the output as `"transport"`):
 - `local` (default): the local transport (`LocalCall`: paced 20 ms input, a real-time
@@ -128,7 +129,9 @@ if __name__ == "__main__":  # the PocketSphinx pool spawns processes: keep this 
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument(
-        "--open-vocabulary", action="store_true", help="PocketSphinx without the phrase grammar of the caller's lines"
+        "--open-vocabulary",
+        action="store_true",
+        help="Moonshine (open vocabulary) instead of PocketSphinx with the caller's lines as its grammar",
     )
     parser.add_argument("--transport", choices=("local", "livekit", "auto"), default="local")
     args = parser.parse_args()

@@ -223,7 +223,7 @@ def test_the_command_prints_json_and_exits_non_zero_when_a_call_would_fail(agent
     statuses = {c["name"]: c["status"] for c in body["checks"]}
     assert statuses["database"] == "ok" and statuses["redis"] == "ok" and statuses["prompts"] == "ok"
     assert statuses["agent worker"] == "fail" and statuses["celery"] == "fail"
-    assert statuses["offline models"] == "ok"  # Piper, PocketSphinx and Silero load from their packages
+    assert statuses["offline models"] == "ok"  # Piper, Moonshine, PocketSphinx and Silero load from their packages
 
 
 def test_the_table_shows_what_to_do_under_a_failed_check(agent: Agent, settings) -> None:

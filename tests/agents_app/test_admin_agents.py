@@ -37,6 +37,10 @@ def agent_form(**overrides: object) -> dict[str, object]:
         "tts_voice": "",
         "tts_fallbacks": "[]",
         "allow_interruptions": "on",
+        "turn_detection": "smart_turn",
+        "turn_eagerness": "balanced",
+        "ignore_backchannels": "on",
+        "barge_in_min_speech_ms": "800",
         # The read-only prompt versions inline still posts its management form.
         "prompt_versions-TOTAL_FORMS": "0",
         "prompt_versions-INITIAL_FORMS": "0",
@@ -120,3 +124,36 @@ def test_agent_list_searches_and_filters(admin_client_, agent):
     assert "Billing bot" in found and "Support agent" not in found
     inactive = admin_client_.get(changelist, {"active__exact": "0"}).content.decode()
     assert "Billing bot" in inactive and "Support agent" not in inactive
+
+
+def test_an_editor_sets_how_the_agent_takes_turns(admin_client_):
+    page = admin_client_.get(reverse("admin:agents_app_agent_add")).content.decode()
+    assert "Turn-taking" in page and "Speech before barge-in" in page
+    response = admin_client_.post(
+        reverse("admin:agents_app_agent_add"),
+        agent_form(
+            turn_detection="vad", turn_eagerness="patient", ignore_backchannels="", barge_in_min_speech_ms="600"
+        ),
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    agent = Agent.objects.get(slug="sales")
+    assert (agent.turn_detection, agent.turn_eagerness) == ("vad", "patient")
+    assert agent.ignore_backchannels is False and agent.barge_in_min_speech_ms == 600
+
+
+def test_new_agents_take_turns_semantically_and_ignore_backchannels_by_default(db):
+    agent = Agent.objects.create(slug="fresh", name="Fresh")
+    assert (agent.turn_detection, agent.turn_eagerness, agent.ignore_backchannels, agent.barge_in_min_speech_ms) == (
+        "smart_turn",
+        "balanced",
+        True,
+        800,
+    )
+
+
+@pytest.mark.parametrize(("field", "value"), [("barge_in_min_speech_ms", "50"), ("turn_eagerness", "reckless")])
+def test_it_refuses_a_turn_taking_setting_out_of_range(admin_client_, field, value):
+    response = admin_client_.post(reverse("admin:agents_app_agent_add"), agent_form(**{field: value}))
+    assert response.status_code == 200
+    assert not Agent.objects.filter(slug="sales").exists()
+    assert "errorlist" in response.content.decode()

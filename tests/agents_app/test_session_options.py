@@ -22,6 +22,6 @@ def test_the_vad_ends_speech_after_the_configured_silence(settings, monkeypatch)
     from agents_app.runtime.providers import factory
 
     settings.VAD_MIN_SILENCE_SECONDS = 0.3
-    monkeypatch.setattr(factory, "_VAD", None)  # the process's VAD is loaded once
+    monkeypatch.setattr(factory, "_VADS", {})  # the process's VADs are loaded once
     vad = factory.load_vad()
     assert vad._opts.min_silence_duration == 0.3

@@ -1,4 +1,6 @@
-"""Offline providers: Piper synthesis, PocketSphinx decoding, the LLM stand-in, the factory."""
+"""Offline providers: Piper synthesis, PocketSphinx decoding, the LLM stand-in, the factory.
+
+Moonshine, the offline STT by default, has its own file (test_moonshine_stt.py)."""
 
 from __future__ import annotations
 
@@ -115,7 +117,7 @@ def test_the_factory_builds_offline_providers_by_default(db):
     agent = Agent(slug="x", name="x")
     providers = factory.build_providers(agent)
     assert providers.describe() == {
-        "stt": "offline:pocketsphinx/en-us",
+        "stt": "offline:moonshine/tiny-en",
         "llm": "offline:offline-stand-in",
         "tts": "offline:piper/en_US-joe-medium",
     }

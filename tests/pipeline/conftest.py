@@ -23,7 +23,7 @@ LONG_REQUEST = "please tell me everything about your delivery service"
 
 @pytest.fixture(scope="session")
 def prewarmed() -> None:
-    """VAD, Piper and the PocketSphinx pool, once per test run."""
+    """VAD, Piper and Moonshine (the offline STT), once per test run."""
     from agents_app.runtime.worker.entrypoint import prewarm as setup
     from agents_app.runtime.worker.local import prewarm
 

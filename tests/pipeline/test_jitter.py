@@ -1,6 +1,6 @@
 """Network impairment of the caller's audio (issue 11): 40 ms jitter and 3% frame loss.
 
-The real pipeline (Silero VAD, PocketSphinx STT, offline LLM stand-in, Piper TTS) over
+The real pipeline (Silero VAD, Moonshine STT, offline LLM stand-in, Piper TTS) over
 the local transport with `LocalCall.impairment` set: the call completes, a barge-in still
 cuts the reply, and the impairment really dropped and delayed frames.
 """

@@ -1,6 +1,6 @@
-"""Real calls through the local transport: Silero VAD, PocketSphinx, Piper, real time.
+"""Real calls through the local transport: Silero VAD, Moonshine, Piper, real time.
 
-The caller speaks with Piper, the agent hears it through the VAD and PocketSphinx, the
+The caller speaks with Piper, the agent hears it through the VAD and Moonshine, the
 offline stand-in LLM answers, Piper speaks, and the local playout clock plays it.
 """
 

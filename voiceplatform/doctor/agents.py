@@ -102,14 +102,21 @@ def _models_list(label: str, users: str, base_url: str, api_key: str, fix_unreac
 
 
 def check_offline_models(agents: list[str]) -> Check:
-    """Load what the offline stand-ins run on: Piper's voice, PocketSphinx, Silero VAD."""
+    """Load what the offline stand-ins run on: Piper's voice, Moonshine (the offline STT),
+    PocketSphinx (selectable instead), Silero VAD."""
     started = time.monotonic()
     try:
-        from agents_app.runtime.providers import piper, sphinx
+        import numpy as np
+
+        from agents_app.runtime.providers import moonshine, piper, sphinx
         from agents_app.runtime.providers.factory import load_vad
 
         piper.load_voice()
-        sphinx.decode_pcm(b"\0" * 3200)  # 100 ms of silence through the real decoder
+        # 100 ms of near silence through each real decoder. Moonshine's is just loud enough
+        # to pass its silence gate (decode_samples never hands exact silence to the model).
+        faint = np.tile(np.array([moonshine.SILENCE_PEAK, -moonshine.SILENCE_PEAK], dtype=np.int16), 800)
+        moonshine.decode_samples(faint)
+        sphinx.decode_pcm(b"\0" * 3200)
         load_vad()
     except Exception as exc:
         return Check(
@@ -121,7 +128,7 @@ def check_offline_models(agents: list[str]) -> Check:
     return Check(
         "offline models",
         OK,
-        f"used by {', '.join(agents)}; Piper, PocketSphinx and Silero VAD load ({time.monotonic() - started:.1f} s)",
+        f"used by {', '.join(agents)}; Piper, Moonshine, PocketSphinx and Silero VAD load ({time.monotonic() - started:.1f} s)",
     )
 
 

@@ -3,9 +3,10 @@
 `openai`: livekit-plugins-openai, honouring OPENAI_BASE_URL, so any OpenAI-compatible
 server works (Ollama, vLLM, llama.cpp server). `local` (LLM only): the machine's own
 llama.cpp server (`manage.py runllm`, agents_app/runtime/providers/local_llm.py) through
-the same livekit-plugins-openai LLM. `offline`: PocketSphinx STT, Piper TTS and the
-OfflineStandInLLM. An agent set to `openai` never silently falls back to the stand-in:
-a missing key is an error the operator sees.
+the same livekit-plugins-openai LLM. `offline`: Moonshine tiny-en STT (open vocabulary;
+the STT model "pocketsphinx" picks PocketSphinx with the agent's phrase list as its
+grammar), Piper TTS and the OfflineStandInLLM. An agent set to `openai` never silently
+falls back to the stand-in: a missing key is an error the operator sees.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from agents_app.models import Agent, Provider
 from agents_app.runtime.providers.fallback import STAGES, build_chain, usable_entries
 
 DEFAULT_OPENAI_MODELS = {"stt": "gpt-4o-mini-transcribe", "llm": "gpt-4.1-mini", "tts": "gpt-4o-mini-tts"}
+# The offline STT model name that picks PocketSphinx instead of Moonshine (case-insensitive).
+POCKETSPHINX = "pocketsphinx"
 
 
 @dataclass
@@ -65,19 +68,22 @@ def openai_kwargs(endpoint: str = "") -> dict[str, Any]:
     return kwargs
 
 
-def load_vad() -> Any:
-    """Silero VAD, loaded once per process (the session's turn detection, and the
-    segmenter of a non-streaming STT in a fallback chain)."""
-    global _VAD
-    if _VAD is None:
+def load_vad(min_silence: float | None = None) -> Any:
+    """Silero VAD, loaded once per process and silence length (the session's turn
+    detection, and the segmenter of a non-streaming STT in a fallback chain).
+
+    `min_silence`: the silence that ends the caller's speech, VAD_MIN_SILENCE_SECONDS by
+    default (docs/latency.md); semantic end of turn runs with a shorter one."""
+    silence = settings.VAD_MIN_SILENCE_SECONDS if min_silence is None else min_silence
+    vad = _VADS.get(silence)
+    if vad is None:
         from livekit.plugins import silero
 
-        # The silence that ends the caller's speech (docs/latency.md).
-        _VAD = silero.VAD.load(min_silence_duration=settings.VAD_MIN_SILENCE_SECONDS)
-    return _VAD
+        vad = _VADS[silence] = silero.VAD.load(min_silence_duration=silence)
+    return vad
 
 
-_VAD: Any = None
+_VADS: dict[float, Any] = {}
 
 
 def primary_spec(stage: str, agent: Agent) -> dict[str, str]:
@@ -95,9 +101,18 @@ def build_provider(stage: str, spec: dict[str, Any], agent: Agent) -> Any:
     model = spec.get("model") or ""
     if provider == Provider.OFFLINE:
         if stage == "stt":
-            from agents_app.runtime.providers.sphinx import PocketSphinxSTT
+            if model.strip().lower() == POCKETSPHINX:
+                from agents_app.runtime.providers import sphinx
 
-            return PocketSphinxSTT(phrases=list(agent.stt_phrases or []), language=agent.language)
+                phrases = [p for p in agent.stt_phrases or [] if isinstance(p, str) and p.strip()]
+                # Prewarm does not start its process pool (few agents use it): start it now,
+                # while the greeting plays, instead of on the caller's first words.
+                sphinx.warm_in_background(phrases)
+                return sphinx.PocketSphinxSTT(phrases=phrases, language=agent.language)
+            # Any other model name (blank included) is the default: Moonshine.
+            from agents_app.runtime.providers.moonshine import MoonshineSTT
+
+            return MoonshineSTT(language=agent.language)
         if stage == "llm":
             from agents_app.runtime.providers.offline_llm import OfflineStandInLLM
 
@@ -140,11 +155,25 @@ def build_providers(agent: Agent, *, vad: Any = None) -> Providers:
 
 
 def prewarm_offline() -> None:
-    """Load the offline models before the first call (blocking; for prewarm)."""
-    from agents_app.runtime.providers import piper, sphinx
+    """Load the offline models before the first call (blocking; for prewarm).
+
+    Moonshine is the offline STT by default. PocketSphinx's process pool starts with the
+    first agent that picks it (`build_provider`; `sphinx.warm_pool()` loads it ahead, blocking):
+    spawning its processes in every job process would cost memory that few agents use."""
+    from agents_app.runtime.providers import moonshine, piper
 
     piper.load_voice()
-    sphinx.warm_pool()
+    moonshine.warm()
     from agents_app.runtime.providers import apology
 
     apology.prerender()  # the clip played when a whole stage fails
+
+
+def shutdown_offline() -> None:
+    """Stop the offline STT's decoders (a LiveKit job process, at the end of its one job):
+    Moonshine's threads and, if an agent used it, PocketSphinx's process pool. Either is a
+    no-op when it never started."""
+    from agents_app.runtime.providers import moonshine, sphinx
+
+    moonshine.shutdown_pool()
+    sphinx.shutdown_pool()

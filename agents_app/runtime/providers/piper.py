@@ -153,6 +153,30 @@ def synthesize(text: str) -> tuple[np.ndarray, int]:
     return audio.astype(np.int16, copy=False), sample_rate()
 
 
+PAUSE_MARK = "..."
+
+
+def synthesize_with_pause(text: str, pause_seconds: float) -> tuple[np.ndarray, int]:
+    """`text` said as one sentence with a pause where it has "...": a caller thinking
+    mid-sentence ("I want to move it to ... Thursday afternoon"). Synthesized whole, the
+    mark read as a comma, so both halves keep the sentence's intonation; Piper's short
+    comma pause (the longest quiet run inside the speech) is then stretched to
+    `pause_seconds` of silence."""
+    if text.count(PAUSE_MARK) != 1:
+        raise ValueError(f"mark the one pause with {PAUSE_MARK!r}: {text!r}")
+    audio, rate = synthesize(" ".join(text.replace(PAUSE_MARK, ",").split()).replace(" ,", ","))
+    window = int(rate * 0.01)
+    levels = np.abs(audio[: len(audio) // window * window].astype(np.int32)).reshape(-1, window).mean(axis=1)
+    loud = np.flatnonzero(levels >= 300)
+    if len(loud) < 2:
+        raise ValueError(f"no speech synthesized for {text!r}")
+    gaps = np.diff(loud)
+    widest = int(np.argmax(gaps))
+    start, end = (int(loud[widest]) + 1) * window, int(loud[widest + 1]) * window
+    silence = np.zeros(int(rate * pause_seconds), dtype=np.int16)
+    return np.concatenate([audio[:start], silence, audio[end:]]).astype(np.int16), rate
+
+
 class PiperTTS(tts.TTS):
     """A non-streaming livekit `tts.TTS`; the framework's StreamAdapter splits sentences."""
 

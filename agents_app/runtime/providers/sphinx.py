@@ -1,5 +1,8 @@
 """PocketSphinx speech-to-text (offline, ships its en-us model), decoded in a process pool.
 
+Not the offline default (that is Moonshine, agents_app/runtime/providers/moonshine.py): an
+offline agent whose STT model is "pocketsphinx" uses it, with its phrase list below.
+
 PocketSphinx holds the GIL while it decodes (~0.5 s a sentence with the general language
 model), which would stall the agent's event loop and its audio pacing, so decoding runs
 in a `ProcessPoolExecutor` of `settings.STT_PROCESS_POOL_SIZE` processes. It is a
@@ -29,9 +32,10 @@ from livekit.agents.language import LanguageCode
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
+from agents_app.runtime.providers.pcm import SAMPLE_RATE, mono_16k
+
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 # PocketSphinx wants silence around speech, and exact-zero samples can make it return
 # nothing: pad with a little silence and add a few LSB of noise.
 PAD_SECONDS = 0.25
@@ -129,19 +133,19 @@ def warm_pool(phrases: list[str] | tuple[str, ...] = ()) -> None:
         future.result()
 
 
+def warm_in_background(phrases: list[str] | tuple[str, ...] = ()) -> None:
+    """Start the pool's processes and load the decoder without waiting for them (an agent
+    that picks PocketSphinx, at the start of its job: ready by the caller's first words)."""
+    executor = pool()
+    for _ in range(executor._max_workers):
+        executor.submit(_warm, tuple(phrases))
+
+
 def prepare_pcm(frames: list[rtc.AudioFrame], *, seed: int = 0) -> bytes:
     """Mix to 16 kHz mono int16, pad with silence and add a few LSB of noise."""
-    merged = rtc.combine_audio_frames(frames) if frames else None
-    if merged is None or merged.samples_per_channel == 0:
+    data = mono_16k(frames)
+    if not len(data):
         return b""
-    data = np.frombuffer(bytes(merged.data), dtype=np.int16)
-    if merged.num_channels > 1:
-        data = data.reshape(-1, merged.num_channels).mean(axis=1).astype(np.int16)
-    if merged.sample_rate != SAMPLE_RATE:
-        resampler = rtc.AudioResampler(input_rate=merged.sample_rate, output_rate=SAMPLE_RATE, num_channels=1)
-        frame = rtc.AudioFrame(data.tobytes(), merged.sample_rate, 1, len(data))
-        parts = [bytes(f.data) for f in resampler.push(frame)] + [bytes(f.data) for f in resampler.flush()]
-        data = np.frombuffer(b"".join(parts), dtype=np.int16)
     pad = np.zeros(int(PAD_SECONDS * SAMPLE_RATE), dtype=np.int16)
     padded = np.concatenate([pad, data, pad]).astype(np.int32)
     noise = np.random.default_rng(seed).integers(-NOISE_LSB, NOISE_LSB + 1, len(padded))

@@ -25,9 +25,10 @@ from livekit.agents.voice.transcription import TranscriptSynchronizer
 from livekit.plugins import openai as _openai_plugin  # noqa: F401
 from livekit.plugins import silero  # noqa: F401
 
+from agents_app.runtime.providers import smart_turn
 from agents_app.runtime.providers.factory import build_providers, load_vad, prewarm_offline
 from agents_app.runtime.providers.fallback import ChainMonitor, session_conn_options
-from agents_app.runtime.worker import control, job_session, local
+from agents_app.runtime.worker import control, job_session, local, turn_taking
 from agents_app.runtime.worker.config import JobConfig, load_job_config
 from agents_app.runtime.worker.platform_agent import PlatformAgent, cpu_time, room_options, session_options
 from agents_app.runtime.worker.recorder import Recorder
@@ -45,6 +46,11 @@ def prewarm(proc: JobProcess) -> None:
 
     adopt_job_process_logging()
     proc.userdata["vad"] = load_vad()
+    load_vad(settings.SMART_TURN_VAD_SILENCE_SECONDS)
+    try:
+        smart_turn.warm()
+    except Exception:  # a job still works: its first prediction loads the model
+        logger.warning("could not load the Smart Turn model", exc_info=True)
     if getattr(settings, "DEFAULT_PROVIDER", "offline") == "offline":
         try:
             prewarm_offline()
@@ -79,6 +85,7 @@ class JobRuntime:
         self._tools_report_results = False
         self.resilience: Any = None  # fallback.ChainMonitor: provider errors and failovers
         self._apology_at = 0.0
+        self.turn_detector: Any = None  # "vad" or the Smart Turn detector (its predictions)
 
     # -- hooks on the loop: time them ------------------------------------------------
     def _timed(self, fn: Any) -> Any:
@@ -106,6 +113,13 @@ class JobRuntime:
                     "agent.speech_interrupted",
                     {"turn": data["index"], "source": data["interrupt_source"], "heard_text": data["heard_text"][:500]},
                 )
+
+    def _on_backchannel(self, text: str) -> None:
+        """The caller acknowledged the agent mid-reply: kept as an event, not a turn."""
+        current = self.tracker.current
+        self.recorder.record_event(
+            "caller.backchannel", {"text": text[:100], "turn": current.index if current is not None else None}
+        )
 
     def _on_tool_result(self, record: dict[str, Any]) -> None:
         t0 = cpu_time()
@@ -228,16 +242,18 @@ class JobRuntime:
         metrics.SESSIONS_SERVED.labels(agent=config.agent.slug).inc()
         metrics.ACTIVE_SESSIONS.inc()
         self._counted = True
-        vad = self.ctx.proc.userdata.get("vad") or load_vad()
+        vad = load_vad(turn_taking.vad_silence(config.agent))
         self.providers = build_providers(config.agent, vad=vad)
         tools = await self._build_tools()
+        options = session_options(agent=config.agent, allow_interruptions=config.agent.allow_interruptions)
+        detector = self.turn_detector = options["turn_handling"]["turn_detection"]
         session = AgentSession(
             stt=self.providers.stt,
             llm=self.providers.llm,
             tts=self.providers.tts,
             vad=vad,
             conn_options=session_conn_options(config.agent),
-            **session_options(allow_interruptions=config.agent.allow_interruptions),
+            **options,
         )
         self.session = session
         self.resilience = ChainMonitor(record_event=self.recorder.record_event, on_stage_failed=self._on_stage_failed)
@@ -247,7 +263,13 @@ class JobRuntime:
         session.on("function_tools_executed", self._timed(self._on_tools_executed))
         session.on("error", self._timed(self._on_error))
         session.on("close", self._on_close)
-        agent = PlatformAgent(config=config, tracker=self.tracker, tools=tools)
+        agent = PlatformAgent(
+            config=config,
+            tracker=self.tracker,
+            tools=tools,
+            on_backchannel=self._on_backchannel,
+            on_transcript=getattr(detector, "note_transcript", None),
+        )
 
         if self.call is not None:
             self._synchronizer = TranscriptSynchronizer(
@@ -386,9 +408,9 @@ async def entrypoint(ctx: JobContext) -> None:
             if runtime.ended_by_platform:
                 await job_session.end_session_if_live(session_id, runtime.end_reason)
             # One job per process: let the process exit (livekit waits on its threads).
-            from agents_app.runtime.providers import sphinx
+            from agents_app.runtime.providers.factory import shutdown_offline
 
-            sphinx.shutdown_pool()
+            shutdown_offline()
 
         ctx.add_shutdown_callback(_shutdown)
         await runtime.start()

@@ -53,7 +53,7 @@ def build_server(*, dev: bool) -> Any:
         api_key=settings.LIVEKIT_API_KEY,
         api_secret=settings.LIVEKIT_API_SECRET,
         setup_fnc=prewarm,
-        # Prewarm loads the VAD, Piper and the PocketSphinx pool: slow on a busy box.
+        # Prewarm loads the VAD, Piper and Moonshine: slow on a busy box.
         initialize_process_timeout=60.0,
         num_idle_processes=idle,
         **load_options(dev=dev),

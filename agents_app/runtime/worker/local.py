@@ -255,7 +255,7 @@ def prewarm(setup: Callable[[Any], None]) -> None:
     the offline models) now, blocking, on a thread-mode JobProcess.
 
     Call it once per process before the first local job (e.g. from a thread at server
-    start), or the first turn pays for loading PocketSphinx and Piper.
+    start), or the first turn pays for loading Moonshine and Piper.
     """
     from livekit.agents import JobExecutorType, JobProcess
 

@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_SECONDS = 10.0
 JOB_END_TIMEOUT_SECONDS = 15.0
-# PocketSphinx can return nothing on exact-zero silence; a few LSB of noise fixes that.
+# Offline recognisers misbehave on exact-zero silence (PocketSphinx can return nothing,
+# Moonshine's model says "You"); a few LSB of noise, as a real line has, avoids it.
 INPUT_NOISE_LSB = 3
 
 

@@ -10,35 +10,32 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, llm
+from livekit.agents import Agent, AgentSession, llm, stt
 from livekit.agents.voice import ModelSettings, room_io
 
+from agents_app.runtime.worker import turn_taking
 from agents_app.runtime.worker.config import JobConfig, StoredToolCall
 from agents_app.runtime.worker.turns import TurnTracker
+
+if TYPE_CHECKING:
+    from agents_app.models import Agent as AgentModel
 
 # Our hooks' cost is measured as CPU time of the loop's thread: on a shared machine,
 # wall-clock deltas would also count time the OS gave to other processes.
 cpu_time = time.thread_time
 
 
-def session_options(*, allow_interruptions: bool = True) -> dict[str, Any]:
-    """AgentSession options shared by the platform and the bare benchmark peer."""
+def session_options(*, agent: AgentModel | None = None, allow_interruptions: bool = True) -> dict[str, Any]:
+    """AgentSession options shared by the platform and the bare benchmark peer: the agent's
+    turn-taking settings (agents_app/runtime/worker/turn_taking.py)."""
     return {
-        "turn_handling": {
-            # The model turn detector varies widely run to run; VAD is predictable.
-            "turn_detection": "vad",
-            "interruption": {"enabled": allow_interruptions, "mode": "vad"},
-            # What the caller waits after the VAD's end of speech before the turn is
-            # committed, and whether TTS starts on a preemptive reply (docs/latency.md).
-            "endpointing": {"min_delay": settings.ENDPOINTING_MIN_DELAY_SECONDS},
-            "preemptive_generation": {"preemptive_tts": settings.PREEMPTIVE_TTS},
-        },
+        "turn_handling": turn_taking.turn_handling(agent, allow_interruptions=allow_interruptions),
         # Otherwise barge-in is ignored for the first 3 s of agent speech.
         "aec_warmup_duration": None,
         "user_away_timeout": None,
@@ -131,9 +128,49 @@ def room_options(config: JobConfig) -> room_io.RoomOptions:
 class PlatformAgent(Agent):
     """The DB-configured agent. Its node overrides only observe (text, first audio)."""
 
-    def __init__(self, *, config: JobConfig, tracker: TurnTracker, tools: list[Any]) -> None:
+    def __init__(
+        self,
+        *,
+        config: JobConfig,
+        tracker: TurnTracker,
+        tools: list[Any],
+        on_backchannel: Callable[[str], None] | None = None,
+        on_transcript: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__(instructions=config.instructions, chat_ctx=restored_chat_context(config), tools=tools)
         self._tracker = tracker
+        # Backchannels are dropped only when there is somebody to record them.
+        self._on_backchannel = on_backchannel if config.agent.ignore_backchannels else None
+        # The turn detector reads the words too (providers/smart_turn.py).
+        self._on_transcript = on_transcript
+
+    def _agent_is_speaking(self) -> bool:
+        """A reply is under way: playing, or paused by the caller's voice (not yet cut)."""
+        speech = self.session.current_speech
+        return speech is not None and not speech.interrupted and not speech.done()
+
+    async def stt_node(
+        self, audio: AsyncIterable[rtc.AudioFrame], model_settings: ModelSettings
+    ) -> AsyncIterable[stt.SpeechEvent | str]:
+        """The default STT node, with backchannels over agent speech taken out: their final
+        transcript goes on empty, so livekit neither interrupts on it nor commits a turn."""
+        async for event in Agent.default.stt_node(self, audio, model_settings):
+            if (
+                isinstance(event, stt.SpeechEvent)
+                and event.type == stt.SpeechEventType.FINAL_TRANSCRIPT
+                and event.alternatives
+            ):
+                t0 = cpu_time()
+                text = event.alternatives[0].text
+                if self._on_backchannel is not None and turn_taking.is_backchannel(text) and self._agent_is_speaking():
+                    self._on_backchannel(text)
+                    event = replace(
+                        event, alternatives=[replace(event.alternatives[0], text=""), *event.alternatives[1:]]
+                    )
+                if self._on_transcript is not None:
+                    self._on_transcript(event.alternatives[0].text)
+                self._tracker.charge(cpu_time() - t0)
+            yield event
 
     async def llm_node(
         self, chat_ctx: llm.ChatContext, tools: list[llm.Tool], model_settings: ModelSettings
