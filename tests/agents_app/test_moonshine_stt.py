@@ -146,6 +146,7 @@ def test_a_fallback_entry_can_name_pocketsphinx(monkeypatch):
     [
         (["You", "My card number is four."], "My card number is four."),
         (["You.", "Thursday, please."], "Thursday, please."),
+        (["?", "My name is Sarah."], "My name is Sarah."),  # no word: not the caller's
         (["Thank you."], "Thank you."),
         (["You"], "You"),  # alone it may be what the caller said
         (["Okay.", "You"], "Okay. You"),  # only a lead-in is dropped

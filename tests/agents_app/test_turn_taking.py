@@ -14,7 +14,20 @@ from agents_app.runtime.worker import turn_taking
 
 @pytest.mark.parametrize(
     "text",
-    ["Mm-hmm.", "Mhm", "Yeah.", "Okay.", "Right.", "Uh-huh.", "Yeah, okay.", "I see.", "Got it", "Ok,", "M. M. M."],
+    [
+        "Mm-hmm.",
+        "Mhm",
+        "Yeah.",
+        "Okay.",
+        "Right.",
+        "Uh-huh.",
+        "Yeah, okay.",
+        "I see.",
+        "Got it",
+        "Ok,",
+        "M. M. M.",
+        "? Yeah.",
+    ],
 )
 def test_acknowledgements_are_backchannels(text):
     assert turn_taking.is_backchannel(text)

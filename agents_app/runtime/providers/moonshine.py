@@ -21,6 +21,7 @@ import asyncio
 import ctypes
 import os
 import queue
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ OPTIONS = {"identify_speakers": "false", "return_audio_data": "false"}
 # Moonshine answers "You" on exact digital silence (a few LSB of noise give nothing), so
 # audio whose loudest sample stays below this (int16, about -54 dBFS) is not decoded.
 SILENCE_PEAK = 64
+_WORDY = re.compile(r"\w")
 
 _LOCK = threading.Lock()
 # Loading takes ~0.5 s: its own lock, so that the event loop asking for the pool never waits on it.
@@ -118,7 +120,8 @@ def decode_samples(samples: np.ndarray) -> str:
     finally:
         _IDLE.put(transcriber)
     # Moonshine splits what it hears into lines at its own pauses: the utterance is all of them.
-    lines = [text for line in transcript.lines if (text := (line.text or "").strip())]
+    # A line with no word at all ("?") is the model's, not the caller's.
+    lines = [text for line in transcript.lines if _WORDY.search(text := (line.text or "").strip())]
     # Like Whisper, Moonshine writes "You" for a short lead-in of near-silence: a first line
     # that is only that, before the words, is not the caller's.
     if len(lines) > 1 and lines[0].strip(" .,!").lower() == "you":

@@ -42,8 +42,9 @@ def is_backchannel(text: str) -> bool:
     """True for a short utterance made only of acknowledgements ("Mm-hmm.", "Yeah, okay.",
     "I see"), never for anything with other words ("okay, stop", "yes but").
 
-    A question mark makes it a question ("Right?"), not an acknowledgement."""
-    if "?" in text:
+    A question mark at the end makes it a question ("Right?"), not an acknowledgement
+    (Moonshine sometimes writes a stray "?" in front of a line: that one does not count)."""
+    if text.rstrip().endswith("?"):
         return False
     tokens = _TOKEN.findall(text.lower().replace("-", ""))
     return 0 < len(tokens) <= BACKCHANNEL_MAX_TOKENS and all(t in BACKCHANNEL_TOKENS for t in tokens)
