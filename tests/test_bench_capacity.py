@@ -3,26 +3,12 @@ is measured or asserted here; the benchmark itself is run by hand (`make bench`)
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bench_modules import load_bench
 
-
-def _load(name: str):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-capacity = _load("capacity")
-platform_runs = _load("platform_runs")
+capacity = load_bench("capacity")
+platform_runs = load_bench("platform_runs")
 
 
 def _level(calls: int, *, p99: float, ratio: float, failed: int = 0) -> dict:
