@@ -309,21 +309,6 @@ def telephone_band(samples: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
     return np.clip(np.round(out), -32768, 32767).astype(np.int16), TELEPHONE_RATE
 
 
-def with_pause(first: np.ndarray, second: np.ndarray, rate: int, pause: float) -> tuple[np.ndarray, float]:
-    """The two halves joined so that `pause` seconds separate the first's last loud sample
-    from the second's first (the simulated caller's threshold), filled with a few LSB of
-    noise (exact-zero silence is not what a line carries). Returns (audio, the first
-    half's end of speech in seconds from the start)."""
-    from agents_app.runtime.simulator.heard import loud_span
-
-    a, b = loud_span(first, rate), loud_span(second, rate)
-    end_a = round((a[1] if a else len(first) / rate) * rate)
-    start_b = round((b[0] if b else 0.0) * rate)
-    gap = np.random.default_rng(3).integers(-3, 4, round(pause * rate)).astype(np.int16)
-    audio = np.concatenate([first[:end_a], gap, second[start_b:]]).astype(np.int16)
-    return audio, end_a / rate
-
-
 # --- outcomes (pure: tested in tests/test_bench_conversation_quality.py) --------------------
 @dataclass
 class Said:
@@ -983,8 +968,9 @@ def build_script(quick: bool) -> Script:
     interruptions = INTERRUPTIONS[:1] if quick else INTERRUPTIONS
     pause = []
     for first, second in pauses:
-        (a, rate_a), (b, _) = voice(first), voice(second)
-        audio, half = with_pause(a, b, rate_a, PAUSE_SECONDS)
+        # One sentence with the pause stretched inside it, so the first half keeps the
+        # sentence's intonation (synthesized alone, it would end as a finished sentence).
+        audio, rate_a, half = piper.synthesize_with_pause(f"{first} ... {second}", PAUSE_SECONDS)
         pause.append((f"{first} {second}", (audio, rate_a), half))
     wer_lines: list[Any] = []
     for text, planned in zip(lines, trial_plan(len(lines), len(backchannels), len(interruptions)), strict=True):

@@ -100,25 +100,6 @@ def test_band_limit_edges_are_inside_the_band() -> None:
         assert _rms(cq.band_limit(_tone(freq, rate), rate, 300, 3400)) < 0.02 * _rms(_tone(freq, rate))
 
 
-def test_with_pause_puts_the_pause_between_the_halves_speech() -> None:
-    from agents_app.runtime.simulator.heard import loud_span
-
-    rate = 16000
-    quiet = np.zeros(1600, dtype=np.int16)
-    first = np.concatenate([quiet, _tone(300, rate, 0.5), quiet])
-    second = np.concatenate([quiet, _tone(300, rate, 0.4), quiet])
-    audio, half_end = cq.with_pause(first, second, rate, 0.7)
-    span_first = loud_span(audio[: int(half_end * rate)], rate)
-    assert span_first is not None
-    assert half_end == pytest.approx(0.6, abs=0.006)  # 0.1 s of lead, 0.5 s of tone
-    gap = audio[int(half_end * rate) : int((half_end + 0.7) * rate)]
-    assert loud_span(gap, rate) is None  # silent (a few LSB of noise)
-    assert np.abs(gap).max() > 0  # but not exact zeros
-    rest = loud_span(audio[int((half_end + 0.7) * rate) :], rate)
-    assert rest is not None and rest[0] == pytest.approx(0.0, abs=0.006)
-
-
-# --- outcomes ------------------------------------------------------------------------------
 def _turn(
     text: str, at: float, *, interrupted: bool = True, source: str = "client", index: int = 0, **stages: float
 ) -> dict:

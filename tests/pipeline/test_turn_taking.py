@@ -40,7 +40,7 @@ def _caller_turns(session_id: str) -> list[dict]:
 async def _say_with_pause(driver: CallDriver, text: str, pause: float) -> None:
     from agents_app.runtime.providers import piper
 
-    audio, rate = await asyncio.to_thread(piper.synthesize_with_pause, text, pause)
+    audio, rate, _ = await asyncio.to_thread(piper.synthesize_with_pause, text, pause)
     driver.call.push_caller_audio(audio, rate)
 
 

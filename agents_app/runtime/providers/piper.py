@@ -156,12 +156,12 @@ def synthesize(text: str) -> tuple[np.ndarray, int]:
 PAUSE_MARK = "..."
 
 
-def synthesize_with_pause(text: str, pause_seconds: float) -> tuple[np.ndarray, int]:
+def synthesize_with_pause(text: str, pause_seconds: float) -> tuple[np.ndarray, int, float]:
     """`text` said as one sentence with a pause where it has "...": a caller thinking
     mid-sentence ("I want to move it to ... Thursday afternoon"). Synthesized whole, the
     mark read as a comma, so both halves keep the sentence's intonation; Piper's short
     comma pause (the longest quiet run inside the speech) is then stretched to
-    `pause_seconds` of silence."""
+    `pause_seconds` of silence. Returns (int16 samples, rate, where the pause starts in s)."""
     if text.count(PAUSE_MARK) != 1:
         raise ValueError(f"mark the one pause with {PAUSE_MARK!r}: {text!r}")
     audio, rate = synthesize(" ".join(text.replace(PAUSE_MARK, ",").split()).replace(" ,", ","))
@@ -174,7 +174,7 @@ def synthesize_with_pause(text: str, pause_seconds: float) -> tuple[np.ndarray, 
     widest = int(np.argmax(gaps))
     start, end = (int(loud[widest]) + 1) * window, int(loud[widest + 1]) * window
     silence = np.zeros(int(rate * pause_seconds), dtype=np.int16)
-    return np.concatenate([audio[:start], silence, audio[end:]]).astype(np.int16), rate
+    return np.concatenate([audio[:start], silence, audio[end:]]).astype(np.int16), rate, start / rate
 
 
 class PiperTTS(tts.TTS):
