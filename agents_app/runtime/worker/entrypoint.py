@@ -41,11 +41,13 @@ logger = logging.getLogger(__name__)
 
 
 def prewarm(proc: JobProcess) -> None:
-    """Runs once per job process before its job: log once, load the VAD (and offline models)."""
+    """Runs once per job process before its job: log once, load the VADs, Smart Turn (and
+    the offline models)."""
     from agents_app.runtime.worker.livekit_worker import adopt_job_process_logging
 
     adopt_job_process_logging()
-    proc.userdata["vad"] = load_vad()
+    # Both VADs (silence-only and semantic end of turn) are loaded once per process.
+    load_vad()
     load_vad(settings.SMART_TURN_VAD_SILENCE_SECONDS)
     try:
         smart_turn.warm()
