@@ -268,9 +268,12 @@ LOCAL_LLM_MAX_TOKENS = env_int("LOCAL_LLM_MAX_TOKENS", 96, minimum=8, maximum=40
 # Heard latency (docs/latency.md): the silence (s) after which Silero VAD says the caller
 # stopped, the wait (s) after that before the turn is committed, and TTS on a preemptive reply.
 VAD_MIN_SILENCE_SECONDS = env_float("VAD_MIN_SILENCE_SECONDS", 0.35, minimum=0.05)
-# Agents with semantic end of turn (Smart Turn): the VAD's silence is shorter, the model
-# decides whether the caller finished. livekit-agents refuses less than 0.25 s with it.
-SMART_TURN_VAD_SILENCE_SECONDS = env_float("SMART_TURN_VAD_SILENCE_SECONDS", 0.25, minimum=0.25)
+# Agents with semantic end of turn (Smart Turn): the VAD's silence before the model is
+# asked whether the caller finished (livekit-agents refuses less than 0.25 s with it).
+# 0.35 s like VAD_MIN_SILENCE_SECONDS: at 0.25 s a comma pause (~0.3 s) ended the speech,
+# the transcript of "Hello," came in before the caller went on, and Smart Turn, hearing a
+# finished greeting, let it be answered as a turn of its own (the LiveKit tier's failover call).
+SMART_TURN_VAD_SILENCE_SECONDS = env_float("SMART_TURN_VAD_SILENCE_SECONDS", 0.35, minimum=0.25)
 ENDPOINTING_MIN_DELAY_SECONDS = env_float("ENDPOINTING_MIN_DELAY_SECONDS", 0.2, minimum=0.0)
 PREEMPTIVE_TTS = env_bool("PREEMPTIVE_TTS", False)
 # LiveKit mode: the caller's audio reaches the agent (its VAD and STT) in frames this long (ms);

@@ -190,7 +190,8 @@ async def test_two_workers_share_calls_and_a_killed_workers_call_moves_to_the_ot
         if turn["user_text"]:
             assert ("user", _norm(turn["user_text"])) in messages, (turn, messages)
         said = turn["heard_text"] if turn["interrupted"] else turn["generated_text"]
-        assert ("assistant", _norm(said)) in messages, (turn, messages)
+        if said:  # a reply cut before a word of it was heard is not restored at all
+            assert ("assistant", _norm(said)) in messages, (turn, messages)
 
     # The session's events tell the story: agent lost, dispatched again, a new agent joined.
     events = lk.events(first.session_id)

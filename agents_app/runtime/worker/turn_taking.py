@@ -2,7 +2,7 @@
 
 - **End of turn** (`Agent.turn_detection`): `smart_turn` hands livekit-agents a streaming
   turn detector (agents_app/runtime/providers/smart_turn.py) and a VAD that ends speech
-  after SMART_TURN_VAD_SILENCE_SECONDS; the model then decides whether the caller has
+  after SMART_TURN_VAD_SILENCE_SECONDS (0.35 s); the model then decides whether the caller has
   finished, and a caller it thinks is mid-sentence gets the eagerness' `max_delay` to go
   on. `vad`: the fixed silence of VAD_MIN_SILENCE_SECONDS ends the turn.
 - **Barge-in** (`Agent.barge_in_min_speech_ms`): speech over the agent that lasts this
