@@ -104,11 +104,11 @@ def build_provider(stage: str, spec: dict[str, Any], agent: Agent) -> Any:
             if model.strip().lower() == POCKETSPHINX:
                 from agents_app.runtime.providers import sphinx
 
-                phrases = [p for p in agent.stt_phrases or [] if isinstance(p, str) and p.strip()]
+                recogniser = sphinx.PocketSphinxSTT(phrases=list(agent.stt_phrases or []), language=agent.language)
                 # Prewarm does not start its process pool (few agents use it): start it now,
                 # while the greeting plays, instead of on the caller's first words.
-                sphinx.warm_in_background(phrases)
-                return sphinx.PocketSphinxSTT(phrases=phrases, language=agent.language)
+                sphinx.warm_in_background(list(recogniser.phrases))
+                return recogniser
             # Any other model name (blank included) is the default: Moonshine.
             from agents_app.runtime.providers.moonshine import MoonshineSTT
 

@@ -28,12 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import APIConnectOptions, stt, utils
-from livekit.agents.language import LanguageCode
+from livekit.agents import APIConnectOptions, stt
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
-from agents_app.runtime.providers.pcm import SAMPLE_RATE, mono_16k
+from agents_app.runtime.providers.pcm import SAMPLE_RATE, final_transcript, mono_16k
 
 if TYPE_CHECKING:
     from moonshine_voice.transcriber import Transcriber
@@ -190,10 +189,4 @@ class MoonshineSTT(stt.STT):
         if frames:
             # Resampling runs on the pool too: nothing per utterance is done on the loop.
             text = await asyncio.get_running_loop().run_in_executor(pool(), transcribe_frames, frames)
-        return stt.SpeechEvent(
-            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
-            request_id=utils.shortuuid(),
-            alternatives=[
-                stt.SpeechData(language=LanguageCode(self._language), text=text, confidence=1.0 if text else 0.0)
-            ],
-        )
+        return final_transcript(text, self._language)

@@ -1,9 +1,12 @@
-"""Audio the offline recognisers take: one mono 16 kHz int16 array from livekit frames."""
+"""What the offline recognisers share: one mono 16 kHz int16 array from livekit frames,
+and the final transcript event they answer with."""
 
 from __future__ import annotations
 
 import numpy as np
 from livekit import rtc
+from livekit.agents import stt, utils
+from livekit.agents.language import LanguageCode
 
 SAMPLE_RATE = 16000
 
@@ -23,3 +26,12 @@ def mono_16k(frames: list[rtc.AudioFrame]) -> np.ndarray:
         parts = [bytes(f.data) for f in resampler.push(frame)] + [bytes(f.data) for f in resampler.flush()]
         data = np.frombuffer(b"".join(parts), dtype=np.int16)
     return data
+
+
+def final_transcript(text: str, language: str) -> stt.SpeechEvent:
+    """The one event a non-streaming offline STT returns for an utterance."""
+    return stt.SpeechEvent(
+        type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+        request_id=utils.shortuuid(),
+        alternatives=[stt.SpeechData(language=LanguageCode(language), text=text, confidence=1.0 if text else 0.0)],
+    )

@@ -107,7 +107,7 @@ def _packaged_file(relative: str) -> Path:
         dist = importlib.metadata.distribution("pipecat-ai")
     except importlib.metadata.PackageNotFoundError as exc:
         raise RuntimeError(
-            "Smart Turn needs the pipecat-ai wheel (requirements-offline.txt; installed with --no-deps)"
+            "Smart Turn needs the pipecat-ai wheel (requirements-model.txt, installed with --no-deps)"
         ) from exc
     path = Path(str(dist.locate_file(relative)))
     if not path.is_file():

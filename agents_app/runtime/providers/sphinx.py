@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import APIConnectOptions, stt, utils
-from livekit.agents.language import LanguageCode
+from livekit.agents import APIConnectOptions, stt
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
-from agents_app.runtime.providers.pcm import SAMPLE_RATE, mono_16k
+from agents_app.runtime.providers.pcm import SAMPLE_RATE, final_transcript, mono_16k
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +160,11 @@ class PocketSphinxSTT(stt.STT):
         self._language = language
 
     @property
+    def phrases(self) -> tuple[str, ...]:
+        """The phrase list as the decoders are keyed on it (blank entries dropped)."""
+        return self._phrases
+
+    @property
     def model(self) -> str:
         return "pocketsphinx/en-us" + ("+phrases" if self._phrases else "")
 
@@ -181,10 +185,4 @@ class PocketSphinxSTT(stt.STT):
         if pcm:
             loop = asyncio.get_running_loop()
             text = await loop.run_in_executor(pool(), decode_pcm, pcm, self._phrases)
-        return stt.SpeechEvent(
-            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
-            request_id=utils.shortuuid(),
-            alternatives=[
-                stt.SpeechData(language=LanguageCode(self._language), text=text, confidence=1.0 if text else 0.0)
-            ],
-        )
+        return final_transcript(text, self._language)
