@@ -66,7 +66,7 @@ def soak_scenario() -> str:
     steps = scenario["steps"]
     last_say = max(i for i, step in enumerate(steps) if "say" in step)
     steps[last_say:last_say] = [
-        {"say": "I would like to place an order for two coffees please."},
+        {"say": "I would like to place an order from the menu for two coffees please."},
         {"wait_for_agent": {}},
     ]
     for step in steps:
