@@ -9,16 +9,20 @@ agents_app/prompt_admin_pages.py (publish, rollback, new draft, diff, preview).
 
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from agents_app.forms import AgentAdminForm
-from agents_app.models import STAGES, Agent, PromptStatus, PromptVersion
+from agents_app.forms import AgentAdminForm, PhoneLineAdminForm
+from agents_app.models import STAGES, Agent, PhoneLine, PromptStatus, PromptVersion
 from agents_app.prompt_admin import PromptVersionAdmin, PromptVersionInline
 from agents_app.selectors import prompt_published
+from agents_app.services import phone_line_delete, phone_line_sync
 
 admin.site.register(PromptVersion, PromptVersionAdmin)
 
@@ -123,3 +127,67 @@ class AgentAdmin(admin.ModelAdmin):
         if not tools:
             return "No tools."
         return format_html_join(", ", "{}{}", ((name, "" if enabled else " (disabled)") for name, enabled in tools))
+
+
+@admin.register(PhoneLine)
+class PhoneLineAdmin(admin.ModelAdmin):
+    """Phone numbers that reach an agent. Saving applies the line to LiveKit's SIP service
+    (inbound trunk and dispatch rule) and shows the server's answer when it refuses."""
+
+    form = PhoneLineAdminForm
+    list_display = ("number", "agent", "active", "allowed", "digest", "on_server")
+    list_filter = ("active", "agent")
+    search_fields = ("number",)
+    readonly_fields = ("on_server", "livekit_trunk_id", "livekit_rule_id", "synced_at", "sync_error")
+    fieldsets = (
+        (None, {"fields": ("number", "agent", "active")}),
+        ("Who may call", {"fields": ("allowed_addresses", "auth_username", "auth_password", "clear_auth")}),
+        ("On the LiveKit server", {"fields": readonly_fields}),
+    )
+
+    def get_fieldsets(self, request: HttpRequest, obj: PhoneLine | None = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and obj.auth_password:
+            return fieldsets
+        # No credentials to remove: no checkbox for it.
+        return [
+            (name, {**opts, "fields": tuple(f for f in opts["fields"] if f != "clear_auth")})
+            for name, opts in fieldsets
+        ]
+
+    @admin.display(description="Allowed addresses")
+    def allowed(self, obj: PhoneLine) -> str:
+        return ", ".join(obj.allowed_addresses) or "-"
+
+    @admin.display(description="Digest auth", boolean=True)
+    def digest(self, obj: PhoneLine) -> bool:
+        return bool(obj.auth_username)
+
+    @admin.display(description="On the server")
+    def on_server(self, obj: PhoneLine) -> str:
+        if obj.sync_error:
+            return format_html('<span style="color:#b00">not applied: {}</span>', obj.sync_error[:300])
+        if not obj.active:
+            return "removed (inactive)"
+        return f"applied {obj.synced_at:%Y-%m-%d %H:%M}" if obj.synced_at else "not applied yet"
+
+    def save_model(self, request: HttpRequest, obj: PhoneLine, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # After the commit: no row lock is held across the call to the server.
+        transaction.on_commit(lambda: self._apply(request, obj))
+
+    def _apply(self, request: HttpRequest, obj: PhoneLine) -> None:
+        error = phone_line_sync(line=obj)
+        if error:
+            messages.error(request, f"Saved, but the LiveKit server did not take phone line {obj.number}: {error}")
+        elif obj.active:
+            messages.success(request, f"Phone line {obj.number} is live on the SIP service.")
+
+    def delete_model(self, request: HttpRequest, obj: PhoneLine) -> None:
+        error = phone_line_delete(line=obj)
+        if error:
+            messages.error(request, f"Phone line {obj.number} was kept: the LiveKit server did not delete it: {error}")
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[PhoneLine]) -> None:
+        for line in queryset:
+            self.delete_model(request, line)

@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from agents_app.models import STAGE_KEYS, Agent, PromptVersion, Provider
+from agents_app.models import STAGE_KEYS, Agent, PhoneLine, PromptVersion, Provider
 from agents_app.provider_config import stage_provider_error, validate_fallbacks
 
 VARIABLES_HELP = (
@@ -237,3 +237,51 @@ class RollbackForm(forms.Form):
         widget=forms.TextInput(attrs={"size": 80}),
         help_text="Why you are rolling back (optional). Saved with the new version.",
     )
+
+
+class PhoneLineAdminForm(forms.ModelForm):
+    """A phone line: allowed addresses one per line, and a password that is never shown."""
+
+    allowed_addresses = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 40}),
+        help_text="One IP address or network (CIDR) per line: your carrier's or PBX's signalling addresses, "
+        "e.g. 203.0.113.10 or 198.51.100.0/24. Calls from anywhere else are refused. Networks wider than /16 "
+        "are refused: a phone line is never open to the world.",
+    )
+    auth_password = forms.CharField(
+        label="Digest password",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="With a digest username: the password your carrier or PBX authenticates with (12+ characters). "
+        "It is never shown again; leave empty to keep the current one.",
+    )
+    clear_auth = forms.BooleanField(
+        label="Remove digest credentials", required=False, help_text="Callers then need an allowed address only."
+    )
+
+    class Meta:
+        model = PhoneLine
+        fields = ("number", "agent", "active", "allowed_addresses", "auth_username", "auth_password")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.initial["allowed_addresses"] = "\n".join(self.instance.allowed_addresses or [])
+        self.initial["auth_password"] = ""
+        if not self.instance.auth_password:
+            self.fields.pop("clear_auth")
+
+    def clean_allowed_addresses(self) -> list[str]:
+        text = _normalize_newlines(self.cleaned_data.get("allowed_addresses") or "")
+        return [line.strip() for line in text.split("\n") if line.strip()]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if data.get("clear_auth"):
+            data["auth_username"] = data["auth_password"] = ""
+        elif not data.get("auth_username"):
+            data["auth_password"] = ""
+        elif not data.get("auth_password"):
+            data["auth_password"] = self.instance.auth_password  # kept: it is never sent back to the page
+        return data

@@ -230,3 +230,94 @@ class PromptVersion(models.Model):
         if not original or original["status"] == PromptStatus.DRAFT:
             return False
         return any(getattr(self, f) != original[f] for f in self.IMMUTABLE_FIELDS)
+
+
+# --- phone lines (issue 29, docs/telephony.md) ----------------------------------------
+E164_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+# "Never open to the world": the widest source range a phone line may allow.
+MIN_IPV4_PREFIX = 16
+MIN_IPV6_PREFIX = 32
+MIN_SIP_PASSWORD = 12
+
+
+def validate_e164(value: str) -> None:
+    if not E164_RE.match(value or ""):
+        raise ValidationError(f"{value!r} is not a phone number in E.164 form, e.g. +15550100.")
+
+
+def validate_allowed_addresses(value: Any) -> None:
+    import ipaddress
+
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValidationError('Allowed addresses must be a list of IP addresses or networks, e.g. ["203.0.113.0/24"].')
+    for item in value:
+        try:
+            network = ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ValidationError(f"{item!r} is not an IP address or network (CIDR).") from None
+        widest = MIN_IPV4_PREFIX if network.version == 4 else MIN_IPV6_PREFIX
+        if network.prefixlen < widest:
+            raise ValidationError(
+                f"{item!r} allows {network.num_addresses:,} addresses: a phone line is never open to the world "
+                f"(at most /{widest}). List your carrier's or PBX's signalling addresses."
+            )
+
+
+class PhoneLine(models.Model):
+    """A phone number that reaches an agent through LiveKit's SIP service.
+
+    Saving one in the admin creates (or replaces) an inbound trunk and a dispatch rule on
+    the LiveKit server (agents_app/services.py `phone_line_sync`): a call to `number` from
+    an allowed address (and/or with the digest credentials) becomes a room `phone-…` with
+    the platform's agent dispatched into it, and the agent opens a phone session.
+    """
+
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="phone_lines")
+    number = models.CharField(
+        max_length=16, unique=True, validators=[validate_e164], help_text="The number callers dial, e.g. +15550100."
+    )
+    allowed_addresses = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_allowed_addresses],
+        help_text="Your carrier's or PBX's signalling addresses (IPs or CIDRs), e.g. [\"203.0.113.10\", "
+        '"198.51.100.0/24"]. Calls from anywhere else are refused.',
+    )
+    auth_username = models.CharField(
+        "Digest username", max_length=64, blank=True, help_text="Optional: callers must also authenticate."
+    )
+    auth_password = models.CharField("Digest password", max_length=128, blank=True)
+    active = models.BooleanField(default=True, help_text="Off: the line is removed from the SIP service.")
+
+    # What the LiveKit server holds for this line (set by phone_line_sync).
+    livekit_trunk_id = models.CharField(max_length=64, blank=True, editable=False)
+    livekit_rule_id = models.CharField(max_length=64, blank=True, editable=False)
+    sync_error = models.TextField(blank=True, editable=False, help_text="The server's answer to the last change.")
+    synced_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self) -> str:
+        return f"{self.number} → {self.agent.slug}"
+
+    @property
+    def room_prefix(self) -> str:
+        return f"phone-{self.pk}-"
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if bool(self.auth_username) != bool(self.auth_password):
+            errors["auth_password"] = "Give both a digest username and a password, or neither."
+        elif self.auth_password and len(self.auth_password) < MIN_SIP_PASSWORD:
+            errors["auth_password"] = f"Use at least {MIN_SIP_PASSWORD} characters."
+        if not self.allowed_addresses and not self.auth_username:
+            errors["allowed_addresses"] = (
+                "A phone line is never open to the world: list the addresses calls come from, "
+                "set digest credentials, or both."
+            )
+        if errors:
+            raise ValidationError(errors)

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from agents_app.models import PLACEHOLDER_RE, Agent, PromptStatus, PromptVersion
+from agents_app.models import PLACEHOLDER_RE, Agent, PhoneLine, PromptStatus, PromptVersion
 
 
 def render_template(text: str, variables: dict[str, Any]) -> str:
@@ -118,3 +118,107 @@ def prompt_rollback(*, to_version: PromptVersion, user: Any = None, change_note:
         based_on=to_version,
     )
     return prompt_publish(version=new, user=user)
+
+
+# --- phone lines (issue 29, docs/telephony.md) ----------------------------------------------
+
+
+def _sip_spec(line: PhoneLine) -> Any:
+    from sessions_app.livekit_server import SipLineSpec
+
+    return SipLineSpec(
+        line_id=line.pk,
+        number=line.number,
+        allowed_addresses=tuple(a.strip() for a in line.allowed_addresses),
+        auth_username=line.auth_username,
+        auth_password=line.auth_password,
+        room_prefix=line.room_prefix,
+        trunk_id=line.livekit_trunk_id,
+        rule_id=line.livekit_rule_id,
+    )
+
+
+def _record_sync(line: PhoneLine, *, trunk_id: str, rule_id: str, error: str) -> None:
+    line.livekit_trunk_id, line.livekit_rule_id, line.sync_error = trunk_id, rule_id, error
+    line.synced_at = timezone.now() if not error else line.synced_at
+    PhoneLine.objects.filter(pk=line.pk).update(
+        livekit_trunk_id=trunk_id, livekit_rule_id=rule_id, sync_error=error, synced_at=line.synced_at
+    )
+
+
+def phone_line_sync(*, line: PhoneLine) -> str:
+    """Make the LiveKit server hold what `line` says (after the admin saved it).
+
+    An active line gets an inbound trunk and a dispatch rule (created, or replaced in
+    place); an inactive one has both deleted. Returns "" or the server's answer when it
+    refused, which is also kept on the line (`sync_error`) and shown in the admin: the
+    row is saved either way, and saving again (or `manage.py phone_lines --sync`) retries.
+    """
+    from django.conf import settings
+
+    from sessions_app import livekit_server
+
+    if not settings.LIVEKIT_URL:
+        error = "no LiveKit server (LIVEKIT_URL is unset): phone lines need LiveKit's SIP service"
+        _record_sync(line, trunk_id=line.livekit_trunk_id, rule_id=line.livekit_rule_id, error=error)
+        return error
+    try:
+        if line.active:
+            trunk_id, rule_id = livekit_server.sip_line_apply(_sip_spec(line))
+        else:
+            livekit_server.sip_line_remove(trunk_id=line.livekit_trunk_id, rule_id=line.livekit_rule_id)
+            trunk_id = rule_id = ""
+    except livekit_server.LiveKitServerError as exc:
+        _record_sync(line, trunk_id=line.livekit_trunk_id, rule_id=line.livekit_rule_id, error=str(exc)[:2000])
+        return str(exc)
+    _record_sync(line, trunk_id=trunk_id, rule_id=rule_id, error="")
+    return ""
+
+
+def phone_line_delete(*, line: PhoneLine) -> str:
+    """Delete the line's trunk and rule from the server, then the row. Returns "" or the
+    server's answer; a server that refuses keeps the row (nothing is left dangling)."""
+    from django.conf import settings
+
+    from sessions_app import livekit_server
+
+    if settings.LIVEKIT_URL and (line.livekit_trunk_id or line.livekit_rule_id):
+        try:
+            livekit_server.sip_line_remove(trunk_id=line.livekit_trunk_id, rule_id=line.livekit_rule_id)
+        except livekit_server.LiveKitServerError as exc:
+            _record_sync(line, trunk_id=line.livekit_trunk_id, rule_id=line.livekit_rule_id, error=str(exc)[:2000])
+            return str(exc)
+    line.delete()
+    return ""
+
+
+def phone_lines_sync_all() -> dict[str, list[str]]:
+    """Reconcile the server with the database: every active line applied, and trunks or
+    rules that carry the platform's mark but belong to no active line deleted (a line
+    deleted while the server was down, a server's Redis kept across databases).
+
+    Returns {"synced": [numbers], "failed": ["number: answer"], "removed": [ids]}.
+    """
+    from sessions_app import livekit_server
+
+    report: dict[str, list[str]] = {"synced": [], "failed": [], "removed": []}
+    keep: set[str] = set()
+    for line in PhoneLine.objects.select_related("agent").order_by("number"):
+        error = phone_line_sync(line=line)
+        if error:
+            report["failed"].append(f"{line.number}: {error}")
+        elif line.active:
+            report["synced"].append(line.number)
+        keep.update(i for i in (line.livekit_trunk_id, line.livekit_rule_id) if i)
+    if report["failed"]:
+        return report  # never delete on a partial view
+    trunks, rules = livekit_server.sip_lines_list()
+    for rule in rules:
+        if livekit_server.marked_line_id(rule.metadata) is not None and rule.sip_dispatch_rule_id not in keep:
+            livekit_server.sip_line_remove(trunk_id="", rule_id=rule.sip_dispatch_rule_id)
+            report["removed"].append(rule.sip_dispatch_rule_id)
+    for trunk in trunks:
+        if livekit_server.marked_line_id(trunk.metadata) is not None and trunk.sip_trunk_id not in keep:
+            livekit_server.sip_line_remove(trunk_id=trunk.sip_trunk_id, rule_id="")
+            report["removed"].append(trunk.sip_trunk_id)
+    return report

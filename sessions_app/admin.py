@@ -129,7 +129,7 @@ class VoiceSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "id", "agent", "prompt_version_number", "caller_id", "state", "turn_count",
         "interrupt_count", "reconnect_count", "last_e2e_ms", "created_at",
     )  # fmt: skip
-    list_filter = ("state", "agent", "created_at")
+    list_filter = ("state", "channel", "agent", "created_at")
     search_fields = ("id", "caller_id", "room_name", "end_reason")
     list_select_related = ("agent", "prompt_version", "api_client")
     date_hierarchy = "created_at"
@@ -144,8 +144,8 @@ class VoiceSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         (
             "Technical details",
             {
-                "fields": ("room_name", "api_client", "user", "metadata_shown", "agent_job_id", "last_heartbeat_at",
-                           "created_at", "started_at", "ended_at", "updated_at"),
+                "fields": ("room", "channel", "phone_line", "api_client", "user", "metadata_shown", "agent_job_id",
+                           "last_heartbeat_at", "created_at", "started_at", "ended_at", "updated_at"),
                 "classes": ("collapse",),
             },
         ),
@@ -167,6 +167,10 @@ class VoiceSessionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         if not obj.report:
             return "No report yet (it is written shortly after the call ends)."
         return pretty_json(obj.report)
+
+    @admin.display(description="Room")
+    def room(self, obj: VoiceSession) -> str:
+        return obj.room_shown  # a phone call's room name carries the caller's number: masked
 
     @admin.display(description="Metadata")
     def metadata_shown(self, obj: VoiceSession) -> str:

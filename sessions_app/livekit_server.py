@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 
 import aiohttp
 from asgiref.sync import async_to_sync
@@ -155,3 +156,157 @@ async def agent_probe_async(*, room: str, timeout: float) -> tuple[bool, str]:
         with contextlib.suppress(Exception):
             await lkapi.room.delete_room(api.DeleteRoomRequest(room=room))
         await lkapi.aclose()
+
+
+# --- phone lines: LiveKit's SIP service (docs/telephony.md) --------------------------------
+
+# Metadata on every trunk and dispatch rule the platform makes, so its own can be told
+# from an operator's (`manage.py phone_lines --sync` deletes only these when orphaned).
+PHONE_LINE_MARK = "voiceplatform.phone_line"
+# The job metadata key a phone line's dispatch rule gives the agent (entrypoint.py).
+PHONE_LINE_METADATA_KEY = "phone_line"
+
+
+@dataclass(frozen=True)
+class SipLineSpec:
+    """What one phone line is on the server: an inbound trunk and its dispatch rule."""
+
+    line_id: int
+    number: str
+    allowed_addresses: tuple[str, ...]
+    auth_username: str
+    auth_password: str
+    room_prefix: str
+    trunk_id: str = ""
+    rule_id: str = ""
+
+    def trunk(self) -> api.SIPInboundTrunkInfo:
+        return api.SIPInboundTrunkInfo(
+            name=f"phone line {self.number}",
+            metadata=json.dumps({PHONE_LINE_MARK: self.line_id}),
+            numbers=[self.number],
+            allowed_addresses=list(self.allowed_addresses),
+            auth_username=self.auth_username,
+            auth_password=self.auth_password,
+        )
+
+    def rule(self, trunk_id: str) -> api.SIPDispatchRuleInfo:
+        return api.SIPDispatchRuleInfo(
+            name=f"phone line {self.number}",
+            metadata=json.dumps({PHONE_LINE_MARK: self.line_id}),
+            trunk_ids=[trunk_id],
+            # One room per call, named <prefix>_<caller's number>_<random>.
+            rule=api.SIPDispatchRule(
+                dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix=self.room_prefix)
+            ),
+            # The server dispatches the platform's agent as it makes the room.
+            room_config=api.RoomConfiguration(
+                agents=[
+                    api.RoomAgentDispatch(
+                        agent_name=settings.LIVEKIT_AGENT_NAME,
+                        metadata=json.dumps({PHONE_LINE_METADATA_KEY: self.line_id}),
+                    )
+                ]
+            ),
+        )
+
+
+def _twirp_message(exc: Exception) -> str:
+    if isinstance(exc, api.TwirpError):
+        return f"{exc.code} (HTTP {exc.status}): {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _not_found(exc: Exception) -> bool:
+    return isinstance(exc, api.TwirpError) and (exc.status == 404 or exc.code == "not_found")
+
+
+async def sip_line_apply_async(spec: SipLineSpec) -> tuple[str, str]:
+    """Create or replace the line's inbound trunk and dispatch rule; returns their ids.
+
+    An id the server no longer knows (a server whose Redis was emptied) is made again.
+    """
+    lkapi = _client()
+    try:
+        trunk_id = ""
+        if spec.trunk_id:
+            try:
+                trunk_id = (await lkapi.sip.update_inbound_trunk(spec.trunk_id, spec.trunk())).sip_trunk_id
+            except Exception as exc:
+                if not _not_found(exc):
+                    raise
+        if not trunk_id:
+            created = await lkapi.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(trunk=spec.trunk()))
+            trunk_id = created.sip_trunk_id
+        rule_id = ""
+        if spec.rule_id:
+            try:
+                rule_id = (await lkapi.sip.update_dispatch_rule(spec.rule_id, spec.rule(trunk_id))).sip_dispatch_rule_id
+            except Exception as exc:
+                if not _not_found(exc):
+                    raise
+        if not rule_id:
+            made = await lkapi.sip.create_dispatch_rule(
+                api.CreateSIPDispatchRuleRequest(dispatch_rule=spec.rule(trunk_id))
+            )
+            rule_id = made.sip_dispatch_rule_id
+        return trunk_id, rule_id
+    except Exception as exc:
+        raise LiveKitServerError(
+            f"the SIP service refused the phone line {spec.number}: {_twirp_message(exc)}"
+        ) from exc
+    finally:
+        await lkapi.aclose()
+
+
+async def sip_line_remove_async(*, trunk_id: str, rule_id: str) -> None:
+    """Delete a line's dispatch rule and trunk (ids the server does not know are fine)."""
+    lkapi = _client()
+    try:
+        if rule_id:
+            with contextlib.suppress(api.TwirpError):
+                await lkapi.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
+        if trunk_id:
+            try:
+                await lkapi.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+            except Exception as exc:
+                if not _not_found(exc):
+                    raise
+    except Exception as exc:
+        raise LiveKitServerError(f"the SIP service did not delete trunk {trunk_id}: {_twirp_message(exc)}") from exc
+    finally:
+        await lkapi.aclose()
+
+
+async def sip_lines_list_async() -> tuple[list[api.SIPInboundTrunkInfo], list[api.SIPDispatchRuleInfo]]:
+    """Every inbound trunk and dispatch rule on the server (the platform's and others')."""
+    lkapi = _client()
+    try:
+        trunks = await lkapi.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())
+        rules = await lkapi.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())
+    except Exception as exc:
+        raise LiveKitServerError(f"the SIP service could not be listed: {_twirp_message(exc)}") from exc
+    finally:
+        await lkapi.aclose()
+    return list(trunks.items), list(rules.items)
+
+
+def marked_line_id(metadata: str) -> int | None:
+    """The platform's phone line id in a trunk's or rule's metadata (None: not ours)."""
+    try:
+        value = json.loads(metadata or "{}").get(PHONE_LINE_MARK)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def sip_line_apply(spec: SipLineSpec) -> tuple[str, str]:
+    return async_to_sync(sip_line_apply_async)(spec)
+
+
+def sip_line_remove(*, trunk_id: str, rule_id: str) -> None:
+    async_to_sync(sip_line_remove_async)(trunk_id=trunk_id, rule_id=rule_id)
+
+
+def sip_lines_list() -> tuple[list[api.SIPInboundTrunkInfo], list[api.SIPDispatchRuleInfo]]:
+    return async_to_sync(sip_lines_list_async)()

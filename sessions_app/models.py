@@ -70,6 +70,18 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 
+class SessionChannel(models.TextChoices):
+    WEBRTC = "webrtc", "Browser or app (WebRTC)"
+    PHONE = "phone", "Phone (SIP)"
+
+
+def mask_phone_number(number: str) -> str:
+    """What support staff see of a caller's number: the first two and last two characters."""
+    if len(number) <= 6:
+        return "•" * len(number)
+    return f"{number[:2]}{'•' * (len(number) - 4)}{number[-2:]}"
+
+
 class VoiceSession(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     api_client = models.ForeignKey(ApiClient, null=True, blank=True, on_delete=models.PROTECT, related_name="sessions")
@@ -81,7 +93,19 @@ class VoiceSession(models.Model):
         related_name="voice_sessions",
         help_text="Set for calls started from the browser call page.",
     )
-    caller_id = models.CharField(max_length=128, help_text="The client's id for the caller.")
+    caller_id = models.CharField(
+        max_length=128, help_text="The client's id for the caller (a phone call: the caller's number, masked)."
+    )
+    channel = models.CharField(
+        max_length=8, choices=SessionChannel.choices, default=SessionChannel.WEBRTC, db_default=SessionChannel.WEBRTC
+    )
+    phone_line = models.ForeignKey(
+        "agents_app.PhoneLine", null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions"
+    )
+    # Phone calls: the caller's full number (never on the dashboard: caller_id is masked)
+    # and the SIP participant's identity in the room (the platform minted no token for it).
+    caller_number = models.CharField(max_length=32, blank=True, default="", db_default="")
+    caller_participant = models.CharField(max_length=128, blank=True, default="", db_default="")
     room_name = models.CharField(max_length=128, unique=True)
     agent = models.ForeignKey("agents_app.Agent", on_delete=models.PROTECT, related_name="sessions")
     prompt_version = models.ForeignKey("agents_app.PromptVersion", on_delete=models.PROTECT, related_name="sessions")
@@ -141,13 +165,28 @@ class VoiceSession(models.Model):
         return self.state in LIVE_STATES
 
     @property
+    def room_shown(self) -> str:
+        """The room's name as staff see it: a phone call's room carries the caller's number
+        (LiveKit's SIP service names it `<prefix>_<number>_<random>`), masked here."""
+        if self.caller_number and self.caller_number in self.room_name:
+            return self.room_name.replace(self.caller_number, mask_phone_number(self.caller_number))
+        return self.room_name
+
+    @property
     def caller_key(self) -> str:
         """The caller as the platform knows them: the client's caller id is only unique
         within that client (or browser user), so tools key customers by this."""
-        return caller_key(api_client_id=self.api_client_id, user_id=self.user_id, caller_id=self.caller_id)
+        return caller_key(
+            api_client_id=self.api_client_id,
+            user_id=self.user_id,
+            caller_id=self.caller_id,
+            caller_number=self.caller_number,
+        )
 
 
-def caller_key(*, api_client_id: int | None, user_id: int | None, caller_id: str) -> str:
+def caller_key(*, api_client_id: int | None, user_id: int | None, caller_id: str, caller_number: str = "") -> str:
+    if caller_number:  # a phone caller is known by their number (caller_id is only its mask)
+        return f"phone:{caller_number}"
     namespace = f"client-{api_client_id}" if api_client_id else f"user-{user_id}" if user_id else "anonymous"
     return f"{namespace}:{caller_id}"
 

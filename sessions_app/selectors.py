@@ -97,7 +97,7 @@ def session_for_agent_key(*, session_id: str, api_client: Any) -> VoiceSession |
     """The session, if it belongs to an agent this agent-scope key serves (else None)."""
     return (
         VoiceSession.objects.filter(pk=session_id, agent__agent_keys=api_client)
-        .only("id", "state", "agent_id", "caller_id", "api_client_id", "user_id")
+        .only("id", "state", "agent_id", "caller_id", "caller_number", "api_client_id", "user_id")
         .first()
     )
 
@@ -109,12 +109,17 @@ def tool_call_identity(*, session_id: Any) -> dict[str, str] | None:
         return None
     row = (
         VoiceSession.objects.filter(pk=session_id)
-        .values("api_client_id", "user_id", "caller_id", "agent__slug")
+        .values("api_client_id", "user_id", "caller_id", "caller_number", "agent__slug")
         .first()
     )
     if row is None:
         return None
-    caller = caller_key(api_client_id=row["api_client_id"], user_id=row["user_id"], caller_id=row["caller_id"])
+    caller = caller_key(
+        api_client_id=row["api_client_id"],
+        user_id=row["user_id"],
+        caller_id=row["caller_id"],
+        caller_number=row["caller_number"],
+    )
     return {"session": str(session_id), "caller": caller, "agent": row["agent__slug"]}
 
 

@@ -13,7 +13,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -330,6 +330,80 @@ def session_create(
 
     token = caller_token_mint(room=session.room_name, caller_id=caller_id)
     return session, token
+
+
+def phone_session_open(
+    *,
+    line_id: int,
+    room_name: str,
+    caller_number: str,
+    participant_identity: str,
+    connection: str,
+    joined_at_ms: int | None,
+    call_id: str = "",
+) -> VoiceSession:
+    """A phone call reached an agent (its job found the SIP participant): the call's session.
+
+    LiveKit's SIP service made the room (`phone-<line>-…`) and the server dispatched the
+    agent by the line's dispatch rule, so the platform hears of the call from the agent's
+    job. Idempotent by room: a job dispatched again after a crash finds the same session.
+    The published prompt is pinned as for any call; the caller's number is kept whole in
+    `caller_number` and masked in `caller_id` (what support staff see).
+    """
+    from agents_app.models import PhoneLine
+    from agents_app.selectors import published_version_for_call
+    from sessions_app.lifecycle import session_caller_joined
+    from sessions_app.models import SessionChannel, mask_phone_number
+
+    existing = VoiceSession.objects.filter(room_name=room_name).first()
+    if existing is not None:
+        return existing
+    line = PhoneLine.objects.select_related("agent").filter(pk=line_id).first()
+    if line is None or not line.active:
+        raise InvalidInput("unknown_phone_line", f"No active phone line {line_id}.", {"phone_line": line_id})
+    version = published_version_for_call(slug=line.agent.slug)
+    if version is None:
+        raise InvalidInput(
+            "agent_not_published",
+            f"Agent {line.agent.slug!r} (phone line {line.number}) has no published prompt or is inactive.",
+            {"agent": line.agent.slug},
+        )
+    session_id = uuid.uuid4()
+    masked = mask_phone_number(caller_number) if caller_number else "unknown"
+    created = {
+        "agent": line.agent.slug,
+        "prompt_version": version.number,
+        "caller_id": masked,
+        "source": "phone",
+        "phone_line": line.number,
+        "sip_call_id": call_id[:128],
+    }
+    session = VoiceSession(
+        id=session_id,
+        caller_id=masked,
+        caller_number=caller_number[:32],
+        caller_participant=participant_identity[:128],
+        channel=SessionChannel.PHONE,
+        phone_line=line,
+        room_name=room_name,
+        agent=version.agent,
+        prompt_version=version,
+        last_seq=1,
+    )
+    event = SessionEvent(session_id=session_id, seq=1, type="session.created", payload=created)
+    try:
+        with transaction.atomic():
+            insert_session_with_events(session, [event])
+    except IntegrityError:
+        # Two jobs of one call raced (a re-dispatch): the first one's session stands.
+        return VoiceSession.objects.get(room_name=room_name)
+    transaction.on_commit(
+        lambda: broadcast.publish_many(
+            [broadcast.DASHBOARD_GROUP], [live.event_added(event), _session_updated(session)]
+        )
+    )
+    session_caller_joined(session_id=session_id, connection=connection, joined_at_ms=joined_at_ms, source="phone")
+    return VoiceSession.objects.get(pk=session_id)
 
 
 def session_reconnect_count(*, session: VoiceSession, source: str) -> None:

@@ -91,18 +91,36 @@ def insert_session_with_events(session: VoiceSession, events: list[SessionEvent]
         obj._state.db = connection.alias
 
 
+def _insert_value(field: Any, obj: Any) -> Any:
+    """The value the INSERT writes; a field left at DatabaseDefault gets its `db_default`."""
+    from django.db.models.expressions import DatabaseDefault, Expression, Value
+
+    value = field.pre_save(obj, add=True)
+    if isinstance(value, DatabaseDefault):
+        default = field.db_default
+        if isinstance(default, Value):
+            return default.value
+        if isinstance(default, Expression):
+            raise ValueError(f"{field}: only a constant db_default can be written by insert_session_with_events")
+        return default
+    return value
+
+
 def _insert_select(model_obj: Any, objs: list[Any], when: str) -> tuple[str, list[Any]]:
     """`INSERT INTO t (cols) SELECT …, … WHERE when UNION ALL …` and its parameters.
 
     Each value is cast to its column's type, as VALUES would infer it from the target.
     """
     meta = model_obj._meta
-    fields = [f for f in meta.concrete_fields if not getattr(f, "db_returning", False)]
+    # Every column the model writes, those with a `db_default` too (Django marks them
+    # `db_returning`, but a value set on the object must be written, not the default);
+    # only database-generated keys are left to the database.
+    fields = [f for f in meta.concrete_fields if f.has_db_default() or not getattr(f, "db_returning", False)]
     qn = connection.ops.quote_name
     casts = ", ".join(f"CAST(%s AS {f.db_type(connection)})" for f in fields)
     params: list[Any] = []
     for obj in objs:
-        params += [f.get_db_prep_save(f.pre_save(obj, add=True), connection=connection) for f in fields]
+        params += [f.get_db_prep_save(_insert_value(f, obj), connection=connection) for f in fields]
     columns = ", ".join(qn(f.column) for f in fields)
     rows = " UNION ALL ".join([f"SELECT {casts} WHERE {when}"] * len(objs))
     return f"INSERT INTO {qn(meta.db_table)} ({columns}) {rows}", params

@@ -33,6 +33,12 @@ def caller_identity(caller_id: str) -> str:
     return f"{CALLER_IDENTITY_PREFIX}{caller_id}"
 
 
+def session_caller_identity(*, caller_id: str, caller_participant: str = "") -> str:
+    """The room participant who is a session's caller: the identity the platform minted a
+    token for, or, for a phone call, the SIP participant's identity."""
+    return caller_participant or caller_identity(caller_id)
+
+
 def caller_grants(*, room: str) -> VideoGrants:
     return VideoGrants(
         room_join=True,

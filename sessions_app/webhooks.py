@@ -18,8 +18,8 @@ from django.utils import timezone
 from google.protobuf.json_format import MessageToDict
 from livekit.api import TokenVerifier, WebhookReceiver
 
-from sessions_app.models import LiveKitWebhookEvent, VoiceSession
-from sessions_app.tokens import AGENT_IDENTITY_PREFIX, caller_identity
+from sessions_app.models import LiveKitWebhookEvent, SessionChannel, VoiceSession
+from sessions_app.tokens import AGENT_IDENTITY_PREFIX, session_caller_identity
 from voiceplatform.errors import Malformed, NotFound, Unauthenticated
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def _apply(*, session: VoiceSession, row: LiveKitWebhookEvent) -> None:
                 payload=base,
             )
         return
-    if identity != caller_identity(session.caller_id):
+    if identity != session_caller_identity(caller_id=session.caller_id, caller_participant=session.caller_participant):
         # Someone else in the room (a supervisor, a recorder): noted, never drives state.
         session_event_append(
             session_id=session.pk, type="participant." + row.event, payload={**base, "identity": identity}
@@ -139,6 +139,11 @@ def _apply(*, session: VoiceSession, row: LiveKitWebhookEvent) -> None:
         return
 
     connection = str(participant.get("sid", ""))
+    if session.channel == SessionChannel.PHONE and row.event != "participant_joined":
+        # A phone caller who hangs up does not come back on the same call: it is over.
+        session_event_append(session_id=session.pk, type="caller.left", payload={**base, "connection": connection})
+        session_finish(session_id=session.pk, reason="caller_hung_up")
+        return
     if row.event == "participant_joined":
         try:
             lifecycle.session_caller_joined(

@@ -56,6 +56,7 @@ ROW = _obj(
         "prompt_version": {"type": ["integer", "null"]},
         "caller_id": _STR,
         "room": _STR,
+        "channel": {"enum": ["webrtc", "phone"]},
         "state": {"enum": ["created", "active", "reconnecting", "ended", "failed"]},
         "end_reason": _STR,
         "turns": _SEQ,

@@ -38,7 +38,7 @@
     document.getElementById("facts").replaceChildren(
       fact("State", el("span", { class: "badge " + s.state, title: s.end_reason || null }, s.state), "state"),
       fact("Prompt", s.prompt_version ? "v" + s.prompt_version : "–", "prompt"),
-      fact("Caller", s.caller_id || "–", "caller"),
+      fact("Caller", (s.channel === "phone" ? "☎ " : "") + (s.caller_id || "–"), "caller"),
       fact("Duration", el("span", { id: "duration" }, duration(sessionSeconds(s))), "duration"),
       fact("Turns", s.turns, "turns"),
       fact("Last e2e", ms(s.last_e2e_ms), "last-e2e"),

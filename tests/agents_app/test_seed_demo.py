@@ -9,7 +9,7 @@ from django.contrib.auth import authenticate
 from django.contrib.auth.models import User
 from django.core.management import call_command
 
-from agents_app.models import Agent, PromptStatus, PromptVersion
+from agents_app.models import Agent, PhoneLine, PromptStatus, PromptVersion
 from agents_app.selectors import prompt_published
 from agents_app.services import prompt_draft_create, prompt_publish
 from tools_app.models import ToolDefinition, ToolKind
@@ -117,9 +117,21 @@ def test_the_conversation_agent_runs_the_real_local_model_when_it_is_installed(s
     agent = Agent.objects.get(slug="demo")
     assert (agent.llm_provider, agent.llm_fallbacks) == ("local", [{"provider": "offline"}])
 
+    PhoneLine.objects.all().delete()  # an agent with a phone line cannot be deleted
     Agent.objects.filter(slug__in=("demo", "demo-scripted")).delete()
     settings.LOCAL_LLM_MODEL_PATH = str(tmp_path / "missing.gguf")  # no model: the stand-in, said so
     seed()
     agent = Agent.objects.get(slug="demo")
     assert (agent.llm_provider, agent.llm_fallbacks) == ("offline", [])
     assert "not installed" in agent.description
+
+
+def test_the_demo_agent_gets_a_phone_line_callable_from_this_machine_only(monkeypatch):
+    monkeypatch.delenv("LIVEKIT_NODE_IP", raising=False)
+    seed()
+    line = PhoneLine.objects.get()
+    assert (line.number, line.agent.slug, line.allowed_addresses) == ("+15550100", "demo", ["127.0.0.1"])
+    line.allowed_addresses = ["203.0.113.10"]
+    line.save()
+    seed()  # an edited line is kept
+    assert PhoneLine.objects.get().allowed_addresses == ["203.0.113.10"]

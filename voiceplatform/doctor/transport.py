@@ -70,7 +70,48 @@ async def _livekit_checks(probe_timeout: float) -> list[Check]:
     fix = "" if joined else "start `manage.py runagent start` with the same LIVEKIT_URL, keys and LIVEKIT_AGENT_NAME"
     found.append(Check("agent worker", OK if joined else FAIL, f"{settings.LIVEKIT_AGENT_NAME!r}: {detail}", fix))
     found.append(await asyncio.to_thread(_check_webhooks, probe_room=room))
+    found.append(await _check_phone_lines())
     return found
+
+
+def _active_phone_lines() -> list:
+    from django.db import connection
+
+    from agents_app.models import PhoneLine
+
+    try:
+        return list(PhoneLine.objects.filter(active=True).order_by("number"))
+    finally:
+        connection.close()  # a thread of its own: no connection is left behind
+
+
+async def _check_phone_lines() -> Check:
+    """The active phone lines are on the server as the platform made them (docs/telephony.md).
+
+    The server's API does not say whether a SIP service process is attached to it; this
+    checks that the server's SIP API answers and holds each line's trunk and number.
+    """
+    from sessions_app import livekit_server
+
+    lines = await asyncio.to_thread(_active_phone_lines)
+    try:
+        trunks, _ = await livekit_server.sip_lines_list_async()
+    except livekit_server.LiveKitServerError as exc:
+        if not lines:
+            return Check("phone lines", OK, f"none; the server's SIP API is not available ({exc})")
+        # A warning: calls over WebRTC are unaffected, and a demo without `make livekit-sip` has its line.
+        fix = "give livekit-server a `redis:` section and run LiveKit's SIP service (docs/telephony.md)"
+        return Check("phone lines", WARN, f"{len(lines)} active but no phone call can arrive: {exc}", fix)
+    numbers = {trunk.sip_trunk_id: set(trunk.numbers) for trunk in trunks}
+    missing = [line.number for line in lines if line.number not in numbers.get(line.livekit_trunk_id, set())]
+    if missing:
+        return Check(
+            "phone lines", FAIL, f"not on the server: {', '.join(missing)}", "run `manage.py phone_lines --sync`"
+        )
+    if not lines:
+        return Check("phone lines", OK, f"none (the server's SIP API answers; {len(trunks)} inbound trunk(s))")
+    live = ", ".join(line.number for line in lines)
+    return Check("phone lines", OK, f"{len(lines)} live on the SIP service: {live}")
 
 
 def _check_webhooks(*, probe_room: str) -> Check:

@@ -6,6 +6,7 @@ See docs/livekit.md.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,10 @@ class TransportPlan:
     server: livekit_dev.ServerConfig | None = None
     binary: Path | None = None
     version: str = ""
+    # LiveKit's SIP service beside the server, when `make livekit-sip` built it.
+    sip: livekit_dev.SipConfig | None = None
+    sip_binary: Path | None = None
+    sip_note: str = ""  # why phone calls are off, when they are
 
 
 def transport_plan(choice: str, *, webhook_url: str) -> TransportPlan:
@@ -41,13 +46,28 @@ def transport_plan(choice: str, *, webhook_url: str) -> TransportPlan:
             )
         return TransportPlan(kind="local")
     data_dir = Path(settings.DATA_DIR)
+    sip_binary = livekit_dev.sip_binary()
+    redis, sip_note = None, ""
+    if sip_binary is None:
+        sip_note = "phone calls are off: `make livekit-sip` builds LiveKit's SIP service"
+    else:
+        try:
+            redis = livekit_dev.redis_config(settings.REDIS_URL)
+        except ValueError as exc:
+            sip_note = f"phone calls are off: {exc}"
     server = livekit_dev.ServerConfig(
         api_key=os.environ.get("LIVEKIT_API_KEY") or "devkey",
         api_secret=os.environ.get("LIVEKIT_API_SECRET") or livekit_dev.dev_api_secret(data_dir),
         webhook_url=webhook_url,
         node_ip=os.environ.get("LIVEKIT_NODE_IP", ""),
+        redis=redis,
     )
-    return TransportPlan(kind="embedded", url=server.url, server=server, binary=binary)
+    sip = None
+    if redis is not None:
+        sip = livekit_dev.SipConfig(server=server, redis=redis, nat_ip=os.environ.get("LIVEKIT_NODE_IP", ""))
+    return TransportPlan(
+        kind="embedded", url=server.url, server=server, binary=binary, sip=sip, sip_binary=sip_binary, sip_note=sip_note
+    )
 
 
 def start_livekit(supervisor: Supervisor, plan: TransportPlan, env: dict[str, str]) -> None:
@@ -62,6 +82,24 @@ def start_livekit(supervisor: Supervisor, plan: TransportPlan, env: dict[str, st
             "its output is above. `--transport local` runs the demo without it."
         )
     plan.version = livekit_dev.server_version(plan.binary)
+    if plan.sip is not None and plan.sip_binary is not None:
+        start_sip(supervisor, plan, env)
+
+
+def start_sip(supervisor: Supervisor, plan: TransportPlan, env: dict[str, str]) -> None:
+    """LiveKit's SIP service, then the phone lines applied to it. Phone calls are an extra:
+    if the service does not come up, the demo says why and goes on without them."""
+    assert plan.sip is not None and plan.sip_binary is not None
+    if not livekit_dev.udp_port_free(plan.sip.sip_port):
+        plan.sip, plan.sip_note = None, f"phone calls are off: UDP port {plan.sip.sip_port} (SIP) is in use"
+        return
+    config_path = livekit_dev.render_sip_config(plan.sip, Path(settings.DATA_DIR))
+    proc = supervisor.start("sip", livekit_dev.sip_command(plan.sip_binary, config_path), livekit_dev.sip_env(env))
+    if proc is None or not livekit_dev.sip_wait_ready(plan.sip, 30, proc):
+        plan.sip, plan.sip_note = None, "phone calls are off: LiveKit's SIP service did not start (its output is above)"
+        return
+    lines_env = {**env, **livekit_dev.platform_env(plan.server)} if plan.server is not None else env
+    supervisor.start("phones", [sys.executable, "manage.py", "phone_lines", "--sync"], lines_env)
 
 
 def banner(base_url: str, plan: TransportPlan, real_model: bool) -> list[str]:
@@ -73,6 +111,7 @@ def banner(base_url: str, plan: TransportPlan, real_model: bool) -> list[str]:
             f"  Transport:  LiveKit server {plan.version} at {plan.url} (started by the demo,",
             "              deploy/livekit/livekit.yaml); agent worker: runagent dev",
             f"  Call it:    {base_url}/call/  (any login below; allow the microphone)",
+            *phone_lines(plan),
         ]
     elif plan.kind == "external":
         transport = [
@@ -97,6 +136,20 @@ def banner(base_url: str, plan: TransportPlan, real_model: bool) -> list[str]:
         "=" * 72,
         "",
     ]
+
+
+def phone_lines(plan: TransportPlan) -> list[str]:
+    """How to reach the demo agents by phone (the lines `manage.py phone_lines --sync` applied)."""
+    from agents_app.models import PhoneLine
+
+    if plan.sip is None:
+        return [f"  Phone:      {plan.sip_note}"] if plan.sip_note else []
+    host = plan.sip.nat_ip or "127.0.0.1"
+    lines = [
+        f"  Phone:      sip:{line.number}@{host}:{plan.sip.sip_port}  ({line.agent.slug}; any SIP softphone here)"
+        for line in PhoneLine.objects.filter(active=True).select_related("agent").order_by("number")
+    ]
+    return lines or ["  Phone:      LiveKit's SIP service runs; add a phone line in the admin to call an agent"]
 
 
 def llm_lines(real_model: bool) -> list[str]:

@@ -47,6 +47,8 @@ class JobConfig:
     # Loaded for a resumed job only: the tool calls earlier jobs of the session made,
     # including one a dead job left running (its outcome unknown).
     tool_calls: list[StoredToolCall] = field(default_factory=list)
+    # A phone call (LiveKit's SIP service): the caller hanging up ends the session.
+    phone: bool = False
 
     @property
     def next_turn_index(self) -> int:
@@ -61,7 +63,7 @@ class JobConfig:
 async def load_job_config(session_id: str) -> JobConfig:
     """Load the pinned prompt, the agent and the stored turns (async ORM, no loop blocking)."""
     from sessions_app.models import Turn, VoiceSession
-    from sessions_app.tokens import caller_identity
+    from sessions_app.tokens import session_caller_identity
 
     session = await VoiceSession.objects.select_related("agent", "prompt_version").aget(pk=session_id)
     values = prompt_values_from_metadata(
@@ -83,7 +85,10 @@ async def load_job_config(session_id: str) -> JobConfig:
     return JobConfig(
         session_id=str(session.pk),
         session_state=session.state,
-        caller_identity=caller_identity(session.caller_id),
+        caller_identity=session_caller_identity(
+            caller_id=session.caller_id, caller_participant=session.caller_participant
+        ),
+        phone=session.channel == "phone",
         agent=session.agent,
         prompt_version=session.prompt_version.number,
         instructions=rendered["instructions"],

@@ -34,7 +34,7 @@ from agents_app.runtime.worker.platform_agent import PlatformAgent, cpu_time, ro
 from agents_app.runtime.worker.recorder import Recorder
 from agents_app.runtime.worker.turns import TurnTracker
 from sessions_app import metrics
-from sessions_app.livekit_server import PROBE_METADATA_KEY
+from sessions_app.livekit_server import PHONE_LINE_METADATA_KEY, PROBE_METADATA_KEY
 from voiceplatform.logging import bind_log_context
 
 logger = logging.getLogger(__name__)
@@ -218,6 +218,18 @@ class JobRuntime:
         elif kind == "agent.crash" and self.call is None:
             control.crash_job(self.config.session_id)
 
+    def _on_participant_disconnected(self, participant: Any) -> None:
+        """A phone caller who hangs up does not come back: end the call now (the room is
+        deleted, so the agent does not wait out the room's departure_timeout)."""
+        if getattr(participant, "identity", None) != self.config.caller_identity or self._ended.is_set():
+            return
+        self.recorder.record_event("caller.hung_up", {"identity": participant.identity})
+        self.end_reason = "caller_hung_up"
+        self.ended_by_platform = True
+        self._ended.set()
+        self.ctx.delete_room()
+        self.ctx.shutdown(self.end_reason)
+
     def _on_session_final(self, state: str, reason: str) -> None:
         """The heartbeat found the session ended or failed while this job serves it: the
         platform's `agent.end` never arrived (Redis was down when it was sent)."""
@@ -285,6 +297,8 @@ class JobRuntime:
         else:
             await session.start(agent=agent, room=self.ctx.room, room_options=room_options(config), record=False)
             control.register_interrupt_rpc(self.ctx.room, self.interrupt)
+            if config.phone:
+                self.ctx.room.on("participant_disconnected", self._on_participant_disconnected)
 
         self._tasks.append(
             asyncio.create_task(
@@ -389,7 +403,12 @@ async def entrypoint(ctx: JobContext) -> None:
     if metadata.get(PROBE_METADATA_KEY) and local.current_call() is None:
         await job_session.answer_probe(ctx)
         return
-    session_id = str(metadata["session_id"])
+    if metadata.get(PHONE_LINE_METADATA_KEY) and "session_id" not in metadata and local.current_call() is None:
+        session_id = await job_session.open_phone_session(ctx, int(metadata[PHONE_LINE_METADATA_KEY]))
+        if session_id is None:
+            return
+    else:
+        session_id = str(metadata["session_id"])
     bind_log_context(session_id=session_id, room=getattr(ctx.room, "name", None) or None)
     config = await load_job_config(session_id)
     # Every log line of this job (and of the tasks it starts) carries these fields.

@@ -59,3 +59,48 @@ async def answer_probe(ctx: JobContext) -> None:
     await ctx.connect(auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
     # Normally the doctor deletes the room within seconds; this bounds a doctor that died.
     asyncio.get_running_loop().call_later(PROBE_STAY_SECONDS, ctx.shutdown, "doctor probe answered")
+
+
+# A phone line's dispatch rule starts the job when LiveKit's SIP service makes the call's
+# room; the caller's SIP participant is already in it (the call is answered once the agent
+# subscribes to its audio). The wait is bounded in case the caller hung up meanwhile.
+PHONE_CALLER_WAIT_SECONDS = 20.0
+
+
+async def open_phone_session(ctx: JobContext, line_id: int) -> str | None:
+    """Connect, find the SIP caller and open the call's voice session; its id, or None
+    when the call cannot be served (the caller left, the line or agent is gone): the job
+    then hangs up (the room is deleted) and ends."""
+    from asgiref.sync import sync_to_async
+    from livekit import rtc
+
+    from sessions_app.services import phone_session_open
+    from voiceplatform.errors import InvalidInput
+
+    await ctx.connect()
+    try:
+        caller = await asyncio.wait_for(
+            ctx.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_SIP), PHONE_CALLER_WAIT_SECONDS
+        )
+    except TimeoutError:
+        logger.warning("phone line %s: no SIP caller in room %s; ending the job", line_id, ctx.room.name)
+        ctx.shutdown("no SIP caller in the room")
+        return None
+    attributes = dict(caller.attributes)
+    try:
+        session = await sync_to_async(phone_session_open, thread_sensitive=False)(
+            line_id=line_id,
+            room_name=ctx.room.name,
+            caller_number=attributes.get("sip.phoneNumber", ""),
+            participant_identity=caller.identity,
+            connection=caller.sid,
+            joined_at_ms=None,
+            call_id=attributes.get("sip.callID", ""),
+        )
+    except InvalidInput as exc:
+        logger.warning("phone line %s: %s; hanging up", line_id, exc)
+        ctx.delete_room()
+        ctx.shutdown(str(exc))
+        return None
+    logger.info("phone line %s: call %s answered as session %s", line_id, attributes.get("sip.callID", ""), session.pk)
+    return str(session.pk)

@@ -20,7 +20,7 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from agents_app.models import DEFAULT_BUDGETS_MS, Agent, Provider
+from agents_app.models import DEFAULT_BUDGETS_MS, Agent, PhoneLine, Provider
 from agents_app.selectors import prompt_published
 from agents_app.services import prompt_draft_create, prompt_publish
 from agents_app.signals import PROMPT_EDITORS, SUPPORT_STAFF, groups_ensure
@@ -29,6 +29,8 @@ from tools_app.models import ToolDefinition, ToolKind
 DEMO_PASSWORD = "voice-demo"
 DEMO_AGENT_SLUG = "demo"
 DEMO_SCRIPTED_SLUG = "demo-scripted"
+# A number in the range reserved for fiction (555-01xx): the demo agent's phone line.
+DEMO_PHONE_NUMBER = "+15550100"
 
 # (username, superuser?, group, what it is for)
 DEMO_USERS: tuple[tuple[str, bool, str | None, str], ...] = (
@@ -134,6 +136,7 @@ class Command(BaseCommand):
                 self._ensure_user(name, is_super, groups.get(group or ""), options)
                 for name, is_super, group, _ in DEMO_USERS
             ]
+            phone_line = self._ensure_phone_line()
 
         out = self.stdout.write
         out(self.style.SUCCESS("Demo data ready."))
@@ -143,6 +146,7 @@ class Command(BaseCommand):
             out(f"  tool    {line}")
         for line in user_lines:
             out(f"  user    {line}")
+        out(f"  phone   {phone_line}")
         out("")
         out(f"  Admin:        {base}/admin/")
         out(f"  Prompts:      {base}/admin/agents_app/promptversion/")
@@ -151,6 +155,20 @@ class Command(BaseCommand):
         out("  Logins (password for all: " + DEMO_PASSWORD + "):")
         for name, _, _, purpose in DEMO_USERS:
             out(f"    {name:<7} {purpose}")
+
+    def _ensure_phone_line(self) -> str:
+        """The demo agent's phone number, callable from this machine only (docs/telephony.md).
+        `make demo` applies it to LiveKit's SIP service when that runs."""
+        import os
+
+        allowed = ["127.0.0.1"] + [ip for ip in [os.environ.get("LIVEKIT_NODE_IP", "")] if ip]
+        line, created = PhoneLine.objects.get_or_create(
+            number=DEMO_PHONE_NUMBER,
+            defaults={"agent": Agent.objects.get(slug=DEMO_AGENT_SLUG), "allowed_addresses": allowed},
+        )
+        return f"{line.number} → {line.agent.slug} (from {', '.join(line.allowed_addresses) or 'digest auth'})" + (
+            "" if created else " (kept)"
+        )
 
     def _ensure_agent(self, slug: str, instructions: str, greeting: str, **fields: Any) -> str:
         agent, created = Agent.objects.get_or_create(slug=slug, defaults=fields)
