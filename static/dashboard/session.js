@@ -208,6 +208,8 @@
     if (t === "session.created") return { kind: "state", what: "session created", detail: p.agent || "" };
     const stale = p.stale ? " · an older connection (ignored)" : "";
     if (t === "caller.joined") return { kind: "join", what: "caller joined", detail: (p.connection || p.identity || "") + stale };
+    if (t === "caller.dtmf") return { kind: "other", what: "keypad", detail: p.digits || "" };
+    if (t === "caller.hung_up") return { kind: "leave", what: "caller hung up", detail: "" };
     if (t === "caller.left") return { kind: "leave", what: "caller left", detail: (p.reason || p.connection || "") + stale };
     if (t === "agent.joined") return { kind: "join", what: "agent joined", detail: `${p.identity || ""}${p.source ? " (" + p.source + ")" : ""}` };
     if (t === "agent.left") return { kind: "leave", what: "agent left", detail: p.reason || p.identity || "" };

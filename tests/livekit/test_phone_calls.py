@@ -7,8 +7,9 @@ dials the phone line's number over UDP, negotiates telephone audio (PCMU/PCMA, 8
 plays a WAV of Piper speech resampled to 8 kHz and records what it hears.
 
 What is checked: an inbound call is answered by the agent, which greets; the caller's
-question is recognised and answered; the call is a phone session (masked number, turns
-stored) and hanging up ends it; a call from an address the line does not allow is
+question is recognised and answered; keys pressed on the phone reach the agent as one
+entry it answers; the call is a phone session (masked number, turns stored) and hanging
+up ends it; a call from an address the line does not allow is
 refused and opens no session; `manage.py phone_lines --sync` applies the line.
 """
 
@@ -164,6 +165,7 @@ def test_a_phone_call_is_answered_greets_answers_and_hanging_up_ends_it(
         call.start_recording(tmp_path / "heard.wav")  # connected when the media is
         # The SIP service answers once the agent has joined and subscribed to the caller.
         call.expect_confirmed(60)
+        media_t0 = time.monotonic()  # the recording's time 0: it is wired when the media starts
         assert call.codec.startswith(("PCMU", "PCMA")), call.codec  # telephone audio, 8 kHz
         session = _wait(lambda: _session_rows(phone_lk), "the phone session", 30)[-1]
         session_id = str(session[0])
@@ -172,8 +174,8 @@ def test_a_phone_call_is_answered_greets_answers_and_hanging_up_ends_it(
         # The greeting reaches the phone.
         _wait(lambda: _speech_spans(*call.heard_so_far()), "the greeting on the phone", 30)
         time.sleep(4.0)  # let the greeting finish before the caller speaks
-        samples, rate = call.heard_so_far()
-        asked_at = len(samples) / rate
+        # On the recording's clock (its file lags the call by the recorder's buffer).
+        asked_at = time.monotonic() - media_t0
         speech_s = _question_wav(tmp_path / "question.wav")
         call.play(tmp_path / "question.wav")
         assert call.wait_played(30)
@@ -194,8 +196,8 @@ def test_a_phone_call_is_answered_greets_answers_and_hanging_up_ends_it(
             "the answer on the phone",
             30,
         )[0]
-        # What a phone caller waits (the recording's own clock; the phone's playout starts
-        # the question within a frame or two of `asked_at`): a figure for docs/telephony.md.
+        # What a phone caller waits, on the recording's clock (the phone starts playing the
+        # question within a frame or two of `asked_at`): a figure for docs/telephony.md.
         with capsys.disabled():  # shown in every run, not only a failing one
             print(
                 "\nphone call:",
@@ -209,6 +211,21 @@ def test_a_phone_call_is_answered_greets_answers_and_hanging_up_ends_it(
                     }
                 ),
             )
+        # Keys pressed on the phone (RFC 2833) reach the agent as one entry it answers.
+        assert call.send_dtmf("12#") == "rfc2833"
+        dtmf = _wait(
+            lambda: [p for _, kind, p in phone_lk.events(session_id) if kind == "caller.dtmf"], "the keypad entry", 20
+        )
+        assert dtmf[0]["digits"] == "12#", dtmf
+        keyed = _wait(
+            lambda: phone_lk.query(
+                "SELECT user_text FROM sessions_app_turn WHERE session_id = %s AND user_text LIKE %s",
+                (session_id, "%keypad%"),
+            ),
+            "the keypad turn",
+            20,
+        )
+        assert "1 2 #" in keyed[0][0], keyed
         call.hangup()
         assert call.wait_disconnected(10)
     row = _wait(

@@ -30,6 +30,7 @@ from agents_app.runtime.providers.factory import build_providers, load_vad, prew
 from agents_app.runtime.providers.fallback import ChainMonitor, session_conn_options
 from agents_app.runtime.worker import control, job_session, local, turn_taking
 from agents_app.runtime.worker.config import JobConfig, load_job_config
+from agents_app.runtime.worker.keypad import Keypad, keypad_text
 from agents_app.runtime.worker.platform_agent import PlatformAgent, cpu_time, room_options, session_options
 from agents_app.runtime.worker.recorder import Recorder
 from agents_app.runtime.worker.turns import TurnTracker
@@ -88,6 +89,7 @@ class JobRuntime:
         self.resilience: Any = None  # fallback.ChainMonitor: provider errors and failovers
         self._apology_at = 0.0
         self.turn_detector: Any = None  # "vad" or the Smart Turn detector (its predictions)
+        self.keypad: Keypad | None = None  # phone calls: the caller's key presses
 
     # -- hooks on the loop: time them ------------------------------------------------
     def _timed(self, fn: Any) -> Any:
@@ -218,6 +220,21 @@ class JobRuntime:
         elif kind == "agent.crash" and self.call is None:
             control.crash_job(self.config.session_id)
 
+    def _on_dtmf(self, ev: Any) -> None:
+        participant = getattr(ev, "participant", None)
+        if self.keypad is not None and getattr(participant, "identity", None) == self.config.caller_identity:
+            self.keypad.press(ev.digit)
+
+    def _on_keypad_entry(self, digits: str) -> None:
+        """Keys the phone caller pressed (one entry, keypad.py): an event on the dashboard,
+        and a turn the agent answers, as if the caller had said it."""
+        self.recorder.record_event("caller.dtmf", {"digits": digits})
+        if self.session is None:
+            return
+        with contextlib.suppress(Exception):
+            self.session.interrupt()
+        self.session.generate_reply(user_input=keypad_text(digits))
+
     def _on_participant_disconnected(self, participant: Any) -> None:
         """A phone caller who hangs up does not come back: end the call now (the room is
         deleted, so the agent does not wait out the room's departure_timeout)."""
@@ -299,6 +316,8 @@ class JobRuntime:
             control.register_interrupt_rpc(self.ctx.room, self.interrupt)
             if config.phone:
                 self.ctx.room.on("participant_disconnected", self._on_participant_disconnected)
+                self.keypad = Keypad(self._on_keypad_entry)
+                self.ctx.room.on("sip_dtmf_received", self._timed(self._on_dtmf))
 
         self._tasks.append(
             asyncio.create_task(
@@ -373,6 +392,8 @@ class JobRuntime:
         self._uncount()
         for task in self._tasks:
             task.cancel()
+        if self.keypad is not None:
+            self.keypad.close()
         if self.session is not None:
             with contextlib.suppress(Exception):
                 await self.session.aclose()
