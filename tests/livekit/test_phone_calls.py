@@ -117,6 +117,13 @@ def _speech_spans(samples: np.ndarray, rate: int, *, threshold: float = 300.0) -
     return spans
 
 
+def _quiet_for(call: Any, seconds: float) -> bool:
+    """The phone has heard speech, and nothing for the last `seconds` of its recording."""
+    samples, rate = call.heard_so_far()
+    spans = _speech_spans(samples, rate)
+    return bool(spans) and len(samples) / rate - spans[-1][1] >= seconds
+
+
 def _session_rows(platform: LiveKitPlatform) -> list[tuple]:
     return platform.query(
         "SELECT id, channel, caller_id, caller_number, state, end_reason, room_name FROM sessions_app_voicesession "
@@ -162,18 +169,20 @@ def test_a_phone_call_is_answered_greets_answers_and_hanging_up_ends_it(
     address = namespace_address()
     with SipPhone(bind=address, user=CALLER_NUMBER) as phone:
         call = phone.call(_sip_uri(phone_lk, address))
-        call.start_recording(tmp_path / "heard.wav")  # connected when the media is
         # The SIP service answers once the agent has joined and subscribed to the caller.
         call.expect_confirmed(60)
-        media_t0 = time.monotonic()  # the recording's time 0: it is wired when the media starts
+        # Recorded from the answer on: its time 0 is now (before it, the SIP service's early
+        # media would start the recording at a time the test cannot know).
+        call.start_recording(tmp_path / "heard.wav")
+        media_t0 = time.monotonic()
         assert call.codec.startswith(("PCMU", "PCMA")), call.codec  # telephone audio, 8 kHz
         session = _wait(lambda: _session_rows(phone_lk), "the phone session", 30)[-1]
         session_id = str(session[0])
         assert session[1] == "phone" and session[3] == CALLER_NUMBER
         assert session[2] != CALLER_NUMBER and session[2].endswith(CALLER_NUMBER[-2:]), session[2]
-        # The greeting reaches the phone.
+        # The greeting reaches the phone; the caller waits until it has finished.
         _wait(lambda: _speech_spans(*call.heard_so_far()), "the greeting on the phone", 30)
-        time.sleep(4.0)  # let the greeting finish before the caller speaks
+        _wait(lambda: _quiet_for(call, 1.5), "the end of the greeting", 30)
         # On the recording's clock (its file lags the call by the recorder's buffer).
         asked_at = time.monotonic() - media_t0
         speech_s = _question_wav(tmp_path / "question.wav")
