@@ -25,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,20 +225,7 @@ def sip_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def sip_wait_ready(config: SipConfig, timeout: float, proc: subprocess.Popen[Any] | None = None) -> bool:
     """The SIP service's health port answers 200 (it is connected to the server and Redis)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", config.health_port), timeout=1) as sock:
-                sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                head = sock.recv(64)
-                if head.startswith(b"HTTP/1.") and head[8:13] == b" 200 ":
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return False
+    return _wait_http(config.health_port, timeout, proc, lambda head: head[8:13] == b" 200 ")
 
 
 def server_command(binary: Path, config_path: Path) -> list[str]:
@@ -257,6 +245,12 @@ def platform_env(config: ServerConfig) -> dict[str, str]:
 
 def wait_ready(port: int, timeout: float, proc: subprocess.Popen[Any] | None = None) -> bool:
     """The server answers HTTP on 127.0.0.1:port (its root path says OK)."""
+    return _wait_http(port, timeout, proc, lambda head: True)
+
+
+def _wait_http(port: int, timeout: float, proc: subprocess.Popen[Any] | None, accept: Callable[[bytes], bool]) -> bool:
+    """Until `timeout`: 127.0.0.1:port answers `GET /` with an HTTP status line `accept` takes
+    (False at once if `proc` exits first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -264,7 +258,8 @@ def wait_ready(port: int, timeout: float, proc: subprocess.Popen[Any] | None = N
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                 sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-                if sock.recv(64).startswith(b"HTTP/1."):
+                head = sock.recv(64)
+                if head.startswith(b"HTTP/1.") and accept(head):
                     return True
         except OSError:
             pass

@@ -121,3 +121,42 @@ def test_the_livekit_server_is_stopped_after_the_others(tmp_path: Path) -> None:
         time.sleep(0.1)
     supervisor.stop_all(last=("livekit",))
     assert float((tmp_path / "agent").read_text()) < float((tmp_path / "livekit").read_text())
+
+
+@override_settings(LIVEKIT_URL="", REDIS_URL="unix:///tmp/vp-test-redis.sock")
+def test_with_the_sip_service_built_the_demo_plans_phone_calls(fake_server, settings, tmp_path, monkeypatch) -> None:
+    from agents_app.runtime.demo.transport import phone_lines
+
+    settings.DATA_DIR = tmp_path
+    sip = tmp_path / "livekit-sip"
+    sip.write_text("#!/bin/sh\n")
+    sip.chmod(0o755)
+    monkeypatch.setenv("LIVEKIT_SIP_BIN", str(sip))
+    monkeypatch.setenv("LIVEKIT_NODE_IP", "10.1.2.3")
+    plan = transport_plan("auto", webhook_url="x")
+    assert plan.sip is not None and plan.sip_binary == sip
+    assert plan.server.redis == plan.sip.redis and plan.sip.redis.address == "/tmp/vp-test-redis.sock"
+    assert plan.sip.nat_ip == "10.1.2.3" and plan.sip.server is plan.server
+
+    monkeypatch.setenv("LIVEKIT_SIP_BIN", str(tmp_path / "missing"))
+    plan = transport_plan("auto", webhook_url="x")
+    assert plan.sip is None and plan.server.redis is None  # no SIP service: the server needs no Redis
+    assert phone_lines(plan) == ["  Phone:      phone calls are off: `make livekit-sip` builds LiveKit's SIP service"]
+
+
+@pytest.mark.django_db
+def test_the_banner_names_each_active_phone_line(fake_server, agent, settings, tmp_path, monkeypatch) -> None:
+    from agents_app.models import PhoneLine
+    from agents_app.runtime.demo.transport import phone_lines
+
+    settings.DATA_DIR = tmp_path
+    sip = tmp_path / "livekit-sip"
+    sip.write_text("#!/bin/sh\n")
+    sip.chmod(0o755)
+    monkeypatch.setenv("LIVEKIT_SIP_BIN", str(sip))
+    monkeypatch.delenv("LIVEKIT_NODE_IP", raising=False)
+    PhoneLine.objects.create(agent=agent, number="+15550100", allowed_addresses=["127.0.0.1"])
+    PhoneLine.objects.create(agent=agent, number="+15550199", allowed_addresses=["127.0.0.1"], active=False)
+    with override_settings(LIVEKIT_URL="", REDIS_URL="redis://127.0.0.1:6379/1"):
+        plan = transport_plan("auto", webhook_url="x")
+    assert phone_lines(plan) == ["  Phone:      sip:+15550100@127.0.0.1:5060  (support; any SIP softphone here)"]

@@ -428,18 +428,13 @@ class LiveKitPlatform(Platform):
         for worker in self.workers:  # before the server, so their calls end cleanly
             worker.stop()
         code = super().stop()
-        if self.sip_proc is not None and self.sip_proc.poll() is None:
-            self.sip_proc.terminate()
-            try:
-                self.sip_proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.sip_proc.kill()
-        if self.server_proc is not None and self.server_proc.poll() is None:
-            self.server_proc.terminate()
-            try:
-                self.server_proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.server_proc.kill()
+        for proc in (self.sip_proc, self.server_proc):  # the SIP service first: it is the server's client
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         return code
 
     def events(self, session_id: str) -> list[tuple[int, str, dict[str, Any]]]:
