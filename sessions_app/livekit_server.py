@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from asgiref.sync import async_to_sync
@@ -221,36 +222,35 @@ def _not_found(exc: Exception) -> bool:
     return isinstance(exc, api.TwirpError) and (exc.status == 404 or exc.code == "not_found")
 
 
-async def sip_line_apply_async(spec: SipLineSpec) -> tuple[str, str]:
-    """Create or replace the line's inbound trunk and dispatch rule; returns their ids.
+async def _replace_or_create(known_id: str, replace: Any, create: Any) -> Any:
+    """`replace()` when the server should hold `known_id`, else (or when it no longer
+    does: a server whose Redis was emptied) `create()`; the server's answer."""
+    if known_id:
+        try:
+            return await replace()
+        except Exception as exc:
+            if not _not_found(exc):
+                raise
+    return await create()
 
-    An id the server no longer knows (a server whose Redis was emptied) is made again.
-    """
+
+async def sip_line_apply_async(spec: SipLineSpec) -> tuple[str, str]:
+    """Create or replace the line's inbound trunk and dispatch rule; returns their ids."""
     lkapi = _client()
     try:
-        trunk_id = ""
-        if spec.trunk_id:
-            try:
-                trunk_id = (await lkapi.sip.update_inbound_trunk(spec.trunk_id, spec.trunk())).sip_trunk_id
-            except Exception as exc:
-                if not _not_found(exc):
-                    raise
-        if not trunk_id:
-            created = await lkapi.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(trunk=spec.trunk()))
-            trunk_id = created.sip_trunk_id
-        rule_id = ""
-        if spec.rule_id:
-            try:
-                rule_id = (await lkapi.sip.update_dispatch_rule(spec.rule_id, spec.rule(trunk_id))).sip_dispatch_rule_id
-            except Exception as exc:
-                if not _not_found(exc):
-                    raise
-        if not rule_id:
-            made = await lkapi.sip.create_dispatch_rule(
-                api.CreateSIPDispatchRuleRequest(dispatch_rule=spec.rule(trunk_id))
-            )
-            rule_id = made.sip_dispatch_rule_id
-        return trunk_id, rule_id
+        trunk = await _replace_or_create(
+            spec.trunk_id,
+            lambda: lkapi.sip.update_inbound_trunk(spec.trunk_id, spec.trunk()),
+            lambda: lkapi.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(trunk=spec.trunk())),
+        )
+        rule = await _replace_or_create(
+            spec.rule_id,
+            lambda: lkapi.sip.update_dispatch_rule(spec.rule_id, spec.rule(trunk.sip_trunk_id)),
+            lambda: lkapi.sip.create_dispatch_rule(
+                api.CreateSIPDispatchRuleRequest(dispatch_rule=spec.rule(trunk.sip_trunk_id))
+            ),
+        )
+        return trunk.sip_trunk_id, rule.sip_dispatch_rule_id
     except Exception as exc:
         raise LiveKitServerError(
             f"the SIP service refused the phone line {spec.number}: {_twirp_message(exc)}"

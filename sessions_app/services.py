@@ -339,7 +339,6 @@ def phone_session_open(
     caller_number: str,
     participant_identity: str,
     connection: str,
-    joined_at_ms: int | None,
     call_id: str = "",
 ) -> VoiceSession:
     """A phone call reached an agent (its job found the SIP participant): the call's session.
@@ -402,7 +401,7 @@ def phone_session_open(
             [broadcast.DASHBOARD_GROUP], [live.event_added(event), _session_updated(session)]
         )
     )
-    session_caller_joined(session_id=session_id, connection=connection, joined_at_ms=joined_at_ms, source="phone")
+    session_caller_joined(session_id=session_id, connection=connection, joined_at_ms=None, source="phone")
     return VoiceSession.objects.get(pk=session_id)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.conftest import free_port
+from tests.waiting import wait_until
 from voiceplatform.webserver import web_server_command
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -36,16 +37,6 @@ def _start(port: int, processes: int, **env: str) -> subprocess.Popen:
 def _children(pid: int) -> set[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return {int(p) for p in path.read_text().split()} if path.exists() else set()
-
-
-def _wait_until(check, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _get(port: int) -> bytes:
@@ -68,7 +59,7 @@ def _serving(server: subprocess.Popen, port: int, workers: int) -> set[int]:
         except OSError:
             return None
 
-    return _wait_until(ready, what=f"{workers} serving workers")
+    return wait_until(ready, what=f"{workers} serving workers", timeout=60.0, interval=0.2)
 
 
 def _stop(server: subprocess.Popen) -> None:
@@ -102,7 +93,12 @@ def test_a_killed_worker_is_replaced():
         kids = _serving(server, port, 2)
         victim = min(kids)
         os.kill(victim, signal.SIGKILL)
-        _wait_until(lambda: victim not in _children(server.pid) and len(_children(server.pid)) == 2, what="a new one")
+        wait_until(
+            lambda: victim not in _children(server.pid) and len(_children(server.pid)) == 2,
+            what="a new one",
+            timeout=60.0,
+            interval=0.2,
+        )
         assert _get(port).startswith(b"HTTP/1.1 200")
     finally:
         _stop(server)
@@ -138,7 +134,7 @@ def test_a_worker_is_recycled_after_web_max_requests():
     try:
         (first,) = _serving(server, port, 1)
         for _ in range(30):  # more than 10 + 10 % jitter: the first worker must have been replaced
-            _wait_until(lambda: _try_get(port), timeout=30, what="an answer")
+            wait_until(lambda: _try_get(port), what="an answer", timeout=30, interval=0.2)
         assert first not in _children(server.pid)
     finally:
         _stop(server)

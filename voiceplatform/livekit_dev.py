@@ -155,8 +155,7 @@ class ServerConfig:
 class SipConfig:
     """LiveKit's SIP service (livekit-sip v1.8.0), a WebRTC client of the server like an agent."""
 
-    server: ServerConfig
-    redis: RedisConfig
+    server: ServerConfig  # with its `redis` set: the SIP service uses the server's Redis
     sip_port: int = 5060
     # One RTP port per call leg; a "start-end" string (a start:/end: mapping is ignored).
     rtp_ports: str = "10000-10100"
@@ -165,6 +164,15 @@ class SipConfig:
     # announces the machine's first non-loopback IPv4 when it is empty.
     nat_ip: str = ""
     log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.server.redis is None:
+            raise ValueError("LiveKit's SIP service needs a server with a `redis` section")
+
+    @property
+    def redis(self) -> RedisConfig:
+        assert self.server.redis is not None
+        return self.server.redis
 
 
 def render_config(config: ServerConfig, data_dir: Path) -> Path:

@@ -282,11 +282,9 @@ class LiveKitPlatform(Platform):
         # namespace's test address (its first non-loopback IPv4) in Contact and SDP.
         self.sip_config: livekit_dev.SipConfig | None = None
         if sip:
-            assert self.server_config.redis is not None
             rtp = free_udp_range(40)
             self.sip_config = livekit_dev.SipConfig(
                 server=self.server_config,
-                redis=self.server_config.redis,
                 sip_port=free_udp_port(),
                 rtp_ports=f"{rtp}-{rtp + 39}",
                 health_port=free_port(),

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from tests.livekit.conftest import LiveKitPlatform, RecordingLLM, WebhookTap, running_platform
+from tests.waiting import wait_until
 from voiceplatform import livekit_dev
 
 pytestmark = [pytest.mark.livekit, pytest.mark.timeout(400)]
@@ -131,16 +132,6 @@ def _session_rows(platform: LiveKitPlatform) -> list[tuple]:
     )
 
 
-def _wait(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def _logs(platform: LiveKitPlatform) -> str:
     """The tails of the platform's, the SIP service's and the server's logs (on a failure)."""
     parts = []
@@ -176,34 +167,34 @@ def test_a_phone_call_is_answered_greets_answers_and_hanging_up_ends_it(
         call.start_recording(tmp_path / "heard.wav")
         media_t0 = time.monotonic()
         assert call.codec.startswith(("PCMU", "PCMA")), call.codec  # telephone audio, 8 kHz
-        session = _wait(lambda: _session_rows(phone_lk), "the phone session", 30)[-1]
+        session = wait_until(lambda: _session_rows(phone_lk), what="the phone session", timeout=30)[-1]
         session_id = str(session[0])
         assert session[1] == "phone" and session[3] == CALLER_NUMBER
         assert session[2] != CALLER_NUMBER and session[2].endswith(CALLER_NUMBER[-2:]), session[2]
         # The greeting reaches the phone; the caller waits until it has finished.
-        _wait(lambda: _speech_spans(*call.heard_so_far()), "the greeting on the phone", 30)
-        _wait(lambda: _quiet_for(call, 1.5), "the end of the greeting", 30)
+        wait_until(lambda: _speech_spans(*call.heard_so_far()), what="the greeting on the phone", timeout=30)
+        wait_until(lambda: _quiet_for(call, 1.5), what="the end of the greeting", timeout=30)
         # On the recording's clock (its file lags the call by the recorder's buffer).
         asked_at = time.monotonic() - media_t0
         speech_s = _question_wav(tmp_path / "question.wav")
         call.play(tmp_path / "question.wav")
         assert call.wait_played(30)
-        turns = _wait(
+        turns = wait_until(
             lambda: phone_lk.query(
                 "SELECT index, user_text, generated_text, eou_ms, e2e_ms FROM sessions_app_turn WHERE session_id = %s "
                 "AND user_text <> '' ORDER BY index",
                 (session_id,),
             ),
-            "the caller's turn stored",
-            40,
+            what="the caller's turn stored",
+            timeout=40,
         )
         heard = turns[0][1].lower()
-        assert "opening hours" in heard or "hours" in heard, turns
+        assert "hours" in heard, turns
         # The answer is heard on the phone after the question.
-        answer = _wait(
+        answer = wait_until(
             lambda: [s for s in _speech_spans(*call.heard_so_far()) if s[0] > asked_at + speech_s],
-            "the answer on the phone",
-            30,
+            what="the answer on the phone",
+            timeout=30,
         )[0]
         # What a phone caller waits, on the recording's clock (the phone starts playing the
         # question within a frame or two of `asked_at`): a figure for docs/telephony.md.
@@ -222,23 +213,27 @@ def test_a_phone_call_is_answered_greets_answers_and_hanging_up_ends_it(
             )
         # Keys pressed on the phone (RFC 2833) reach the agent as one entry it answers.
         assert call.send_dtmf("12#") == "rfc2833"
-        dtmf = _wait(
-            lambda: [p for _, kind, p in phone_lk.events(session_id) if kind == "caller.dtmf"], "the keypad entry", 20
+        dtmf = wait_until(
+            lambda: [p for _, kind, p in phone_lk.events(session_id) if kind == "caller.dtmf"],
+            what="the keypad entry",
+            timeout=20,
         )
         assert dtmf[0]["digits"] == "12#", dtmf
-        keyed = _wait(
+        keyed = wait_until(
             lambda: phone_lk.query(
                 "SELECT user_text FROM sessions_app_turn WHERE session_id = %s AND user_text LIKE %s",
                 (session_id, "%keypad%"),
             ),
-            "the keypad turn",
-            20,
+            what="the keypad turn",
+            timeout=20,
         )
         assert "1 2 #" in keyed[0][0], keyed
         call.hangup()
         assert call.wait_disconnected(10)
-    row = _wait(
-        lambda: [r for r in _session_rows(phone_lk) if str(r[0]) == session_id and r[4] == "ended"], "the end", 30
+    row = wait_until(
+        lambda: [r for r in _session_rows(phone_lk) if str(r[0]) == session_id and r[4] == "ended"],
+        what="the end",
+        timeout=30,
     )
     assert row[0][5] == "caller_hung_up", row
     events = [kind for _, kind, _ in phone_lk.events(session_id)]
@@ -267,7 +262,9 @@ def test_a_call_from_an_address_the_line_does_not_allow_is_refused(phone_lk: Liv
     # service refuses the call without saying why to the caller (it is never answered).
     with SipPhone(bind="127.0.0.1", user=CALLER_NUMBER) as phone:
         call = phone.call(_sip_uri(phone_lk, "127.0.0.1"))
-        refused = _wait(lambda: _sip_call_results(phone_lk, "127.0.0.1"), "the SIP service to close the call", 20)
+        refused = wait_until(
+            lambda: _sip_call_results(phone_lk, "127.0.0.1"), what="the SIP service to close the call", timeout=20
+        )
         assert refused[0][0] >= 400 and refused[0][1] != "success", refused
         assert not call.wait_confirmed(3)
         call.hangup()

@@ -286,3 +286,28 @@ def test_the_doctor_compares_the_lines_with_the_server(agent, monkeypatch):
     held[0] = api.SIPInboundTrunkInfo(sip_trunk_id="ST_1", numbers=[line.number])
     check = asyncio.run(transport._check_phone_lines())
     assert check.status == "ok" and "1 live" in check.detail
+
+
+async def test_a_known_id_is_replaced_and_one_the_server_lost_is_made_again():
+    from livekit import api
+
+    calls: list[str] = []
+
+    async def replace(outcome: Exception | None):
+        calls.append("replace")
+        if outcome is not None:
+            raise outcome
+        return "replaced"
+
+    async def create():
+        calls.append("create")
+        return "created"
+
+    assert await livekit_server._replace_or_create("ST_1", lambda: replace(None), create) == "replaced"
+    assert await livekit_server._replace_or_create("", lambda: replace(None), create) == "created"
+    lost = api.TwirpError("not_found", "no such trunk", status=404)
+    assert await livekit_server._replace_or_create("ST_1", lambda: replace(lost), create) == "created"
+    assert calls == ["replace", "create", "replace", "create"]
+    refused = api.TwirpError("invalid_argument", "bad number", status=400)
+    with pytest.raises(api.TwirpError):
+        await livekit_server._replace_or_create("ST_1", lambda: replace(refused), create)

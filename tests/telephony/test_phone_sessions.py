@@ -29,7 +29,6 @@ def _open(line: PhoneLine, room: str = ROOM, number: str = "+15557654321") -> Vo
         caller_number=number,
         participant_identity=f"sip_{number}",
         connection="PA_sip1",
-        joined_at_ms=None,
         call_id="SCL_abc",
     )
 

@@ -27,7 +27,7 @@ def test_the_server_gets_redis_and_the_sip_service_a_private_config(tmp_path):
     body = yaml.safe_load(livekit_dev.render_config(server, tmp_path).read_text())
     assert body["redis"] == {"address": "/data/redis.sock", "db": 3}
 
-    sip = livekit_dev.SipConfig(server=server, redis=redis, sip_port=5070, health_port=8090, nat_ip="203.0.113.9")
+    sip = livekit_dev.SipConfig(server=server, sip_port=5070, health_port=8090, nat_ip="203.0.113.9")
     path = livekit_dev.render_sip_config(sip, tmp_path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds the API secret
     body = yaml.safe_load(path.read_text())

@@ -64,7 +64,7 @@ def transport_plan(choice: str, *, webhook_url: str) -> TransportPlan:
     )
     sip = None
     if redis is not None:
-        sip = livekit_dev.SipConfig(server=server, redis=redis, nat_ip=os.environ.get("LIVEKIT_NODE_IP", ""))
+        sip = livekit_dev.SipConfig(server=server, nat_ip=os.environ.get("LIVEKIT_NODE_IP", ""))
     return TransportPlan(
         kind="embedded", url=server.url, server=server, binary=binary, sip=sip, sip_binary=sip_binary, sip_note=sip_note
     )
@@ -98,7 +98,7 @@ def start_sip(supervisor: Supervisor, plan: TransportPlan, env: dict[str, str]) 
     if proc is None or not livekit_dev.sip_wait_ready(plan.sip, 30, proc):
         plan.sip, plan.sip_note = None, "phone calls are off: LiveKit's SIP service did not start (its output is above)"
         return
-    lines_env = {**env, **livekit_dev.platform_env(plan.server)} if plan.server is not None else env
+    lines_env = {**env, **livekit_dev.platform_env(plan.sip.server)}
     supervisor.start("phones", [sys.executable, "manage.py", "phone_lines", "--sync"], lines_env)
 
 

@@ -94,7 +94,6 @@ async def open_phone_session(ctx: JobContext, line_id: int) -> str | None:
             caller_number=attributes.get("sip.phoneNumber", ""),
             participant_identity=caller.identity,
             connection=caller.sid,
-            joined_at_ms=None,
             call_id=attributes.get("sip.callID", ""),
         )
     except InvalidInput as exc:
