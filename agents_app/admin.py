@@ -135,25 +135,40 @@ class PhoneLineAdmin(admin.ModelAdmin):
     (inbound trunk and dispatch rule) and shows the server's answer when it refuses."""
 
     form = PhoneLineAdminForm
-    list_display = ("number", "agent", "active", "allowed", "digest", "on_server")
+    list_display = ("number", "agent", "active", "allowed", "digest", "places_calls", "on_server")
     list_filter = ("active", "agent")
     search_fields = ("number",)
-    readonly_fields = ("on_server", "livekit_trunk_id", "livekit_rule_id", "synced_at", "sync_error")
+    readonly_fields = (
+        "on_server",
+        "livekit_trunk_id",
+        "livekit_rule_id",
+        "livekit_outbound_trunk_id",
+        "synced_at",
+        "sync_error",
+    )
     fieldsets = (
-        (None, {"fields": ("number", "agent", "active")}),
+        (None, {"fields": ("number", "agent", "active", "transfer_to")}),
         ("Who may call", {"fields": ("allowed_addresses", "auth_username", "auth_password", "clear_auth")}),
+        (
+            "Placing calls (POST /calls)",
+            {"fields": ("outbound_address", "outbound_username", "outbound_password", "clear_outbound_auth")},
+        ),
         ("On the LiveKit server", {"fields": readonly_fields}),
     )
 
     def get_fieldsets(self, request: HttpRequest, obj: PhoneLine | None = None) -> Any:
         fieldsets = super().get_fieldsets(request, obj)
-        if obj is not None and obj.auth_password:
-            return fieldsets
         # No credentials to remove: no checkbox for it.
+        hidden = {
+            clear for _, password, clear in PhoneLineAdminForm.SECRETS if obj is None or not getattr(obj, password)
+        }
         return [
-            (name, {**opts, "fields": tuple(f for f in opts["fields"] if f != "clear_auth")})
-            for name, opts in fieldsets
+            (name, {**opts, "fields": tuple(f for f in opts["fields"] if f not in hidden)}) for name, opts in fieldsets
         ]
+
+    @admin.display(description="Places calls", boolean=True)
+    def places_calls(self, obj: PhoneLine) -> bool:
+        return obj.places_calls
 
     @admin.display(description="Allowed addresses")
     def allowed(self, obj: PhoneLine) -> str:

@@ -239,6 +239,16 @@ class RollbackForm(forms.Form):
     )
 
 
+def _write_only_password(label: str, what: str) -> forms.CharField:
+    return forms.CharField(
+        label=label,
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=f"{what} It is never shown again; leave empty to keep the current one.",
+    )
+
+
 class PhoneLineAdminForm(forms.ModelForm):
     """A phone line: allowed addresses one per line, and a password that is never shown."""
 
@@ -249,28 +259,47 @@ class PhoneLineAdminForm(forms.ModelForm):
         "e.g. 203.0.113.10 or 198.51.100.0/24. Calls from anywhere else are refused. Networks wider than /16 "
         "are refused: a phone line is never open to the world.",
     )
-    auth_password = forms.CharField(
-        label="Digest password",
-        required=False,
-        strip=False,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="With a digest username: the password your carrier or PBX authenticates with (12+ characters). "
-        "It is never shown again; leave empty to keep the current one.",
+    auth_password = _write_only_password(
+        "Digest password",
+        "With a digest username: the password your carrier or PBX authenticates with (12+ characters).",
     )
     clear_auth = forms.BooleanField(
         label="Remove digest credentials", required=False, help_text="Callers then need an allowed address only."
     )
+    outbound_password = _write_only_password(
+        "Outbound digest password",
+        "With an outbound digest username: the password your carrier gave you for placing calls.",
+    )
+    clear_outbound_auth = forms.BooleanField(label="Remove outbound digest credentials", required=False)
+
+    # (username field, password field, checkbox that clears both): passwords are write-only.
+    SECRETS = (
+        ("auth_username", "auth_password", "clear_auth"),
+        ("outbound_username", "outbound_password", "clear_outbound_auth"),
+    )
 
     class Meta:
         model = PhoneLine
-        fields = ("number", "agent", "active", "allowed_addresses", "auth_username", "auth_password")
+        fields = (
+            "number",
+            "agent",
+            "active",
+            "allowed_addresses",
+            "auth_username",
+            "auth_password",
+            "transfer_to",
+            "outbound_address",
+            "outbound_username",
+            "outbound_password",
+        )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.initial["allowed_addresses"] = "\n".join(self.instance.allowed_addresses or [])
-        self.initial["auth_password"] = ""
-        if not self.instance.auth_password:
-            self.fields.pop("clear_auth")
+        for _, password, clear in self.SECRETS:
+            self.initial[password] = ""
+            if not getattr(self.instance, password):
+                self.fields.pop(clear)
 
     def clean_allowed_addresses(self) -> list[str]:
         text = _normalize_newlines(self.cleaned_data.get("allowed_addresses") or "")
@@ -278,10 +307,11 @@ class PhoneLineAdminForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        if data.get("clear_auth"):
-            data["auth_username"] = data["auth_password"] = ""
-        elif not data.get("auth_username"):
-            data["auth_password"] = ""
-        elif not data.get("auth_password"):
-            data["auth_password"] = self.instance.auth_password  # kept: it is never sent back to the page
+        for username, password, clear in self.SECRETS:
+            if data.get(clear):
+                data[username] = data[password] = ""
+            elif not data.get(username):
+                data[password] = ""
+            elif not data.get(password):
+                data[password] = getattr(self.instance, password)  # kept: it is never sent back to the page
         return data

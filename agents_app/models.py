@@ -245,6 +245,24 @@ def validate_e164(value: str) -> None:
         raise ValidationError(f"{value!r} is not a phone number in E.164 form, e.g. +15550100.")
 
 
+# A SIP URI of a desk or PBX (user part, host, optional port): no parameters, no headers.
+SIP_URI_RE = re.compile(r"^sips?:[A-Za-z0-9_.+-]+@[A-Za-z0-9.-]+(?::[0-9]{1,5})?$")
+# A SIP server for outbound calls: a host name or IPv4 address, optional port.
+SIP_HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?$")
+
+
+def validate_transfer_target(value: str) -> None:
+    if not (E164_RE.match(value or "") or SIP_URI_RE.match(value or "")):
+        raise ValidationError(
+            f"{value!r} is neither a number in E.164 form (+15550199) nor a SIP URI (sip:desk@pbx.example.com)."
+        )
+
+
+def validate_sip_host(value: str) -> None:
+    if not SIP_HOST_RE.match(value or ""):
+        raise ValidationError(f"{value!r} is not a SIP server address: a host or IP, optionally :port.")
+
+
 def validate_allowed_addresses(value: Any) -> None:
     import ipaddress
 
@@ -288,9 +306,29 @@ class PhoneLine(models.Model):
     )
     auth_password = models.CharField("Digest password", max_length=128, blank=True)
     active = models.BooleanField(default=True, help_text="Off: the line is removed from the SIP service.")
+    transfer_to = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_transfer_target],
+        help_text="Where the agent's transfer_call tool sends callers: a number (+15550199) or your desk's "
+        "SIP URI (sip:desk@pbx.example.com). Never chosen by the model or the caller. Empty: no transfers.",
+    )
+    outbound_address = models.CharField(
+        "Outbound SIP server",
+        max_length=260,
+        blank=True,
+        validators=[validate_sip_host],
+        help_text="To place calls from this number: your carrier's or PBX's SIP server, host or host:port "
+        "(e.g. sip.carrier.example:5060). Empty: the line places no calls.",
+    )
+    outbound_username = models.CharField(
+        "Outbound digest username", max_length=64, blank=True, help_text="Optional: what the carrier asks for."
+    )
+    outbound_password = models.CharField("Outbound digest password", max_length=128, blank=True)
 
     # What the LiveKit server holds for this line (set by phone_line_sync).
     livekit_trunk_id = models.CharField(max_length=64, blank=True, editable=False)
+    livekit_outbound_trunk_id = models.CharField(max_length=64, blank=True, editable=False)
     livekit_rule_id = models.CharField(max_length=64, blank=True, editable=False)
     sync_error = models.TextField(blank=True, editable=False, help_text="The server's answer to the last change.")
     synced_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -308,12 +346,21 @@ class PhoneLine(models.Model):
     def room_prefix(self) -> str:
         return f"phone-{self.pk}-"
 
+    @property
+    def places_calls(self) -> bool:
+        """The line can place calls: it is active and has an outbound SIP server."""
+        return self.active and bool(self.outbound_address)
+
     def clean(self) -> None:
         errors: dict[str, str] = {}
         if bool(self.auth_username) != bool(self.auth_password):
             errors["auth_password"] = "Give both a digest username and a password, or neither."
         elif self.auth_password and len(self.auth_password) < MIN_SIP_PASSWORD:
             errors["auth_password"] = f"Use at least {MIN_SIP_PASSWORD} characters."
+        if bool(self.outbound_username) != bool(self.outbound_password):
+            errors["outbound_password"] = "Give both an outbound digest username and a password, or neither."
+        elif (self.outbound_username or self.outbound_password) and not self.outbound_address:
+            errors["outbound_address"] = "Outbound credentials need the outbound SIP server they are for."
         if not self.allowed_addresses and not self.auth_username:
             errors["allowed_addresses"] = (
                 "A phone line is never open to the world: list the addresses calls come from, "

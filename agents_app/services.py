@@ -135,14 +135,35 @@ def _sip_spec(line: PhoneLine) -> Any:
         room_prefix=line.room_prefix,
         trunk_id=line.livekit_trunk_id,
         rule_id=line.livekit_rule_id,
+        outbound_address=line.outbound_address,
+        outbound_username=line.outbound_username,
+        outbound_password=line.outbound_password,
+        outbound_trunk_id=line.livekit_outbound_trunk_id,
     )
 
 
-def _record_sync(line: PhoneLine, *, trunk_id: str, rule_id: str, error: str) -> None:
-    line.livekit_trunk_id, line.livekit_rule_id, line.sync_error = trunk_id, rule_id, error
+def _line_ids(line: PhoneLine) -> dict[str, str]:
+    """What the server holds for `line`, as sip_line_remove takes it."""
+    return {
+        "trunk_id": line.livekit_trunk_id,
+        "rule_id": line.livekit_rule_id,
+        "outbound_trunk_id": line.livekit_outbound_trunk_id,
+    }
+
+
+def _record_sync(line: PhoneLine, *, error: str, ids: Any = None) -> None:
+    """Keep the server's answer on the line: the ids it now holds (`ids`, a SipLineIds; None
+    keeps the known ones) and its refusal ("" when it accepted)."""
+    if ids is not None:
+        line.livekit_trunk_id, line.livekit_rule_id, line.livekit_outbound_trunk_id = ids
+    line.sync_error = error
     line.synced_at = timezone.now() if not error else line.synced_at
     PhoneLine.objects.filter(pk=line.pk).update(
-        livekit_trunk_id=trunk_id, livekit_rule_id=rule_id, sync_error=error, synced_at=line.synced_at
+        livekit_trunk_id=line.livekit_trunk_id,
+        livekit_rule_id=line.livekit_rule_id,
+        livekit_outbound_trunk_id=line.livekit_outbound_trunk_id,
+        sync_error=error,
+        synced_at=line.synced_at,
     )
 
 
@@ -160,18 +181,18 @@ def phone_line_sync(*, line: PhoneLine) -> str:
 
     if not settings.LIVEKIT_URL:
         error = "no LiveKit server (LIVEKIT_URL is unset): phone lines need LiveKit's SIP service"
-        _record_sync(line, trunk_id=line.livekit_trunk_id, rule_id=line.livekit_rule_id, error=error)
+        _record_sync(line, error=error)
         return error
     try:
         if line.active:
-            trunk_id, rule_id = livekit_server.sip_line_apply(_sip_spec(line))
+            ids = livekit_server.sip_line_apply(_sip_spec(line))
         else:
-            livekit_server.sip_line_remove(trunk_id=line.livekit_trunk_id, rule_id=line.livekit_rule_id)
-            trunk_id = rule_id = ""
+            livekit_server.sip_line_remove(**_line_ids(line))
+            ids = livekit_server.SipLineIds("", "", "")
     except livekit_server.LiveKitServerError as exc:
-        _record_sync(line, trunk_id=line.livekit_trunk_id, rule_id=line.livekit_rule_id, error=str(exc)[:2000])
+        _record_sync(line, error=str(exc)[:2000])
         return str(exc)
-    _record_sync(line, trunk_id=trunk_id, rule_id=rule_id, error="")
+    _record_sync(line, ids=ids, error="")
     return ""
 
 
@@ -182,11 +203,11 @@ def phone_line_delete(*, line: PhoneLine) -> str:
 
     from sessions_app import livekit_server
 
-    if settings.LIVEKIT_URL and (line.livekit_trunk_id or line.livekit_rule_id):
+    if settings.LIVEKIT_URL and any(_line_ids(line).values()):
         try:
-            livekit_server.sip_line_remove(trunk_id=line.livekit_trunk_id, rule_id=line.livekit_rule_id)
+            livekit_server.sip_line_remove(**_line_ids(line))
         except livekit_server.LiveKitServerError as exc:
-            _record_sync(line, trunk_id=line.livekit_trunk_id, rule_id=line.livekit_rule_id, error=str(exc)[:2000])
+            _record_sync(line, error=str(exc)[:2000])
             return str(exc)
     line.delete()
     return ""
@@ -209,7 +230,7 @@ def phone_lines_sync_all() -> dict[str, list[str]]:
             report["failed"].append(f"{line.number}: {error}")
         elif line.active:
             report["synced"].append(line.number)
-        keep.update(i for i in (line.livekit_trunk_id, line.livekit_rule_id) if i)
+        keep.update(i for i in _line_ids(line).values() if i)
     if report["failed"]:
         return report  # never delete on a partial view
     trunks, rules = livekit_server.sip_lines_list()

@@ -52,9 +52,20 @@ class ApiClientAdmin(admin.ModelAdmin):
     def get_fields(self, request: HttpRequest, obj: ApiClient | None = None) -> tuple[str, ...]:
         # key_hash and webhook_secret never appear; the secret is shown once like the key.
         # `agents`: what an agent-scope key may act for (tools_app/api.py).
+        # `call_destinations`: the numbers a client key may have the platform call (POST /calls).
         if obj is None:
-            return ("name", "scope", "webhook_url", "active", "agents")
-        return ("name", "scope", "key_prefix_shown", "active", "webhook_url", "agents", "created_at", "last_used_at")
+            return ("name", "scope", "webhook_url", "active", "agents", "call_destinations")
+        return (
+            "name",
+            "scope",
+            "key_prefix_shown",
+            "active",
+            "webhook_url",
+            "agents",
+            "call_destinations",
+            "created_at",
+            "last_used_at",
+        )
 
     @admin.display(description="Key starts with")
     def key_prefix_shown(self, obj: ApiClient) -> str:
@@ -74,8 +85,7 @@ class ApiClientAdmin(admin.ModelAdmin):
                 )
             return
         created, key = api_client_create(name=obj.name, scope=obj.scope, webhook_url=obj.webhook_url)
-        if not obj.active:
-            ApiClient.objects.filter(pk=created.pk).update(active=False)
+        ApiClient.objects.filter(pk=created.pk).update(active=obj.active, call_destinations=obj.call_destinations)
         obj.pk = created.pk
         obj._state.adding = False
         obj._state.db = created._state.db  # save_related() then stores `agents` on this row

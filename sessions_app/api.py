@@ -24,6 +24,7 @@ from sessions_app.ratelimit import action_rate_enforce
 from sessions_app.schemas import (
     AgentOut,
     BrowserSessionCreateIn,
+    CallPlaceIn,
     ErrorOut,
     HeardIn,
     HeardOut,
@@ -136,6 +137,28 @@ def _heard(request: HttpRequest, session_id: UUID, index: int, payload: HeardIn)
 )
 def create_session(request: HttpRequest, payload: SessionCreateIn) -> tuple[int, dict]:
     return _create(request, agent=payload.agent, caller_id=payload.user_id, metadata=payload.metadata)
+
+
+@router.post(
+    "/calls",
+    auth=client_key_auth,
+    response={201: SessionSummaryOut, 409: ErrorOut, 429: ErrorOut, 502: ErrorOut, **AUTH_ERRORS},
+    tags=["sessions"],
+    summary="Have an agent call a phone number",
+)
+def place_call(request: HttpRequest, payload: CallPlaceIn) -> tuple[int, Any]:
+    """The line's agent calls `to` through the line's outbound SIP trunk. The answer is a
+    session (channel phone, direction outbound, state created); follow it with GET
+    /sessions/{id}: `active` once the callee answers, or `failed` with the outcome
+    (callee_busy, callee_no_answer, callee_declined, call_failed) as its end reason."""
+    _rate_limit(request, "call_place")
+    session = services.phone_call_place(
+        api_client=request.auth,  # type: ignore[attr-defined]
+        line_number=payload.line,
+        to=payload.to,
+        metadata=payload.metadata,
+    )
+    return 201, session
 
 
 @router.get("/sessions", auth=client_key_auth, response={200: SessionListOut, **AUTH_ERRORS}, tags=["sessions"])

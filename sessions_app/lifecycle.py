@@ -35,7 +35,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from sessions_app.models import FINAL_STATES, AgentStatus, SessionEvent, SessionState, VoiceSession
+from sessions_app.models import FINAL_STATES, AgentStatus, SessionChannel, SessionEvent, SessionState, VoiceSession
 from sessions_app.services import (
     session_event_append,
     session_publish_updated,
@@ -293,6 +293,10 @@ def session_agent_join_check(*, session_id: UUID | str, dispatch: int) -> str:
         reason="agent_unavailable",
         payload={"detail": f"no agent joined after {attempt} dispatches, {waited} s each"},
     )
+    if session.channel == SessionChannel.PHONE:
+        # A phone caller would otherwise hear ringing until the trunk's ringing timeout.
+        room = session.room_name
+        transaction.on_commit(lambda: _delete_room_quietly(room=room))
     return "unavailable"
 
 
@@ -346,6 +350,15 @@ def _join_check_after_commit(session_id: UUID, dispatch: int) -> None:
             logger.warning("could not schedule the agent-join check for %s", session_id, exc_info=True)
 
     transaction.on_commit(enqueue)
+
+
+def _delete_room_quietly(*, room: str) -> None:
+    from sessions_app import livekit_server
+
+    try:
+        livekit_server.room_delete(room=room)
+    except livekit_server.LiveKitServerError:
+        logger.warning("could not delete room %s", room, exc_info=True)
 
 
 def _remove_participant_quietly(*, room: str, identity: str) -> None:

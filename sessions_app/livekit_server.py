@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from asgiref.sync import async_to_sync
@@ -180,6 +180,21 @@ class SipLineSpec:
     room_prefix: str
     trunk_id: str = ""
     rule_id: str = ""
+    # Placing calls from the number: an outbound trunk to this SIP server ("" for none).
+    outbound_address: str = ""
+    outbound_username: str = ""
+    outbound_password: str = ""
+    outbound_trunk_id: str = ""
+
+    def outbound_trunk(self) -> api.SIPOutboundTrunkInfo:
+        return api.SIPOutboundTrunkInfo(
+            name=f"phone line {self.number} (outbound)",
+            metadata=json.dumps({PHONE_LINE_MARK: self.line_id}),
+            address=self.outbound_address,
+            numbers=[self.number],
+            auth_username=self.outbound_username,
+            auth_password=self.outbound_password,
+        )
 
     def trunk(self) -> api.SIPInboundTrunkInfo:
         return api.SIPInboundTrunkInfo(
@@ -234,10 +249,27 @@ async def _replace_or_create(known_id: str, replace: Any, create: Any) -> Any:
     return await create()
 
 
-async def sip_line_apply_async(spec: SipLineSpec) -> tuple[str, str]:
-    """Create or replace the line's inbound trunk and dispatch rule; returns their ids."""
+class SipLineIds(NamedTuple):
+    trunk_id: str
+    rule_id: str
+    outbound_trunk_id: str = ""
+
+
+async def sip_line_apply_async(spec: SipLineSpec) -> SipLineIds:
+    """Create or replace the line's inbound trunk and dispatch rule, and its outbound trunk
+    when it has an outbound SIP server (deleted when it no longer has); returns the ids."""
     lkapi = _client()
     try:
+        outbound_id = ""
+        if spec.outbound_address:
+            outbound = await _replace_or_create(
+                spec.outbound_trunk_id,
+                lambda: lkapi.sip.update_outbound_trunk(spec.outbound_trunk_id, spec.outbound_trunk()),
+                lambda: lkapi.sip.create_outbound_trunk(api.CreateSIPOutboundTrunkRequest(trunk=spec.outbound_trunk())),
+            )
+            outbound_id = outbound.sip_trunk_id
+        elif spec.outbound_trunk_id:
+            await _delete_trunk(lkapi, spec.outbound_trunk_id)
         trunk = await _replace_or_create(
             spec.trunk_id,
             lambda: lkapi.sip.update_inbound_trunk(spec.trunk_id, spec.trunk()),
@@ -250,7 +282,7 @@ async def sip_line_apply_async(spec: SipLineSpec) -> tuple[str, str]:
                 api.CreateSIPDispatchRuleRequest(dispatch_rule=spec.rule(trunk.sip_trunk_id))
             ),
         )
-        return trunk.sip_trunk_id, rule.sip_dispatch_rule_id
+        return SipLineIds(trunk.sip_trunk_id, rule.sip_dispatch_rule_id, outbound_id)
     except Exception as exc:
         raise LiveKitServerError(
             f"the SIP service refused the phone line {spec.number}: {_twirp_message(exc)}"
@@ -259,36 +291,43 @@ async def sip_line_apply_async(spec: SipLineSpec) -> tuple[str, str]:
         await lkapi.aclose()
 
 
-async def sip_line_remove_async(*, trunk_id: str, rule_id: str) -> None:
-    """Delete a line's dispatch rule and trunk (ids the server does not know are fine)."""
+async def _delete_trunk(lkapi: api.LiveKitAPI, trunk_id: str) -> None:
+    try:
+        await lkapi.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+    except Exception as exc:
+        if not _not_found(exc):
+            raise
+
+
+async def sip_line_remove_async(*, trunk_id: str, rule_id: str, outbound_trunk_id: str = "") -> None:
+    """Delete a line's dispatch rule and trunks (ids the server does not know are fine)."""
     lkapi = _client()
     try:
         if rule_id:
             with contextlib.suppress(api.TwirpError):
                 await lkapi.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
-        if trunk_id:
-            try:
-                await lkapi.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
-            except Exception as exc:
-                if not _not_found(exc):
-                    raise
+        for known in (trunk_id, outbound_trunk_id):
+            if known:
+                await _delete_trunk(lkapi, known)
     except Exception as exc:
         raise LiveKitServerError(f"the SIP service did not delete trunk {trunk_id}: {_twirp_message(exc)}") from exc
     finally:
         await lkapi.aclose()
 
 
-async def sip_lines_list_async() -> tuple[list[api.SIPInboundTrunkInfo], list[api.SIPDispatchRuleInfo]]:
-    """Every inbound trunk and dispatch rule on the server (the platform's and others')."""
+async def sip_lines_list_async() -> tuple[list[Any], list[api.SIPDispatchRuleInfo]]:
+    """Every trunk (inbound ones first, then outbound ones) and dispatch rule on the server
+    (the platform's and others')."""
     lkapi = _client()
     try:
         trunks = await lkapi.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())
+        outbound = await lkapi.sip.list_outbound_trunk(api.ListSIPOutboundTrunkRequest())
         rules = await lkapi.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())
     except Exception as exc:
         raise LiveKitServerError(f"the SIP service could not be listed: {_twirp_message(exc)}") from exc
     finally:
         await lkapi.aclose()
-    return list(trunks.items), list(rules.items)
+    return [*trunks.items, *outbound.items], list(rules.items)
 
 
 def marked_line_id(metadata: str) -> int | None:
@@ -300,13 +339,13 @@ def marked_line_id(metadata: str) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def sip_line_apply(spec: SipLineSpec) -> tuple[str, str]:
+def sip_line_apply(spec: SipLineSpec) -> SipLineIds:
     return async_to_sync(sip_line_apply_async)(spec)
 
 
-def sip_line_remove(*, trunk_id: str, rule_id: str) -> None:
-    async_to_sync(sip_line_remove_async)(trunk_id=trunk_id, rule_id=rule_id)
+def sip_line_remove(*, trunk_id: str, rule_id: str, outbound_trunk_id: str = "") -> None:
+    async_to_sync(sip_line_remove_async)(trunk_id=trunk_id, rule_id=rule_id, outbound_trunk_id=outbound_trunk_id)
 
 
-def sip_lines_list() -> tuple[list[api.SIPInboundTrunkInfo], list[api.SIPDispatchRuleInfo]]:
+def sip_lines_list() -> tuple[list[Any], list[api.SIPDispatchRuleInfo]]:
     return async_to_sync(sip_lines_list_async)()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from agents_app.models import STAGE_KEYS
@@ -13,6 +16,19 @@ from agents_app.models import STAGE_KEYS
 class ApiScope(models.TextChoices):
     CLIENT = "client", "Client app"
     AGENT = "agent", "Agent (tool invocations)"
+
+
+CALL_DESTINATION_RE = re.compile(r"^\+[1-9][0-9]{0,14}$")
+
+
+def validate_call_destinations(value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and CALL_DESTINATION_RE.match(v) for v in value):
+        raise ValidationError('Call destinations are E.164 prefixes: a list like ["+1555", "+442071234567"].')
+
+
+def call_destination_allowed(destinations: list[str], number: str) -> bool:
+    """`number` starts with one of the allowed prefixes (and at least one is set)."""
+    return any(number.startswith(prefix) for prefix in destinations or [])
 
 
 class ApiClient(models.Model):
@@ -28,6 +44,14 @@ class ApiClient(models.Model):
         blank=True,
         related_name="agent_keys",
         help_text="Agent-scope keys only: the agents whose live sessions this key may call tools for.",
+    )
+    call_destinations = models.JSONField(
+        default=list,
+        blank=True,
+        db_default=[],
+        validators=[validate_call_destinations],
+        help_text="Client keys: the numbers this key may have the platform call (POST /calls), as E.164 "
+        'prefixes, e.g. ["+1555", "+442071234567"]. Empty: the key places no calls.',
     )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -75,6 +99,11 @@ class SessionChannel(models.TextChoices):
     PHONE = "phone", "Phone (SIP)"
 
 
+class CallDirection(models.TextChoices):
+    INBOUND = "inbound", "The caller called"
+    OUTBOUND = "outbound", "The platform called"
+
+
 def mask_phone_number(number: str) -> str:
     """What support staff see of a caller's number: the first two and last two characters."""
     if len(number) <= 6:
@@ -101,6 +130,9 @@ class VoiceSession(models.Model):
     )
     phone_line = models.ForeignKey(
         "agents_app.PhoneLine", null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions"
+    )
+    direction = models.CharField(
+        max_length=8, choices=CallDirection.choices, default=CallDirection.INBOUND, db_default=CallDirection.INBOUND
     )
     # Phone calls: the caller's full number (never on the dashboard: caller_id is masked)
     # and the SIP participant's identity in the room (the platform minted no token for it).

@@ -117,6 +117,7 @@ ACTION_LIMIT_SETTINGS = {
     "session_interrupt": "SESSION_INTERRUPT_RATE_PER_MINUTE",
     "session_end": "SESSION_END_RATE_PER_MINUTE",
     "tool_invoke": "TOOL_INVOKE_RATE_PER_MINUTE",
+    "call_place": "CALL_PLACE_RATE_PER_MINUTE",
 }
 
 

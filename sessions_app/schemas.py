@@ -134,8 +134,14 @@ class SessionSummaryOut(Schema):
     prompt_version: int = Field(..., alias="prompt_version.number")
     caller_id: str
     room: str = Field(..., alias="room_name")
+    channel: str = Field(..., description="webrtc (an app or the browser) or phone (LiveKit's SIP service).")
+    direction: str = Field(..., description="inbound, or outbound for a call the platform placed (POST /calls).")
     state: str
-    end_reason: str
+    end_reason: str = Field(
+        ...,
+        description="Why it ended. A placed call that never connected fails with callee_busy, callee_no_answer, "
+        "callee_declined or call_failed.",
+    )
     agent_status: str = Field(
         ..., description="none, dispatched, joined, lost (its job ended or crashed) or unavailable (never joined)."
     )
@@ -146,6 +152,30 @@ class SessionSummaryOut(Schema):
     created_at: dt.datetime
     started_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
+
+
+E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+
+
+class CallPlaceIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    line: str = Field(
+        ...,
+        pattern=E164_PATTERN,
+        description="The phone line to call from (its number; its agent talks, its outbound trunk dials).",
+        examples=["+15550100"],
+    )
+    to: str = Field(
+        ...,
+        pattern=E164_PATTERN,
+        description="The number to call, in E.164 form; it must be within this key's call destinations.",
+        examples=["+15550142"],
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Free JSON object stored with the session (at most SESSION_METADATA_MAX_BYTES of JSON).",
+    )
 
 
 class SessionDetailOut(SessionSummaryOut):

@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 
 from agents_app.models import STAGE_KEYS, Agent, PromptStatus
 from sessions_app.live.messages import turn_as_dict
-from sessions_app.models import ApiClient, LiveKitWebhookEvent, Turn, VoiceSession, caller_key
+from sessions_app.models import ApiClient, LiveKitWebhookEvent, SessionEvent, Turn, VoiceSession, caller_key
 from sessions_app.schemas import SessionSummaryOut
 
 
@@ -121,6 +121,26 @@ def tool_call_identity(*, session_id: Any) -> dict[str, str] | None:
         caller_number=row["caller_number"],
     )
     return {"session": str(session_id), "caller": caller, "agent": row["agent__slug"]}
+
+
+def session_transfer_target(*, session_id: Any) -> str | None:
+    """Where `transfer_call` sends this session's caller: its phone line's `transfer_to`
+    ("" when the line has none), None when the session is not a phone call."""
+    row = VoiceSession.objects.filter(pk=session_id, channel="phone").values("phone_line__transfer_to").first()
+    if row is None:
+        return None
+    return row["phone_line__transfer_to"] or ""
+
+
+def session_transfer_requested(*, session_id: Any) -> bool:
+    """`transfer_call` has asked for this caller's transfer and it has not failed (more
+    `call.transfer` events than `call.transfer_failed` ones)."""
+    types = list(
+        SessionEvent.objects.filter(
+            session_id=session_id, type__in=("call.transfer", "call.transfer_failed")
+        ).values_list("type", flat=True)
+    )
+    return types.count("call.transfer") > types.count("call.transfer_failed")
 
 
 def webhook_latest_received() -> datetime | None:

@@ -23,6 +23,7 @@ from sessions_app.models import (
     ALLOWED_TRANSITIONS,
     FINAL_STATES,
     LIVE_STATES,
+    AgentStatus,
     ApiClient,
     ApiScope,
     SessionEvent,
@@ -30,7 +31,7 @@ from sessions_app.models import (
     VoiceSession,
 )
 from sessions_app.session_insert import insert_session_with_events
-from voiceplatform.errors import Conflict, InvalidInput, Unavailable
+from voiceplatform.errors import Conflict, Forbidden, InvalidInput, Unavailable
 from voiceplatform.hotcache import hot_get, hot_set
 from voiceplatform.jsonsafe import json_problem
 
@@ -261,7 +262,6 @@ def session_create(
     from django.conf import settings
 
     from agents_app.selectors import agent_by_slug, published_version_for_call
-    from sessions_app import livekit_server
     from sessions_app.tokens import caller_token_mint
 
     metadata = session_metadata_validate(metadata or {})
@@ -314,22 +314,119 @@ def session_create(
     transaction.on_commit(lambda: broadcast.publish_many([broadcast.DASHBOARD_GROUP], messages))
 
     if mode == "livekit":
-        # Outside the transaction: no row lock is held across a network call.
-        try:
-            dispatch_id = livekit_server.agent_dispatch_create(room=session.room_name, session_id=str(session_id))
-        except livekit_server.LiveKitServerError as exc:
-            session_transition(session_id=session_id, to_state=SessionState.FAILED, reason="dispatch_failed")
-            raise Unavailable(
-                "dispatch_failed",
-                "The agent could not be dispatched to the room; the session was marked failed.",
-                {"session_id": str(session_id), "error": str(exc)[:300]},
-            ) from exc
-        from sessions_app.lifecycle import session_agent_dispatched
-
-        session_agent_dispatched(session_id=session_id, mode=mode, dispatch_id=dispatch_id)
+        _dispatch_or_fail(session)
 
     token = caller_token_mint(room=session.room_name, caller_id=caller_id)
     return session, token
+
+
+def _dispatch_or_fail(session: VoiceSession) -> None:
+    """Dispatch the agent to the session's room explicitly (AgentDispatchService, job
+    metadata {"session_id"}), outside any transaction: no row lock is held across a
+    network call. A refusal fails the session and raises a 502 `dispatch_failed`."""
+    from sessions_app import livekit_server
+    from sessions_app.lifecycle import session_agent_dispatched
+
+    try:
+        dispatch_id = livekit_server.agent_dispatch_create(room=session.room_name, session_id=str(session.pk))
+    except livekit_server.LiveKitServerError as exc:
+        session_transition(session_id=session.pk, to_state=SessionState.FAILED, reason="dispatch_failed")
+        raise Unavailable(
+            "dispatch_failed",
+            "The agent could not be dispatched to the room; the session was marked failed.",
+            {"session_id": str(session.pk), "error": str(exc)[:300]},
+        ) from exc
+    session_agent_dispatched(session_id=session.pk, mode="livekit", dispatch_id=dispatch_id)
+
+
+def phone_call_place(
+    *, api_client: ApiClient, line_number: str, to: str, metadata: dict[str, Any] | None = None
+) -> VoiceSession:
+    """Have the platform call `to` from the phone line `line_number` (POST /calls).
+
+    Refused unless `to` is within the client's allowed destinations, the line places
+    calls (an outbound SIP server, applied to the server), the platform runs on a LiveKit
+    server, and no call of this client to `to` is live. The session is created here
+    (direction outbound, the line's agent, its published prompt pinned) and the agent is
+    dispatched to the call's room; the agent's job dials through the line's outbound trunk
+    (CreateSIPParticipant) and the callee answering makes the session active. Busy, no
+    answer and other failures end it as `failed` with the outcome as its end reason.
+    """
+    from django.conf import settings
+
+    from agents_app.models import E164_RE, PhoneLine
+    from agents_app.selectors import published_version_for_call
+    from sessions_app.models import CallDirection, SessionChannel, call_destination_allowed, mask_phone_number
+
+    if not E164_RE.match(to or ""):
+        raise InvalidInput("invalid_number", f"{to!r} is not a phone number in E.164 form, e.g. +15550100.", {"to": to})
+    if not call_destination_allowed(list(api_client.call_destinations or []), to):
+        raise Forbidden(
+            "destination_not_allowed",
+            "This API key may not have the platform call that number (its call destinations, in the admin).",
+            {"to": mask_phone_number(to)},
+        )
+    metadata = session_metadata_validate(metadata or {})
+    line = PhoneLine.objects.select_related("agent").filter(number=line_number).first()
+    if line is None or not line.places_calls:
+        raise InvalidInput(
+            "line_cannot_call",
+            f"No active phone line {line_number!r} with an outbound SIP server.",
+            {"line": line_number},
+        )
+    if settings.LIVEKIT_LOCAL_MODE or not line.livekit_outbound_trunk_id:
+        raise Unavailable(
+            "calls_unavailable",
+            "Calls are placed through LiveKit's SIP service, and this line's outbound trunk is not on it "
+            "(docs/telephony.md: `manage.py phone_lines --sync`).",
+            {"line": line_number, "sync_error": line.sync_error[:300]},
+        )
+    if VoiceSession.objects.filter(
+        api_client=api_client, caller_number=to, direction=CallDirection.OUTBOUND, state__in=LIVE_STATES
+    ).exists():
+        raise Conflict(
+            "call_in_progress", "A call of this key to that number is still live.", {"to": mask_phone_number(to)}
+        )
+    version = published_version_for_call(slug=line.agent.slug)
+    if version is None:
+        raise InvalidInput(
+            "agent_not_published", f"Agent {line.agent.slug!r} has no published prompt yet.", {"agent": line.agent.slug}
+        )
+    session_id = uuid.uuid4()
+    masked = mask_phone_number(to)
+    session = VoiceSession(
+        id=session_id,
+        api_client=api_client,
+        caller_id=masked,
+        caller_number=to,
+        # The SIP participant the agent's job creates for the callee.
+        caller_participant=f"sip-{session_id.hex[:16]}",
+        channel=SessionChannel.PHONE,
+        direction=CallDirection.OUTBOUND,
+        phone_line=line,
+        room_name=f"{line.room_prefix}out-{session_id.hex}",
+        agent=version.agent,
+        prompt_version=version,
+        metadata=metadata,
+        last_seq=1,
+    )
+    created = {
+        "agent": line.agent.slug,
+        "prompt_version": version.number,
+        "caller_id": masked,
+        "source": "api",
+        "direction": CallDirection.OUTBOUND,
+        "phone_line": line.number,
+    }
+    event = SessionEvent(session_id=session_id, seq=1, type="session.created", payload=created)
+    insert_session_with_events(session, [event])
+    transaction.on_commit(
+        lambda: broadcast.publish_many(
+            [broadcast.DASHBOARD_GROUP], [live.event_added(event), _session_updated(session)]
+        )
+    )
+    _dispatch_or_fail(session)
+    return VoiceSession.objects.get(pk=session_id)
 
 
 def phone_session_open(
@@ -345,13 +442,55 @@ def phone_session_open(
 
     LiveKit's SIP service made the room (`phone-<line>-…`) and the server dispatched the
     agent by the line's dispatch rule, so the platform hears of the call from the agent's
-    job. Idempotent by room: a job dispatched again after a crash finds the same session.
-    The published prompt is pinned as for any call; the caller's number is kept whole in
-    `caller_number` and masked in `caller_id` (what support staff see).
+    job (or first from the SIP participant's webhook, `phone_call_arrived`). Idempotent by
+    room: a job dispatched again after a crash finds the same session.
     """
+    session = _phone_session_insert(
+        line_id=line_id,
+        room_name=room_name,
+        caller_number=caller_number,
+        participant_identity=participant_identity,
+        call_id=call_id,
+    )
+    if session.state == SessionState.CREATED:
+        from sessions_app.lifecycle import session_caller_joined
+
+        session_caller_joined(session_id=session.pk, connection=connection, joined_at_ms=None, source="phone")
+        session.refresh_from_db()
+    return session
+
+
+def phone_call_arrived(
+    *, line_id: int, room_name: str, caller_number: str, participant_identity: str, call_id: str = ""
+) -> VoiceSession:
+    """A phone call's SIP participant joined its room (the webhook), maybe before any agent:
+    the session exists from the first ring, and the agent's join is awaited as for a
+    dispatched agent (the line's dispatch rule asked for it). No agent within
+    AGENT_JOIN_TIMEOUT_SECONDS is dispatched again, and after AGENT_DISPATCH_ATTEMPTS the
+    call fails as `agent_unavailable` and is hung up (lifecycle.session_agent_join_check).
+    Call it inside a transaction."""
+    from sessions_app.lifecycle import session_agent_dispatched
+
+    session = _phone_session_insert(
+        line_id=line_id,
+        room_name=room_name,
+        caller_number=caller_number,
+        participant_identity=participant_identity,
+        call_id=call_id,
+    )
+    if session.agent_status == AgentStatus.NONE:
+        session_agent_dispatched(session_id=session.pk, mode="livekit", reason="the phone line's dispatch rule")
+    return session
+
+
+def _phone_session_insert(
+    *, line_id: int, room_name: str, caller_number: str, participant_identity: str, call_id: str
+) -> VoiceSession:
+    """The inbound phone call's session in `room_name`, created (state created) if it is not
+    there yet: the line's agent, its published prompt pinned, the caller's number kept whole
+    in `caller_number` and masked in `caller_id` (what support staff see)."""
     from agents_app.models import PhoneLine
     from agents_app.selectors import published_version_for_call
-    from sessions_app.lifecycle import session_caller_joined
     from sessions_app.models import SessionChannel, mask_phone_number
 
     existing = VoiceSession.objects.filter(room_name=room_name).first()
@@ -394,14 +533,13 @@ def phone_session_open(
         with transaction.atomic():
             insert_session_with_events(session, [event])
     except IntegrityError:
-        # Two jobs of one call raced (a re-dispatch): the first one's session stands.
+        # The job and the webhook (or two jobs of one call) raced: the first one's session stands.
         return VoiceSession.objects.get(room_name=room_name)
     transaction.on_commit(
         lambda: broadcast.publish_many(
             [broadcast.DASHBOARD_GROUP], [live.event_added(event), _session_updated(session)]
         )
     )
-    session_caller_joined(session_id=session_id, connection=connection, joined_at_ms=None, source="phone")
     return VoiceSession.objects.get(pk=session_id)
 
 

@@ -10,6 +10,7 @@ event is processed in the request instead, so no webhook is lost.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.conf import settings
@@ -18,9 +19,10 @@ from django.utils import timezone
 from google.protobuf.json_format import MessageToDict
 from livekit.api import TokenVerifier, WebhookReceiver
 
-from sessions_app.models import LiveKitWebhookEvent, SessionChannel, VoiceSession
+from sessions_app.models import CallDirection, LiveKitWebhookEvent, SessionChannel, SessionState, VoiceSession
+from sessions_app.selectors import session_transfer_requested
 from sessions_app.tokens import AGENT_IDENTITY_PREFIX, session_caller_identity
-from voiceplatform.errors import Malformed, NotFound, Unauthenticated
+from voiceplatform.errors import InvalidInput, Malformed, NotFound, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +99,41 @@ def webhook_event_process(*, event_id: str) -> bool:
     session = (
         VoiceSession.objects.select_for_update().filter(room_name=row.room_name).first() if row.room_name else None
     )
+    if session is None and row.event == "participant_joined":
+        session = _phone_call_arrived(row)
     if session is not None and row.event in HANDLED_EVENTS:
         _apply(session=session, row=row)
     row.processed_at = timezone.now()
     row.save(update_fields=["processed_at"])
     return True
+
+
+# The room a phone line's dispatch rule makes for an inbound call: `phone-<line>-_<number>_<random>`.
+INBOUND_PHONE_ROOM_RE = re.compile(r"^phone-([0-9]+)-_")
+
+
+def _phone_call_arrived(row: LiveKitWebhookEvent) -> VoiceSession | None:
+    """A SIP caller joined a phone line's room that has no session yet (no agent has opened
+    it): the session starts here, so a call no agent answers still fails with a reason."""
+    from sessions_app.services import phone_call_arrived
+
+    participant = row.payload.get("participant") or {}
+    found = INBOUND_PHONE_ROOM_RE.match(row.room_name)
+    if found is None or participant.get("kind") != "SIP":
+        return None
+    attributes = participant.get("attributes") or {}
+    try:
+        session = phone_call_arrived(
+            line_id=int(found.group(1)),
+            room_name=row.room_name,
+            caller_number=str(attributes.get("sip.phoneNumber", "")),
+            participant_identity=str(participant.get("identity", "")),
+            call_id=str(attributes.get("sip.callID", "")),
+        )
+    except InvalidInput as exc:  # the line or its agent is gone: the job (if any) hangs up
+        logger.warning("phone call in room %s opens no session: %s", row.room_name, exc.message)
+        return None
+    return VoiceSession.objects.select_for_update().get(pk=session.pk)
 
 
 def _apply(*, session: VoiceSession, row: LiveKitWebhookEvent) -> None:
@@ -139,10 +171,17 @@ def _apply(*, session: VoiceSession, row: LiveKitWebhookEvent) -> None:
         return
 
     connection = str(participant.get("sid", ""))
+    if session.direction == CallDirection.OUTBOUND and session.state == SessionState.CREATED:
+        # A placed call rings with its SIP participant already in the room: the agent's job
+        # reports the answer (the session turns active) or the outcome (it fails).
+        kind = "caller.ringing" if row.event == "participant_joined" else "caller.not_answered"
+        session_event_append(session_id=session.pk, type=kind, payload={**base, "connection": connection})
+        return
     if session.channel == SessionChannel.PHONE and row.event != "participant_joined":
-        # A phone caller who hangs up does not come back on the same call: it is over.
+        # A phone caller who hangs up (or was transferred) does not come back on the same call.
         session_event_append(session_id=session.pk, type="caller.left", payload={**base, "connection": connection})
-        session_finish(session_id=session.pk, reason="caller_hung_up")
+        transferred = session_transfer_requested(session_id=session.pk)
+        session_finish(session_id=session.pk, reason="transferred" if transferred else "caller_hung_up")
         return
     if row.event == "participant_joined":
         try:

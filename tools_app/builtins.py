@@ -132,3 +132,61 @@ def charge_wallet(ctx: BuiltinContext, arguments: dict[str, Any]) -> dict[str, A
         "owner": owner,
         "message": f"Charged {existing.amount} euros. The balance is now {wallet.balance} euros.",
     }
+
+
+# --- telephony: act on the live phone call (tools_app/call_controls.py) -----------------
+
+
+def _call_controls(ctx: BuiltinContext, what: str) -> Any:
+    from tools_app.call_controls import controls_for
+
+    controls = controls_for(ctx.session_id)
+    if controls is None:
+        raise ToolError(f"{what} works only during a phone call, from the agent that serves it.")
+    return controls
+
+
+@register("send_keypad_digits", atomic=False)
+def send_keypad_digits(ctx: BuiltinContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Press keys on the call (DTMF), e.g. to go through another company's phone menu."""
+    from tools_app.call_controls import KEYPAD_DIGITS_RE, keypad_digits
+
+    digits = keypad_digits(str(arguments.get("digits", "")))
+    if not KEYPAD_DIGITS_RE.match(digits):
+        raise ToolError("Say which keys to press: up to 32 of 0-9, * and #.")
+    _call_controls(ctx, "Pressing keys").send_digits(digits)
+    return {"digits": digits, "message": f"Pressed {' '.join(digits)} on the keypad."}
+
+
+@register("transfer_call", atomic=False)
+def transfer_call(ctx: BuiltinContext, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Hand the phone caller to a person: the number the phone line's editors set
+    (`PhoneLine.transfer_to`), never one the model or the caller chooses.
+
+    Not atomic: the transfer happens on the SIP service, so a crash part-way leaves the
+    ledger row indeterminate and it is never made again (docs/tools.md); one session gets
+    one transfer at most (`call.transfer` is recorded before it is asked for).
+    """
+    from sessions_app.models import mask_phone_number
+    from sessions_app.selectors import session_transfer_requested, session_transfer_target
+    from sessions_app.services import session_event_append
+
+    target = session_transfer_target(session_id=ctx.session_id) if ctx.session_id else None
+    if target is None:
+        raise ToolError("Transfers work only during a phone call.")
+    if not target:
+        raise ToolError("This phone line has no transfer number: tell the caller nobody can take the call now.")
+    if session_transfer_requested(session_id=ctx.session_id):
+        raise ToolError("This call has already been transferred once.")
+    controls = _call_controls(ctx, "A transfer")
+    shown = mask_phone_number(target) if target.startswith("+") else target.split("@")[-1]
+    reason = str(arguments.get("reason", ""))[:200]
+    session_event_append(session_id=ctx.session_id, type="call.transfer", payload={"to": shown, "reason": reason})
+    try:
+        controls.transfer(target)
+    except Exception as exc:
+        session_event_append(
+            session_id=ctx.session_id, type="call.transfer_failed", payload={"to": shown, "error": str(exc)[:300]}
+        )
+        raise ToolError("The transfer did not go through: tell the caller and carry on.") from exc
+    return {"transferred_to": shown, "message": "The caller has been transferred."}

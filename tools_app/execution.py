@@ -110,7 +110,12 @@ def _run_builtin_atomic(
 
 def _call_builtin(builtin: Builtin, ctx: BuiltinContext, arguments: dict[str, Any]) -> tuple[str, Any, str]:
     try:
-        with transaction.atomic():  # a savepoint: a failing tool leaves no partial effect
+        if builtin.atomic:
+            with transaction.atomic():  # a savepoint: a failing tool leaves no partial effect
+                result = json_safe(builtin.fn(ctx, arguments))
+        else:
+            # Its effect is outside the database (a transfer, keys pressed): no transaction is
+            # held open across it, and what it records about the attempt stays recorded.
             result = json_safe(builtin.fn(ctx, arguments))
     except ToolError as exc:
         return InvocationStatus.FAILED, None, exc.message

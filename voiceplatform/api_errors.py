@@ -21,6 +21,7 @@ DATABASE_RETRY_AFTER_SECONDS = 5
 DOMAIN_STATUS: dict[type[errors.DomainError], int] = {
     errors.Malformed: 400,
     errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.InvalidInput: 422,

@@ -32,6 +32,10 @@ class Unauthenticated(DomainError):
     """The caller did not prove who it is (a webhook's signature)."""
 
 
+class Forbidden(DomainError):
+    """Known caller, not allowed this (a number outside an API key's call destinations)."""
+
+
 class NotFound(DomainError):
     """No such thing, or not for this caller."""
 

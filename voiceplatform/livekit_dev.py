@@ -164,6 +164,9 @@ class SipConfig:
     # announces the machine's first non-loopback IPv4 when it is empty.
     nat_ip: str = ""
     log_level: str = "info"
+    # Over this share of the machine's CPU the SIP service refuses new calls ("cpu
+    # exhausted"; livekit-sip's default 0.9, at most 1.0). None: its default.
+    max_cpu_utilization: float | None = None
 
     def __post_init__(self) -> None:
         if self.server.redis is None:
@@ -218,6 +221,8 @@ def render_sip_config(config: SipConfig, data_dir: Path) -> Path:
     }
     if config.nat_ip:
         body["nat_1_to_1_ip"] = config.nat_ip
+    if config.max_cpu_utilization is not None:
+        body["max_cpu_utilization"] = config.max_cpu_utilization
     header = "# Rendered by voiceplatform/livekit_dev.py for LiveKit's SIP service: do not edit.\n"
     return _write_private(data_dir / "livekit" / "sip.yaml", header, body)
 

@@ -290,6 +290,8 @@ SESSION_RECONNECT_RATE_PER_MINUTE = env_int("SESSION_RECONNECT_RATE_PER_MINUTE",
 SESSION_INTERRUPT_RATE_PER_MINUTE = env_int("SESSION_INTERRUPT_RATE_PER_MINUTE", 600, minimum=1)
 SESSION_END_RATE_PER_MINUTE = env_int("SESSION_END_RATE_PER_MINUTE", 240, minimum=1)
 TOOL_INVOKE_RATE_PER_MINUTE = env_int("TOOL_INVOKE_RATE_PER_MINUTE", 600, minimum=1)
+# Phone calls one API client may have the platform place per minute (POST /calls).
+CALL_PLACE_RATE_PER_MINUTE = env_int("CALL_PLACE_RATE_PER_MINUTE", 10, minimum=1)
 # Live sessions one API client (or browser user) may hold at once; checked in the database.
 MAX_LIVE_SESSIONS_PER_OWNER = env_int("MAX_LIVE_SESSIONS_PER_OWNER", 100, minimum=1)
 # Login attempts per username per minute (per address: three times this).

@@ -43,6 +43,7 @@ def session_row(session: VoiceSession) -> dict[str, Any]:
         "caller_id": session.caller_id,
         "room": session.room_shown,
         "channel": session.channel,
+        "direction": session.direction,
         "state": session.state,
         "end_reason": session.end_reason,
         "turns": session.turn_count,

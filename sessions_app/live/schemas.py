@@ -57,6 +57,7 @@ ROW = _obj(
         "caller_id": _STR,
         "room": _STR,
         "channel": {"enum": ["webrtc", "phone"]},
+        "direction": {"enum": ["inbound", "outbound"]},
         "state": {"enum": ["created", "active", "reconnecting", "ended", "failed"]},
         "end_reason": _STR,
         "turns": _SEQ,

@@ -38,7 +38,7 @@
     document.getElementById("facts").replaceChildren(
       fact("State", el("span", { class: "badge " + s.state, title: s.end_reason || null }, s.state), "state"),
       fact("Prompt", s.prompt_version ? "v" + s.prompt_version : "–", "prompt"),
-      fact("Caller", (s.channel === "phone" ? "☎ " : "") + (s.caller_id || "–"), "caller"),
+      fact(s.direction === "outbound" ? "Called" : "Caller", (s.channel === "phone" ? "☎ " : "") + (s.caller_id || "–"), "caller"),
       fact("Duration", el("span", { id: "duration" }, duration(sessionSeconds(s))), "duration"),
       fact("Turns", s.turns, "turns"),
       fact("Last e2e", ms(s.last_e2e_ms), "last-e2e"),
@@ -210,6 +210,11 @@
     if (t === "caller.joined") return { kind: "join", what: "caller joined", detail: (p.connection || p.identity || "") + stale };
     if (t === "caller.dtmf") return { kind: "other", what: "keypad", detail: p.digits || "" };
     if (t === "caller.hung_up") return { kind: "leave", what: "caller hung up", detail: "" };
+    if (t === "caller.ringing") return { kind: "state", what: "ringing", detail: "the callee's phone" };
+    if (t === "caller.not_answered") return { kind: "leave", what: "not answered", detail: "" };
+    if (t === "call.outcome") return { kind: p.outcome === "answered" ? "join" : "error", what: p.outcome === "answered" ? "callee answered" : "call " + String(p.outcome || "").replace(/_/g, " "), detail: p.ringing_ms != null ? "after " + ms(p.ringing_ms) + " ringing" : (p.sip_status ? "SIP " + p.sip_status : "") };
+    if (t === "call.transfer") return { kind: "tool", what: "transfer requested", detail: `to ${p.to || "?"}${p.reason ? " · " + p.reason : ""}` };
+    if (t === "call.transferred") return { kind: "leave", what: "caller transferred", detail: "" };
     if (t === "caller.left") return { kind: "leave", what: "caller left", detail: (p.reason || p.connection || "") + stale };
     if (t === "agent.joined") return { kind: "join", what: "agent joined", detail: `${p.identity || ""}${p.source ? " (" + p.source + ")" : ""}` };
     if (t === "agent.left") return { kind: "leave", what: "agent left", detail: p.reason || p.identity || "" };

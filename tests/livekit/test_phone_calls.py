@@ -10,7 +10,10 @@ What is checked: an inbound call is answered by the agent, which greets; the cal
 question is recognised and answered; keys pressed on the phone reach the agent as one
 entry it answers; the call is a phone session (masked number, turns stored) and hanging
 up ends it; a call from an address the line does not allow is
-refused and opens no session; `manage.py phone_lines --sync` applies the line.
+refused and opens no session; `manage.py phone_lines --sync` applies the line. Placed
+calls (POST /calls): a busy phone is the session's outcome; an answering phone hears the
+greeting, the agent presses keys on it when asked (DTMF out) and transfers it to a desk
+phone by SIP REFER when asked for a person, which ends the session as `transferred`.
 """
 
 from __future__ import annotations
@@ -81,14 +84,14 @@ def _sip_uri(platform: LiveKitPlatform, host: str) -> str:
     return f"sip:{LINE_NUMBER}@{host}:{platform.sip_config.sip_port}"
 
 
-def _question_wav(path: Path) -> float:
-    """The caller's question as the phone sends it, written to `path`: Piper speech at 8 kHz,
+def _question_wav(path: Path, text: str = QUESTION) -> float:
+    """What the caller says as the phone sends it, written to `path`: Piper speech at 8 kHz,
     then silence. Returns the speech's length in seconds."""
     from livekit import rtc
 
     from agents_app.runtime.providers import piper
 
-    samples, rate = piper.synthesize(QUESTION)
+    samples, rate = piper.synthesize(text)
     frame = rtc.AudioFrame(samples.tobytes(), rate, 1, len(samples))
     resampler = rtc.AudioResampler(input_rate=rate, output_rate=8000, num_channels=1)
     pcm = b"".join(bytes(f.data) for f in [*resampler.push(frame), *resampler.flush()])
@@ -270,3 +273,130 @@ def test_a_call_from_an_address_the_line_does_not_allow_is_refused(phone_lk: Liv
         call.hangup()
     time.sleep(2.0)
     assert len(_session_rows(phone_lk)) == before
+
+
+KEYS_LINE = "Press the keys one two three please."
+TRANSFER_LINE = "Please transfer me to a person."
+CALLEE_NUMBER = "+15550177"
+
+
+def _place_call(platform: LiveKitPlatform, to: str) -> dict[str, Any]:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{platform.base_url}/api/v1/calls",
+        data=json.dumps({"line": LINE_NUMBER, "to": to}).encode(),
+        headers={"Authorization": f"Bearer {platform.simulator_key()}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201
+        return json.loads(response.read())
+
+
+def _story(platform: LiveKitPlatform, session_id: str) -> str:
+    """The session's turns and events, for a failure's message."""
+    turns = platform.query(
+        "SELECT index, user_text, generated_text FROM sessions_app_turn WHERE session_id = %s ORDER BY index",
+        (session_id,),
+    )
+    events = [(kind, payload) for _, kind, payload in platform.events(session_id)]
+    return f"turns: {turns}\nevents: {events}"
+
+
+def _session_state(platform: LiveKitPlatform, session_id: str) -> tuple[str, str]:
+    rows = platform.query("SELECT state, end_reason FROM sessions_app_voicesession WHERE id = %s", (session_id,))
+    return rows[0][0], rows[0][1]
+
+
+def test_the_platform_calls_a_phone_presses_keys_on_it_and_transfers_it(
+    phone_lk: LiveKitPlatform, tmp_path: Path, show_logs: Any
+):
+    from agents_app.runtime.simulator.sip_phone import SipPhone
+    from tests.ports import free_udp_port
+
+    address = namespace_address()
+    callee_port, desk_port = free_udp_port(), free_udp_port()
+    desk_uri = f"sip:desk@{address}:{desk_port}"
+    # The line places calls through "the carrier" (here: the callee's phone itself) and
+    # transfers to the desk; the demo agent gets the two telephony tools; the simulator's
+    # API key may call +1555….
+    phone_lk.manage(
+        "shell",
+        "-c",
+        "from agents_app.models import Agent, PhoneLine\n"
+        "from sessions_app.models import ApiClient\n"
+        "from tools_app.models import ToolDefinition\n"
+        f"PhoneLine.objects.filter(number={LINE_NUMBER!r}).update(outbound_address={f'{address}:{callee_port}'!r},"
+        f" transfer_to={desk_uri!r})\n"
+        "ApiClient.objects.filter(scope='client').update(call_destinations=['+1555'])\n"
+        "agent = Agent.objects.get(slug='demo-scripted')\n"
+        "for name, description, parameters in [\n"
+        "    ('transfer_call', 'Transfer the caller to a person from our staff.', {}),\n"
+        "    ('send_keypad_digits', 'Press keys (DTMF tones) to go through an automated menu.',\n"
+        "     {'type': 'object', 'properties': {'digits': {'type': 'string'}}, 'required': ['digits']}),\n"
+        "]:\n"
+        "    ToolDefinition.objects.create(name=name, description=description, kind='builtin',"
+        " builtin_name=name, parameters=parameters).agents.add(agent)\n",
+    )
+    out = phone_lk.manage("phone_lines", "--sync")
+    assert f"live     {LINE_NUMBER}" in out, out
+
+    with (
+        SipPhone(bind=address, port=callee_port, user=CALLEE_NUMBER, reject_with=486) as callee,
+        SipPhone(bind=address, port=desk_port, user="desk", auto_answer=True) as desk,
+    ):
+        # A busy phone: the session fails with the outcome, and no agent talks to anyone.
+        busy = _place_call(phone_lk, CALLEE_NUMBER)
+        assert busy["direction"] == "outbound" and busy["state"] == "created", busy
+        state = wait_until(
+            lambda: (s := _session_state(phone_lk, busy["session_id"]))[0] == "failed" and s,
+            what="the busy outcome",
+            timeout=60,
+        )
+        assert state[1] == "callee_busy", state  # the phone's own 486 Busy Here
+
+        # An answering phone.
+        callee.reject_with = None
+        placed = _place_call(phone_lk, CALLEE_NUMBER)
+        session_id = placed["session_id"]
+        call = callee.incoming(timeout=60, answer=False)
+        call.start_recording(tmp_path / "callee-heard.wav")
+        call.answer()
+        assert call.wait_confirmed(10)
+        wait_until(lambda: _session_state(phone_lk, session_id)[0] == "active", what="the answer", timeout=30)
+        wait_until(lambda: _speech_spans(*call.heard_so_far()), what="the greeting on the phone", timeout=30)
+        wait_until(lambda: _quiet_for(call, 1.5), what="the end of the greeting", timeout=30)
+
+        # Asked to, the agent presses keys on the call (DTMF out, through the ledger).
+        _question_wav(tmp_path / "keys.wav", KEYS_LINE)
+        call.play(tmp_path / "keys.wav")
+        assert call.wait_played(30), _story(phone_lk, session_id)
+        assert call.wait_dtmf(3, timeout=40) == ["1", "2", "3"], _story(phone_lk, session_id)
+        wait_until(lambda: _quiet_for(call, 1.5), what="the agent's reply", timeout=30)
+
+        # Asked for a person, the agent transfers the call to the line's desk (SIP REFER):
+        # the phone follows it, the desk answers, and the call leaves the platform.
+        _question_wav(tmp_path / "transfer.wav", TRANSFER_LINE)
+        call.play(tmp_path / "transfer.wav")  # the transfer may come before its silent tail has played
+        targets = call.wait_transfer(timeout=60)
+        assert targets and desk_uri in targets[0], (targets, _story(phone_lk, session_id))
+        desk_call = desk.incoming(timeout=30)
+        assert desk_call.wait_confirmed(10)
+        state = wait_until(
+            lambda: (s := _session_state(phone_lk, session_id))[0] == "ended" and s, what="the end", timeout=60
+        )
+        assert state[1] == "transferred", state
+        desk_call.hangup()
+    events = {kind: payload for _, kind, payload in phone_lk.events(session_id)}
+    assert events["call.outcome"]["outcome"] == "answered", events
+    assert events["call.transfer"]["to"] == f"{address}:{desk_port}", events
+    assert "call.transfer_failed" not in events
+    tools = phone_lk.query(
+        "SELECT tool_name, status, result FROM tools_app_toolinvocation WHERE session_id = %s ORDER BY created_at",
+        (session_id,),
+    )
+    assert [(t[0], t[1]) for t in tools] == [("send_keypad_digits", "succeeded"), ("transfer_call", "succeeded")], tools
+    assert tools[0][2]["digits"] == "123"
+    busy_events = [kind for _, kind, _ in phone_lk.events(busy["session_id"])]
+    assert "call.outcome" in busy_events and "agent.joined" in busy_events, busy_events

@@ -40,17 +40,20 @@ class FakeSip:
         self.fail = ""
         self.count = 0
 
-    def apply(self, spec: livekit_server.SipLineSpec) -> tuple[str, str]:
+    def apply(self, spec: livekit_server.SipLineSpec) -> livekit_server.SipLineIds:
         if self.fail:
             raise livekit_server.LiveKitServerError(self.fail)
         self.applied.append(spec)
         self.count += 1
-        return spec.trunk_id or f"ST_{self.count}", spec.rule_id or f"SDR_{self.count}"
+        outbound = (spec.outbound_trunk_id or f"ST_OUT_{self.count}") if spec.outbound_address else ""
+        return livekit_server.SipLineIds(
+            spec.trunk_id or f"ST_{self.count}", spec.rule_id or f"SDR_{self.count}", outbound
+        )
 
-    def remove(self, *, trunk_id: str, rule_id: str) -> None:
+    def remove(self, *, trunk_id: str, rule_id: str, outbound_trunk_id: str = "") -> None:
         if self.fail:
             raise livekit_server.LiveKitServerError(self.fail)
-        self.removed.append((trunk_id, rule_id))
+        self.removed.append((trunk_id, rule_id) + ((outbound_trunk_id,) if outbound_trunk_id else ()))
 
     def list(self) -> tuple[list[Any], list[Any]]:
         return self.listed

@@ -35,6 +35,9 @@ def test_the_server_gets_redis_and_the_sip_service_a_private_config(tmp_path):
     assert body["rtp_port"] == "10000-10100"  # a "start-end" string: a mapping is ignored by livekit-sip
     assert (body["sip_port"], body["health_port"], body["nat_1_to_1_ip"]) == (5070, 8090, "203.0.113.9")
     assert body["logging"] == {"level": "info"}
+    assert "max_cpu_utilization" not in body  # livekit-sip's own default (0.9)
+    relaxed = livekit_dev.SipConfig(server=server, max_cpu_utilization=1.0)
+    assert yaml.safe_load(livekit_dev.render_sip_config(relaxed, tmp_path).read_text())["max_cpu_utilization"] == 1.0
     # The secret is never on the command line.
     assert "s" * 40 not in " ".join(livekit_dev.sip_command(tmp_path / "livekit-sip", path))
 

@@ -104,12 +104,17 @@ async def _check_phone_lines() -> Check:
         return Check("phone lines", WARN, f"{len(lines)} active but no phone call can arrive: {exc}", fix)
     numbers = {trunk.sip_trunk_id: set(trunk.numbers) for trunk in trunks}
     missing = [line.number for line in lines if line.number not in numbers.get(line.livekit_trunk_id, set())]
+    missing += [
+        f"{line.number} (outbound)"
+        for line in lines
+        if line.places_calls and line.number not in numbers.get(line.livekit_outbound_trunk_id, set())
+    ]
     if missing:
         return Check(
             "phone lines", FAIL, f"not on the server: {', '.join(missing)}", "run `manage.py phone_lines --sync`"
         )
     if not lines:
-        return Check("phone lines", OK, f"none (the server's SIP API answers; {len(trunks)} inbound trunk(s))")
+        return Check("phone lines", OK, f"none (the server's SIP API answers; {len(trunks)} trunk(s))")
     live = ", ".join(line.number for line in lines)
     return Check("phone lines", OK, f"{len(lines)} live on the SIP service: {live}")
 

@@ -49,6 +49,10 @@ class JobConfig:
     tool_calls: list[StoredToolCall] = field(default_factory=list)
     # A phone call (LiveKit's SIP service): the caller hanging up ends the session.
     phone: bool = False
+    # A call the platform places (POST /calls) and nobody has answered yet: the job dials
+    # `dial_to` through the line's outbound trunk before it greets.
+    dial_to: str = ""
+    outbound_trunk_id: str = ""
 
     @property
     def next_turn_index(self) -> int:
@@ -65,7 +69,7 @@ async def load_job_config(session_id: str) -> JobConfig:
     from sessions_app.models import Turn, VoiceSession
     from sessions_app.tokens import session_caller_identity
 
-    session = await VoiceSession.objects.select_related("agent", "prompt_version").aget(pk=session_id)
+    session = await VoiceSession.objects.select_related("agent", "prompt_version", "phone_line").aget(pk=session_id)
     values = prompt_values_from_metadata(
         version=session.prompt_version, metadata=session.metadata, trusted=session.api_client_id is not None
     )
@@ -82,6 +86,8 @@ async def load_job_config(session_id: str) -> JobConfig:
         .values("index", "user_text", "generated_text", "heard_text", "interrupted", "created_at")
     ]
     tool_calls = await _stored_tool_calls(session.pk) if turns else []
+    # Dial only a placed call that was never answered (a restarted job finds it active).
+    dials = session.direction == "outbound" and session.state == "created" and session.phone_line is not None
     return JobConfig(
         session_id=str(session.pk),
         session_state=session.state,
@@ -89,6 +95,8 @@ async def load_job_config(session_id: str) -> JobConfig:
             caller_id=session.caller_id, caller_participant=session.caller_participant
         ),
         phone=session.channel == "phone",
+        dial_to=session.caller_number if dials else "",
+        outbound_trunk_id=session.phone_line.livekit_outbound_trunk_id if dials and session.phone_line else "",
         agent=session.agent,
         prompt_version=session.prompt_version.number,
         instructions=rendered["instructions"],

@@ -31,11 +31,13 @@ from agents_app.runtime.providers.fallback import ChainMonitor, session_conn_opt
 from agents_app.runtime.worker import control, job_session, local, turn_taking
 from agents_app.runtime.worker.config import JobConfig, load_job_config
 from agents_app.runtime.worker.keypad import Keypad, keypad_text
+from agents_app.runtime.worker.phone_controls import PhoneCallControls
 from agents_app.runtime.worker.platform_agent import PlatformAgent, cpu_time, room_options, session_options
 from agents_app.runtime.worker.recorder import Recorder
 from agents_app.runtime.worker.turns import TurnTracker
 from sessions_app import metrics
 from sessions_app.livekit_server import PHONE_LINE_METADATA_KEY, PROBE_METADATA_KEY
+from tools_app import call_controls
 from voiceplatform.logging import bind_log_context
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class JobRuntime:
         self._apology_at = 0.0
         self.turn_detector: Any = None  # "vad" or the Smart Turn detector (its predictions)
         self.keypad: Keypad | None = None  # phone calls: the caller's key presses
+        self.phone_controls: PhoneCallControls | None = None  # phone calls: DTMF out, transfer
 
     # -- hooks on the loop: time them ------------------------------------------------
     def _timed(self, fn: Any) -> Any:
@@ -240,8 +243,12 @@ class JobRuntime:
         deleted, so the agent does not wait out the room's departure_timeout)."""
         if getattr(participant, "identity", None) != self.config.caller_identity or self._ended.is_set():
             return
-        self.recorder.record_event("caller.hung_up", {"identity": participant.identity})
-        self.end_reason = "caller_hung_up"
+        if self.phone_controls is not None and self.phone_controls.transferring:
+            self.recorder.record_event("call.transferred", {"identity": participant.identity})
+            self.end_reason = "transferred"
+        else:
+            self.recorder.record_event("caller.hung_up", {"identity": participant.identity})
+            self.end_reason = "caller_hung_up"
         self.ended_by_platform = True
         self._ended.set()
         self.ctx.delete_room()
@@ -315,9 +322,19 @@ class JobRuntime:
             await session.start(agent=agent, room=self.ctx.room, room_options=room_options(config), record=False)
             control.register_interrupt_rpc(self.ctx.room, self.interrupt)
             if config.phone:
-                self.ctx.room.on("participant_disconnected", self._on_participant_disconnected)
                 self.keypad = Keypad(self._on_keypad_entry)
                 self.ctx.room.on("sip_dtmf_received", self._timed(self._on_dtmf))
+                self.phone_controls = PhoneCallControls(
+                    loop=asyncio.get_running_loop(),
+                    room=self.ctx.room,
+                    lkapi=self.ctx.api,
+                    caller_identity=config.caller_identity,
+                )
+                call_controls.register(config.session_id, self.phone_controls)
+            if config.dial_to and not await self._dial():
+                return False
+            if config.phone:  # after the dial: a callee who never answered did not hang up
+                self.ctx.room.on("participant_disconnected", self._on_participant_disconnected)
 
         self._tasks.append(
             asyncio.create_task(
@@ -349,6 +366,25 @@ class JobRuntime:
             self.tracker.agent_turn_started(generated=config.greeting)
             session.say(config.greeting)
         return True
+
+    async def _dial(self) -> bool:
+        """A placed call: ring the callee (the session is ready to talk when they answer).
+        False when nobody answered: the session has failed with the outcome; hang up."""
+        config = self.config
+        outcome = await job_session.dial_out(
+            self.ctx,
+            session_id=config.session_id,
+            to=config.dial_to,
+            trunk_id=config.outbound_trunk_id,
+            identity=config.caller_identity,
+        )
+        if not outcome:
+            return True
+        self.end_reason = outcome
+        self._ended.set()
+        self.ctx.delete_room()
+        self.ctx.shutdown(outcome)
+        return False
 
     async def _build_tools(self) -> list[Any]:
         self._tools_report_results = False
@@ -394,6 +430,8 @@ class JobRuntime:
             task.cancel()
         if self.keypad is not None:
             self.keypad.close()
+        if self.phone_controls is not None:
+            call_controls.unregister(self.config.session_id, self.phone_controls)
         if self.session is not None:
             with contextlib.suppress(Exception):
                 await self.session.aclose()

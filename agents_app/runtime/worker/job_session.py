@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from typing import Any
 
 from livekit.agents import AgentSession, JobContext
 
@@ -103,3 +105,98 @@ async def open_phone_session(ctx: JobContext, line_id: int) -> str | None:
         return None
     logger.info("phone line %s: call %s answered as session %s", line_id, attributes.get("sip.callID", ""), session.pk)
     return str(session.pk)
+
+
+# A placed call (POST /calls): how long the callee's phone may ring, and what each SIP
+# final status means as the session's outcome (its end reason, docs/telephony.md).
+DIAL_RINGING_SECONDS = 30
+CALL_OUTCOMES = {486: "callee_busy", 600: "callee_busy", 603: "callee_declined"}
+NO_ANSWER_STATUSES = frozenset({408, 480, 487})
+
+
+def call_outcome(sip_status: int | None) -> str:
+    if sip_status in NO_ANSWER_STATUSES:
+        return "callee_no_answer"
+    return CALL_OUTCOMES.get(sip_status or 0, "call_failed")
+
+
+def sip_status_of(exc: Exception) -> int | None:
+    """The SIP final status of a failed CreateSIPParticipant: the server's error metadata
+    (`sip_status_code`), else the first 4xx-6xx code in its message."""
+    import re
+
+    metadata = getattr(exc, "metadata", None) or {}
+    for key in ("sip_status_code", "sip_status"):
+        value = str(metadata.get(key, "")).strip()
+        if value.isdigit():
+            return int(value)
+    found = re.search(r"\b([4-6][0-9]{2})\b", str(getattr(exc, "message", "") or exc))
+    return int(found.group(1)) if found else None
+
+
+# The SIP service refuses a call before dialling when it is short of capacity ("cpu
+# exhausted", 503 with no SIP status): nothing was sent, so asking again is safe.
+DIAL_ATTEMPTS = 3
+DIAL_RETRY_SECONDS = 1.0
+
+
+def refused_before_dialling(exc: Exception) -> bool:
+    return getattr(exc, "status", None) == 503 and sip_status_of(exc) is None
+
+
+async def _create_sip_participant(ctx: JobContext, request: Any) -> Any:
+    for attempt in range(1, DIAL_ATTEMPTS + 1):
+        try:
+            return await ctx.api.sip.create_sip_participant(request, timeout=DIAL_RINGING_SECONDS + 15)
+        except Exception as exc:
+            if attempt == DIAL_ATTEMPTS or not refused_before_dialling(exc):
+                raise
+            logger.info("the SIP service refused to dial (%s); asking again (attempt %d)", exc, attempt + 1)
+            await asyncio.sleep(DIAL_RETRY_SECONDS * attempt)
+    raise AssertionError("unreachable")
+
+
+async def dial_out(ctx: JobContext, *, session_id: str, to: str, trunk_id: str, identity: str) -> str:
+    """Dial the placed call's callee into the room and wait for the answer. Returns "" when
+    they answered (the session is then active), else the outcome, which has failed the
+    session (`call.outcome` event, end reason busy / no answer / declined / failed)."""
+    from asgiref.sync import sync_to_async
+    from livekit import api
+
+    from sessions_app.lifecycle import session_caller_joined
+    from sessions_app.models import SessionState
+    from sessions_app.services import session_event_append, session_transition
+
+    request = api.CreateSIPParticipantRequest(
+        sip_trunk_id=trunk_id,
+        sip_call_to=to,
+        room_name=ctx.room.name,
+        participant_identity=identity,
+        participant_name="Phone",
+        wait_until_answered=True,
+        play_dialtone=False,
+    )
+    request.ringing_timeout.FromSeconds(DIAL_RINGING_SECONDS)
+    started = time.monotonic()
+    try:
+        participant = await _create_sip_participant(ctx, request)
+    except Exception as exc:
+        status = sip_status_of(exc)
+        outcome = call_outcome(status)
+        logger.info("placed call in room %s: %s (SIP %s): %s", ctx.room.name, outcome, status, exc)
+        payload = {"outcome": outcome, "sip_status": status, "error": str(exc)[:300]}
+        await sync_to_async(session_event_append, thread_sensitive=False)(
+            session_id=session_id, type="call.outcome", payload=payload
+        )
+        await sync_to_async(session_transition, thread_sensitive=False)(
+            session_id=session_id, to_state=SessionState.FAILED, reason=outcome
+        )
+        return outcome
+    waited_ms = round((time.monotonic() - started) * 1000)
+    await sync_to_async(session_event_append, thread_sensitive=False)(
+        session_id=session_id, type="call.outcome", payload={"outcome": "answered", "ringing_ms": waited_ms}
+    )
+    await sync_to_async(session_caller_joined, thread_sensitive=False)(
+        session_id=session_id, connection=participant.participant_id, joined_at_ms=None, source="phone"
+    )
+    return ""
