@@ -42,8 +42,9 @@ FRAME_S = 0.02  # the caller's microphone frames, as the simulated caller's (cal
 
 
 @contextlib.contextmanager
-def livekit_server() -> Iterator[livekit_dev.ServerConfig]:
-    """The LiveKit server of this machine (`make livekit-server`) on free ports, for one run."""
+def livekit_server(redis: livekit_dev.RedisConfig | None = None) -> Iterator[livekit_dev.ServerConfig]:
+    """The LiveKit server of this machine (`make livekit-server`) on free ports, for one run;
+    with `redis` (where LiveKit's SIP service meets it, bench/phone_heard.py) its `redis:` section."""
     binary = livekit_dev.server_binary()
     if binary is None:
         raise RuntimeError("no livekit-server (`make livekit-server` builds it; it needs Go)")
@@ -55,6 +56,7 @@ def livekit_server() -> Iterator[livekit_dev.ServerConfig]:
         port=free_port(),
         udp_port=free_port(),
         log_level="warn",
+        redis=redis,
     )
     log = open(data_dir / "livekit-server.log", "w")
     proc = subprocess.Popen(
