@@ -4,6 +4,8 @@ Moonshine, the offline STT by default, has its own file (test_moonshine_stt.py).
 
 from __future__ import annotations
 
+import audioop  # deprecated (removed in 3.13); Python 3.11 here
+
 import numpy as np
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -72,6 +74,57 @@ def test_a_phrase_list_narrows_recognition_to_those_phrases():
     pcm = sphinx.prepare_pcm(_frames("Place an order please."))
     text = sphinx.decode_pcm(pcm, ("place an order", "please", "cancel my order", "xyzzyplugh"))
     assert text == "place an order please"
+
+
+def _telephone(text: str) -> list[rtc.AudioFrame]:
+    """Piper speech as a phone call brings it: 8 kHz, a G.711 mu-law round trip, back at 48 kHz,
+    then half a second of the line's silence."""
+    audio, rate = piper.synthesize(text)
+    frames = [rtc.AudioFrame(audio.tobytes(), rate, 1, len(audio))]
+    narrow = np.concatenate([_resampled(frames, 8000)])
+    encoded = np.frombuffer(audioop.ulaw2lin(audioop.lin2ulaw(narrow.tobytes(), 2), 2), dtype=np.int16)
+    wide = _resampled([rtc.AudioFrame(encoded.tobytes(), 8000, 1, len(encoded))], 48000)
+    wide = np.concatenate([wide, np.zeros(24000, dtype=np.int16)])
+    return [rtc.AudioFrame(wide.tobytes(), 48000, 1, len(wide))]
+
+
+def _resampled(frames: list[rtc.AudioFrame], rate: int) -> np.ndarray:
+    resampler = rtc.AudioResampler(input_rate=frames[0].sample_rate, output_rate=rate, num_channels=1)
+    out = [f for frame in frames for f in resampler.push(frame)] + list(resampler.flush())
+    return np.frombuffer(b"".join(bytes(f.data) for f in out), dtype=np.int16)
+
+
+PHONE_PHRASES = (
+    "I would like to place an order for two pizzas.",
+    "What time do you open tomorrow?",
+    "Can you send it to my office?",
+)
+
+
+def test_a_phrase_grammar_on_telephone_audio_adds_no_stray_word():
+    """Measured by bench/phone_heard.py: the line's noise after the speech became "i" (the
+    first word of a phrase), and the end of turn then waited 1.5 s for a sentence ending on it."""
+    for sentence, words in (
+        (PHONE_PHRASES[0], "i would like to place an order for two pizzas"),
+        (PHONE_PHRASES[2], "can you send it to my office"),
+    ):
+        assert sphinx.decode_pcm(sphinx.prepare_pcm(_telephone(sentence)), PHONE_PHRASES) == words
+
+
+@pytest.mark.parametrize(
+    ("hypothesis", "kept"),
+    [
+        ("can you send it to my office i", "can you send it to my office"),
+        ("can you send it to my office", "can you send it to my office"),
+        ("can you send it to my office what time", "can you send it to my office what time"),
+        ("what time do you open tomorrow can you send it to my office", None),
+        ("i", "i"),
+        ("", ""),
+    ],
+)
+def test_only_a_lone_word_after_the_last_whole_phrase_is_dropped(hypothesis, kept):
+    phrases = tuple(p.lower().rstrip("?.") for p in PHONE_PHRASES)
+    assert sphinx.without_stray_word(hypothesis, phrases) == (hypothesis if kept is None else kept)
 
 
 def test_prepared_audio_is_padded_and_never_exact_zero_silence():

@@ -83,7 +83,33 @@ def decode_pcm(pcm: bytes, phrases: tuple[str, ...] = ()) -> str:
     decoder.process_raw(pcm, full_utt=True)
     decoder.end_utt()
     hyp = decoder.hyp()
-    return hyp.hypstr.strip() if hyp is not None else ""
+    text = hyp.hypstr.strip() if hyp is not None else ""
+    return without_stray_word(text, phrases) if phrases else text
+
+
+def without_stray_word(text: str, phrases: tuple[str, ...]) -> str:
+    """The grammar's hypothesis without a lone word after its last complete phrase.
+
+    The grammar allows only whole phrases, but the decoder returns its best path even when
+    the audio ends inside one: on narrowband (telephone) audio the noise after the speech
+    often becomes the first word of another phrase ("… two pizzas i"), which the stored
+    words and the end-of-turn's word check (a sentence cannot end on "i") then get wrong.
+    A longer unfinished phrase is kept: the caller may really have stopped inside it.
+    """
+    words = text.split()
+    known = {tuple(re.findall(r"[a-z']+", phrase.lower())) for phrase in phrases}
+    known.discard(())
+    # complete[i]: the first i words are a sequence of whole phrases.
+    complete = [True] + [False] * len(words)
+    for end in range(1, len(words) + 1):
+        complete[end] = any(
+            complete[end - len(phrase)] and tuple(words[end - len(phrase) : end]) == phrase
+            for phrase in known
+            if len(phrase) <= end
+        )
+    if len(words) >= 2 and not complete[-1] and complete[-2]:
+        return " ".join(words[:-1])
+    return text
 
 
 def _warm(phrases: tuple[str, ...]) -> bool:
