@@ -223,6 +223,9 @@ else:
         if not _value:
             raise ImproperlyConfigured(f"{_name} must be set when LIVEKIT_URL is set")
 LIVEKIT_AGENT_NAME = env_str("LIVEKIT_AGENT_NAME", "voiceplatform-agent")
+# LiveKit's SIP service's health endpoint (its `health_port`), for `manage.py doctor`:
+# 200 while it is connected to the server's Redis, 429 while it refuses calls (CPU).
+LIVEKIT_SIP_HEALTH_URL = env_url("LIVEKIT_SIP_HEALTH_URL", schemes=("http", "https"))
 LIVEKIT_TOKEN_TTL_SECONDS = env_int("LIVEKIT_TOKEN_TTL_SECONDS", 600, minimum=30, maximum=900)
 # Where the local transport's agent host listens (runagent in local mode).
 LOCAL_AGENT_HOST = env_str("LOCAL_AGENT_HOST", "127.0.0.1")

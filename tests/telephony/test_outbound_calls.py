@@ -29,19 +29,10 @@ from sessions_app.models import (
 )
 from sessions_app.services import session_transition
 from tests.sessions_app.test_webhooks import _deliver, _event
-from tests.telephony.test_phone_lines import LIVEKIT, FakeSip, _form, _line
+from tests.telephony.test_phone_lines import LIVEKIT, _form, _line
 
 pytestmark = pytest.mark.django_db
 CALLEE = "+15550142"
-
-
-@pytest.fixture
-def sip(monkeypatch) -> FakeSip:
-    fake = FakeSip()
-    monkeypatch.setattr(livekit_server, "sip_line_apply", fake.apply)
-    monkeypatch.setattr(livekit_server, "sip_line_remove", fake.remove)
-    monkeypatch.setattr(livekit_server, "sip_lines_list", fake.list)
-    return fake
 
 
 def _placed(line: PhoneLine, state: str = SessionState.CREATED, room: str = "0123") -> VoiceSession:
@@ -320,3 +311,65 @@ def test_the_callee_hanging_up_after_answering_ends_the_call(agent, django_captu
 def test_api_clients_keep_their_destinations(owner_client):
     client = ApiClient.objects.get(pk=owner_client[0].pk)
     assert client.call_destinations == []
+
+
+# --- the doctor ----------------------------------------------------------------------------
+
+
+def test_the_doctor_wants_the_outbound_trunk_of_a_line_that_places_calls(agent, monkeypatch, transactional_db):
+    from voiceplatform.doctor import transport
+
+    _line(agent, livekit_trunk_id="ST_1", outbound_address="sip.carrier.example", livekit_outbound_trunk_id="ST_2")
+    held = [api.SIPInboundTrunkInfo(sip_trunk_id="ST_1", numbers=["+15550100"])]
+
+    async def listing() -> tuple[list[Any], list[Any]]:
+        return held, []
+
+    monkeypatch.setattr(livekit_server, "sip_lines_list_async", listing)
+    check = asyncio.run(transport._check_phone_lines())
+    assert check.status == "fail" and "+15550100 (outbound)" in check.detail
+    held.append(api.SIPOutboundTrunkInfo(sip_trunk_id="ST_2", numbers=["+15550100"]))
+    assert asyncio.run(transport._check_phone_lines()).status == "ok"
+
+
+@pytest.fixture
+def health_server():
+    """A stand-in for the SIP service's health port: answers the status in `codes[0]`."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    codes = [200]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(codes[0])
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", codes
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_doctor_asks_the_sip_service_itself(agent, health_server, transactional_db):
+    from voiceplatform.doctor import transport
+
+    url, codes = health_server
+    with override_settings(LIVEKIT_SIP_HEALTH_URL=url):
+        assert asyncio.run(transport._check_sip_service()).status == "ok"
+        codes[0] = 429
+        check = asyncio.run(transport._check_sip_service())
+        assert check.status == "warn" and "refuses new calls" in check.detail
+        codes[0] = 503
+        assert asyncio.run(transport._check_sip_service()).status == "fail"
+    with override_settings(LIVEKIT_SIP_HEALTH_URL="http://127.0.0.1:9/"):
+        assert asyncio.run(transport._check_sip_service()).status == "fail"
+    with override_settings(LIVEKIT_SIP_HEALTH_URL=""):
+        assert asyncio.run(transport._check_sip_service()).status == "ok"  # no lines, nothing to reach
+        _line(agent)
+        check = asyncio.run(transport._check_sip_service())
+        assert check.status == "warn" and "LIVEKIT_SIP_HEALTH_URL" in check.detail

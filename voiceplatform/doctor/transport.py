@@ -71,7 +71,33 @@ async def _livekit_checks(probe_timeout: float) -> list[Check]:
     found.append(Check("agent worker", OK if joined else FAIL, f"{settings.LIVEKIT_AGENT_NAME!r}: {detail}", fix))
     found.append(await asyncio.to_thread(_check_webhooks, probe_room=room))
     found.append(await _check_phone_lines())
+    found.append(await _check_sip_service())
     return found
+
+
+async def _check_sip_service() -> Check:
+    """LiveKit's SIP service answers its health endpoint (LIVEKIT_SIP_HEALTH_URL): without
+    it, calls to the phone lines the server holds reach nobody, and placed calls fail."""
+    import aiohttp
+
+    url = settings.LIVEKIT_SIP_HEALTH_URL
+    if not url:
+        lines = await asyncio.to_thread(_active_phone_lines)
+        detail = "not checked: LIVEKIT_SIP_HEALTH_URL is unset"
+        if not lines:
+            return Check("sip service", OK, detail + " (no active phone lines)")
+        return Check("sip service", WARN, detail, "set it to the SIP service's health_port URL (docs/telephony.md)")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, http.get(url) as response:
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Check("sip service", FAIL, f"{url} does not answer ({type(exc).__name__})", "start LiveKit's SIP service")
+    if status == 200:
+        return Check("sip service", OK, f"{url} answers 200: connected to the server's Redis, taking calls")
+    if status == 429:
+        fix = "more CPU, or a higher max_cpu_utilization in its config"
+        return Check("sip service", WARN, f"{url} answers 429: over its CPU limit, it refuses new calls", fix)
+    return Check("sip service", FAIL, f"{url} answers {status}", "see the SIP service's log")
 
 
 def _active_phone_lines() -> list:

@@ -98,6 +98,8 @@ def start_sip(supervisor: Supervisor, plan: TransportPlan, env: dict[str, str]) 
     if proc is None or not livekit_dev.sip_wait_ready(plan.sip, 30, proc):
         plan.sip, plan.sip_note = None, "phone calls are off: LiveKit's SIP service did not start (its output is above)"
         return
+    # The doctor (and whoever runs it with this environment) checks the service's health.
+    env["LIVEKIT_SIP_HEALTH_URL"] = f"http://127.0.0.1:{plan.sip.health_port}/"
     lines_env = {**env, **livekit_dev.platform_env(plan.sip.server)}
     supervisor.start("phones", [sys.executable, "manage.py", "phone_lines", "--sync"], lines_env)
 
