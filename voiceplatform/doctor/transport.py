@@ -91,7 +91,9 @@ async def _check_sip_service() -> Check:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, http.get(url) as response:
             status = response.status
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return Check("sip service", FAIL, f"{url} does not answer ({type(exc).__name__})", "start LiveKit's SIP service")
+        return Check(
+            "sip service", FAIL, f"{url} does not answer ({type(exc).__name__})", "start LiveKit's SIP service"
+        )
     if status == 200:
         return Check("sip service", OK, f"{url} answers 200: connected to the server's Redis, taking calls")
     if status == 429:
