@@ -36,9 +36,13 @@ GROUP_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "tools_app.change_tooldefinition",
         "tools_app.view_tooldefinition",
     ),
-    # Support watches calls (admin and live dashboard) and reads, but changes nothing.
+    # Support watches calls (admin and live dashboard) and reads; it changes no record, but
+    # may listen in to a live call and whisper to its agent.
     SUPPORT_STAFF: (
         "sessions_app.view_voicesession",
+        # Step into live calls: listen in (hidden, subscribe-only) and whisper to the agent.
+        "sessions_app.listen_voicesession",
+        "sessions_app.whisper_voicesession",
         "sessions_app.view_turn",
         "sessions_app.view_sessionevent",
         "sessions_app.view_livekitwebhookevent",

@@ -188,6 +188,11 @@ class VoiceSession(models.Model):
             # The live-session cap counts a client's live sessions at every creation.
             models.Index(fields=["api_client", "state"]),
         ]
+        # Support staff stepping into live calls (docs/supervisor.md), each granted in the admin.
+        permissions = [
+            ("listen_voicesession", "Can listen in to live calls"),
+            ("whisper_voicesession", "Can whisper guidance to the agent of a live call"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.state})"

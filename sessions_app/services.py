@@ -622,3 +622,60 @@ def session_end(*, session_id: UUID | str, reason: str = "client_request") -> Vo
         except livekit_server.LiveKitServerError:
             logging.getLogger(__name__).warning("could not delete room %s", session.room_name, exc_info=True)
     return session
+
+
+# --- support staff in live calls (issue 33, docs/supervisor.md) ----------------------------
+# Views check the permission; these check the call and record who did what.
+
+WHISPER_MAX_CHARS = 500
+
+
+def _live_for_staff(session_id: UUID | str, what: str) -> VoiceSession:
+    session = VoiceSession.objects.select_for_update().get(pk=session_id)
+    if session.state not in LIVE_STATES:
+        raise Conflict(
+            "session_final", f"Session {session.id} is {session.state}: nothing to {what}.", {"state": session.state}
+        )
+    return session
+
+
+@transaction.atomic
+def session_listen(*, session_id: UUID | str, user: Any) -> MintedToken:
+    """A hidden, subscribe-only LiveKit token for `user` to hear the live call, and a
+    `staff.listening` event (who, as which participant). LiveKit only: the local
+    transport has no room to join."""
+    from django.conf import settings
+
+    from sessions_app.tokens import staff_listen_token_mint
+
+    session = _live_for_staff(session_id, "listen to")
+    if settings.LIVEKIT_LOCAL_MODE:
+        raise Unavailable("listen_unavailable", "Listening in needs a LiveKit server (LIVEKIT_URL).", {})
+    token = staff_listen_token_mint(room=session.room_name, username=user.get_username())
+    session_event_append(
+        session_id=session.pk,
+        type="staff.listening",
+        payload={"user": user.get_username(), "identity": token.identity, "expires_at": token.expires_at.isoformat()},
+    )
+    return token
+
+
+@transaction.atomic
+def session_whisper(*, session_id: UUID | str, user: Any, text: str) -> SessionEvent:
+    """Guidance from `user` for the agent's next reply: a `staff.whisper` event on the
+    timeline, and the note sent to the agent's job (its context as a supervisor note)."""
+    text = " ".join((text or "").split())
+    if not text:
+        raise InvalidInput("empty_whisper", "Type what the agent should know.", {})
+    if len(text) > WHISPER_MAX_CHARS:
+        raise InvalidInput(
+            "whisper_too_long", f"Keep a whisper under {WHISPER_MAX_CHARS} characters.", {"length": len(text)}
+        )
+    session = _live_for_staff(session_id, "whisper to")
+    event = session_event_append(
+        session_id=session.pk, type="staff.whisper", payload={"user": user.get_username(), "text": text}
+    )
+    message = live.agent_whisper(session.pk, text=text, event_seq=event.seq)
+    group = broadcast.agent_control_group(session.pk)
+    transaction.on_commit(lambda: broadcast.publish([group], message))
+    return event

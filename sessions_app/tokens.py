@@ -77,6 +77,50 @@ def caller_token_mint(*, room: str, caller_id: str, name: str = "") -> MintedTok
     return MintedToken(token=token, identity=identity, room=room, expires_at=now + dt.timedelta(seconds=ttl))
 
 
+STAFF_IDENTITY_PREFIX = "staff-"
+# A listener's token lasts long enough to join and listen to a call's next minutes; the
+# dashboard asks for a new one to listen again.
+STAFF_LISTEN_TTL_SECONDS = 300
+
+
+def staff_listen_grants(*, room: str) -> VideoGrants:
+    """Listen in: subscribe only, and hidden (the caller and the agent do not see a listener
+    join, livekit-agents' room I/O never links to it)."""
+    return VideoGrants(
+        room_join=True,
+        room=room,
+        can_publish=False,
+        can_publish_sources=[],
+        can_subscribe=True,
+        can_publish_data=False,
+        can_update_own_metadata=False,
+        hidden=True,
+        room_admin=False,
+        room_create=False,
+        room_list=False,
+        room_record=False,
+    )
+
+
+def staff_listen_token_mint(*, room: str, username: str) -> MintedToken:
+    """A JWT for one support person to listen to one room, hidden, for a few minutes."""
+    import secrets
+
+    ttl = min(STAFF_LISTEN_TTL_SECONDS, MAX_TTL_SECONDS)
+    identity = f"{STAFF_IDENTITY_PREFIX}{username[:60]}-{secrets.token_hex(3)}"
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    token = (
+        AccessToken(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET)
+        .with_identity(identity)
+        .with_name(f"{username} (listening)")
+        .with_kind("standard")
+        .with_grants(staff_listen_grants(room=room))
+        .with_ttl(dt.timedelta(seconds=ttl))
+        .to_jwt()
+    )
+    return MintedToken(token=token, identity=identity, room=room, expires_at=now + dt.timedelta(seconds=ttl))
+
+
 def client_url() -> str:
     """Where the caller connects: the LiveKit server, or the local agent host (local mode)."""
     if settings.LIVEKIT_URL:

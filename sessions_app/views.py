@@ -8,6 +8,7 @@ bounced back to a login form they already passed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -17,10 +18,13 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from agents_app.models import DEFAULT_BUDGETS_MS, STAGES, Agent
-from sessions_app import dashboard_selectors
+from sessions_app import dashboard_selectors, services
+from sessions_app.tokens import client_url
+from voiceplatform.api_errors import http_status
+from voiceplatform.errors import DomainError
 
 View = Callable[..., HttpResponse]
 # Not the admin login: that one takes staff only, and the Support staff group need not be.
@@ -89,7 +93,12 @@ def session_page(request: HttpRequest, session_id: UUID) -> HttpResponse:
     if detail is None:
         raise Http404("No such session.")
     config = _page_config(request, sessionId=str(session_id), wsSession=f"/ws/sessions/{session_id}/")
-    return render(request, "dashboard/session.html", {"config": config, "detail": detail, "session": detail["session"]})
+    can_step_in = {
+        "listen": request.user.has_perm("sessions_app.listen_voicesession"),
+        "whisper": request.user.has_perm("sessions_app.whisper_voicesession"),
+    }
+    context = {"config": config, "detail": detail, "session": detail["session"], "can_step_in": can_step_in}
+    return render(request, "dashboard/session.html", context)
 
 
 @require_GET
@@ -111,3 +120,58 @@ def session_json(request: HttpRequest, session_id: UUID) -> JsonResponse:
     if detail is None:
         return JsonResponse({"error": "not_found", "detail": "No such session."}, status=404)
     return JsonResponse(detail)
+
+
+# --- stepping into a live call (issue 33, docs/supervisor.md) ------------------------------
+# POST with the session cookie and the CSRF token; each action its own permission.
+
+
+def _staff_action(permission: str) -> Callable[[View], View]:
+    """Support staff with `permission` (the admin grants it per user or group), else 403;
+    a domain refusal (the call has ended…) becomes its status with {"error", "detail"}."""
+
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not request.user.has_perm(permission):
+                return JsonResponse(
+                    {"error": "forbidden", "detail": f"You lack the permission {permission!r} for live calls."},
+                    status=403,
+                )
+            try:
+                return view(request, *args, **kwargs)
+            except DomainError as exc:
+                return JsonResponse({"error": exc.code, "detail": exc.message}, status=http_status(exc))
+
+        return support_staff_required(api=True)(wrapper)
+
+    return decorator
+
+
+def _session_or_404(session_id: UUID) -> None:
+    if not dashboard_selectors.session_exists(session_id=session_id):
+        raise Http404("No such session.")
+
+
+@require_POST
+@never_cache
+@_staff_action("sessions_app.listen_voicesession")
+def session_listen(request: HttpRequest, session_id: UUID) -> JsonResponse:
+    _session_or_404(session_id)
+    token = services.session_listen(session_id=session_id, user=request.user)
+    return JsonResponse(
+        {"url": client_url(), "token": token.token, "identity": token.identity, "expires_at": token.expires_at}
+    )
+
+
+@require_POST
+@never_cache
+@_staff_action("sessions_app.whisper_voicesession")
+def session_whisper(request: HttpRequest, session_id: UUID) -> JsonResponse:
+    _session_or_404(session_id)
+    try:
+        text = json.loads(request.body or b"{}").get("text", "")
+    except (ValueError, AttributeError):
+        return JsonResponse({"error": "malformed_json", "detail": 'Send {"text": "…"}.'}, status=400)
+    event = services.session_whisper(session_id=session_id, user=request.user, text=str(text))
+    return JsonResponse({"event_seq": event.seq, "text": event.payload["text"]}, status=202)

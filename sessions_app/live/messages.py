@@ -132,6 +132,11 @@ def agent_end(session_id: Any, *, reason: str) -> dict[str, Any]:
     return {"type": "agent.end", "session_id": str(session_id), "reason": reason}
 
 
+def agent_whisper(session_id: Any, *, text: str, event_seq: int) -> dict[str, Any]:
+    """Support staff's guidance for the agent's next reply: never spoken, never shown to the caller."""
+    return {"type": "agent.whisper", "session_id": str(session_id), "text": text, "event_seq": event_seq}
+
+
 def agent_crash() -> dict[str, Any]:
     """Fault injection: the job SIGKILLs itself (only with AGENT_FAULT_INJECTION)."""
     return {"type": "agent.crash"}

@@ -215,6 +215,9 @@
     if (t === "call.outcome") return { kind: p.outcome === "answered" ? "join" : "error", what: p.outcome === "answered" ? "callee answered" : "call " + String(p.outcome || "").replace(/_/g, " "), detail: p.ringing_ms != null ? "after " + ms(p.ringing_ms) + " ringing" : (p.sip_status ? "SIP " + p.sip_status : "") };
     if (t === "call.transfer") return { kind: "tool", what: "transfer requested", detail: `to ${p.to || "?"}${p.reason ? " · " + p.reason : ""}` };
     if (t === "call.transferred") return { kind: "leave", what: "caller transferred", detail: "" };
+    if (t === "staff.listening") return { kind: "join", what: `${p.user || "staff"} listening in`, detail: "hidden, subscribe-only" };
+    if (t === "staff.whisper") return { kind: "other", what: `${p.user || "staff"} whispered`, detail: p.text || "" };
+    if (t === "agent.supervisor_note") return { kind: "other", what: "agent took the whisper", detail: "in its context for the next reply" };
     if (t === "caller.left") return { kind: "leave", what: "caller left", detail: (p.reason || p.connection || "") + stale };
     if (t === "agent.joined") return { kind: "join", what: "agent joined", detail: `${p.identity || ""}${p.source ? " (" + p.source + ")" : ""}` };
     if (t === "agent.left") return { kind: "leave", what: "agent left", detail: p.reason || p.identity || "" };
@@ -339,4 +342,73 @@
     const node = document.getElementById("duration");
     if (node && LIVE.has(state.session.state)) node.textContent = duration(sessionSeconds(state.session));
   }, 1000);
+
+  // --- step in: listen in (hidden, subscribe-only) and whisper (docs/supervisor.md) -----
+  function csrf() {
+    const input = document.querySelector("#step-in input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+  async function stepIn(action, body) {
+    const res = await fetch(`/dashboard/api/sessions/${state.session.id}/${action}`, {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrf() },
+      body: JSON.stringify(body || {}),
+    });
+    const data = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(data.detail || data.error || `HTTP ${res.status}`);
+    return data;
+  }
+  let listening = null;
+  async function toggleListen() {
+    const button = document.getElementById("listen");
+    const label = document.getElementById("listen-state");
+    if (listening) {
+      await listening.disconnect();
+      listening = null;
+      button.textContent = "Listen in";
+      label.textContent = "";
+      return;
+    }
+    button.disabled = true;
+    try {
+      const grant = await stepIn("listen");
+      const LK = window.LivekitClient;
+      const room = new LK.Room();
+      room.on(LK.RoomEvent.TrackSubscribed, (track) => {
+        if (track.kind === "audio") document.getElementById("listen-sink").appendChild(track.attach());
+      });
+      room.on(LK.RoomEvent.Disconnected, () => { listening = null; button.textContent = "Listen in"; label.textContent = "stopped"; });
+      await room.connect(grant.url, grant.token, { autoSubscribe: true });
+      listening = room;
+      button.textContent = "Stop listening";
+      label.textContent = "listening (hidden)";
+    } catch (err) {
+      label.textContent = "could not listen: " + err.message;
+    } finally {
+      button.disabled = false;
+    }
+  }
+  function setupStepIn() {
+    const card = document.getElementById("step-in");
+    if (!card) return;
+    const refresh = () => { card.hidden = !LIVE.has(state.session.state); };
+    refresh();
+    setInterval(refresh, 1000);
+    const listen = document.getElementById("listen");
+    if (listen) listen.addEventListener("click", toggleListen);
+    const form = document.getElementById("whisper-form");
+    if (form) form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const input = document.getElementById("whisper-text");
+      const label = document.getElementById("whisper-state");
+      try {
+        await stepIn("whisper", { text: input.value });
+        label.textContent = "sent: the agent reads it before its next reply";
+        input.value = "";
+      } catch (err) {
+        label.textContent = "not sent: " + err.message;
+      }
+    });
+  }
+  setupStepIn();
 })();

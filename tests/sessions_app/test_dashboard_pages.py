@@ -60,6 +60,12 @@ def test_a_support_group_member_who_is_not_staff_signs_in_and_sees_the_dashboard
     assert client.get("/dashboard/").status_code == 200
 
 
+def test_staff_signing_in_at_the_dashboard_login_land_on_the_dashboard(client, staff_user) -> None:
+    # As a new user would: the login page opened directly, no ?next= (it used to go to /call/).
+    response = client.post("/dashboard/login/", {"username": "staff", "password": "staff-pass-123"})
+    assert response.status_code == 302 and response["Location"] == "/dashboard/", response.get("Location")
+
+
 def test_a_wrong_password_is_told_on_the_login_page(client, staff_user) -> None:
     response = client.post("/dashboard/login/", {"username": "staff", "password": "nope", "next": "/dashboard/"})
     assert response.status_code == 200

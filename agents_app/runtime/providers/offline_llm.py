@@ -13,6 +13,9 @@ context) runs with no hosted AI:
   yes as the caller's next message makes it call the tool again with the same arguments.
 - Asked to "explain" or "tell me everything" it gives a long answer (something to
   interrupt in barge-in tests).
+- A supervisor's note (support staff's whisper, agents_app/runtime/supervisor.py) given
+  since it last spoke is relayed at the end of its next reply ("My colleague reminds me:
+  …"): it follows no instructions, so this is how a whisper's effect shows.
 
 The factory never chooses it when a real LLM provider is configured.
 """
@@ -29,6 +32,7 @@ from livekit.agents import APIConnectOptions, llm, utils
 from livekit.agents.llm import ChatContext, ChatMessage, FunctionCall, FunctionCallOutput
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
+from agents_app.runtime.supervisor import note_text
 from tools_app.confirmation import CONFIRMATION_REQUIRED, caller_said_yes
 
 _COMPANY_RE = re.compile(r"\b(?:of|at|for|from|with)\s+((?:[A-Z][\w&'-]*)(?:\s+[A-Z][\w&'-]*)*)")
@@ -142,6 +146,18 @@ def _confirmed_call(items: list[Any]) -> FunctionCall | None:
     return None
 
 
+def _pending_note(items: list[Any]) -> str | None:
+    """Support staff's note given since the agent last spoke (agents_app/runtime/supervisor.py)."""
+    for item in reversed(items):
+        if isinstance(item, ChatMessage) and item.role == "assistant":
+            return None
+        if isinstance(item, ChatMessage) and item.role in ("system", "developer"):
+            note = note_text(item.text_content or "")
+            if note is not None:
+                return note
+    return None
+
+
 class OfflineStandInLLM(llm.LLM):
     """Deterministic offline stand-in for an LLM (see the module docstring)."""
 
@@ -210,6 +226,16 @@ class OfflineStandInLLM(llm.LLM):
                     )
                     return "", call
 
+        reply, call = self._reply(company, last_user, items, tools)
+        note = _pending_note(items)
+        if note and call is None and reply:
+            # A real LLM follows a supervisor's note; the stand-in relays it (visible in tests).
+            reply = f"{reply} My colleague reminds me: {note}"
+        return reply, call
+
+    def _reply(
+        self, company: str, last_user: str, items: list[Any], tools: list[llm.Tool]
+    ) -> tuple[str, FunctionCall | None]:
         if not last_user:
             return f"Hello, this is {company}. How can I help?", None
         if _LONG_RE.search(last_user):

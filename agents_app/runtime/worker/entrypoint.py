@@ -28,6 +28,7 @@ from livekit.plugins import silero  # noqa: F401
 from agents_app.runtime.providers import smart_turn
 from agents_app.runtime.providers.factory import build_providers, load_vad, prewarm_offline
 from agents_app.runtime.providers.fallback import ChainMonitor, session_conn_options
+from agents_app.runtime.supervisor import supervisor_note
 from agents_app.runtime.worker import control, job_session, local, turn_taking
 from agents_app.runtime.worker.config import JobConfig, load_job_config
 from agents_app.runtime.worker.keypad import Keypad, keypad_text
@@ -222,6 +223,24 @@ class JobRuntime:
                 self.ctx.shutdown(self.end_reason)
         elif kind == "agent.crash" and self.call is None:
             control.crash_job(self.config.session_id)
+        elif kind == "agent.whisper":
+            self._tasks.append(asyncio.ensure_future(self.whisper(str(message.get("text") or ""))))
+
+    async def whisper(self, text: str) -> None:
+        """Support staff's guidance (sessions_app.services.session_whisper): a supervisor note
+        in the agent's context for its next reply; never spoken, never shown to the caller."""
+        if self.session is None or not text:
+            return
+        try:
+            agent = self.session.current_agent
+            chat_ctx = agent.chat_ctx.copy()
+            chat_ctx.add_message(role="system", content=supervisor_note(text))
+            await agent.update_chat_ctx(chat_ctx)
+        except Exception as exc:
+            logger.warning("could not give the agent a supervisor note", exc_info=True)
+            self.recorder.record_event("agent.error", {"source": "whisper", "error": str(exc)[:300]})
+            return
+        self.recorder.record_event("agent.supervisor_note", {"chars": len(text)})
 
     def _on_dtmf(self, ev: Any) -> None:
         participant = getattr(ev, "participant", None)
