@@ -624,6 +624,19 @@ def session_end(*, session_id: UUID | str, reason: str = "client_request") -> Vo
     return session
 
 
+@transaction.atomic
+def session_transfer_claim(*, session_id: UUID | str, payload: dict[str, Any]) -> bool:
+    """Record a phone caller's transfer as asked for (`call.transfer`), unless one already is
+    and has not failed: the session row is locked, so two transfers at once cannot both pass."""
+    from sessions_app.selectors import session_transfer_requested
+
+    VoiceSession.objects.select_for_update().filter(pk=session_id).first()
+    if session_transfer_requested(session_id=session_id):
+        return False
+    session_event_append(session_id=session_id, type="call.transfer", payload=payload)
+    return True
+
+
 # --- support staff in live calls (issue 33, docs/supervisor.md) ----------------------------
 # Views check the permission; these check the call and record who did what.
 

@@ -168,20 +168,19 @@ def transfer_call(ctx: BuiltinContext, arguments: dict[str, Any]) -> dict[str, A
     one transfer at most (`call.transfer` is recorded before it is asked for).
     """
     from sessions_app.models import mask_phone_number
-    from sessions_app.selectors import session_transfer_requested, session_transfer_target
-    from sessions_app.services import session_event_append
+    from sessions_app.selectors import session_transfer_target
+    from sessions_app.services import session_event_append, session_transfer_claim
 
     target = session_transfer_target(session_id=ctx.session_id) if ctx.session_id else None
     if target is None:
         raise ToolError("Transfers work only during a phone call.")
     if not target:
         raise ToolError("This phone line has no transfer number: tell the caller nobody can take the call now.")
-    if session_transfer_requested(session_id=ctx.session_id):
-        raise ToolError("This call has already been transferred once.")
     controls = _call_controls(ctx, "A transfer")
     shown = mask_phone_number(target) if target.startswith("+") else target.split("@")[-1]
     reason = str(arguments.get("reason", ""))[:200]
-    session_event_append(session_id=ctx.session_id, type="call.transfer", payload={"to": shown, "reason": reason})
+    if not session_transfer_claim(session_id=ctx.session_id, payload={"to": shown, "reason": reason}):
+        raise ToolError("This call has already been transferred once.")
     try:
         controls.transfer(target)
     except Exception as exc:
