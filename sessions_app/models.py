@@ -111,6 +111,16 @@ def mask_phone_number(number: str) -> str:
     return f"{number[:2]}{'•' * (len(number) - 4)}{number[-2:]}"
 
 
+# A phone number inside a room name (LiveKit's SIP service names a call's room
+# `<prefix>_<caller's number>_<random>`).
+_NUMBER_IN_ROOM = re.compile(r"(?<=_)\+?[0-9]{6,15}(?=_)")
+
+
+def mask_room_name(room: str) -> str:
+    """A room's name as logs and staff may show it: any phone number in it masked."""
+    return _NUMBER_IN_ROOM.sub(lambda found: mask_phone_number(found.group(0)), room)
+
+
 class VoiceSession(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     api_client = models.ForeignKey(ApiClient, null=True, blank=True, on_delete=models.PROTECT, related_name="sessions")
@@ -207,7 +217,7 @@ class VoiceSession(models.Model):
         (LiveKit's SIP service names it `<prefix>_<number>_<random>`), masked here."""
         if self.caller_number and self.caller_number in self.room_name:
             return self.room_name.replace(self.caller_number, mask_phone_number(self.caller_number))
-        return self.room_name
+        return mask_room_name(self.room_name)
 
     @property
     def caller_key(self) -> str:

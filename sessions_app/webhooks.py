@@ -19,7 +19,14 @@ from django.utils import timezone
 from google.protobuf.json_format import MessageToDict
 from livekit.api import TokenVerifier, WebhookReceiver
 
-from sessions_app.models import CallDirection, LiveKitWebhookEvent, SessionChannel, SessionState, VoiceSession
+from sessions_app.models import (
+    CallDirection,
+    LiveKitWebhookEvent,
+    SessionChannel,
+    SessionState,
+    VoiceSession,
+    mask_room_name,
+)
 from sessions_app.selectors import session_transfer_requested
 from sessions_app.tokens import AGENT_IDENTITY_PREFIX, session_caller_identity
 from voiceplatform.errors import InvalidInput, Malformed, NotFound, Unauthenticated
@@ -131,7 +138,7 @@ def _phone_call_arrived(row: LiveKitWebhookEvent) -> VoiceSession | None:
             call_id=str(attributes.get("sip.callID", "")),
         )
     except InvalidInput as exc:  # the line or its agent is gone: the job (if any) hangs up
-        logger.warning("phone call in room %s opens no session: %s", row.room_name, exc.message)
+        logger.warning("phone call in room %s opens no session: %s", mask_room_name(row.room_name), exc.message)
         return None
     return VoiceSession.objects.select_for_update().get(pk=session.pk)
 

@@ -33,6 +33,15 @@ def _open(line: PhoneLine, room: str = ROOM, number: str = "+15557654321") -> Vo
     )
 
 
+def test_a_number_in_a_room_name_is_masked_for_logs_and_staff():
+    from sessions_app.models import mask_room_name
+
+    assert mask_room_name(ROOM) == "phone-1-_+1••••••••21_abcDEF"
+    # Other rooms keep their names: a session's hex id may hold a run of digits.
+    for room in ("vs-3f25123456789e04f8911d3", "phone-2-out-1234567890abcdef"):
+        assert mask_room_name(room) == room
+
+
 def test_mask_keeps_only_the_ends_of_a_number():
     assert mask_phone_number("+15557654321") == "+1••••••••21"
     assert mask_phone_number("+4412") == "•••••"

@@ -38,6 +38,7 @@ from agents_app.runtime.worker.recorder import Recorder
 from agents_app.runtime.worker.turns import TurnTracker
 from sessions_app import metrics
 from sessions_app.livekit_server import PHONE_LINE_METADATA_KEY, PROBE_METADATA_KEY
+from sessions_app.models import mask_room_name
 from tools_app import call_controls
 from voiceplatform.logging import bind_log_context
 
@@ -487,7 +488,8 @@ async def entrypoint(ctx: JobContext) -> None:
             return
     else:
         session_id = str(metadata["session_id"])
-    bind_log_context(session_id=session_id, room=getattr(ctx.room, "name", None) or None)
+    # A phone call's room name carries the caller's number: logs get it masked.
+    bind_log_context(session_id=session_id, room=mask_room_name(getattr(ctx.room, "name", None) or "") or None)
     config = await load_job_config(session_id)
     # Every log line of this job (and of the tasks it starts) carries these fields.
     bind_log_context(agent=config.agent.slug)

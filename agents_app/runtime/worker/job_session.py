@@ -76,6 +76,7 @@ async def open_phone_session(ctx: JobContext, line_id: int) -> str | None:
     from asgiref.sync import sync_to_async
     from livekit import rtc
 
+    from sessions_app.models import mask_room_name
     from sessions_app.services import phone_session_open
     from voiceplatform.errors import InvalidInput
 
@@ -85,7 +86,9 @@ async def open_phone_session(ctx: JobContext, line_id: int) -> str | None:
             ctx.wait_for_participant(kind=rtc.ParticipantKind.PARTICIPANT_KIND_SIP), PHONE_CALLER_WAIT_SECONDS
         )
     except TimeoutError:
-        logger.warning("phone line %s: no SIP caller in room %s; ending the job", line_id, ctx.room.name)
+        logger.warning(
+            "phone line %s: no SIP caller in room %s; ending the job", line_id, mask_room_name(ctx.room.name)
+        )
         ctx.shutdown("no SIP caller in the room")
         return None
     attributes = dict(caller.attributes)
