@@ -33,7 +33,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agents_app.models import STAGE_KEYS
-from sessions_app.models import FINAL_STATES, Turn, VoiceSession
+from sessions_app.models import FINAL_STATES, SessionEvent, Turn, VoiceSession
 from voiceplatform import outbound, signing
 
 logger = logging.getLogger(__name__)
@@ -206,7 +206,24 @@ def report_build(*, session: VoiceSession) -> dict[str, Any]:
         "kpis": report_kpis(session=session, turns=turns),
         "summary": " ".join(summary),
         "summary_sentences": summary,
+        "staff_actions": staff_actions(session=session),
     }
+
+
+# What support staff did in the call (docs/supervisor.md): who, what, when.
+STAFF_ACTION_EVENTS = {"staff.listening": "listened", "staff.whisper": "whispered"}
+
+
+def staff_actions(*, session: VoiceSession) -> list[dict[str, Any]]:
+    rows = SessionEvent.objects.filter(session=session, type__in=STAFF_ACTION_EVENTS).order_by("seq")
+    return [
+        {
+            "user": str(row.payload.get("user", "")),
+            "action": STAFF_ACTION_EVENTS[row.type],
+            "at": row.created_at.isoformat(),
+        }
+        for row in rows
+    ]
 
 
 @transaction.atomic

@@ -218,3 +218,12 @@ def test_the_session_page_offers_what_the_user_may_do(staff_user, live):
     group.permissions.remove(*Permission.objects.filter(codename__in=["listen_voicesession", "whisper_voicesession"]))
     page = _client(User.objects.get(pk=staff_user.pk)).get(f"/dashboard/sessions/{live.pk}/").content.decode()
     assert 'id="step-in"' not in page and "livekit-client.umd.js" not in page
+
+
+def test_the_post_call_report_says_what_staff_did(staff_user, live, published):
+    from sessions_app.reports import report_build
+
+    _post(_client(staff_user), live, "whisper", {"text": "Offer a callback."})
+    actions = report_build(session=VoiceSession.objects.get(pk=live.pk))["staff_actions"]
+    assert [(a["user"], a["action"]) for a in actions] == [("staff", "whispered")]
+    assert "Offer a callback." not in str(actions)  # the report says who acted, the timeline what
