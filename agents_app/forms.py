@@ -314,4 +314,8 @@ class PhoneLineAdminForm(forms.ModelForm):
                 data[password] = ""
             elif not data.get(password):
                 data[password] = getattr(self.instance, password)  # kept: it is never sent back to the page
+            # Also on the instance: a field left out of the POST is not copied to it when the
+            # model field has a default (ModelForm's construct_instance).
+            setattr(self.instance, username, data.get(username, ""))
+            setattr(self.instance, password, data[password])
         return data

@@ -309,6 +309,8 @@ class PhoneLine(models.Model):
     transfer_to = models.CharField(
         max_length=200,
         blank=True,
+        default="",
+        db_default="",
         validators=[validate_transfer_target],
         help_text="Where the agent's transfer_call tool sends callers: a number (+15550199) or your desk's "
         "SIP URI (sip:desk@pbx.example.com). Never chosen by the model or the caller. Empty: no transfers.",
@@ -317,18 +319,27 @@ class PhoneLine(models.Model):
         "Outbound SIP server",
         max_length=260,
         blank=True,
+        default="",
+        db_default="",
         validators=[validate_sip_host],
         help_text="To place calls from this number: your carrier's or PBX's SIP server, host or host:port "
         "(e.g. sip.carrier.example:5060). Empty: the line places no calls.",
     )
     outbound_username = models.CharField(
-        "Outbound digest username", max_length=64, blank=True, help_text="Optional: what the carrier asks for."
+        "Outbound digest username",
+        max_length=64,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Optional: what the carrier asks for.",
     )
-    outbound_password = models.CharField("Outbound digest password", max_length=128, blank=True)
+    outbound_password = models.CharField(
+        "Outbound digest password", max_length=128, blank=True, default="", db_default=""
+    )
 
     # What the LiveKit server holds for this line (set by phone_line_sync).
     livekit_trunk_id = models.CharField(max_length=64, blank=True, editable=False)
-    livekit_outbound_trunk_id = models.CharField(max_length=64, blank=True, editable=False)
+    livekit_outbound_trunk_id = models.CharField(max_length=64, blank=True, editable=False, default="", db_default="")
     livekit_rule_id = models.CharField(max_length=64, blank=True, editable=False)
     sync_error = models.TextField(blank=True, editable=False, help_text="The server's answer to the last change.")
     synced_at = models.DateTimeField(null=True, blank=True, editable=False)

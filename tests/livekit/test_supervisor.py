@@ -40,6 +40,9 @@ def _staff_call(lk: LiveKitPlatform, session_id: str, action: str) -> dict:
             "print('OUT', json.dumps({'url': client_url(), 'token': t.token, 'identity': t.identity}))\n"
             if action == "listen"
             else f"e = services.session_whisper(session_id={session_id!r}, user=user, text={NOTE!r})\n"
+            # The shell exits at once: let the publisher thread send the note first.
+            "from sessions_app import broadcast\n"
+            "broadcast.publish_flush()\n"
             "print('OUT', json.dumps({'seq': e.seq}))\n"
         ),
     )
@@ -81,6 +84,9 @@ async def test_staff_listen_in_unseen_and_a_whisper_shapes_the_next_reply(caller
             kind for _, kind, _ in lk.events(call.session_id)
         ]:
             await asyncio.sleep(0.3)
+        assert "agent.supervisor_note" in [kind for _, kind, _ in lk.events(call.session_id)], lk.events(
+            call.session_id
+        )
         asked = time.monotonic()
         await call.say("Hello, what are your opening hours?")
         await call.agent_turn()
