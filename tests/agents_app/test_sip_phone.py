@@ -308,3 +308,17 @@ def test_what_was_heard_can_be_read_while_the_recording_goes_on(
     whole, _ = incoming.received_audio()
     assert len(whole) > len(so_far)  # the recording went on after the peek
     assert _loud_span(whole, rate)[1] > end + 0.4
+
+
+def test_configure_again_with_the_running_settings_is_accepted_and_other_ones_refused(caller: SipPhone) -> None:
+    """Two test modules of one process (the livekit tier's demo and phone tests) both configure."""
+    from dataclasses import asdict, replace
+
+    from agents_app.runtime.simulator import sip_phone
+
+    running = sip_phone._settings
+    sip_phone.configure(**asdict(running))  # no error: the same settings
+    other = replace(running, codecs=("PCMA/8000",) if running.codecs != ("PCMA/8000",) else ("PCMU/8000",))
+    with pytest.raises(SipPhoneError, match="before the first SipPhone"):
+        sip_phone.configure(**asdict(other))
+    assert sip_phone._settings == running

@@ -141,22 +141,26 @@ def configure(
     clock_rate: int = CLOCK_RATE,
     codecs: tuple[str, ...] = DEFAULT_CODECS,
 ) -> None:
-    """Endpoint-wide settings; call before the first `SipPhone` of the process.
+    """Endpoint-wide settings; call before the first `SipPhone` of the process (the same
+    settings again later are accepted; different ones raise SipPhoneError).
 
     `log_path`: pjsua2's log file (default: stderr); `log_level`: 1 errors only … 5 SIP
     messages and more. `codecs`: in order of preference, e.g. ("PCMA/8000",); every other
     codec is disabled. `clock_rate`: the conference bridge's rate, hence the recordings'.
     """
     global _settings
+    wanted = _Settings(
+        log_path=os.fspath(log_path) if log_path is not None else None,
+        log_level=log_level,
+        clock_rate=clock_rate,
+        codecs=tuple(codecs),
+    )
     with _engine_lock:
         if _engine is not None:
+            if wanted == _settings:
+                return  # asked again for what runs (two test modules of one process)
             raise SipPhoneError("configure() must come before the first SipPhone: the pjsua2 endpoint is running")
-        _settings = _Settings(
-            log_path=os.fspath(log_path) if log_path is not None else None,
-            log_level=log_level,
-            clock_rate=clock_rate,
-            codecs=tuple(codecs),
-        )
+        _settings = wanted
 
 
 def _get_engine() -> _Engine:
