@@ -295,8 +295,10 @@ def session_agent_join_check(*, session_id: UUID | str, dispatch: int) -> str:
     )
     if session.channel == SessionChannel.PHONE:
         # A phone caller would otherwise hear ringing until the trunk's ringing timeout.
+        from sessions_app import livekit_server
+
         room = session.room_name
-        transaction.on_commit(lambda: _delete_room_quietly(room=room))
+        transaction.on_commit(lambda: livekit_server.room_delete_quietly(room=room))
     return "unavailable"
 
 
@@ -350,15 +352,6 @@ def _join_check_after_commit(session_id: UUID, dispatch: int) -> None:
             logger.warning("could not schedule the agent-join check for %s", session_id, exc_info=True)
 
     transaction.on_commit(enqueue)
-
-
-def _delete_room_quietly(*, room: str) -> None:
-    from sessions_app import livekit_server
-
-    try:
-        livekit_server.room_delete(room=room)
-    except livekit_server.LiveKitServerError:
-        logger.warning("could not delete room %s", room, exc_info=True)
 
 
 def _remove_participant_quietly(*, room: str, identity: str) -> None:

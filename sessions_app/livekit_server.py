@@ -76,6 +76,14 @@ def room_delete(*, room: str) -> None:
     async_to_sync(room_delete_async)(room=room)
 
 
+def room_delete_quietly(*, room: str) -> None:
+    """Best effort: a room the platform is done with (LiveKit closes empty rooms itself)."""
+    try:
+        room_delete(room=room)
+    except LiveKitServerError:
+        logger.warning("could not delete room %s", room, exc_info=True)
+
+
 async def participant_remove_async(*, room: str, identity: str) -> None:
     lkapi = _client()
     try:

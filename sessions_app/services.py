@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import secrets
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -307,17 +306,21 @@ def session_create(
         SessionEvent(session_id=session_id, seq=seq, type=kind, payload=payload)
         for seq, (kind, payload) in enumerate(first_events, start=1)
     ]
-    insert_session_with_events(session, events)
-    messages = [live.event_added(event) for event in events]
-    messages.append(_session_updated(session))
-    # Only the dashboard: nobody can be watching `session.<id>` of an id not yet returned.
-    transaction.on_commit(lambda: broadcast.publish_many([broadcast.DASHBOARD_GROUP], messages))
+    _insert_announced(session, events)
 
     if mode == "livekit":
         _dispatch_or_fail(session)
 
     token = caller_token_mint(room=session.room_name, caller_id=caller_id)
     return session, token
+
+
+def _insert_announced(session: VoiceSession, events: list[SessionEvent]) -> None:
+    """Write a new session with its first events (numbered 1..n) and, after commit, show it
+    on the dashboard. Only the dashboard: nobody can be watching `session.<id>` yet."""
+    insert_session_with_events(session, events)
+    messages = [*(live.event_added(event) for event in events), _session_updated(session)]
+    transaction.on_commit(lambda: broadcast.publish_many([broadcast.DASHBOARD_GROUP], messages))
 
 
 def _dispatch_or_fail(session: VoiceSession) -> None:
@@ -418,13 +421,7 @@ def phone_call_place(
         "direction": CallDirection.OUTBOUND,
         "phone_line": line.number,
     }
-    event = SessionEvent(session_id=session_id, seq=1, type="session.created", payload=created)
-    insert_session_with_events(session, [event])
-    transaction.on_commit(
-        lambda: broadcast.publish_many(
-            [broadcast.DASHBOARD_GROUP], [live.event_added(event), _session_updated(session)]
-        )
-    )
+    _insert_announced(session, [SessionEvent(session_id=session_id, seq=1, type="session.created", payload=created)])
     _dispatch_or_fail(session)
     return VoiceSession.objects.get(pk=session_id)
 
@@ -528,18 +525,14 @@ def _phone_session_insert(
         prompt_version=version,
         last_seq=1,
     )
-    event = SessionEvent(session_id=session_id, seq=1, type="session.created", payload=created)
     try:
         with transaction.atomic():
-            insert_session_with_events(session, [event])
+            _insert_announced(
+                session, [SessionEvent(session_id=session_id, seq=1, type="session.created", payload=created)]
+            )
     except IntegrityError:
         # The job and the webhook (or two jobs of one call) raced: the first one's session stands.
         return VoiceSession.objects.get(room_name=room_name)
-    transaction.on_commit(
-        lambda: broadcast.publish_many(
-            [broadcast.DASHBOARD_GROUP], [live.event_added(event), _session_updated(session)]
-        )
-    )
     return VoiceSession.objects.get(pk=session_id)
 
 
@@ -588,13 +581,7 @@ def session_interrupt(*, session_id: UUID | str, source: str = "client") -> Sess
 
     Nothing is counted here: the agent counts an interrupt when speech is actually cut.
     """
-    session = VoiceSession.objects.select_for_update().get(pk=session_id)
-    if session.state in FINAL_STATES:
-        raise Conflict(
-            "session_final",
-            f"Session {session.id} is {session.state}; nothing to interrupt.",
-            {"state": session.state},
-        )
+    session = _locked_live(session_id, "interrupt")
     event = session_event_append(session_id=session.pk, type="interrupt.requested", payload={"source": source})
     message = live.agent_interrupt(session.pk, source=source, event_seq=event.seq)
     group = broadcast.agent_control_group(session.pk)
@@ -617,10 +604,7 @@ def session_end(*, session_id: UUID | str, reason: str = "client_request") -> Vo
     if not settings.LIVEKIT_LOCAL_MODE:
         from sessions_app import livekit_server
 
-        try:  # best effort: the session is ended either way; LiveKit closes empty rooms itself
-            livekit_server.room_delete(room=session.room_name)
-        except livekit_server.LiveKitServerError:
-            logging.getLogger(__name__).warning("could not delete room %s", session.room_name, exc_info=True)
+        livekit_server.room_delete_quietly(room=session.room_name)  # the session is ended either way
     return session
 
 
@@ -643,11 +627,12 @@ def session_transfer_claim(*, session_id: UUID | str, payload: dict[str, Any]) -
 WHISPER_MAX_CHARS = 500
 
 
-def _live_for_staff(session_id: UUID | str, what: str) -> VoiceSession:
+def _locked_live(session_id: UUID | str, what: str) -> VoiceSession:
+    """The session, locked; a 409 `session_final` once it has ended (nothing to `what`)."""
     session = VoiceSession.objects.select_for_update().get(pk=session_id)
     if session.state not in LIVE_STATES:
         raise Conflict(
-            "session_final", f"Session {session.id} is {session.state}: nothing to {what}.", {"state": session.state}
+            "session_final", f"Session {session.id} is {session.state}; nothing to {what}.", {"state": session.state}
         )
     return session
 
@@ -661,7 +646,7 @@ def session_listen(*, session_id: UUID | str, user: Any) -> MintedToken:
 
     from sessions_app.tokens import staff_listen_token_mint
 
-    session = _live_for_staff(session_id, "listen to")
+    session = _locked_live(session_id, "listen to")
     if settings.LIVEKIT_LOCAL_MODE:
         raise Unavailable("listen_unavailable", "Listening in needs a LiveKit server (LIVEKIT_URL).", {})
     token = staff_listen_token_mint(room=session.room_name, username=user.get_username())
@@ -684,7 +669,7 @@ def session_whisper(*, session_id: UUID | str, user: Any, text: str) -> SessionE
         raise InvalidInput(
             "whisper_too_long", f"Keep a whisper under {WHISPER_MAX_CHARS} characters.", {"length": len(text)}
         )
-    session = _live_for_staff(session_id, "whisper to")
+    session = _locked_live(session_id, "whisper to")
     event = session_event_append(
         session_id=session.pk, type="staff.whisper", payload={"user": user.get_username(), "text": text}
     )

@@ -61,20 +61,28 @@ def token_ttl_seconds() -> int:
 
 def caller_token_mint(*, room: str, caller_id: str, name: str = "") -> MintedToken:
     """A JWT that lets exactly this caller join exactly this room for a few minutes."""
-    ttl = token_ttl_seconds()
-    identity = caller_identity(caller_id)
+    return _mint(
+        identity=caller_identity(caller_id),
+        name=name or caller_id,
+        grants=caller_grants(room=room),
+        ttl=token_ttl_seconds(),
+    )
+
+
+def _mint(*, identity: str, name: str, grants: VideoGrants, ttl: int) -> MintedToken:
+    """A standard participant's JWT with exactly `grants`, valid for `ttl` seconds."""
     # AccessToken computes exp from "now" in whole seconds; report the same instant.
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     token = (
         AccessToken(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET)
         .with_identity(identity)
-        .with_name(name or caller_id)
+        .with_name(name)
         .with_kind("standard")
-        .with_grants(caller_grants(room=room))
+        .with_grants(grants)
         .with_ttl(dt.timedelta(seconds=ttl))
         .to_jwt()
     )
-    return MintedToken(token=token, identity=identity, room=room, expires_at=now + dt.timedelta(seconds=ttl))
+    return MintedToken(token=token, identity=identity, room=grants.room, expires_at=now + dt.timedelta(seconds=ttl))
 
 
 STAFF_IDENTITY_PREFIX = "staff-"
@@ -106,19 +114,12 @@ def staff_listen_token_mint(*, room: str, username: str) -> MintedToken:
     """A JWT for one support person to listen to one room, hidden, for a few minutes."""
     import secrets
 
-    ttl = min(STAFF_LISTEN_TTL_SECONDS, MAX_TTL_SECONDS)
-    identity = f"{STAFF_IDENTITY_PREFIX}{username[:60]}-{secrets.token_hex(3)}"
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    token = (
-        AccessToken(settings.LIVEKIT_API_KEY, settings.LIVEKIT_API_SECRET)
-        .with_identity(identity)
-        .with_name(f"{username} (listening)")
-        .with_kind("standard")
-        .with_grants(staff_listen_grants(room=room))
-        .with_ttl(dt.timedelta(seconds=ttl))
-        .to_jwt()
+    return _mint(
+        identity=f"{STAFF_IDENTITY_PREFIX}{username[:60]}-{secrets.token_hex(3)}",
+        name=f"{username} (listening)",
+        grants=staff_listen_grants(room=room),
+        ttl=min(STAFF_LISTEN_TTL_SECONDS, MAX_TTL_SECONDS),
     )
-    return MintedToken(token=token, identity=identity, room=room, expires_at=now + dt.timedelta(seconds=ttl))
 
 
 def client_url() -> str:
